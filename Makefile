@@ -1,0 +1,46 @@
+# duplexvoice: every target sets itself up (`make install` is implied).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install up test test-unit lint bench proto clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "duplexvoice needs Python 3.11 or newer (found: $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+# For now the system is one TTS worker with the default Piper voice.
+up: install
+	@echo "Starting a TTS worker on grpc://127.0.0.1:7001 (Ctrl-C stops it)."
+	@echo "When it says ready, in another terminal:"
+	@echo "  $(BIN)/duplexvoice synth 'Hello from duplexvoice.' --out hello.wav"
+	$(BIN)/duplexvoice worker --config configs/worker.yaml
+
+# pytest exits 5 when it collected nothing (e.g. a -m filter matched nothing).
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-unit: install
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/worker.py
+
+# Regenerate the gRPC code after editing src/duplexvoice/rpc/tts.proto.
+proto: install
+	cd src && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \
+		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. duplexvoice/rpc/tts.proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

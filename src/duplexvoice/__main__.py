@@ -1,0 +1,5 @@
+import sys
+
+from duplexvoice.cli import main
+
+sys.exit(main())

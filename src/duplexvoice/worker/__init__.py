@@ -1,0 +1,1 @@
+"""The TTS worker: gRPC service, model manager, voice packs and adapters."""

@@ -1,0 +1,84 @@
+"""The one small surface a TTS family implements.
+
+An adapter turns text into float32 PCM chunks at its own native sample rate, as
+early as the engine allows, and declares what it can do. Everything else (resampling
+to 48 kHz, 20 ms framing, loudness, pause/stop, metrics) belongs to the shared
+pipeline in :mod:`duplexvoice.worker.voice`, so adding a family is adding one file
+here and one line in :mod:`duplexvoice.worker.adapters`.
+
+Adapters are synchronous: the worker runs :meth:`TTSAdapter.stream` on a thread so a
+slow model never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from duplexvoice.worker.voicepacks import VoicePack
+
+FloatAudio = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The Capabilities message of WIRE §2, as declared by a voice."""
+
+    streaming: bool = True
+    zero_shot: bool = False
+    lora: bool = False
+    cpu_ok: bool = True
+    languages: tuple[str, ...] = ("en",)
+    emotive_zero_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """Per-session options (StartSession ``options``), already validated.
+
+    ``speed`` > 1 speaks faster. Unknown option keys are ignored upstream.
+    """
+
+    speed: float = 1.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class AdapterError(Exception):
+    """A model failed to load or to synthesize. Reported to the one session it hit."""
+
+
+class TTSAdapter(ABC):
+    """A loaded voice of one family. One instance may serve many sessions at once."""
+
+    family: ClassVar[str]
+
+    def __init__(self, sample_rate: int, capabilities: Capabilities) -> None:
+        self.sample_rate = sample_rate
+        self.capabilities = capabilities
+
+    @classmethod
+    @abstractmethod
+    def load(cls, pack: VoicePack, device: str) -> TTSAdapter:
+        """Load the model a voice pack describes (slow: runs on a thread)."""
+
+    @abstractmethod
+    def stream(
+        self, text: str, options: SynthesisOptions, cancel: threading.Event
+    ) -> Iterator[FloatAudio]:
+        """Yield mono float32 chunks in [-1, 1] at ``self.sample_rate`` for ``text``.
+
+        Yield each chunk as soon as the engine has it. Check ``cancel`` between
+        chunks (and inside long loops) and return early once it is set. Must be safe
+        to call from several threads at once (serialize internally if the engine is
+        not). Raise :class:`AdapterError` on failure.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the model. Called once, after the last stream has ended."""

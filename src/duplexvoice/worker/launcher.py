@@ -1,0 +1,97 @@
+"""Start a worker as a child process and wait until it is ready.
+
+Used by the tests, the benchmarks and (later) `duplexvoice up`: the worker runs exactly
+as a user starts it, `python -m duplexvoice worker ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+_READY = re.compile(r"ready on grpc://([\d.]+):(\d+)")
+
+
+class WorkerProcess:
+    """``python -m duplexvoice worker --port 0 ...``; waits for its ready line."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 name: str = "tts-worker-0", cwd: Path | None = None) -> None:
+        self.args: Sequence[str] = args
+        self.name = name
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.addr = ""
+        self.cwd = cwd or Path.cwd()
+        self.output: list[str] = []
+        self._drain: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 120.0) -> WorkerProcess:
+        cmd = [sys.executable, "-m", "duplexvoice", "worker", "--port", "0",
+               "--name", self.name, "--log-level", "INFO", *self.args]
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1,
+        )
+        assert self.proc.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=0.5):
+                if self.proc.poll() is not None:
+                    break
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            match = _READY.search(line)
+            if match:
+                self.addr = f"{match.group(1)}:{match.group(2)}"
+                selector.close()
+                # Keep draining, or a chatty worker would block on a full pipe.
+                self._drain = threading.Thread(target=self._pump, daemon=True)
+                self._drain.start()
+                return self
+        self.kill()
+        raise RuntimeError("worker did not become ready:\n" + "".join(self.output))
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def text(self) -> str:
+        """Everything the process printed (complete once it has exited)."""
+        if self._drain is not None and self.proc is not None and self.proc.poll() is not None:
+            self._drain.join(5)
+        return "".join(self.output)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -1,0 +1,116 @@
+"""A loaded voice: one adapter plus what every family shares.
+
+The adapter only turns text into PCM at its native rate. This layer adds warm-up
+(which also calibrates the voice's loudness gain), the 48 kHz / 20 ms pipeline, and
+real-time-factor metrics. It is synchronous on purpose: the worker calls
+:meth:`UtteranceRenderer.step` on a synthesis thread, one chunk at a time, so the
+event loop only ever moves finished frames.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from duplexvoice.audio.loudness import VoiceLoudness
+from duplexvoice.audio.pipeline import AudioPipeline
+from duplexvoice.worker.adapters import adapter_for
+from duplexvoice.worker.adapters.base import FloatAudio, SynthesisOptions, TTSAdapter
+from duplexvoice.worker.voicepacks import VoicePack
+
+# Weight of the newest utterance in the voice's running real-time factor.
+_RTF_ALPHA = 0.2
+
+
+@dataclass
+class RtfMeter:
+    """Running real-time factor (synthesis seconds per audio second), thread-safe."""
+
+    value: float = 0.0
+    samples: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, busy_s: float, audio_s: float) -> None:
+        if audio_s <= 0:
+            return
+        rtf = busy_s / audio_s
+        with self._lock:
+            self.value = rtf if self.samples == 0 else self.value + _RTF_ALPHA * (rtf - self.value)
+            self.samples += 1
+
+
+class LoadedVoice:
+    """A resident model, shared by every session that uses it."""
+
+    def __init__(self, pack: VoicePack, adapter: TTSAdapter) -> None:
+        self.pack = pack
+        self.adapter = adapter
+        self.loudness = VoiceLoudness()
+        self.rtf = RtfMeter()
+        self.warmup_ms = 0.0
+
+    @classmethod
+    def load(cls, pack: VoicePack, device: str, warmup_text: str | None) -> LoadedVoice:
+        """Load the model and, if asked, warm it up (slow: call on a thread)."""
+        voice = cls(pack, adapter_for(pack.family).load(pack, device))
+        if warmup_text:
+            start = time.perf_counter()
+            chunks = list(voice.adapter.stream(warmup_text, SynthesisOptions(), threading.Event()))
+            voice.warmup_ms = (time.perf_counter() - start) * 1000
+            if chunks:
+                voice.loudness.calibrate(np.concatenate(chunks), voice.adapter.sample_rate)
+        return voice
+
+    @property
+    def model_id(self) -> str:
+        return self.pack.model_id
+
+    def close(self) -> None:
+        self.adapter.close()
+
+    def renderer(self, options: SynthesisOptions, cancel: threading.Event) -> UtteranceRenderer:
+        return UtteranceRenderer(self, options, cancel)
+
+
+class UtteranceRenderer:
+    """Renders one utterance, text segment by segment, into 20 ms frames.
+
+    Not thread-safe: one caller at a time (the worker awaits each step before the
+    next), though successive steps may run on different threads.
+    """
+
+    def __init__(self, voice: LoadedVoice, options: SynthesisOptions, cancel: threading.Event):
+        self._voice = voice
+        self._options = options
+        self._cancel = cancel
+        self._pipeline = AudioPipeline(voice.adapter.sample_rate, voice.loudness)
+        self._chunks: Iterator[FloatAudio] | None = None
+        self.busy_s = 0.0
+
+    def begin(self, text: str) -> None:
+        """Start the next text segment; call :meth:`step` until it returns None."""
+        self._chunks = self._voice.adapter.stream(text, self._options, self._cancel)
+
+    def step(self) -> list[bytes] | None:
+        """Synthesize the next chunk of the current segment: frames, or None at its end."""
+        if self._chunks is None:
+            return None
+        start = time.perf_counter()
+        try:
+            chunk = next(self._chunks, None)
+            if chunk is None or self._cancel.is_set():
+                self._chunks = None
+                return None
+            return self._pipeline.push(chunk)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def finish(self) -> list[bytes]:
+        """The utterance's last frames (the final one padded); records its RTF."""
+        frames = self._pipeline.finish()
+        self._voice.rtf.add(self.busy_s, self._pipeline.audio_seconds)
+        return frames
