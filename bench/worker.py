@@ -34,12 +34,12 @@ import pyloudnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from texts import TEXTS  # noqa: E402
+from texts import TEXTS
 
-from duplexvoice.audio import SAMPLE_RATE  # noqa: E402
-from duplexvoice.client.worker_client import WorkerClient  # noqa: E402
-from duplexvoice.rpc import tts_pb2  # noqa: E402
-from duplexvoice.worker.launcher import WorkerProcess  # noqa: E402
+from duplexvoice.audio import SAMPLE_RATE
+from duplexvoice.client.worker_client import WorkerClient
+from duplexvoice.rpc import tts_pb2
+from duplexvoice.worker.launcher import WorkerProcess
 
 PIPER = "piper-en-us-joe-medium"
 ESPEAK = "espeak-en-us-default"

@@ -68,6 +68,17 @@ def test_streaming_loudness_agrees_with_pyloudnorm(rate: int) -> None:
     assert meter.blocks == int((6.0 - 0.4) / 0.1 + 1e-9) + 1  # one number per 100 ms
 
 
+def test_streaming_loudness_keeps_filter_state_across_tiny_chunks() -> None:
+    """Low frequencies ride the 38 Hz high-pass: a state reset per chunk would show."""
+    rate = 16000
+    x = _sine(45, 0.5, 3.0, rate) + _sine(1000, 0.05, 3.0, rate)
+    expected = pyloudnorm.Meter(rate).integrated_loudness(x.astype(np.float64))
+    meter = StreamingLoudness(rate)
+    for start in range(0, x.size, 64):
+        meter.push(x[start : start + 64])
+    assert meter.lufs() == pytest.approx(expected, abs=0.05)
+
+
 def test_streaming_loudness_before_one_block() -> None:
     meter = StreamingLoudness(22050)
     assert meter.lufs() == float("-inf")

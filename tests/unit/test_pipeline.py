@@ -102,7 +102,9 @@ def test_loudness_hits_target_even_off_calibration(offset_db: float, sizes: list
         TARGET_LUFS - voice.gain_db + offset_db, abs=1.0
     )
     _, out = _run(AudioPipeline(RATE, voice), _split(x, sizes))
-    assert integrated_lufs(out, SAMPLE_RATE) == pytest.approx(TARGET_LUFS, abs=1.0)
+    # Within 0.5 LU, tighter than the +-1 LU goal: small chunks at +10 dB need the
+    # partial measurement of the first 400 ms (the voice gain alone reads ~1 LU hot).
+    assert integrated_lufs(out, SAMPLE_RATE) == pytest.approx(TARGET_LUFS, abs=0.5)
 
 
 def test_peak_normalized_sentences_are_raised_without_clipping() -> None:

@@ -24,7 +24,12 @@ eSpeak), and measuring a chunk already in hand costs nothing. So
   the gain smoothly around peaks; a soft knee catches what a chunk's first
   millisecond can overshoot. Limiting costs 1-3 LU on peak-normalized speech raised
   by 3-7 dB, so a make-up gain, solved per chunk (:func:`solve_makeup`) from the
-  energy the limiter removed over the utterance so far, restores it.
+  energy the limiter removed over the utterance so far, restores it (capped at
+  6 dB: speech whose peaks sit more than ~15 dB over its loudness ends up short).
+
+Measured on Piper (joe-medium) and eSpeak: 21 utterances, 1-6 chunks or 60 ms
+chunks, all within 0.9 LU (mean +0.01 / -0.14 LU), peaks <= 0.94, ~1-2 ms of CPU
+per second of audio.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ class WorkerClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+    async def wait_ready(self, within_s: float = 30.0) -> None:
+        await asyncio.wait_for(self.channel.channel_ready(), within_s)
 
     async def start_session(
         self, session_id: str, model_id: str = "", options: Mapping[str, str] | None = None

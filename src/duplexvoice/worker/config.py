@@ -43,7 +43,9 @@ class WorkerConfig(BaseModel):
         default_factory=lambda: [BUNDLED_VOICEPACKS],
         description="folders scanned for <family>/<model_id>/metadata.yaml",
     )
-    max_sessions: int = Field(32, ge=1, description="concurrent sessions; more get RESOURCE_EXHAUSTED")
+    max_sessions: int = Field(
+        32, ge=1, description="concurrent sessions; more get RESOURCE_EXHAUSTED"
+    )
     max_text_chars: int = Field(
         5000, ge=1, description="longest text of one utterance (one Synthesize stream)"
     )

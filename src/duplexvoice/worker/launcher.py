@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ class WorkerProcess:
         self.cwd = cwd or Path.cwd()
         self.output: list[str] = []
         self._drain: threading.Thread | None = None
+        self._ready = threading.Event()
 
     @property
     def pid(self) -> int:
@@ -41,39 +41,28 @@ class WorkerProcess:
 
     def start(self, timeout: float = 120.0) -> WorkerProcess:
         cmd = [sys.executable, "-m", "duplexvoice", "worker", "--port", "0",
-               "--name", self.name, "--log-level", "INFO", *self.args]
+               "--name", self.name, *self.args]
         self.proc = subprocess.Popen(
             cmd, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1,
         )
-        assert self.proc.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=0.5):
-                if self.proc.poll() is not None:
-                    break
-                continue
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.output.append(line)
-            match = _READY.search(line)
-            if match:
-                self.addr = f"{match.group(1)}:{match.group(2)}"
-                selector.close()
-                # Keep draining, or a chatty worker would block on a full pipe.
-                self._drain = threading.Thread(target=self._pump, daemon=True)
-                self._drain.start()
-                return self
+        # One thread drains the output for the process's whole life: a chatty worker
+        # must never block on a full pipe, and the ready line is found in what it reads.
+        self._drain = threading.Thread(target=self._pump, daemon=True)
+        self._drain.start()
+        if self._ready.wait(timeout) and self.addr:
+            return self
         self.kill()
-        raise RuntimeError("worker did not become ready:\n" + "".join(self.output))
+        raise RuntimeError("worker did not become ready:\n" + self.text())
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append(line)
+            if not self.addr and (match := _READY.search(line)):
+                self.addr = f"{match.group(1)}:{match.group(2)}"
+                self._ready.set()
+        self._ready.set()  # exited: stop waiting
 
     def text(self) -> str:
         """Everything the process printed (complete once it has exited)."""

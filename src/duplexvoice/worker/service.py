@@ -29,10 +29,17 @@ from duplexvoice.worker.model_manager import (
     UnknownModelError,
 )
 from duplexvoice.worker.runtime import WorkerRuntime
-from duplexvoice.worker.session import MAX_SESSION_ID_CHARS, OptionError, WorkerSession, parse_options
+from duplexvoice.worker.session import (
+    MAX_SESSION_ID_CHARS,
+    OptionError,
+    WorkerSession,
+    parse_options,
+)
 from duplexvoice.worker.synthesis import StreamError, Utterance
 
 log = logging.getLogger(__name__)
+
+Ctx = grpc.aio.ServicerContext[object, object]
 
 # How long stream cleanup waits for its tasks after cancelling them.
 _CLEANUP_TIMEOUT_S = 1.0
@@ -48,7 +55,7 @@ def _model_status(exc: ModelError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-async def _abort(context: grpc.aio.ServicerContext[object, object], code: grpc.StatusCode,
+async def _abort(context: Ctx, code: grpc.StatusCode,
                  message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("unreachable")  # abort() always raises
@@ -64,8 +71,8 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
 
     # -- sessions -------------------------------------------------------------------
 
-    async def StartSession(  # noqa: N802 - gRPC method names
-        self, request: tts_pb2.StartSessionRequest, context: grpc.aio.ServicerContext[object, object]
+    async def StartSession(
+        self, request: tts_pb2.StartSessionRequest, context: Ctx
     ) -> tts_pb2.StartSessionResponse:
         rt = self.rt
         sid = request.session_id
@@ -96,8 +103,8 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
         rt._changed()
         return tts_pb2.StartSessionResponse(success=True, message=f"session started on {model_id}")
 
-    async def EndSession(  # noqa: N802
-        self, request: tts_pb2.EndSessionRequest, context: grpc.aio.ServicerContext[object, object]
+    async def EndSession(
+        self, request: tts_pb2.EndSessionRequest, context: Ctx
     ) -> tts_pb2.EndSessionResponse:
         if not self.rt.end_session(request.session_id):
             await _abort(context, grpc.StatusCode.NOT_FOUND,
@@ -106,10 +113,10 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
 
     # -- synthesis ------------------------------------------------------------------
 
-    async def Synthesize(  # noqa: N802
+    async def Synthesize(
         self,
         request_iterator: AsyncIterator[tts_pb2.TextChunk],
-        context: grpc.aio.ServicerContext[object, object],
+        context: Ctx,
     ) -> AsyncIterator[tts_pb2.AudioFrame]:
         rt = self.rt
         requests = aiter(request_iterator)
@@ -177,8 +184,8 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
 
     # -- control --------------------------------------------------------------------
 
-    async def Control(  # noqa: N802
-        self, request: tts_pb2.ControlRequest, context: grpc.aio.ServicerContext[object, object]
+    async def Control(
+        self, request: tts_pb2.ControlRequest, context: Ctx
     ) -> tts_pb2.ControlResponse:
         command = request.command
         if command == tts_pb2.RELOAD:
@@ -211,8 +218,8 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
 
     # -- models ---------------------------------------------------------------------
 
-    async def ListModels(  # noqa: N802
-        self, request: tts_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[object, object]
+    async def ListModels(
+        self, request: tts_pb2.ListModelsRequest, context: Ctx
     ) -> tts_pb2.ListModelsResponse:
         resident = set(self.rt.models.resident_models())
         models = []
@@ -233,8 +240,8 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
             ))
         return tts_pb2.ListModelsResponse(models=models)
 
-    async def LoadModel(  # noqa: N802
-        self, request: tts_pb2.LoadModelRequest, context: grpc.aio.ServicerContext[object, object]
+    async def LoadModel(
+        self, request: tts_pb2.LoadModelRequest, context: Ctx
     ) -> tts_pb2.LoadModelResponse:
         if not request.model_id:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "model_id is empty")
@@ -249,8 +256,8 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
             success=True, message=message, load_duration_ms=round(duration_ms)
         )
 
-    async def UnloadModel(  # noqa: N802
-        self, request: tts_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext[object, object]
+    async def UnloadModel(
+        self, request: tts_pb2.UnloadModelRequest, context: Ctx
     ) -> tts_pb2.UnloadModelResponse:
         if request.model_id not in self.rt.catalog:
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"unknown model {request.model_id!r}")
@@ -260,9 +267,9 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
             return tts_pb2.UnloadModelResponse(success=False, message=str(exc))
         return tts_pb2.UnloadModelResponse(success=True, message="unloaded")
 
-    async def GetCapabilities(  # noqa: N802
+    async def GetCapabilities(
         self, request: tts_pb2.GetCapabilitiesRequest,
-        context: grpc.aio.ServicerContext[object, object],
+        context: Ctx,
     ) -> tts_pb2.GetCapabilitiesResponse:
         caps = self.rt.capabilities()
         return tts_pb2.GetCapabilitiesResponse(

@@ -126,7 +126,10 @@ class Utterance:
         try:
             while (segment := await self.segments.get()) is not None:
                 renderer.begin(segment)
-                while (frames := await loop.run_in_executor(self._executor, renderer.step)) is not None:
+                while True:
+                    frames = await loop.run_in_executor(self._executor, renderer.step)
+                    if frames is None:
+                        break
                     for frame in frames:
                         await self.frames.put(frame)
             if self.segments.aborted:
