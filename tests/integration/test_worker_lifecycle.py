@@ -140,7 +140,7 @@ async def test_sigterm_ends_active_streams_within_grace() -> None:
             worker.proc.terminate()
             # The stream outlives the 1 s grace: the worker cancels it, then exits.
             with pytest.raises(grpc.aio.AioRpcError):
-                async for _ in call:
+                while not (await call.read()).is_final:
                     pass
             code = await asyncio.get_running_loop().run_in_executor(None, worker.proc.wait, 20)
             assert code == 0
