@@ -182,20 +182,24 @@ async def bench_control(client: WorkerClient, model: str, text: str, after_frame
 
 
 async def _session_lateness(client: WorkerClient, text: str, jitter_ms: float,
-                            go: asyncio.Event) -> float:
+                            go: asyncio.Event) -> tuple[float, float]:
+    """(worst frame lateness against the play schedule, first-audio latency), in ms."""
     sid = f"b-{uuid.uuid4().hex[:8]}"
     await client.start_session(sid, PIPER)
     await go.wait()
     arrivals: list[float] = []
+    sent = time.perf_counter()
     await _timed_frames(client.synthesize(sid, text), arrivals)
     await client.end_session(sid)
     start = arrivals[0] + jitter_ms / 1000
-    return max((t - (start + i * 0.02)) * 1000 for i, t in enumerate(arrivals))
+    worst = max((t - (start + i * 0.02)) * 1000 for i, t in enumerate(arrivals))
+    return worst, (arrivals[0] - sent) * 1000
 
 
 async def bench_concurrency(client: WorkerClient, jitter_ms: float, max_n: int
                             ) -> dict[str, object]:
     levels: dict[str, float] = {}
+    fal_max: dict[str, float] = {}
     best = 0
     n = 1
     while n <= max_n:
@@ -204,14 +208,17 @@ async def bench_concurrency(client: WorkerClient, jitter_ms: float, max_n: int
                  for _ in range(n)]
         await asyncio.sleep(0.2)
         go.set()
-        worst = max(await asyncio.gather(*tasks))
+        results = await asyncio.gather(*tasks)
+        worst = max(r[0] for r in results)
         levels[str(n)] = worst
+        fal_max[str(n)] = max(r[1] for r in results)
         if worst <= 0:
             best = n
         elif n > best + 2:
             break
         n += 1 if n < 4 else 2
-    return {"most_on_time": best, "worst_lateness_ms_by_n": levels, "jitter_buffer_ms": jitter_ms}
+    return {"most_on_time": best, "worst_lateness_ms_by_n": levels,
+            "max_first_audio_ms_by_n": fal_max, "jitter_buffer_ms": jitter_ms}
 
 
 async def bench_loudness(client: WorkerClient) -> dict[str, dict[str, float]]:
@@ -226,6 +233,9 @@ async def bench_loudness(client: WorkerClient) -> dict[str, dict[str, float]]:
 
 
 def print_table(r: dict[str, object]) -> None:
+    if not {"fal", "mock_fal", "control_mock", "concurrency", "loudness"} <= set(r):
+        print(json.dumps(r, indent=2))
+        return
     m = r["machine"]
     print(f"\nTTS worker benchmark - {m['cpu']} ({m['cores']} cores), Python {m['python']}")  # type: ignore[index]
     print(f"voice {PIPER}; reps {r['reps']}; figures in ms unless noted\n")
@@ -260,7 +270,9 @@ def print_table(r: dict[str, object]) -> None:
     assert isinstance(conc, dict)
     print(f"\nconcurrent Piper sessions on time (jitter buffer {conc['jitter_buffer_ms']:.0f} ms): "
           f"{conc['most_on_time']} (target >= 8); worst lateness by N: "
-          + ", ".join(f"{k}: {v:.0f}" for k, v in conc["worst_lateness_ms_by_n"].items()))
+          + ", ".join(f"{k}: {v:.0f}" for k, v in conc["worst_lateness_ms_by_n"].items())
+          + "\n  (negative: ahead of schedule); slowest first audio by N: "
+          + ", ".join(f"{k}: {v:.0f}" for k, v in conc["max_first_audio_ms_by_n"].items()))
     loud = r["loudness"]
     assert isinstance(loud, dict)
     print("\nloudness (LUFS, target -16 +- 1):")
@@ -275,6 +287,8 @@ async def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--jitter-ms", type=float, default=100.0)
     parser.add_argument("--max-sessions", type=int, default=16)
+    parser.add_argument("--only", default="fal,mock,control,concurrency,loudness",
+                        help="comma-separated parts to run (default: all)")
     args = parser.parse_args()
     reps = 5 if args.quick else args.reps
     worker = WorkerProcess(
@@ -286,15 +300,22 @@ async def main() -> None:
         async with WorkerClient(worker.addr) as client:
             await client.wait_ready()
             result: dict[str, object] = {"machine": machine(), "reps": reps}
-            result["fal"] = await bench_fal_rtf(client, bare, reps)
-            result["mock_fal"] = await bench_mock_fal(client, max(reps, 100 if not args.quick
-                                                                  else 20))
-            result["control_mock"] = await bench_control(
-                client, MOCK, "[[slow:10]] " + TEXTS["multi"] * 2, 10, reps)
-            result["control_piper"] = await bench_control(client, PIPER, TEXTS["multi"], 1, reps)
-            result["concurrency"] = await bench_concurrency(
-                client, args.jitter_ms, 4 if args.quick else args.max_sessions)
-            result["loudness"] = await bench_loudness(client)
+            parts = set(args.only.split(","))
+            if "fal" in parts:
+                result["fal"] = await bench_fal_rtf(client, bare, reps)
+            if "mock" in parts:
+                result["mock_fal"] = await bench_mock_fal(client, 20 if args.quick
+                                                          else max(reps, 100))
+            if "control" in parts:
+                result["control_mock"] = await bench_control(
+                    client, MOCK, "[[slow:10]] " + TEXTS["multi"] * 2, 10, reps)
+                result["control_piper"] = await bench_control(
+                    client, PIPER, TEXTS["multi"], 1, reps)
+            if "concurrency" in parts:
+                result["concurrency"] = await bench_concurrency(
+                    client, args.jitter_ms, 4 if args.quick else args.max_sessions)
+            if "loudness" in parts:
+                result["loudness"] = await bench_loudness(client)
             result["peak_rss_mb"] = peak_rss_mb(worker.pid)
     finally:
         worker.terminate()

@@ -152,6 +152,7 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
         producer = asyncio.create_task(utterance.produce(), name=f"produce-{sid}")
         reader = asyncio.create_task(read_text(), name=f"read-{sid}")
         sequence = 0
+        failure: StreamError | None = None
         try:
             async for frame in utterance.frames_out():
                 sequence += 1
@@ -168,9 +169,10 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
                 sequence_number=sequence + 1, is_final=True,
             )
         except StreamError as exc:
-            rt.stream_errors += 1
-            await _abort(context, exc.code, exc.message)
+            failure = exc
         finally:
+            # Stop reading the request stream before the call ends: grpc reports an
+            # internal error if a read is still pending when the handler aborts.
             utterance.stop()
             for task in (reader, producer):
                 task.cancel()
@@ -181,6 +183,9 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
             if session.utterance is utterance:
                 session.utterance = None
             session.touch()
+        if failure is not None:
+            rt.stream_errors += 1
+            await _abort(context, failure.code, failure.message)
 
     # -- control --------------------------------------------------------------------
 
