@@ -41,6 +41,12 @@ from duplexvoice.client.worker_client import WorkerClient
 from duplexvoice.rpc import tts_pb2
 from duplexvoice.worker.launcher import WorkerProcess
 
+# Idle time before each measured run. Without it, the run right after the other
+# process's run finds the CPU still busy (onnxruntime's pool threads spin for a while
+# after each inference) and pays for it: measured here, 1.30x vs 1.11x on the same
+# build. Both sides get the same gap.
+SETTLE_S = 0.05
+
 PIPER = "piper-en-us-joe-medium"
 ESPEAK = "espeak-en-us-default"
 MOCK = "mock-en-us-tone"
@@ -123,13 +129,17 @@ async def bench_fal_rtf(client: WorkerClient, bare: BarePiper, reps: int) -> dic
     for name, text in TEXTS.items():
         worker_fal, bare_fal = [], []
         for _ in range(reps):  # interleaved: bare, worker, bare, worker ...
+            await asyncio.sleep(SETTLE_S)
             bare_fal.append(bare.first_chunk(text))
+            await asyncio.sleep(SETTLE_S)
             worker_fal.append((await utterance(client, sid, text))[0])
         w, b = summary(worker_fal), summary(bare_fal)
         out[name] = {"worker": w, "bare": b, "ratio_p50": w["p50"] / b["p50"]}
     worker_rtf, bare_rtf = [], []
     for _ in range(max(3, reps // 3)):
+        await asyncio.sleep(SETTLE_S)
         bare_rtf.append(bare.rtf(TEXTS["multi"]))
+        await asyncio.sleep(SETTLE_S)
         _, total, pcm = await utterance(client, sid, TEXTS["multi"])
         worker_rtf.append(total / 1000 / (len(pcm) / 2 / SAMPLE_RATE))
     w, b = summary(worker_rtf), summary(bare_rtf)

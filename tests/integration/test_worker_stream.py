@@ -187,3 +187,35 @@ async def test_stop_while_paused_releases_the_stream(mock_client: WorkerClient) 
     await asyncio.wait_for(task, 5)
     assert [f.is_final for _, f in got] == [True]
     await mock_client.end_session(sid)
+
+
+async def test_a_long_synthesis_never_blocks_other_sessions(real_client: WorkerClient) -> None:
+    """Model inference runs off the event loop: while one session's first chunk is
+    being rendered (slowed down with speed 0.25, so it takes hundreds of ms), another
+    session's Control replies and mock frames keep coming."""
+    slow, fast = new_id(), new_id()
+    await real_client.start_session(slow, "piper-en-us-joe-medium", {"speed": "0.25"})
+    await real_client.start_session(fast, "mock-en-us-tone")
+    events: list[str] = []
+
+    async def slow_stream() -> None:
+        async for frame in real_client.synthesize(
+            slow, "Twenty seven enormous elephants wandered slowly across the dusty plain."
+        ):
+            if frame.audio_data and "slow-first-frame" not in events:
+                events.append("slow-first-frame")
+
+    task = asyncio.create_task(slow_stream())
+    await asyncio.sleep(0.02)  # the slow session's inference has started
+    for _ in range(3):
+        reply = await real_client.control(fast, tts_pb2.PAUSE)
+        assert reply.success
+        events.append("control-reply")
+        await real_client.control(fast, tts_pb2.RESUME)
+    frames = [f async for f in real_client.synthesize(fast, "Quick.")]
+    assert frames[-1].is_final
+    events.append("fast-utterance-done")
+    await task
+    assert events.index("fast-utterance-done") < events.index("slow-first-frame"), events
+    for sid in (slow, fast):
+        await real_client.end_session(sid)

@@ -25,9 +25,18 @@ def grpc_target(addr: str) -> str:
     return addr.removeprefix("grpc://")
 
 
+# A small, fixed HTTP/2 receive window per stream bounds the audio in flight from the
+# worker (16 KiB: about 8 frames, 160 ms), so after a PAUSE only those few frames
+# still arrive. Throughput stays far above real time (one window per round trip).
+CHANNEL_OPTIONS = (
+    ("grpc.http2.lookahead_bytes", 16 * 1024),
+    ("grpc.http2.bdp_probe", 0),
+)
+
+
 class WorkerClient:
     def __init__(self, addr: str) -> None:
-        self.channel = grpc.aio.insecure_channel(grpc_target(addr))
+        self.channel = grpc.aio.insecure_channel(grpc_target(addr), options=CHANNEL_OPTIONS)
         self.stub = tts_pb2_grpc.TTSServiceStub(self.channel)
 
     async def __aenter__(self) -> WorkerClient:

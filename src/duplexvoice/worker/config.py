@@ -52,6 +52,10 @@ class WorkerConfig(BaseModel):
     synthesis_threads: int = Field(
         8, ge=1, description="threads running model inference (shared by all sessions)"
     )
+    synthesis_niceness: int = Field(
+        5, ge=0, le=19,
+        description="how much lower model threads' CPU priority is than I/O's (0: same)",
+    )
     frame_buffer_frames: int = Field(
         250, ge=1, description="frames (20 ms each) a session may synthesize ahead of its sender"
     )

@@ -16,6 +16,7 @@ from duplexvoice.audio import FRAME_MS, SAMPLE_RATE
 from duplexvoice.worker.adapters import ADAPTERS
 from duplexvoice.worker.config import WorkerConfig
 from duplexvoice.worker.model_manager import ModelManager
+from duplexvoice.worker.priority import call_at_low_priority, lower_thread_priority
 from duplexvoice.worker.registry import RegistryPublisher, build_record
 from duplexvoice.worker.session import WorkerSession
 from duplexvoice.worker.textchunk import ChunkingConfig
@@ -41,7 +42,12 @@ class WorkerRuntime:
             on_change=self._changed,
         )
         self.sessions: dict[str, WorkerSession] = {}
-        self.executor = ThreadPoolExecutor(config.synthesis_threads, thread_name_prefix="synth")
+        self.executor = ThreadPoolExecutor(
+            config.synthesis_threads,
+            thread_name_prefix="synth",
+            initializer=lower_thread_priority,
+            initargs=(config.synthesis_niceness,),
+        )
         self.chunking = ChunkingConfig(
             first_max_chars=config.first_max_chars,
             first_min_chars=config.first_min_chars,
@@ -71,7 +77,10 @@ class WorkerRuntime:
         models = self.config.models
         warmup = models.warmup_text if models.warmup_enabled else None
         start = time.perf_counter()
-        voice = LoadedVoice.load(pack, self.config.device, warmup)
+        voice = call_at_low_priority(
+            lambda: LoadedVoice.load(pack, self.config.device, warmup),
+            self.config.synthesis_niceness,
+        )
         log.info(
             "loaded %s in %.0f ms (warm-up %.0f ms, gain %+.1f dB)",
             model_id, (time.perf_counter() - start) * 1000, voice.warmup_ms,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 import grpc
 
@@ -21,10 +22,16 @@ log = logging.getLogger(__name__)
 # A TextChunk is small; anything near this is a client bug or an attack.
 MAX_MESSAGE_BYTES = 1 << 20
 
+# Synthesis threads run Python between model calls (phonemes, the audio pipeline) and
+# hold the GIL meanwhile; the event loop waits up to the switch interval (5 ms by
+# default) to get it back. 1 ms keeps Control replies and frames prompt.
+GIL_SWITCH_INTERVAL_S = 0.001
+
 
 async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from duplexvoice.worker.priority import call_at_low_priority, lower_thread_priority
+
+pytestmark = pytest.mark.unit
+
+
+def niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_runs_on_a_fresh_thread_with_lower_priority_and_leaves_the_caller_alone() -> None:
+    before = niceness()
+    inner = call_at_low_priority(niceness, 5)
+    assert inner == min(19, before + 5)
+    assert niceness() == before  # the calling thread is untouched
+
+
+def test_threads_created_by_a_low_priority_thread_inherit_it() -> None:
+    # onnxruntime creates its intra-op pool on the loading thread: it must inherit.
+    def spawn_and_read() -> int:
+        seen: list[int] = []
+        child = threading.Thread(target=lambda: seen.append(niceness()))
+        child.start()
+        child.join()
+        return seen[0]
+
+    assert call_at_low_priority(spawn_and_read, 3) == min(19, niceness() + 3)
+
+
+def test_errors_propagate_and_zero_means_inline() -> None:
+    def boom() -> int:
+        raise ValueError("load failed")
+
+    with pytest.raises(ValueError, match="load failed"):
+        call_at_low_priority(boom, 5)
+    assert call_at_low_priority(threading.get_native_id, 0) == threading.get_native_id()
+
+
+def test_lower_thread_priority_on_a_pool_thread() -> None:
+    result: list[int] = []
+
+    def run() -> None:
+        start = niceness()
+        lower_thread_priority(2)
+        result.append(niceness() - start)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert result == [2] or niceness() + 2 > 19
