@@ -64,6 +64,7 @@ def test_lists_are_comma_separated() -> None:
     ("--max-sessions", "0", "max_sessions"),
     ("--resident-cap", "0", "resident_cap"),
     ("--registry-ttl-s", "5", "registry_ttl_s"),  # not above the 10 s heartbeat
+    ("--max-chunk-chars", "40", "max_chunk_chars"),  # below first_max_chars (60)
 ])
 def test_invalid_values_name_the_option(flag: str, value: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from duplexvoice.worker.model_policy import ModelManagerConfig
+from duplexvoice.worker.textchunk import ChunkingConfig
 
 ENV_PREFIX = "DUPLEXVOICE_WORKER"
 
@@ -83,6 +84,18 @@ class WorkerConfig(BaseModel):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _chunking_consistent(self) -> WorkerConfig:
+        self.chunking()  # raises ValueError naming the inconsistent options
+        return self
+
+    def chunking(self) -> ChunkingConfig:
+        return ChunkingConfig(
+            first_max_chars=self.first_max_chars,
+            first_min_chars=self.first_min_chars,
+            max_chunk_chars=self.max_chunk_chars,
+        )
 
     @model_validator(mode="after")
     def _heartbeat_within_ttl(self) -> WorkerConfig:

@@ -19,7 +19,6 @@ from duplexvoice.worker.model_manager import ModelManager
 from duplexvoice.worker.priority import call_at_low_priority, lower_thread_priority
 from duplexvoice.worker.registry import RegistryPublisher, build_record
 from duplexvoice.worker.session import WorkerSession
-from duplexvoice.worker.textchunk import ChunkingConfig
 from duplexvoice.worker.voice import LoadedVoice
 from duplexvoice.worker.voicepacks import ScanResult, VoicePack, scan_voicepacks
 
@@ -48,11 +47,7 @@ class WorkerRuntime:
             initializer=lower_thread_priority,
             initargs=(config.synthesis_niceness,),
         )
-        self.chunking = ChunkingConfig(
-            first_max_chars=config.first_max_chars,
-            first_min_chars=config.first_min_chars,
-            max_chunk_chars=config.max_chunk_chars,
-        )
+        self.chunking = config.chunking()
         self.accepting = True
         self.port = 0
         self.started_at = time.monotonic()

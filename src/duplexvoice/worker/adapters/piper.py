@@ -193,6 +193,9 @@ class PiperAdapter(TTSAdapter):
         )
         # Piper's generator phonemizes all the text, then runs the model once per
         # sentence on each next(): check cancel before asking for the next sentence.
+        # Piper reads "[[ ... ]]" as raw phonemes: user text must not reach the model
+        # as phoneme codes, so the double brackets are broken up.
+        text = text.replace("[[", "[ [").replace("]]", "] ]")
         sentences = iter(voice.synthesize(text, syn_config))
         try:
             while not cancel.is_set():
