@@ -1,0 +1,1 @@
+"""The orchestrator: client sessions, routing and transports."""
