@@ -1,0 +1,512 @@
+"""The orchestrator's session core: event lists in, action lists out, a fake clock."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from duplexvoice.orchestrator.session import (
+    Action,
+    BeginSynthesis,
+    ClientDisconnected,
+    Close,
+    Connected,
+    ControlReceived,
+    EndWorkerSession,
+    Event,
+    Send,
+    SendAudio,
+    ServerShutdown,
+    SessionConfig,
+    SessionMachine,
+    StartWorkerSession,
+    State,
+    SynthesisDone,
+    SynthesisFailed,
+    SynthesizeText,
+    TextReceived,
+    Tick,
+    WorkerControl,
+    WorkerFrame,
+    WorkerSessionFailed,
+    WorkerSessionStarted,
+)
+
+pytestmark = pytest.mark.unit
+
+PCM = b"\x01\x00" * 960
+CFG = SessionConfig("s1", idle_timeout_s=30.0, max_queued_utterances=2, max_pending_chars=100)
+
+
+class Driver:
+    """Feeds events at a fake time and records every action."""
+
+    def __init__(self, config: SessionConfig = CFG) -> None:
+        self.now = 0.0
+        self.m = SessionMachine(config, self.now)
+        self.log: list[Action] = []
+
+    def __call__(self, event: Event, at: float | None = None) -> list[Action]:
+        if at is not None:
+            self.now = at
+        out = self.m.handle(event, self.now)
+        self.log.extend(out)
+        return out
+
+    def frames(self, uid: int, n: int) -> list[Action]:
+        return [a for _ in range(n) for a in self(WorkerFrame(uid, PCM))]
+
+
+def msgs(actions: list[Action], kind: str | None = None) -> list[dict[str, Any]]:
+    out = [a.message for a in actions if isinstance(a, Send)]
+    return [m for m in out if kind is None or m["type"] == kind]
+
+
+def audio(actions: list[Action]) -> list[SendAudio]:
+    return [a for a in actions if isinstance(a, SendAudio)]
+
+
+def ends(actions: list[Action]) -> list[tuple[int, str, int]]:
+    return [(m["utterance_id"], m["reason"], m["frames"]) for m in msgs(actions, "utterance_end")]
+
+
+def errors(actions: list[Action]) -> list[str]:
+    return [m["code"] for m in msgs(actions, "error")]
+
+
+def states(actions: list[Action]) -> list[str]:
+    return [m["state"] for m in msgs(actions, "state")]
+
+
+def in_state(state: State) -> Driver:
+    """A driver whose machine rests in ``state`` (ERROR is transient, never at rest)."""
+    d = Driver()
+    d(Connected())
+    if state is State.INITIALIZING:
+        return d
+    d(WorkerSessionStarted())
+    if state in (State.SPEAKING, State.BARGED_IN):
+        d(TextReceived("hello"))
+        d.frames(1, 2)
+    if state is State.BARGED_IN:
+        d(ControlReceived("PAUSE"))
+    if state is State.CLOSED:
+        d(ServerShutdown())
+    assert d.m.state is state
+    return d
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"session_id": ""}, {"idle_timeout_s": 0}, {"max_queued_utterances": -1},
+     {"lead_ms": 10}, {"max_buffered_frames": 0}, {"max_pending_chars": 0}],
+)
+def test_bad_config(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        SessionConfig(**{"session_id": "s", **kwargs})
+
+
+# -- valid transitions ---------------------------------------------------------------
+
+
+def test_connect_then_worker_started() -> None:
+    d = Driver()
+    out = d(Connected())
+    assert msgs(out) == [{"type": "session_start", "session_id": "s1"}]
+    assert out[-1] == StartWorkerSession() and d.m.state is State.INITIALIZING
+    assert d(Connected()) == []  # only once
+    assert msgs(d(WorkerSessionStarted())) == [{"type": "state", "state": "LISTENING"}]
+    assert d(WorkerSessionStarted()) == []  # stale duplicate
+
+
+def test_worker_start_failure_is_fatal() -> None:
+    d = in_state(State.INITIALIZING)
+    out = d(WorkerSessionFailed("no worker"))
+    assert errors(out) == ["WORKER_UNAVAILABLE"]
+    assert states(out) == ["ERROR", "CLOSED"]
+    assert msgs(out, "session_end") == [{"type": "session_end", "session_id": "s1",
+                                         "reason": "error"}]
+    assert out[-1] == Close(1011, "error")
+    assert EndWorkerSession() not in out  # none was started
+    assert d.m.state is State.CLOSED
+
+
+def test_worker_lost_while_speaking_is_fatal() -> None:
+    d = in_state(State.SPEAKING)
+    d(TextReceived("queued"))
+    out = d(WorkerSessionFailed("worker died"))
+    assert ends(out) == [(1, "error", 2), (2, "error", 0)]
+    assert states(out) == ["ERROR", "CLOSED"]
+    assert out[-2:] == [EndWorkerSession(), Close(1011, "error")]
+
+
+def test_full_utterance_then_second() -> None:
+    d = in_state(State.LISTENING)
+    out = d(TextReceived("Hello world"))
+    assert out[:2] == [BeginSynthesis(1), SynthesizeText(1, "Hello world", True)]
+    assert states(out) == ["SPEAKING"] and d.m.current_utterance == 1
+    out = d.frames(1, 3)
+    assert [a.sequence for a in audio(out)] == [1, 2, 3]
+    out = d(SynthesisDone(1))
+    assert ends(out) == [(1, "completed", 3)] and states(out) == ["LISTENING"]
+    out = d(TextReceived("again"))
+    assert BeginSynthesis(2) in out
+    out = d.frames(2, 2) + d(SynthesisDone(2))
+    assert [a.sequence for a in audio(out)] == [4, 5]
+    assert {a.utterance_id for a in audio(out)} == {2}
+    assert ends(out) == [(2, "completed", 2)]
+
+
+def test_streamed_text_goes_to_the_worker_as_it_arrives() -> None:
+    d = in_state(State.LISTENING)
+    assert d(TextReceived("Hel", is_final=False))[:2] == [
+        BeginSynthesis(1), SynthesizeText(1, "Hel", False)]
+    assert d(TextReceived("lo ", is_final=False)) == [SynthesizeText(1, "lo ", False)]
+    assert d(TextReceived("there")) == [SynthesizeText(1, "there", True)]
+    out = d(TextReceived("next"))  # the text is complete: a new utterance, queued
+    assert out == [] and d.m.queued_utterances == [2]
+
+
+def test_text_before_worker_ready_is_kept_and_joined() -> None:
+    d = in_state(State.INITIALIZING)
+    assert d(TextReceived("a", is_final=False)) == []
+    assert d(TextReceived("b")) == []
+    out = d(WorkerSessionStarted())
+    assert states(out) == ["LISTENING", "SPEAKING"]
+    assert [a for a in out if not isinstance(a, Send)] == [
+        BeginSynthesis(1), SynthesizeText(1, "ab", True)]
+
+
+def test_text_while_speaking_is_queued_and_started_after() -> None:
+    d = in_state(State.SPEAKING)
+    assert d(TextReceived("two", is_final=False)) == []
+    assert d(TextReceived(" more")) == []
+    assert d.m.queued_utterances == [2]
+    out = d(SynthesisDone(1))  # worker free: next synthesis starts at once (pipelined)
+    assert [a for a in out if not isinstance(a, Send)][:2] == [
+        BeginSynthesis(2), SynthesizeText(2, "two more", True)]
+    assert ends(out) == [(1, "completed", 2)] and states(out) == []  # still SPEAKING
+
+
+def test_queue_full() -> None:
+    d = in_state(State.SPEAKING)
+    d(TextReceived("2"))
+    d(TextReceived("3"))
+    out = d(TextReceived("4"))
+    assert errors(out) == ["QUEUE_FULL"] and d.m.queued_utterances == [2, 3]
+
+
+def test_pending_text_limit() -> None:
+    d = in_state(State.SPEAKING)  # max_pending_chars=100
+    assert errors(d(TextReceived("x" * 99, is_final=False))) == []
+    assert errors(d(TextReceived("y" * 2))) == ["QUEUE_FULL"]  # would hold 101 chars
+    d(TextReceived("z"))
+    out = d(SynthesisDone(1))
+    assert SynthesizeText(2, "x" * 99 + "z", True) in out
+
+
+def test_empty_text_is_an_error() -> None:
+    d = in_state(State.LISTENING)
+    assert errors(d(TextReceived(""))) == ["INVALID_MESSAGE"]
+    assert d.m.state is State.LISTENING
+
+
+# -- controls ------------------------------------------------------------------------
+
+
+def test_pause_resume() -> None:
+    d = in_state(State.SPEAKING)
+    out = d(ControlReceived("PAUSE"))
+    assert WorkerControl("PAUSE") in out and states(out) == ["BARGED_IN"]
+    assert audio(d.frames(1, 3)) == []  # held: buffered, not sent
+    assert d(ControlReceived("PAUSE")) == []  # already paused
+    assert audio(d(Tick(), at=5.0)) == []
+    out = d(ControlReceived("RESUME"))
+    assert WorkerControl("RESUME") in out and states(out) == ["SPEAKING"]
+    assert [a.sequence for a in audio(out)] == [3, 4, 5]  # nothing lost or replayed
+    assert d(ControlReceived("RESUME")) == []  # already playing
+
+
+@pytest.mark.parametrize("state", [State.INITIALIZING, State.LISTENING])
+@pytest.mark.parametrize("command", ["PAUSE", "RESUME"])
+def test_pause_resume_with_nothing_playing(state: State, command: str) -> None:
+    d = in_state(state)
+    out = d(ControlReceived(command))
+    assert errors(out) == ["INVALID_STATE"] and len(out) == 1 and d.m.state is state
+
+
+@pytest.mark.parametrize("state", [State.INITIALIZING, State.LISTENING])
+def test_stop_with_nothing_live_is_silent(state: State) -> None:
+    assert in_state(state)(ControlReceived("STOP")) == []
+
+
+def test_unknown_command() -> None:
+    assert errors(in_state(State.SPEAKING)(ControlReceived("REWIND"))) == ["INVALID_MESSAGE"]
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_stop_drops_buffer_and_queue_and_fences(paused: bool) -> None:
+    cfg = SessionConfig("s1", lead_ms=40, max_queued_utterances=3)
+    d = Driver(cfg)
+    d(Connected())
+    d(WorkerSessionStarted())
+    d(TextReceived("one"))
+    d.frames(1, 5)  # 2 sent (40 ms lead), 3 buffered
+    d(TextReceived("two"))
+    d(TextReceived("three"))
+    if paused:
+        d(ControlReceived("PAUSE"))
+    out = d(ControlReceived("STOP"))
+    assert msgs(out)[0] == {"type": "interrupt", "utterance_id": 1, "reason": "stopped"}
+    assert WorkerControl("STOP") in out
+    assert ends(out) == [(1, "stopped", 2), (2, "stopped", 0), (3, "stopped", 0)]
+    assert states(out) == ["LISTENING"] and d.m.buffered_frames == 0
+    # Stale frames of the stopped stream never reach the client.
+    assert audio(d.frames(1, 4) + d(Tick(), at=9.0)) == []
+    # A new text waits for the stopped stream to end (one stream per worker session).
+    out = d(TextReceived("four"))
+    assert states(out) == ["SPEAKING"] and BeginSynthesis(4) not in out
+    out = d(SynthesisDone(1))
+    assert BeginSynthesis(4) in out and ends(out) == []
+    assert [a.sequence for a in audio(d.frames(4, 1))] == [3]
+
+
+def test_stop_in_initializing_drops_pending_text() -> None:
+    d = in_state(State.INITIALIZING)
+    d(TextReceived("a"))
+    out = d(ControlReceived("STOP"))
+    assert ends(out) == [(1, "stopped", 0)] and WorkerControl("STOP") not in out
+    assert BeginSynthesis(1) not in d(WorkerSessionStarted())
+
+
+# -- worker events -------------------------------------------------------------------
+
+
+def test_failure_mid_utterance_then_next_works() -> None:
+    d = in_state(State.SPEAKING)
+    d(TextReceived("next"))
+    d.frames(1, 1)
+    out = d(SynthesisFailed(1, "model crashed"))
+    assert errors(out) == ["SYNTHESIS_FAILED"] and ends(out) == [(1, "error", 3)]
+    assert BeginSynthesis(2) in out and d.m.state is State.SPEAKING
+    assert audio(d.frames(1, 2)) == []  # fenced
+    out = d.frames(2, 2) + d(SynthesisDone(2))
+    assert [a.sequence for a in audio(out)] == [4, 5] and ends(out) == [(2, "completed", 2)]
+
+
+def test_failure_of_only_utterance_returns_to_listening_and_unpauses_worker() -> None:
+    d = in_state(State.BARGED_IN)
+    out = d(SynthesisFailed(1, "boom"))
+    assert states(out) == ["LISTENING"] and WorkerControl("RESUME") in out
+    assert d(TextReceived("again"))[0] == BeginSynthesis(2)
+
+
+def test_stale_and_unknown_worker_events_are_ignored() -> None:
+    d = in_state(State.SPEAKING)
+    assert d(WorkerFrame(7, PCM)) == [] and d(WorkerFrame(1, b"")) == []
+    assert d(SynthesisDone(7)) == [] and d(SynthesisFailed(7, "x")) == []
+    assert d.m.state is State.SPEAKING
+
+
+# -- pacing and sequence -------------------------------------------------------------
+
+
+def test_pacing_keeps_at_most_lead_ahead() -> None:
+    d = in_state(State.LISTENING)  # lead 100 ms, 20 ms frames
+    d(TextReceived("long"), at=10.0)
+    assert len(audio(d.frames(1, 20))) == 5
+    assert d.m.next_deadline == pytest.approx(10.02)
+    assert len(audio(d(Tick(), at=10.02))) == 1
+    assert audio(d(Tick(), at=10.03)) == []
+    assert len(audio(d(Tick(), at=10.1))) == 4  # caught up after a late tick
+    d(SynthesisDone(1))
+    assert ends(d.log) == []  # still frames to play out
+    while (deadline := d.m.next_deadline) is not None and d.m.state is State.SPEAKING:
+        d(Tick(), at=deadline)
+    assert ends(d.log) == [(1, "completed", 20)]
+    assert [a.sequence for a in audio(d.log)] == list(range(1, 21))
+
+
+def test_output_full_signals_back_pressure() -> None:
+    d = Driver(SessionConfig("s1", max_buffered_frames=3))
+    d(Connected())
+    d(WorkerSessionStarted())
+    d(TextReceived("x"))
+    d.frames(1, 7)  # 5 sent at once
+    assert not d.m.output_full
+    d.frames(1, 1)
+    assert d.m.output_full and d.m.buffered_frames == 3
+
+
+# -- idle timeout, shutdown, disconnect -----------------------------------------------
+
+
+def test_idle_timeout_only_when_listening_and_after_the_time() -> None:
+    d = in_state(State.LISTENING)
+    assert d.m.next_deadline == pytest.approx(30.0)
+    assert d(Tick(), at=29.9) == []
+    d(ControlReceived("STOP"), at=29.9)  # a client message restarts the count
+    assert d(Tick(), at=59.8) == []
+    out = d(Tick(), at=59.9)
+    assert msgs(out, "session_end") == [{"type": "session_end", "session_id": "s1",
+                                         "reason": "idle_timeout"}]
+    assert out[-2:] == [EndWorkerSession(), Close(1000, "idle timeout")]
+    assert d.m.closed and d(Tick(), at=99.0) == []
+
+
+@pytest.mark.parametrize("state", [State.INITIALIZING, State.SPEAKING, State.BARGED_IN])
+def test_no_idle_timeout_unless_listening(state: State) -> None:
+    d = in_state(state)
+    assert msgs(d(Tick(), at=1000.0), "session_end") == []
+    assert d.m.state is state
+
+
+def test_idle_counted_from_entering_listening() -> None:
+    d = in_state(State.SPEAKING)
+    d(SynthesisDone(1), at=100.0)
+    assert d(Tick(), at=129.0) == [] and d.m.next_deadline == pytest.approx(130.0)
+    assert msgs(d(Tick(), at=130.0), "session_end")
+
+
+@pytest.mark.parametrize("state", [s for s in State if s not in (State.ERROR, State.CLOSED)])
+def test_shutdown_from_every_state(state: State) -> None:
+    d = in_state(state)
+    out = d(ServerShutdown())
+    assert [m["reason"] for m in msgs(out, "session_end")] == ["server_shutdown"]
+    assert states(out) == ["CLOSED"] and out[-1] == Close(1001, "server shutdown")
+    assert (EndWorkerSession() in out) is (state is not State.INITIALIZING)
+    if state in (State.SPEAKING, State.BARGED_IN):
+        assert ends(out) == [(1, "interrupted", 2)]
+
+
+@pytest.mark.parametrize("state", [s for s in State if s not in (State.ERROR, State.CLOSED)])
+def test_disconnect_from_every_state_sends_nothing(state: State) -> None:
+    d = in_state(state)
+    out = d(ClientDisconnected())
+    assert out == ([EndWorkerSession()] if state is not State.INITIALIZING else [])
+    assert d.m.closed and d.m.next_deadline is None
+
+
+# -- every event in every resting state ----------------------------------------------
+
+EVENTS: list[Event] = [
+    Connected(), WorkerSessionStarted(), WorkerSessionFailed("x"), TextReceived("t"),
+    TextReceived("t", is_final=False), ControlReceived("PAUSE"), ControlReceived("RESUME"),
+    ControlReceived("STOP"), ControlReceived("BOGUS"), WorkerFrame(1, PCM),
+    WorkerFrame(99, PCM), SynthesisDone(1), SynthesisDone(99), SynthesisFailed(1, "x"),
+    SynthesisFailed(99, "x"), Tick(), ClientDisconnected(), ServerShutdown(),
+]
+S = State
+# The state after each event, per resting state: INITIALIZING, LISTENING, SPEAKING, BARGED_IN.
+EXPECTED: dict[str, tuple[State, State, State, State]] = {
+    "Connected()": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
+    "WorkerSessionStarted()": (S.LISTENING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
+    "WorkerSessionFailed(message='x')": (S.CLOSED,) * 4,
+    "TextReceived(text='t', is_final=True)": (S.INITIALIZING, S.SPEAKING, S.SPEAKING,
+                                              S.BARGED_IN),
+    "TextReceived(text='t', is_final=False)": (S.INITIALIZING, S.SPEAKING, S.SPEAKING,
+                                               S.BARGED_IN),
+    "ControlReceived(command='PAUSE')": (S.INITIALIZING, S.LISTENING, S.BARGED_IN, S.BARGED_IN),
+    "ControlReceived(command='RESUME')": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.SPEAKING),
+    "ControlReceived(command='STOP')": (S.INITIALIZING, S.LISTENING, S.LISTENING, S.LISTENING),
+    "ControlReceived(command='BOGUS')": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
+    "WorkerFrame(utterance_id=1, pcm=...)": (S.INITIALIZING, S.LISTENING, S.SPEAKING,
+                                             S.BARGED_IN),
+    "WorkerFrame(utterance_id=99, pcm=...)": (S.INITIALIZING, S.LISTENING, S.SPEAKING,
+                                              S.BARGED_IN),
+    "SynthesisDone(utterance_id=1)": (S.INITIALIZING, S.LISTENING, S.LISTENING, S.BARGED_IN),
+    "SynthesisDone(utterance_id=99)": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
+    "SynthesisFailed(utterance_id=1, message='x')": (S.INITIALIZING, S.LISTENING, S.LISTENING,
+                                                     S.LISTENING),
+    "SynthesisFailed(utterance_id=99, message='x')": (S.INITIALIZING, S.LISTENING, S.SPEAKING,
+                                                      S.BARGED_IN),
+    "Tick()": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
+    "ClientDisconnected()": (S.CLOSED,) * 4,
+    "ServerShutdown()": (S.CLOSED,) * 4,
+}
+RESTING = [S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN]
+
+
+def _key(event: Event) -> str:
+    return repr(event).replace(f"pcm={PCM!r}", "pcm=...")
+
+
+def test_table_covers_every_event_type() -> None:
+    assert {type(e) for e in EVENTS} == set(Event.__subclasses__())
+    assert {_key(e) for e in EVENTS} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("state", RESTING)
+@pytest.mark.parametrize("event", EVENTS, ids=_key)
+def test_every_event_in_every_state(state: State, event: Event) -> None:
+    d = in_state(state)
+    out = d(event)  # never raises
+    assert d.m.state is EXPECTED[_key(event)][RESTING.index(state)]
+    assert all(isinstance(a, Action) for a in out)
+    if d.m.state is not state and not d.m.closed:
+        assert states(out)[-1] == d.m.state.value  # every change is announced
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=_key)
+def test_everything_is_ignored_after_close(event: Event) -> None:
+    d = in_state(State.CLOSED)
+    assert d(event) == [] and d.m.closed
+
+
+# -- randomized invariants -----------------------------------------------------------
+
+
+def _random_event(rng: random.Random, d: Driver) -> Event:
+    uid = d.m.current_utterance or rng.randint(1, 3)
+    uid = rng.choice([uid, uid, uid + 1, max(1, uid - 1)])
+    return rng.choices(
+        [WorkerSessionStarted(), TextReceived("word", is_final=rng.random() < 0.7),
+         ControlReceived(rng.choice(["PAUSE", "RESUME", "STOP"])), WorkerFrame(uid, PCM),
+         SynthesisDone(uid), SynthesisFailed(uid, "x"), Tick(), WorkerSessionFailed("x"),
+         ClientDisconnected(), ServerShutdown()],
+        weights=[2, 8, 4, 40, 6, 1, 12, 0.05, 0.05, 0.05],
+    )[0]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_sequences_keep_invariants(seed: int) -> None:
+    rng = random.Random(seed)
+    d = Driver(SessionConfig("s1", idle_timeout_s=5.0, max_queued_utterances=2))
+    d(Connected())
+    begun: set[int] = set()
+    ended: list[int] = []
+    closed_at: int | None = None
+    disconnected = False
+    for step in range(401):
+        event = _random_event(rng, d) if step < 400 else ServerShutdown()
+        disconnected |= isinstance(event, ClientDisconnected) and not d.m.closed
+        out = d(event, at=d.now + rng.choice([0.0, 0.005, 0.02, 0.02, 0.1, 1.0]))
+        if closed_at is not None:
+            assert out == []  # nothing after Close
+        for a in out:
+            if isinstance(a, BeginSynthesis):
+                begun.add(a.utterance_id)
+            if isinstance(a, SendAudio):
+                assert a.utterance_id not in ended  # no audio of a fenced utterance
+            if isinstance(a, Send) and a.message["type"] == "utterance_end":
+                ended.append(a.message["utterance_id"])
+        if any(isinstance(a, Close) for a in out):
+            assert isinstance(out[-1], Close)
+            closed_at = len(d.log)
+    seqs = [a.sequence for a in audio(d.log)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(ended) == len(set(ended))  # at most one utterance_end each
+    assert len(msgs(d.log, "session_end")) <= 1
+    assert sum(isinstance(a, Close) for a in d.log) <= 1
+    if d.m.closed and not disconnected:
+        assert begun <= set(ended)  # every begun utterance was ended exactly once
+    for a in audio(d.log):  # frames counted in utterance_end match audio sent
+        assert a.utterance_id in begun
+    counts = {m["utterance_id"]: m["frames"] for m in msgs(d.log, "utterance_end")}
+    for uid, n in counts.items():
+        assert n == sum(a.utterance_id == uid for a in audio(d.log))
