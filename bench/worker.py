@@ -73,9 +73,10 @@ def machine() -> dict[str, object]:
             "platform": platform.platform()}
 
 
-def peak_rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """VmHWM: peak resident memory; VmRSS: resident now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -288,7 +289,10 @@ def print_table(r: dict[str, object]) -> None:
     print("\nloudness (LUFS, target -16 +- 1):")
     for model, values in loud.items():
         print(f"  {model:24s} " + "  ".join(f"{k} {v:6.2f}" for k, v in values.items()))
-    print(f"\nworker peak RSS with Piper, eSpeak and mock resident: {r['peak_rss_mb']:.0f} MB")
+    print(f"\nworker RSS with Piper, eSpeak and mock resident, before any request: "
+          f"{r['rss_after_load_mb']:.0f} MB; peak over the whole run "
+          f"(up to {max(int(k) for k in conc['worst_lateness_ms_by_n'])} concurrent Piper "
+          f"sessions): {r['peak_rss_mb']:.0f} MB")
 
 
 async def main() -> None:
@@ -310,6 +314,14 @@ async def main() -> None:
         async with WorkerClient(worker.addr) as client:
             await client.wait_ready()
             result: dict[str, object] = {"machine": machine(), "reps": reps}
+            # Piper, eSpeak and the mock are loaded and warmed; nothing else ran yet.
+            await client.wait_ready()
+            for _ in range(100):
+                caps = await client.stub.GetCapabilities(tts_pb2.GetCapabilitiesRequest())
+                if len(caps.resident_models) >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            result["rss_after_load_mb"] = rss_mb(worker.pid, "VmRSS")
             parts = set(args.only.split(","))
             if "fal" in parts:
                 result["fal"] = await bench_fal_rtf(client, bare, reps)
@@ -326,7 +338,7 @@ async def main() -> None:
                     client, args.jitter_ms, 4 if args.quick else args.max_sessions)
             if "loudness" in parts:
                 result["loudness"] = await bench_loudness(client)
-            result["peak_rss_mb"] = peak_rss_mb(worker.pid)
+            result["peak_rss_mb"] = rss_mb(worker.pid)
     finally:
         worker.terminate()
     print_table(result)
