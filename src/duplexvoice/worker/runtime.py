@@ -38,7 +38,7 @@ class WorkerRuntime:
             load=self._load_voice,
             unload=lambda _model_id, voice: voice.close(),
             known_models=lambda: self.catalog.keys(),
-            on_change=self._changed,
+            on_change=self.notify_changed,
         )
         self.sessions: dict[str, WorkerSession] = {}
         self.executor = ThreadPoolExecutor(
@@ -83,7 +83,8 @@ class WorkerRuntime:
         )
         return voice
 
-    def _changed(self) -> None:
+    def notify_changed(self) -> None:
+        """Models or sessions changed: refresh the registry record now."""
         if self.publisher is not None:
             self.publisher.poke()
 
@@ -133,7 +134,7 @@ class WorkerRuntime:
             return False
         session.stop()
         self.models.release(session.model_id)
-        self._changed()
+        self.notify_changed()
         return True
 
     async def _reap_idle_sessions(self) -> None:

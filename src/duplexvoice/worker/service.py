@@ -100,7 +100,7 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
             await _abort(context, grpc.StatusCode.ALREADY_EXISTS if rt.accepting
                          else grpc.StatusCode.UNAVAILABLE, f"session {sid!r} not started")
         rt.sessions[sid] = WorkerSession(sid, voice, options)
-        rt._changed()
+        rt.notify_changed()
         return tts_pb2.StartSessionResponse(success=True, message=f"session started on {model_id}")
 
     async def EndSession(
@@ -198,7 +198,7 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
             message = f"{len(result.packs)} voice packs"
             if result.errors:
                 message += f"; skipped {len(result.errors)}: " + " | ".join(result.errors)
-            self.rt._changed()
+            self.rt.notify_changed()
             return tts_pb2.ControlResponse(success=True, message=message, timestamp_ms=_now_ms())
         session = self.rt.sessions.get(request.session_id)
         if session is None:

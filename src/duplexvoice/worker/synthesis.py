@@ -58,7 +58,6 @@ class Utterance:
         self.frames: Channel[bytes] = Channel(buffer_frames)
         self.segments: Channel[str] = Channel(_SEGMENT_QUEUE)
         self.error: StreamError | None = None
-        self.stopped = False
         self.started = time.perf_counter()
         self.first_frame_s: float | None = None
         self._chunker = TextChunker(chunking)
@@ -68,7 +67,6 @@ class Utterance:
         self._executor = executor
 
     def stop(self) -> None:
-        self.stopped = True
         self.cancel.set()
         self.frames.abort()
         self.segments.abort()
