@@ -16,12 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# For now the system is one TTS worker with the default Piper voice.
+# The local stack: one TTS worker process and the orchestrator (embedded registry).
 up: install
-	@echo "Starting a TTS worker on grpc://127.0.0.1:7001 (Ctrl-C stops it)."
-	@echo "When it says ready, in another terminal:"
-	@echo "  $(BIN)/duplexvoice synth 'Hello from duplexvoice.' --out hello.wav"
-	$(BIN)/duplexvoice worker --config configs/worker.yaml
+	$(BIN)/duplexvoice up
 
 # pytest exits 5 when it collected nothing (e.g. a -m filter matched nothing).
 test: install

@@ -1,7 +1,10 @@
 """``duplexvoice``: one entry point with subcommands.
 
 - ``duplexvoice worker``: run a TTS worker (gRPC, default port 7001).
+- ``duplexvoice orchestrator``: run the orchestrator (HTTP + WebSocket, default 8080).
 - ``duplexvoice synth "text" --out hello.wav``: speak through a running worker.
+- ``duplexvoice up``: one worker and the orchestrator (HTTP + WebSocket, port 8080).
+- ``duplexvoice say "text"``: speak through the orchestrator (``-i``: interactive).
 """
 
 from __future__ import annotations
@@ -35,6 +38,27 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _orchestrator(args: argparse.Namespace) -> int:
+    from duplexvoice.orchestrator.config import ENV_PREFIX, OrchestratorConfig
+    from duplexvoice.orchestrator.server import serve
+
+    try:
+        config = load_config(OrchestratorConfig, yaml_path=args.config, env_prefix=ENV_PREFIX,
+                             flags=args)
+    except ConfigError as exc:
+        print(f"duplexvoice orchestrator: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"duplexvoice orchestrator: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     import grpc
 
@@ -63,7 +87,68 @@ def _synth(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _say(args: argparse.Namespace) -> int:
+    import json
+
+    import aiohttp
+
+    from duplexvoice.client.worker_client import write_wav
+    from duplexvoice.client.ws_client import Player, find_player, interactive, say
+
+    if args.interactive or not args.text:
+        return asyncio.run(interactive(args.url, voice=args.voice, api_key=args.api_key))
+
+    async def run() -> int:
+        command = None if args.out is not None else find_player()
+        player = await Player(command).start() if command else None
+        try:
+            result = await say(args.url, args.text, voice=args.voice, api_key=args.api_key,
+                               binary=not args.json_audio, timeout_s=args.timeout,
+                               on_audio=player.write if player else None)
+        except (aiohttp.ClientError, OSError) as exc:
+            print(f"duplexvoice say: cannot talk to {args.url}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if player is not None:
+                await player.close()
+        if player is not None:
+            where = f"played with {Path(command[0]).name}" if command else ""
+        else:
+            out = args.out or Path("out.wav")
+            if result.pcm:
+                write_wav(out, result.pcm)
+                where = f"wrote {out}"
+            else:
+                where = "no audio"
+        if args.json:
+            print(json.dumps({**result.summary(), "audio": where}))
+        else:
+            for error in result.errors:
+                print(f"error {error.get('code')}: {error.get('message')}", file=sys.stderr)
+            first = ("-" if result.first_audio_ms is None
+                     else f"{result.first_audio_ms:.0f} ms")
+            print(
+                f"{where} ({result.audio_ms / 1000:.2f} s of audio, {result.frames} frames"
+                f"{'' if result.sequence_ok else ', SEQUENCE GAPS'}); first audio after "
+                f"{first}; utterance_end: {result.end_reason or 'none'}"
+            )
+        return 0 if result.ok else 1
+
+    return asyncio.run(run())
+
+
+def _up(args: argparse.Namespace) -> int:
+    from duplexvoice.up import run_up
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run_up(port=args.port, worker_port=args.worker_port, voice=args.voice,
+                  redis_url=args.redis, host=args.host)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from duplexvoice.orchestrator.config import OrchestratorConfig
     from duplexvoice.worker.config import WorkerConfig
 
     parser = argparse.ArgumentParser(prog="duplexvoice", description=__doc__,
@@ -76,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(worker, WorkerConfig)
     worker.set_defaults(func=_worker)
 
+    orchestrator = sub.add_parser("orchestrator", help="run the orchestrator (HTTP + WebSocket)")
+    orchestrator.add_argument("--config", type=Path, default=None,
+                              help="YAML file (e.g. configs/orchestrator.yaml)")
+    add_flags(orchestrator, OrchestratorConfig)
+    orchestrator.set_defaults(func=_orchestrator)
+
     synth = sub.add_parser("synth", help="speak text through a running worker into a WAV")
     synth.add_argument("text")
     synth.add_argument("--worker", default="127.0.0.1:7001", help="worker address host:port")
@@ -84,6 +175,35 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, default=Path("out.wav"))
     synth.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the worker")
     synth.set_defaults(func=_synth)
+
+    say = sub.add_parser("say", help="speak text through the orchestrator (WebSocket)",
+                         description="Speak text through a running orchestrator. Audio plays "
+                         "on the sound card when one is found, else goes to a WAV. Without "
+                         "text (or with -i): an interactive session.")
+    say.add_argument("text", nargs="?", default="")
+    say.add_argument("-i", "--interactive", action="store_true",
+                     help="type lines to speak; /pause /resume /stop /voice ID /quit")
+    say.add_argument("--url", default="ws://127.0.0.1:8080/ws", help="orchestrator WebSocket")
+    say.add_argument("--voice", default="", help="model id (default: the server's default)")
+    say.add_argument("--out", type=Path, default=None,
+                     help="write a WAV here (default: play, or out.wav without a sound card)")
+    say.add_argument("--api-key", default="", help="sent as Authorization: Bearer KEY")
+    say.add_argument("--json", action="store_true", help="print the result as JSON")
+    say.add_argument("--json-audio", action="store_true",
+                     help="ask for base64 JSON audio instead of binary frames")
+    say.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the audio")
+    say.set_defaults(func=_say)
+
+    up = sub.add_parser("up", help="run one worker and the orchestrator (Ctrl-C stops both)")
+    up.add_argument("--port", type=int, default=8080, help="HTTP/WebSocket port (0: a free one)")
+    up.add_argument("--worker-port", type=int, default=7001, help="worker gRPC port (0: free)")
+    up.add_argument("--voice", default="", help="default model id of the sessions")
+    up.add_argument("--redis", default=None, metavar="URL",
+                    help="discover workers in Redis (the worker registers there too)")
+    up.add_argument("--host", default="127.0.0.1", help="HTTP/WebSocket bind address")
+    up.add_argument("--log-level", default="WARNING",
+                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    up.set_defaults(func=_up)
     return parser
 
 

@@ -1,7 +1,8 @@
-"""Start a worker as a child process and wait until it is ready.
+"""Start a duplexvoice service (worker or orchestrator) as a child process and wait
+until it prints its ready line.
 
-Used by the tests, the benchmarks and (later) `duplexvoice up`: the worker runs exactly
-as a user starts it, `python -m duplexvoice worker ...`.
+Used by the tests, the benchmarks and `duplexvoice up`: the service runs exactly as a
+user starts it, `python -m duplexvoice worker ...` / `... orchestrator ...`.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
-_READY = re.compile(r"ready on grpc://([\d.]+):(\d+)")
+_READY = re.compile(r"ready on (?:grpc|http)://([\d.]+):(\d+)")
 
 
-class WorkerProcess:
-    """``python -m duplexvoice worker --port 0 ...``; waits for its ready line."""
+class ServiceProcess:
+    """``python -m duplexvoice <subcommand> --port 0 ...``; waits for its ready line."""
+
+    subcommand = ""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None,
-                 name: str = "tts-worker-0", cwd: Path | None = None) -> None:
+                 cwd: Path | None = None) -> None:
         self.args: Sequence[str] = args
-        self.name = name
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.addr = ""
@@ -38,9 +41,11 @@ class WorkerProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 120.0) -> WorkerProcess:
-        cmd = [sys.executable, "-m", "duplexvoice", "worker", "--port", "0",
-               "--name", self.name, *self.args]
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "duplexvoice", self.subcommand, "--port", "0", *self.args]
+
+    def start(self, timeout: float = 120.0) -> Self:
+        cmd = self.command()
         self.proc = subprocess.Popen(
             cmd, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1,
@@ -83,3 +88,27 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class WorkerProcess(ServiceProcess):
+    """A TTS worker; ``addr`` is its gRPC ``host:port``."""
+
+    subcommand = "worker"
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 name: str = "tts-worker-0", cwd: Path | None = None) -> None:
+        super().__init__(*args, env=env, cwd=cwd)
+        self.name = name
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--name", self.name]
+
+
+class OrchestratorProcess(ServiceProcess):
+    """An orchestrator; ``addr`` is its HTTP/WebSocket ``host:port``."""
+
+    subcommand = "orchestrator"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.addr}/ws"
