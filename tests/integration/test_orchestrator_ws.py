@@ -298,3 +298,57 @@ async def test_sigterm_ends_sessions_with_server_shutdown(mock_worker: WorkerPro
         assert proc.proc.wait(10) == 0
     finally:
         proc.kill()
+
+
+async def test_metrics_message_follows_each_utterance(connect: Any) -> None:
+    client = await connect()
+    await client.next("session_start")
+    await client.send(type="text", text="Measure this.")
+    await client.until_end(1)
+    metrics = await client.next("metrics")
+    assert metrics["utterance_id"] == 1 and 0 < metrics["first_audio_ms"] < 5000
+    await client.ws.close()
+
+
+async def test_oversize_message_is_refused_and_the_session_goes_on(
+        mock_worker: WorkerProcess) -> None:
+    proc = OrchestratorProcess("--workers", mock_worker.addr, "--max-message-bytes",
+                               "2048").start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            client = Client(await http.ws_connect(proc.ws_url))
+            await client.next("session_start")
+            await client.send(type="text", text="y" * 3000)
+            assert (await client.next("error"))["code"] == "MESSAGE_TOO_LARGE"
+            await client.send(type="text", text="Small enough.")
+            assert (await client.until_end(1))[-1]["reason"] == "completed"
+            await client.ws.send_bytes(b"\0" * 100_000)  # far too large: cut off
+            assert (await client.next("closed"))["type"] == "closed"
+    finally:
+        proc.terminate()
+
+
+async def test_a_flooding_client_is_limited_then_closed(mock_worker: WorkerProcess) -> None:
+    proc = OrchestratorProcess("--workers", mock_worker.addr, "--rate-limit-per-s", "5",
+                               "--rate-limit-burst", "5").start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            client = Client(await http.ws_connect(proc.ws_url))
+            await client.next("session_start")
+            for _ in range(60):
+                if client.ws.closed:
+                    break
+                await client.ws.send_json({"type": "control", "command": "STOP"})
+            codes = []
+            while (item := await client.next())["type"] != "closed":
+                if item["type"] == "error":
+                    codes.append(item["code"])
+            assert "RATE_LIMITED" in codes
+            # Other sessions are unaffected.
+            other = Client(await http.ws_connect(proc.ws_url))
+            await other.next("session_start")
+            await other.send(type="text", text="Unaffected.")
+            assert (await other.until_end(1))[-1]["reason"] == "completed"
+            await other.ws.close()
+    finally:
+        proc.terminate()

@@ -161,7 +161,10 @@ class SessionDriver:
         self.voice = config.default_voice
         self.output_format = "json"
         self.mode = "tts"
-        self._first_sent: set[int] = set()
+        self._first_sent_upto = 0  # utterance ids are sent in order: the last with audio
+        # First-audio latency (text complete at the worker -> first frame sent), per
+        # utterance until its metrics message is sent.
+        self._first_audio_ms: dict[int, float] = {}
         self._stop_at: float | None = None
 
     # -- inputs ---------------------------------------------------------------------
@@ -250,6 +253,8 @@ class SessionDriver:
         elif isinstance(action, Send):
             self._observe(action.message)
             await self._send(encode_json(action.message))
+            if action.message.get("type") == "utterance_end":
+                await self._send_utterance_metrics(action.message)
         elif isinstance(action, StartWorkerSession):
             self._spawn(self._start_worker())
         elif isinstance(action, BeginSynthesis):
@@ -288,13 +293,24 @@ class SessionDriver:
             )
         self._metrics.frames_sent_total.inc()
         uid = action.utterance_id
-        if uid not in self._first_sent:
-            self._first_sent.add(uid)
+        if uid > self._first_sent_upto:
+            self._first_sent_upto = uid
             stream = self._stream
             if stream is not None and stream.utterance_id == uid and stream.final_sent_at:
-                self._metrics.first_audio_ms.observe(
-                    (time.perf_counter() - stream.final_sent_at) * 1000
-                )
+                first_audio_ms = (time.perf_counter() - stream.final_sent_at) * 1000
+                self._metrics.first_audio_ms.observe(first_audio_ms)
+                self._first_audio_ms[uid] = first_audio_ms
+
+    async def _send_utterance_metrics(self, end: dict[str, object]) -> None:
+        """The ``metrics`` extension message: this utterance's timings, after its end."""
+        uid = end.get("utterance_id")
+        first_audio_ms = self._first_audio_ms.pop(uid, None) if isinstance(uid, int) else None
+        if first_audio_ms is None:
+            return
+        await self._send(encode_json({
+            "type": "metrics", "utterance_id": uid,
+            "first_audio_ms": round(first_audio_ms, 2),
+        }))
 
     def _observe(self, message: dict[str, object]) -> None:
         kind = message.get("type")

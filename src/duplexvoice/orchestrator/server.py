@@ -111,7 +111,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         orch.metrics.rejected_connections_total.inc()
         return web.Response(status=503)
 
-    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, heartbeat=30.0)
+    # Twice the limit: a bit too large gets a MESSAGE_TOO_LARGE error from the parser
+    # (the session goes on); far too large is cut off by aiohttp before it is buffered.
+    ws = web.WebSocketResponse(max_msg_size=2 * config.max_message_bytes, heartbeat=30.0)
     await ws.prepare(request)
     session_id = uuid.uuid4().hex
 
