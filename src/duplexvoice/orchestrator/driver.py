@@ -160,6 +160,7 @@ class SessionDriver:
         self._tasks: set[asyncio.Task[None]] = set()
         self.voice = config.default_voice
         self.output_format = "json"
+        self._wanted_format = "json"
         self.mode = "tts"
         self._first_sent_upto = 0  # utterance ids are sent in order: the last with audio
         # First-audio latency (text complete at the worker -> first frame sent), per
@@ -214,7 +215,7 @@ class SessionDriver:
                 return
             self.voice = message.voice
         if message.output_format is not None:
-            self.output_format = message.output_format
+            self._wanted_format = message.output_format  # from the next utterance
 
     async def send_error(self, code: str, message: str) -> None:
         self._metrics.client_errors_total.inc()
@@ -283,6 +284,8 @@ class SessionDriver:
             await asyncio.wait_for(self._send_text(text), self.config.send_timeout_s)
 
     async def _send_audio(self, action: SendAudio) -> None:
+        if action.utterance_id > self._first_sent_upto:  # a new utterance's first frame
+            self.output_format = self._wanted_format
         if self.output_format == "binary":
             data = encode_binary_frame(action.pcm, action.sequence, action.utterance_id)
             async with self._send_lock:
