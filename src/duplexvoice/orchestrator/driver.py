@@ -228,17 +228,25 @@ class SessionDriver:
         try:
             await self._apply(Connected())
             while not self.machine.closed:
-                deadline = self.machine.next_deadline
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    event = await asyncio.wait_for(self._events.get(), timeout)
-                except TimeoutError:
-                    event = Tick()
-                await self._apply(event)
+                await self._apply(await self._next_event())
         finally:
             await self._release_worker()
             for task in list(self._tasks):
                 task.cancel()
+
+    async def _next_event(self) -> Event:
+        """The next queued event, or a Tick when the machine's deadline comes first.
+        Every event also advances the machine's clock, so queued events never wait."""
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return self._events.get_nowait()
+        deadline = self.machine.next_deadline
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            return Tick()
+        try:
+            return await asyncio.wait_for(self._events.get(), timeout)
+        except TimeoutError:
+            return Tick()
 
     async def _apply(self, event: Event) -> None:
         for action in self.machine.handle(event, time.monotonic()):
