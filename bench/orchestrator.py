@@ -9,7 +9,8 @@ Figures (all at clients in this process, on the same machine as both services):
   once the first frame is in, the client sends STOP (so the paced audio does not have
   to play out) and waits for ``utterance_end``.
 - STOP / PAUSE -> last audio message received (frames in flight count; the client
-  keeps listening 300 ms), mock voice, long text, sent after 10 frames.
+  keeps listening 300 ms), mock voice, long text, sent 0-20 ms (random) after the
+  10th frame.
 - Lead: audio held ahead of real time at the client over one long utterance,
   lead_i = (i+1) x 20 ms - (t_i - t_0), against the orchestrator's ``--lead-ms``.
 - Concurrency: N WebSocket sessions at once, each speaking a long mock text in real
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sys
 import time
 import uuid
@@ -180,6 +182,9 @@ async def bench_stop(http: aiohttp.ClientSession, url: str, reps: int) -> dict[s
             count = len(conn.times)
             await conn.say(LONG_TEXT)
             await conn.wait_frames(count + 10)
+            # At a random point between two frames: right after an arrival would
+            # favour the figure (the next frame is a whole frame period away).
+            await asyncio.sleep(random.uniform(0, FRAME_S))
             sent = await conn.control(command)
             await asyncio.sleep(0.3)
             after = [t for t in conn.times[count:] if t > sent]
