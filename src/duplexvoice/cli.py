@@ -13,50 +13,54 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from duplexvoice.config import ConfigError, add_flags, load_config
+
+ServiceConfig = TypeVar("ServiceConfig", bound=BaseModel)
+
+
+def _run_service(
+    name: str,
+    model: type[ServiceConfig],
+    env_prefix: str,
+    serve: Callable[[ServiceConfig], Coroutine[object, object, None]],
+    args: argparse.Namespace,
+) -> int:
+    """Load a service's config (YAML < env < flags), set up logging, serve until stopped."""
+    try:
+        config = load_config(model, yaml_path=args.config, env_prefix=env_prefix, flags=args)
+    except ConfigError as exc:
+        print(f"duplexvoice {name}: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(config, "log_level", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"duplexvoice {name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
     from duplexvoice.worker.config import ENV_PREFIX, WorkerConfig
     from duplexvoice.worker.server import serve
 
-    try:
-        config = load_config(WorkerConfig, yaml_path=args.config, env_prefix=ENV_PREFIX, flags=args)
-    except ConfigError as exc:
-        print(f"duplexvoice worker: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(serve(config))
-    except OSError as exc:
-        print(f"duplexvoice worker: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _run_service("worker", WorkerConfig, ENV_PREFIX, serve, args)
 
 
 def _orchestrator(args: argparse.Namespace) -> int:
     from duplexvoice.orchestrator.config import ENV_PREFIX, OrchestratorConfig
     from duplexvoice.orchestrator.server import serve
 
-    try:
-        config = load_config(OrchestratorConfig, yaml_path=args.config, env_prefix=ENV_PREFIX,
-                             flags=args)
-    except ConfigError as exc:
-        print(f"duplexvoice orchestrator: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(serve(config))
-    except OSError as exc:
-        print(f"duplexvoice orchestrator: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _run_service("orchestrator", OrchestratorConfig, ENV_PREFIX, serve, args)
 
 
 def _synth(args: argparse.Namespace) -> int:
