@@ -8,7 +8,8 @@ something realistic to chew on, and nothing else.
 Duration: ``params.ms_per_char`` (default 60) per letter or digit of each word, plus
 pauses (60 ms between words, 180 ms after ``,;:``, 350 ms after ``.!?``), all divided
 by ``options.speed``. The same text, speed and pack always give the same samples.
-Chunks are 40 ms, computed on demand, so the first one comes at once.
+Chunks are ``params.chunk_ms`` (default 40 ms), computed on demand, so the first one
+comes at once.
 
 Failure knobs, as markers anywhere in the text (removed before synthesis):
 
@@ -71,6 +72,9 @@ class MockParams(BaseModel):
 
     ms_per_char: float = Field(default=60.0, gt=0, description="voiced ms per letter")
     base_pitch_hz: float = Field(default=120.0, gt=20, lt=1000, description="mean f0")
+    chunk_ms: int = Field(
+        default=CHUNK_MS, ge=10, le=1000, description="audio per yielded chunk (and per slow wait)"
+    )
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,7 @@ class MockAdapter(TTSAdapter):
             options.speed,
             self.params.base_pitch_hz,
         )
-        chunk = self.sample_rate * CHUNK_MS // 1000
+        chunk = self.sample_rate * self.params.chunk_ms // 1000
         for index, start in enumerate(range(0, total, chunk)):
             if knobs.fail_after is not None and index >= knobs.fail_after:
                 raise AdapterError(f"mock: failure requested after {index} chunks")
