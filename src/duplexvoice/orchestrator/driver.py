@@ -243,8 +243,10 @@ class SessionDriver:
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
             return Tick()
+        # asyncio.timeout, not wait_for: no extra task per wake-up (this runs per frame).
         try:
-            return await asyncio.wait_for(self._events.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._events.get()
         except TimeoutError:
             return Tick()
 
@@ -289,7 +291,8 @@ class SessionDriver:
 
     async def _send(self, text: str) -> None:
         async with self._send_lock:
-            await asyncio.wait_for(self._send_text(text), self.config.send_timeout_s)
+            async with asyncio.timeout(self.config.send_timeout_s):
+                await self._send_text(text)
 
     async def _send_audio(self, action: SendAudio) -> None:
         if action.utterance_id > self._first_sent_upto:  # a new utterance's first frame
@@ -297,7 +300,8 @@ class SessionDriver:
         if self.output_format == "binary":
             data = encode_binary_frame(action.pcm, action.sequence, action.utterance_id)
             async with self._send_lock:
-                await asyncio.wait_for(self._send_bytes(data), self.config.send_timeout_s)
+                async with asyncio.timeout(self.config.send_timeout_s):
+                    await self._send_bytes(data)
         else:
             await self._send(
                 encode_json(audio_message(action.pcm, action.sequence, action.utterance_id))
