@@ -96,8 +96,9 @@ def _say(args: argparse.Namespace) -> int:
 
     import aiohttp
 
+    from duplexvoice.client.console import Player, find_player, interactive
     from duplexvoice.client.worker_client import write_wav
-    from duplexvoice.client.ws_client import Player, find_player, interactive, say
+    from duplexvoice.client.ws_client import say
 
     if args.interactive or not args.text:
         return asyncio.run(interactive(args.url, voice=args.voice, api_key=args.api_key))

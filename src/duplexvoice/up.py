@@ -94,10 +94,6 @@ def run_up(*, port: int = 8080, worker_port: int = 7001, voice: str = "",
     try:
         if port == 0:
             port = free_port(host)
-        config = OrchestratorConfig(
-            host=host, port=port, redis_url=redis_url or None, default_voice=voice,
-            workers=["127.0.0.1:7001"],  # replaced below with the worker's real address
-        )
         print(f"duplexvoice up: starting the TTS worker on port {worker_port} ...", flush=True)
         try:
             worker.start(worker_timeout_s)
@@ -105,7 +101,10 @@ def run_up(*, port: int = 8080, worker_port: int = 7001, voice: str = "",
             print(f"duplexvoice up: {exc}", file=sys.stderr)
             return 1
         print(f"duplexvoice up: worker ready on grpc://{worker.addr}", flush=True)
-        config = config.model_copy(update={"workers": [f"{worker.name}={worker.addr}"]})
+        config = OrchestratorConfig(
+            host=host, port=port, redis_url=redis_url or None, default_voice=voice,
+            workers=[f"{worker.name}={worker.addr}"],
+        )
         try:
             asyncio.run(run_orchestrator(config))
         except OSError as exc:

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from duplexvoice.client.console import find_player, parse_command
 from duplexvoice.client.worker_client import write_wav
 from duplexvoice.client.ws_client import (
     AudioCollector,
     SequenceCheck,
     auth_headers,
     config_message,
-    find_player,
     parse_audio,
-    parse_command,
 )
 from duplexvoice.orchestrator.protocol import (
     FLAG_LAST,

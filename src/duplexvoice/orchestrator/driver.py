@@ -161,7 +161,7 @@ class SessionDriver:
         self.voice = config.default_voice
         self.output_format = "json"
         self._wanted_format = "json"
-        self.mode = "tts"
+        self.input_sample_rate = 16000  # WIRE §1.2 default; a config message changes it
         self._first_sent_upto = 0  # utterance ids are sent in order: the last with audio
         # First-audio latency (text complete at the worker -> first frame sent), per
         # utterance until its metrics message is sent.
@@ -216,6 +216,8 @@ class SessionDriver:
             self.voice = message.voice
         if message.output_format is not None:
             self._wanted_format = message.output_format  # from the next utterance
+        if message.input_sample_rate is not None:
+            self.input_sample_rate = message.input_sample_rate
 
     async def send_error(self, code: str, message: str) -> None:
         self._metrics.client_errors_total.inc()

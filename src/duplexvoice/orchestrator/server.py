@@ -173,7 +173,7 @@ async def _read_client(ws: web.WebSocketResponse, driver: SessionDriver, orch: O
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
-            parsed = parse_client_message(msg.data, limits, 16000)
+            parsed = parse_client_message(msg.data, limits, driver.input_sample_rate)
             if isinstance(parsed, ProtocolError):
                 await driver.send_error(parsed.code, parsed.message)
             else:
