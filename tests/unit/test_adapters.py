@@ -340,3 +340,12 @@ def test_mock_slow_knob_returns_once_cancelled(adapters: dict[str, TTSAdapter]) 
     cancel.set()
     worker.join(timeout=30)  # a guard only: without cancel it would take an hour
     assert not worker.is_alive() and got == []
+
+
+def test_only_the_mock_runs_on_the_event_loop(adapters: dict[str, TTSAdapter]) -> None:
+    # Model inference always goes to a synthesis thread; the mock is cheaper than the
+    # hop, except when a test asks it to be slow (that blocks, on purpose).
+    assert adapters["mock"].runs_inline("Hello there.")
+    assert not adapters["mock"].runs_inline("Hello [[slow:200]] there.")
+    assert not adapters["piper"].runs_inline("Hello there.")
+    assert not adapters["espeak"].runs_inline("Hello there.")

@@ -113,11 +113,13 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
 
     # -- synthesis ------------------------------------------------------------------
 
-    async def Synthesize(
+    async def Synthesize(  # type: ignore[override]  # a coroutine handler, not a generator
         self,
         request_iterator: AsyncIterator[tts_pb2.TextChunk],
         context: Ctx,
-    ) -> AsyncIterator[tts_pb2.AudioFrame]:
+    ) -> None:
+        # Frames go out with context.write: about a third cheaper per message than
+        # yielding from an async generator, and this runs once per 20 ms frame.
         rt = self.rt
         requests = aiter(request_iterator)
         try:
@@ -158,16 +160,16 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
                 sequence += 1
                 if sequence == 1 and utterance.first_frame_s is not None:
                     rt.record_first_audio(utterance.first_frame_s * 1000)
-                yield tts_pb2.AudioFrame(
+                await context.write(tts_pb2.AudioFrame(
                     session_id=sid, audio_data=frame, sample_rate=SAMPLE_RATE,
                     frame_duration_ms=FRAME_MS, sequence_number=sequence,
-                )
+                ))
             rt.frames_sent += sequence
             # Exactly one final marker ends every synthesis, stopped or completed.
-            yield tts_pb2.AudioFrame(
+            await context.write(tts_pb2.AudioFrame(
                 session_id=sid, sample_rate=SAMPLE_RATE, frame_duration_ms=FRAME_MS,
                 sequence_number=sequence + 1, is_final=True,
-            )
+            ))
         except StreamError as exc:
             failure = exc
         finally:

@@ -125,7 +125,11 @@ class Utterance:
             while (segment := await self.segments.get()) is not None:
                 renderer.begin(segment)
                 while True:
-                    frames = await loop.run_in_executor(self._executor, renderer.step)
+                    if renderer.inline:
+                        frames = renderer.step()
+                        await asyncio.sleep(0)  # other sessions' frames between chunks
+                    else:
+                        frames = await loop.run_in_executor(self._executor, renderer.step)
                     if frames is None:
                         break
                     for frame in frames:

@@ -90,10 +90,12 @@ class UtteranceRenderer:
         self._pipeline = AudioPipeline(voice.adapter.sample_rate, voice.loudness)
         self._chunks: Iterator[FloatAudio] | None = None
         self.busy_s = 0.0
+        self.inline = False  # the current segment may be stepped on the event loop
 
     def begin(self, text: str) -> None:
         """Start the next text segment; call :meth:`step` until it returns None."""
         self._chunks = self._voice.adapter.stream(text, self._options, self._cancel)
+        self.inline = self._voice.adapter.runs_inline(text)
 
     def step(self) -> list[bytes] | None:
         """Synthesize the next chunk of the current segment: frames, or None at its end."""

@@ -80,5 +80,13 @@ class TTSAdapter(ABC):
         not). Raise :class:`AdapterError` on failure.
         """
 
+    def runs_inline(self, text: str) -> bool:
+        """Whether synthesizing ``text`` is cheap enough to run on the event loop.
+
+        A thread hop per chunk costs more than a few tens of microseconds of work;
+        model inference is never that cheap, so the default is False.
+        """
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model. Called once, after the last stream has ended."""

@@ -180,6 +180,10 @@ class MockAdapter(TTSAdapter):
             raise AdapterError(f"voice pack {pack.model_id}: audio.sample_rate {rate!r} invalid")
         return cls(rate, capabilities_from_pack(pack), parse_params(pack, MockParams))
 
+    def runs_inline(self, text: str) -> bool:
+        # A few numpy calls per chunk; only the [[slow:MS]] knob blocks (on purpose).
+        return _parse_knobs(text)[1].slow_s == 0
+
     def stream(
         self, text: str, options: SynthesisOptions, cancel: threading.Event
     ) -> Iterator[FloatAudio]:
