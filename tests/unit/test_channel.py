@@ -49,3 +49,24 @@ async def test_abort_drops_items_and_wakes_both_ends() -> None:
 def test_maxsize_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Channel(0)
+
+
+async def test_wait_below_returns_once_the_reader_drains_and_on_abort() -> None:
+    ch: Channel[int] = Channel(10)
+    for i in range(5):
+        await ch.put(i)
+    await asyncio.wait_for(ch.wait_below(6), 1)  # already below: no wait
+    waiter = asyncio.create_task(ch.wait_below(3))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    await ch.get()
+    await ch.get()
+    await asyncio.sleep(0.01)
+    assert not waiter.done()  # 3 left: not below 3 yet
+    await ch.get()
+    await asyncio.wait_for(waiter, 1)
+    blocked = asyncio.create_task(ch.wait_below(1))
+    await asyncio.sleep(0.01)
+    ch.abort()
+    with pytest.raises(ChannelAborted):
+        await asyncio.wait_for(blocked, 1)

@@ -22,6 +22,7 @@ from duplexvoice.orchestrator.router import (
     languages_match,
     model_matches,
     route,
+    with_local_load,
 )
 from duplexvoice.worker.registry import CAPABILITY_FIELDS, CONTRACT_FIELDS, build_record
 
@@ -578,3 +579,17 @@ def test_route_properties(seed: int) -> None:
     # Deterministic whatever order the registry listed the workers in.
     rng.shuffle(workers)
     assert route(workers, req, mode, exclude=exclude) == decision
+
+
+def test_sessions_opened_here_count_before_the_next_report() -> None:
+    # Both workers reported idle; this orchestrator has since opened 3 sessions on a:
+    # new sessions go to b until b has as many, and a full worker takes none.
+    workers = [w("a", qd=0, max_sessions=4), w("b", qd=0, max_sessions=4)]
+    assert chosen(route(with_local_load(workers, {"a": 3}), RouteRequest(), PLAIN)) == "b"
+    assert chosen(route(with_local_load(workers, {"a": 3, "b": 3}), RouteRequest(),
+                        PLAIN)) == "a"  # a tie: the name decides
+    assert chosen(route(with_local_load(workers, {"a": 4, "b": 4}), RouteRequest(),
+                        PLAIN)) is None
+    # A report above the local count stands (other orchestrators' sessions).
+    busy = [w("a", qd=3), w("b", qd=0)]
+    assert [x.queue_depth for x in with_local_load(busy, {"a": 1, "b": 2})] == [3, 2]

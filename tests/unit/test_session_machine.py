@@ -317,7 +317,9 @@ def test_stale_and_unknown_worker_events_are_ignored() -> None:
 
 
 def test_pacing_keeps_at_most_lead_ahead() -> None:
-    d = in_state(State.LISTENING)  # lead 100 ms, 20 ms frames
+    d = Driver(SessionConfig("s1", send_quantum_ms=20))  # lead 100 ms, one frame a time
+    d(Connected())
+    d(WorkerSessionStarted())
     d(TextReceived("long"), at=10.0)
     assert len(audio(d.frames(1, 20))) == 5
     assert d.m.next_deadline == pytest.approx(10.02)
@@ -330,6 +332,37 @@ def test_pacing_keeps_at_most_lead_ahead() -> None:
         d(Tick(), at=deadline)
     assert ends(d.log) == [(1, "completed", 20)]
     assert [a.sequence for a in audio(d.log)] == list(range(1, 21))
+
+
+def test_pacing_releases_a_quantum_at_once_never_beyond_the_lead() -> None:
+    d = in_state(State.LISTENING)  # lead 100 ms, quantum 40 ms, 20 ms frames
+    d(TextReceived("long"), at=10.0)
+    assert len(audio(d.frames(1, 30))) == 5  # filled up to the lead at once
+    # The next wake-up: when two frames fit under the lead; both go together.
+    assert d.m.next_deadline == pytest.approx(10.04)
+    assert audio(d(Tick(), at=10.03)) == []
+    assert [a.sequence for a in audio(d(Tick(), at=10.04))] == [6, 7]
+    assert d.m.next_deadline == pytest.approx(10.08)
+    # A late wake-up catches up, still only up to the lead.
+    out = audio(d(Tick(), at=10.13))  # 130 ms played + 100 ms lead: 11 frames in all
+    assert [a.sequence for a in out] == [8, 9, 10, 11]
+
+
+def test_resume_of_reading_the_worker_waits_for_the_low_water_mark() -> None:
+    d = Driver(SessionConfig("s1", max_buffered_frames=10))
+    d(Connected())
+    d(WorkerSessionStarted())
+    d(TextReceived("x"), at=0.0)
+    d.frames(1, 15)  # 5 released, 10 buffered: full
+    assert d.m.output_full and d.m.buffered_frames == 10
+    d(Tick(), at=0.04)  # 2 released: 8 left, at the low-water mark (80 %)
+    assert d.m.buffered_frames == 8 and not d.m.output_full
+    d.frames(1, 2)
+    assert d.m.output_full
+    d(Tick(), at=0.08)  # 8 left: reading resumes
+    assert not d.m.output_full
+    d.frames(1, 1)  # 9: below the high-water mark, still reading
+    assert not d.m.output_full and d.m.buffered_frames == 9
 
 
 def test_output_full_signals_back_pressure() -> None:
@@ -510,3 +543,28 @@ def test_random_sequences_keep_invariants(seed: int) -> None:
     counts = {m["utterance_id"]: m["frames"] for m in msgs(d.log, "utterance_end")}
     for uid, n in counts.items():
         assert n == sum(a.utterance_id == uid for a in audio(d.log))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_timing_never_runs_ahead_of_the_lead(seed: int) -> None:
+    # Frames and Ticks at random times (late Ticks included): whatever is sent, the
+    # client never holds more than lead_ms.
+    rng = random.Random(seed)
+    cfg = SessionConfig("s1", lead_ms=rng.choice([40, 100, 200]),
+                        send_quantum_ms=rng.choice([20, 40]))
+    d = Driver(cfg)
+    d(Connected())
+    d(WorkerSessionStarted())
+    d(TextReceived("long"), at=1.0)
+    client_end = 1.0  # when the client will have played everything it got
+    for _ in range(300):
+        if rng.random() < 0.5:
+            event: Event = WorkerFrame(1, PCM)
+        else:
+            deadline = d.m.next_deadline
+            event = Tick()
+            at = max(d.now, (deadline or d.now) + rng.choice([0.0, 0.0, 0.001, 0.03]))
+            d.now = at
+        for _ in audio(d(event)):
+            client_end = max(client_end, d.now) + 0.02
+            assert client_end - d.now <= cfg.lead_ms / 1000 + 1e-6

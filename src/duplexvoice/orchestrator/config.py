@@ -39,6 +39,16 @@ class OrchestratorConfig(BaseModel):
     lead_ms: int = Field(
         100, ge=20, le=2000, description="how far audio sent may run ahead of real time"
     )
+    send_quantum_ms: int = Field(
+        40, ge=20, le=2000,
+        description="audio released to a client at a time (one wake-up and write per "
+        "quantum); the client holds between lead - quantum + 20 and lead ms",
+    )
+    buffer_ms: int = Field(
+        1000, ge=100, le=60_000,
+        description="audio held per session before it is sent; above it the worker "
+        "stream is not read (the worker keeps synthesizing ahead into its own buffer)",
+    )
     idle_timeout_s: float = Field(
         300.0, gt=0, description="close a session idle (LISTENING, no message) this long"
     )
@@ -68,6 +78,9 @@ class OrchestratorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_mode(self) -> OrchestratorConfig:
+        if self.send_quantum_ms > self.lead_ms:
+            raise ValueError(f"send_quantum_ms ({self.send_quantum_ms}) must not exceed "
+                             f"lead_ms ({self.lead_ms})")
         if self.routing_mode not in self.routing_modes:
             raise ValueError(
                 f"routing_mode {self.routing_mode!r} is not one of {sorted(self.routing_modes)}"

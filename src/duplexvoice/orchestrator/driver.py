@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from duplexvoice.client.worker_client import WorkerClient
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.protocol import (
+    FRAME_MS,
     AudioInput,
     ClientMessage,
     ConfigMessage,
@@ -39,7 +41,7 @@ from duplexvoice.orchestrator.protocol import (
     error_message,
 )
 from duplexvoice.orchestrator.registry import WorkerRegistry
-from duplexvoice.orchestrator.router import RouteRequest, route
+from duplexvoice.orchestrator.router import RouteRequest, route, with_local_load
 from duplexvoice.orchestrator.session import (
     Action,
     BeginSynthesis,
@@ -79,10 +81,20 @@ _WORKER_GONE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 
 class ClientPool:
     """One gRPC channel per worker address, shared by all sessions (channels are
-    stateless and multiplex streams; sessions share nothing else)."""
+    stateless and multiplex streams; sessions share nothing else), and how many
+    worker sessions this orchestrator holds on each worker (for routing)."""
 
     def __init__(self) -> None:
         self._clients: dict[str, WorkerClient] = {}
+        self.sessions: Counter[str] = Counter()
+
+    def hold(self, worker: str) -> None:
+        self.sessions[worker] += 1
+
+    def drop(self, worker: str) -> None:
+        self.sessions[worker] -= 1
+        if self.sessions[worker] <= 0:
+            del self.sessions[worker]
 
     def get(self, addr: str) -> WorkerClient:
         client = self._clients.get(addr)
@@ -115,8 +127,8 @@ class _Stream:
     final_sent_at: float | None = None
 
 
-SendText = Callable[[str], Awaitable[None]]
-SendBytes = Callable[[bytes], Awaitable[None]]
+# Writes messages (str: text, bytes: binary) to the client in order, as one batch.
+SendMessages = Callable[[list[str | bytes]], Awaitable[None]]
 CloseSocket = Callable[[int, str], Awaitable[None]]
 
 
@@ -129,8 +141,7 @@ class SessionDriver:
         clients: ClientPool,
         metrics: OrchestratorMetrics,
         *,
-        send_text: SendText,
-        send_bytes: SendBytes,
+        send: SendMessages,
         close: CloseSocket,
     ) -> None:
         self.session_id = session_id
@@ -141,16 +152,21 @@ class SessionDriver:
                 idle_timeout_s=config.idle_timeout_s,
                 max_queued_utterances=config.max_queued_utterances,
                 lead_ms=config.lead_ms,
+                send_quantum_ms=config.send_quantum_ms,
+                max_buffered_frames=max(1, config.buffer_ms // FRAME_MS),
             ),
             now=time.monotonic(),
         )
         self._registry = registry
         self._clients = clients
         self._metrics = metrics
-        self._send_text = send_text
-        self._send_bytes = send_bytes
+        self._send_messages = send
         self._close = close
         self._events: asyncio.Queue[Event] = asyncio.Queue(_EVENT_QUEUE)
+        # One timer per session for the machine's next deadline, re-armed only when
+        # the deadline moves: it posts a Tick (cheaper than a timeout per wait).
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._room = asyncio.Event()  # set while the outbound buffer has room
         self._room.set()
         self._send_lock = asyncio.Lock()
@@ -230,45 +246,56 @@ class SessionDriver:
         try:
             await self._apply(Connected())
             while not self.machine.closed:
-                await self._apply(await self._next_event())
+                self._arm_timer()
+                await self._apply(await self._events.get())
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             await self._release_worker()
             for task in list(self._tasks):
                 task.cancel()
 
-    async def _next_event(self) -> Event:
-        """The next queued event, or a Tick when the machine's deadline comes first.
-        Every event also advances the machine's clock, so queued events never wait."""
-        with contextlib.suppress(asyncio.QueueEmpty):
-            return self._events.get_nowait()
+    def _arm_timer(self) -> None:
         deadline = self.machine.next_deadline
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if timeout is not None and timeout <= 0:
-            return Tick()
-        # asyncio.timeout, not wait_for: no extra task per wake-up (this runs per frame).
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._events.get()
-        except TimeoutError:
-            return Tick()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        # The loop's clock is time.monotonic(), the machine's clock.
+        self._timer = (None if deadline is None
+                       else asyncio.get_running_loop().call_at(deadline, self._on_timer))
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self._post(Tick())
 
     async def _apply(self, event: Event) -> None:
+        # The messages of one event go to the client in one write (a quantum of audio
+        # frames, or a frame with the state change that follows it).
+        out: list[str | bytes] = []
         for action in self.machine.handle(event, time.monotonic()):
-            await self._do(action)
+            if isinstance(action, SendAudio):
+                out.append(self._encode_audio(action))
+            elif isinstance(action, Send):
+                self._observe(action.message)
+                out.append(encode_json(action.message))
+                if action.message.get("type") == "utterance_end":
+                    out.extend(self._utterance_metrics(action.message))
+            else:
+                if out:
+                    await self._write(out)
+                    out = []
+                await self._do(action)
+        if out:
+            await self._write(out)
         if self.machine.output_full:
             self._room.clear()
         else:
             self._room.set()
 
     async def _do(self, action: Action) -> None:
-        if isinstance(action, SendAudio):
-            await self._send_audio(action)
-        elif isinstance(action, Send):
-            self._observe(action.message)
-            await self._send(encode_json(action.message))
-            if action.message.get("type") == "utterance_end":
-                await self._send_utterance_metrics(action.message)
-        elif isinstance(action, StartWorkerSession):
+        if isinstance(action, StartWorkerSession):
             self._spawn(self._start_worker())
         elif isinstance(action, BeginSynthesis):
             self._begin(action.utterance_id)
@@ -292,22 +319,20 @@ class SessionDriver:
     # -- to the client --------------------------------------------------------------
 
     async def _send(self, text: str) -> None:
-        async with self._send_lock:
-            async with asyncio.timeout(self.config.send_timeout_s):
-                await self._send_text(text)
+        await self._write([text])
 
-    async def _send_audio(self, action: SendAudio) -> None:
+    async def _write(self, messages: list[str | bytes]) -> None:
+        async with self._send_lock:  # the reader task sends errors too: keep the order
+            await self._send_messages(messages)
+
+    def _encode_audio(self, action: SendAudio) -> str | bytes:
         if action.utterance_id > self._first_sent_upto:  # a new utterance's first frame
             self.output_format = self._wanted_format
         if self.output_format == "binary":
-            data = encode_binary_frame(action.pcm, action.sequence, action.utterance_id)
-            async with self._send_lock:
-                async with asyncio.timeout(self.config.send_timeout_s):
-                    await self._send_bytes(data)
+            data: str | bytes = encode_binary_frame(action.pcm, action.sequence,
+                                                    action.utterance_id)
         else:
-            await self._send(
-                encode_json(audio_message(action.pcm, action.sequence, action.utterance_id))
-            )
+            data = encode_json(audio_message(action.pcm, action.sequence, action.utterance_id))
         self._metrics.frames_sent_total.inc()
         uid = action.utterance_id
         if uid > self._first_sent_upto:
@@ -317,17 +342,18 @@ class SessionDriver:
                 first_audio_ms = (time.perf_counter() - stream.final_sent_at) * 1000
                 self._metrics.first_audio_ms.observe(first_audio_ms)
                 self._first_audio_ms[uid] = first_audio_ms
+        return data
 
-    async def _send_utterance_metrics(self, end: dict[str, object]) -> None:
+    def _utterance_metrics(self, end: dict[str, object]) -> list[str | bytes]:
         """The ``metrics`` extension message: this utterance's timings, after its end."""
         uid = end.get("utterance_id")
         first_audio_ms = self._first_audio_ms.pop(uid, None) if isinstance(uid, int) else None
         if first_audio_ms is None:
-            return
-        await self._send(encode_json({
+            return []
+        return [encode_json({
             "type": "metrics", "utterance_id": uid,
             "first_audio_ms": round(first_audio_ms, 2),
-        }))
+        })]
 
     def _observe(self, message: dict[str, object]) -> None:
         kind = message.get("type")
@@ -346,7 +372,8 @@ class SessionDriver:
     async def _connect_worker(self) -> str | None:
         """Route and StartSession; None on success, else why not."""
         request = RouteRequest(model_id=self.voice)
-        decision = route(self._registry.workers(), request, self.config.mode,
+        workers = with_local_load(self._registry.workers(), self._clients.sessions)
+        decision = route(workers, request, self.config.mode,
                          affinity=self._link.name if self._link else None,
                          exclude=self._excluded)
         if decision.worker is None:
@@ -354,12 +381,17 @@ class SessionDriver:
         worker = decision.worker
         model = decision.model_id or self.voice
         client = self._clients.get(worker.addr)
+        # Counted from the decision on, so concurrent new sessions spread out.
+        self._clients.hold(worker.name)
         try:
             await client.stub.StartSession(
                 tts_pb2.StartSessionRequest(session_id=self.session_id, model_id=model),
                 timeout=self.config.worker_timeout_s,
             )
-        except grpc.aio.AioRpcError as exc:
+        except BaseException as exc:
+            self._clients.drop(worker.name)
+            if not isinstance(exc, grpc.aio.AioRpcError):
+                raise
             self._metrics.worker_errors_total.inc()
             if exc.code() in _WORKER_GONE:
                 self._excluded.add(worker.name)
@@ -452,7 +484,10 @@ class SessionDriver:
     async def _end_link(self) -> None:
         """EndSession on the current worker session, if it is still there."""
         link, self._link = self._link, None
-        if link is None or link.broken:
+        if link is None:
+            return
+        self._clients.drop(link.name)
+        if link.broken:
             return
         try:
             await link.client.stub.EndSession(

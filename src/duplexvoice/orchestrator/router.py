@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -281,6 +281,19 @@ def _pick(
             return worker, model, resident
     _, worker, model, resident = min(options, key=lambda option: option[0])
     return worker, model, resident
+
+
+def with_local_load(
+    workers: Sequence[WorkerInfo], opened_here: Mapping[str, int]
+) -> list[WorkerInfo]:
+    """Workers with ``queue_depth`` at least the sessions this orchestrator has open on
+    each (by worker name). Records lag up to a heartbeat; without this, a burst of new
+    sessions would all go to the worker that looked idlest at the last report."""
+    return [
+        replace(w, queue_depth=max(w.queue_depth, opened_here.get(w.name, 0)))
+        if opened_here.get(w.name, 0) > w.queue_depth else w
+        for w in workers
+    ]
 
 
 def route(

@@ -25,6 +25,7 @@ from duplexvoice.orchestrator.access import RateDecision, RateLimiter, check_acc
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.driver import ClientPool, SessionDriver
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
+from duplexvoice.orchestrator.outbound import ClientOutput
 from duplexvoice.orchestrator.protocol import (
     ProtocolError,
     ProtocolLimits,
@@ -113,15 +114,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
     # Twice the limit: a bit too large gets a MESSAGE_TOO_LARGE error from the parser
     # (the session goes on); far too large is cut off by aiohttp before it is buffered.
-    ws = web.WebSocketResponse(max_msg_size=2 * config.max_message_bytes, heartbeat=30.0)
+    ws = web.WebSocketResponse(max_msg_size=2 * config.max_message_bytes, heartbeat=30.0,
+                               compress=False)
     await ws.prepare(request)
     session_id = uuid.uuid4().hex
-
-    async def close(code: int, reason: str) -> None:
-        await ws.close(code=code, message=reason.encode()[:120])
-
+    output = ClientOutput(ws, request.transport, timeout_s=config.send_timeout_s)
     driver = SessionDriver(session_id, config, orch.registry, orch.clients, orch.metrics,
-                           send_text=ws.send_str, send_bytes=ws.send_bytes, close=close)
+                           send=output.send, close=output.close)
     orch.drivers.add(driver)
     orch.metrics.sessions_total.inc()
     orch.metrics.sessions_active.inc()

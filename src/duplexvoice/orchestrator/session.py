@@ -52,6 +52,7 @@ from typing import Any
 QUEUE_FULL = "QUEUE_FULL"
 INVALID_STATE = "INVALID_STATE"
 _EPS = 1e-6  # seconds; absorbs float error when a Tick lands exactly on a deadline
+_LOW_WATER = 0.8  # of max_buffered_frames: where reading the worker resumes
 
 
 class State(enum.StrEnum):
@@ -71,6 +72,10 @@ class SessionConfig:
     max_pending_chars: int = 20_000  # text held here for utterances not yet at the worker
     frame_ms: int = 20
     lead_ms: int = 100  # how far released audio may run ahead of real time
+    # Audio is released this much at a time (one wake-up and one socket write per
+    # quantum, not per frame); the client then holds between lead - quantum + frame
+    # and lead ms. Equal to frame_ms: one frame at a time.
+    send_quantum_ms: int = 40
     max_buffered_frames: int = 250  # high-water mark for ``output_full`` (back-pressure)
 
     def __post_init__(self) -> None:
@@ -82,6 +87,8 @@ class SessionConfig:
             raise ValueError("max_queued_utterances >= 0 and max_pending_chars >= 1")
         if self.lead_ms < self.frame_ms or self.max_buffered_frames < 1:
             raise ValueError("lead_ms must be >= frame_ms and max_buffered_frames >= 1")
+        if not self.frame_ms <= self.send_quantum_ms <= self.lead_ms:
+            raise ValueError("send_quantum_ms must be between frame_ms and lead_ms")
 
 
 # -- events (driver -> machine); new inputs (VAD, ASR, playback) subclass Event --------
@@ -215,6 +222,7 @@ class SessionMachine:
         self._live: deque[_Utterance] = deque()  # not yet ended, in order; [0] is current
         self._stream: int | None = None  # utterance id of the open Synthesize stream
         self._out: deque[tuple[int, bytes]] = deque()  # outbound audio, FIFO
+        self._throttled = False  # see output_full
         self._held = False
         self._held_ahead = 0.0
         self._play_end = now  # when the client will have played all released audio
@@ -256,8 +264,10 @@ class SessionMachine:
 
     @property
     def output_full(self) -> bool:
-        """True above the high-water mark: stop reading the worker stream for now."""
-        return len(self._out) >= self.config.max_buffered_frames
+        """Stop reading the worker stream for now: set at the high-water mark, cleared
+        once the buffer is down to the low-water mark (the reader then takes a burst,
+        not one frame per frame played)."""
+        return self._throttled
 
     @property
     def next_deadline(self) -> float | None:
@@ -268,8 +278,9 @@ class SessionMachine:
         if self._state is State.LISTENING:
             times.append(self._idle_since + self.config.idle_timeout_s)
         if self._head_frame_ready():
-            lead_s, frame_s = self.config.lead_ms / 1000, self.config.frame_ms / 1000
-            times.append(self._play_end + frame_s - lead_s)
+            # When the client is down to lead - quantum + frame ms: a quantum goes.
+            quantum_s = self.config.send_quantum_ms / 1000
+            times.append(self._play_end + quantum_s - self.config.lead_ms / 1000)
         return min(times, default=None)
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -281,8 +292,13 @@ class SessionMachine:
         if handler is not None:
             handler(event)
         if not self.closed:
-            self._pump()
+            self._pump(paced=isinstance(event, Tick))
             self._sync_state()
+        buffered = len(self._out)
+        if buffered >= self.config.max_buffered_frames:
+            self._throttled = True
+        elif buffered <= self.config.max_buffered_frames * _LOW_WATER:
+            self._throttled = False
         actions, self._actions = self._actions, []
         return actions
 
@@ -432,7 +448,7 @@ class SessionMachine:
             self._actions.append(EndWorkerSession())
         self._actions.append(Close(code, reason.replace("_", " ")))
 
-    def _pump(self) -> None:
+    def _pump(self, *, paced: bool = False) -> None:
         """Start the next synthesis when the worker is free; release audio that is due."""
         if self._worker_started and self._stream is None:
             waiting = next((u for u in self._live if not u.started), None)
@@ -445,12 +461,19 @@ class SessionMachine:
         if self._held:
             return
         lead_s, frame_s = self.config.lead_ms / 1000, self.config.frame_ms / 1000
+        # Frames never go further ahead than lead_ms. On the pacing clock (Tick), a
+        # release starts only once a whole quantum fits under the lead, so frames
+        # leave in groups; other events (new frames, RESUME) fill up to the lead.
+        start_below_s = lead_s - self.config.send_quantum_ms / 1000 + frame_s
+        releasing = not paced
         while self._live:
             head = self._live[0]
             if self._head_frame_ready():
                 start = max(self._play_end, self._now)
-                if start + frame_s - self._now > lead_s + _EPS:
+                ahead = start + frame_s - self._now  # held by the client once sent
+                if ahead > lead_s + _EPS or (not releasing and ahead > start_below_s + _EPS):
                     break  # far enough ahead; wait for the next Tick
+                releasing = True
                 uid, pcm = self._out.popleft()
                 head.buffered -= 1
                 head.sent += 1

@@ -48,6 +48,14 @@ class Channel(Generic[T]):
         self._items.append(item)
         self._readable.set()
 
+    async def wait_below(self, n: int) -> None:
+        """Wait until fewer than ``n`` items are queued (or the channel is aborted)."""
+        while len(self._items) >= n and not self._aborted:
+            self._writable.clear()
+            await self._writable.wait()
+        if self._aborted:
+            raise ChannelAborted
+
     def finish(self) -> None:
         """No more items will come; the reader drains what is queued, then gets None."""
         self._finished = True
@@ -69,5 +77,5 @@ class Channel(Generic[T]):
             await self._readable.wait()
         item = self._items.popleft()
         if len(self._items) < self._maxsize:
-            self._writable.set()
+            self._writable.set()  # also wakes wait_below()
         return item

@@ -31,6 +31,9 @@ from duplexvoice.worker.textchunk import ChunkingConfig, TextChunker
 
 log = logging.getLogger(__name__)
 
+# How far ahead of the sender a cheap (inline) renderer stays: 500 ms.
+_INLINE_AHEAD_FRAMES = 25
+
 _SEGMENT_QUEUE = 64
 
 
@@ -126,6 +129,10 @@ class Utterance:
                 renderer.begin(segment)
                 while True:
                     if renderer.inline:
+                        # Cheap to render on demand: stay just ahead of the sender, so
+                        # that many sessions starting at once do not render seconds
+                        # ahead while frames that are due wait behind them.
+                        await self.frames.wait_below(_INLINE_AHEAD_FRAMES)
                         frames = renderer.step()
                         await asyncio.sleep(0)  # other sessions' frames between chunks
                     else:
