@@ -16,8 +16,9 @@ Figures (all at clients in this process, on the same machine as both services):
 - Concurrency: N WebSocket sessions at once, each speaking a long mock text in real
   time; a session passes with zero sequence gaps, ``utterance_end completed`` and p99
   frame lateness (t_i - (t_0 + i x 20 ms)) <= 40 ms. N rises until a level fails;
-  binary output and JSON output separately. The clients (one asyncio loop, one
-  aiohttp ClientSession) run on the same cores as the orchestrator and the worker.
+  binary output and JSON output separately. The clients (one asyncio loop, minimal
+  WebSocket clients from ``lean_ws.py``) run on the same cores as the orchestrator
+  and the worker.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import lean_ws
 from texts import TEXTS
 from worker import MOCK, PIPER, SETTLE_S, machine, rss_mb, summary
 
@@ -227,18 +229,19 @@ async def bench_lead(http: aiohttp.ClientSession, url: str) -> dict[str, object]
             "configured_lead_ms": LEAD_MS}
 
 
-async def _one_session(http: aiohttp.ClientSession, url: str, fmt: str, text: str,
-                       go: asyncio.Event) -> dict[str, object]:
+async def _one_session(url: str, fmt: str, text: str, go: asyncio.Event) -> dict[str, object]:
     try:
-        conn = await Conn.open(http, url, BULK_MOCK, fmt)
+        conn = await lean_ws.connect(url)
+        await conn.next_message("session_start", 30)
+        conn.send_json({"type": "config", "voice": BULK_MOCK, "output_format": fmt})
     except Exception as exc:  # a refused session is a failed one
         return {"ok": False, "why": f"connect: {exc!r}"}
     try:
         await go.wait()
-        await conn.say(text)
-        end = await conn.utterance_end(120)
+        conn.send_json({"type": "text", "text": text})
+        end = await conn.next_message("utterance_end", 120)
     except Exception as exc:
-        await conn.ws.close()
+        await conn.close()
         return {"ok": False, "why": f"no utterance_end: {exc!r}", "frames": len(conn.times)}
     await conn.close()
     times, seqs = np.asarray(conn.times), np.asarray(conn.seqs)
@@ -248,7 +251,7 @@ async def _one_session(http: aiohttp.ClientSession, url: str, fmt: str, text: st
     late = (times - (times[0] + np.arange(len(times)) * FRAME_S)) * 1000
     p99 = float(np.percentile(late, 99))
     ok = gaps == 0 and p99 <= LATE_P99_MS and end.get("reason") == "completed" \
-        and not conn.errors
+        and not conn.errors and not conn.bad
     return {"ok": ok, "gaps": gaps, "p99_late_ms": p99, "max_late_ms": float(late.max()),
             "frames": len(times), "reason": end.get("reason"), "errors": len(conn.errors)}
 
@@ -256,7 +259,7 @@ async def _one_session(http: aiohttp.ClientSession, url: str, fmt: str, text: st
 async def run_level(http: aiohttp.ClientSession, url: str, fmt: str, n: int, text: str,
                     orch_pid: int, worker_pid: int) -> dict[str, object]:
     go = asyncio.Event()
-    tasks = [asyncio.create_task(_one_session(http, url, fmt, text, go)) for _ in range(n)]
+    tasks = [asyncio.create_task(_one_session(url, fmt, text, go)) for _ in range(n)]
     await asyncio.sleep(0.5 + n * 0.005)  # all connected and configured
     cpu0 = (cpu_s(orch_pid), cpu_s(worker_pid), sum(os.times()[:2]))
     wall0 = time.perf_counter()

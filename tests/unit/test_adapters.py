@@ -349,3 +349,24 @@ def test_only_the_mock_runs_on_the_event_loop(adapters: dict[str, TTSAdapter]) -
     assert not adapters["mock"].runs_inline("Hello [[slow:200]] there.")
     assert not adapters["piper"].runs_inline("Hello there.")
     assert not adapters["espeak"].runs_inline("Hello there.")
+
+
+@pytest.mark.parametrize(("rate", "speed"), [(24000, 1.0), (22050, 0.7), (16000, 8.0)])
+def test_mock_render_is_independent_of_chunking(rate: int, speed: float) -> None:
+    # Chunks are cut anywhere (mid-word, mid-taper); at speed 8 words are shorter than
+    # their two 10 ms tapers together.
+    from itertools import pairwise
+
+    from duplexvoice.worker.adapters.mock import plan_words, render
+
+    words, total = plan_words(f"{THREE} {FOX}", rate, 60.0, speed, 120.0)
+    whole = render(words, 0, total, rate)
+    assert whole.dtype == np.float32 and whole.size == total
+    assert 0.05 < float(np.sqrt(np.mean(whole**2))) < 0.2 and float(np.abs(whole).max()) <= 0.5
+    rng = np.random.default_rng(rate)
+    for _ in range(5):
+        cuts = [0, *sorted(rng.integers(0, total, 2).tolist()), total]
+        pieces = [render(words, a, b, rate) for a, b in pairwise(cuts)]
+        assert np.array_equal(np.concatenate(pieces), whole)
+    # Tapered: every word starts from silence.
+    assert all(whole[word.start] == 0.0 for word in words)

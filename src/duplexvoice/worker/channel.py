@@ -26,6 +26,7 @@ class Channel(Generic[T]):
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
+        self._wake_below = maxsize  # get() wakes the producer below this many items
         self._finished = False
         self._aborted = False
 
@@ -49,10 +50,15 @@ class Channel(Generic[T]):
         self._readable.set()
 
     async def wait_below(self, n: int) -> None:
-        """Wait until fewer than ``n`` items are queued (or the channel is aborted)."""
-        while len(self._items) >= n and not self._aborted:
-            self._writable.clear()
-            await self._writable.wait()
+        """Wait until fewer than ``n`` items are queued. Raises :class:`ChannelAborted`
+        once aborted. The reader wakes the producer once, not on every item."""
+        self._wake_below = min(n, self._maxsize)
+        try:
+            while len(self._items) >= n and not self._aborted:
+                self._writable.clear()
+                await self._writable.wait()
+        finally:
+            self._wake_below = self._maxsize
         if self._aborted:
             raise ChannelAborted
 
@@ -76,6 +82,6 @@ class Channel(Generic[T]):
             self._readable.clear()
             await self._readable.wait()
         item = self._items.popleft()
-        if len(self._items) < self._maxsize:
-            self._writable.set()  # also wakes wait_below()
+        if len(self._items) < self._wake_below:
+            self._writable.set()
         return item
