@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/python bench/worker.py
+	$(BIN)/duplexvoice bench
 
 # Regenerate the gRPC code after editing src/duplexvoice/rpc/tts.proto.
 proto: install

@@ -5,6 +5,7 @@
 - ``duplexvoice synth "text" --out hello.wav``: speak through a running worker.
 - ``duplexvoice up``: one worker and the orchestrator (HTTP + WebSocket, port 8080).
 - ``duplexvoice say "text"``: speak through the orchestrator (``-i``: interactive).
+- ``duplexvoice bench``: run every benchmark of the checkout's ``bench/`` folder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -152,6 +154,31 @@ def _up(args: argparse.Namespace) -> int:
                   redis_url=args.redis, host=args.host)
 
 
+BENCHMARKS = ("worker", "orchestrator")  # bench/<name>.py, in this order
+
+
+def _bench(args: argparse.Namespace) -> int:
+    # The benchmarks live in the source checkout (they start services and compare
+    # against bare models), not in the installed package.
+    folder = Path(__file__).resolve().parents[2] / "bench"
+    if not folder.is_dir():
+        print(f"duplexvoice bench: no bench/ folder at {folder}: run it from a source "
+              "checkout (pip install -e .)", file=sys.stderr)
+        return 2
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"duplexvoice bench: unknown benchmark(s) {', '.join(unknown)} "
+              f"(known: {', '.join(BENCHMARKS)})", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names:
+        print(f"== bench/{name}.py", flush=True)
+        cmd = [sys.executable, str(folder / f"{name}.py")] + (["--quick"] if args.quick else [])
+        failed += subprocess.run(cmd, check=False).returncode != 0
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from duplexvoice.orchestrator.config import OrchestratorConfig
     from duplexvoice.worker.config import WorkerConfig
@@ -209,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", default="WARNING",
                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     up.set_defaults(func=_up)
+
+    bench = sub.add_parser("bench", help="run the benchmarks (bench/*.py of the checkout)")
+    bench.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
+    bench.add_argument("--only", default="", help=f"comma-separated, of: {', '.join(BENCHMARKS)}")
+    bench.set_defaults(func=_bench)
     return parser
 
 

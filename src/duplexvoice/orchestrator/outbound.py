@@ -79,4 +79,14 @@ class ClientOutput:
                     await asyncio.sleep(_DRAIN_POLL_S)
 
     async def close(self, code: int, reason: str) -> None:
-        await self._ws.close(code=code, message=reason.encode()[:120])
+        """Close with a code and reason. aiohttp's close waits for what is buffered to
+        go out first, so a client that reads nothing would hold its session (and its
+        buffers) forever: after ``timeout_s`` the connection is dropped instead."""
+        if self._ws.closed:
+            return
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._ws.close(code=code, message=reason.encode()[:120])
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()  # close() would wait for the buffer to drain

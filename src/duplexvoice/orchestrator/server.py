@@ -130,7 +130,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst,
                           strikes_to_close=_RATE_STRIKES)
     try:
-        await _read_client(ws, driver, orch, limiter, runner)
+        await _read_client(ws, output, driver, orch, limiter, runner)
     finally:
         driver.client_gone()
         with contextlib.suppress(Exception):
@@ -139,13 +139,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             runner.cancel()
         orch.drivers.discard(driver)
         orch.metrics.sessions_active.dec()
-        if not ws.closed:
-            await ws.close()
+        await output.close(1000, "")
     return ws
 
 
-async def _read_client(ws: web.WebSocketResponse, driver: SessionDriver, orch: Orchestrator,
-                       limiter: RateLimiter, runner: asyncio.Task[None]) -> None:
+async def _read_client(ws: web.WebSocketResponse, output: ClientOutput, driver: SessionDriver,
+                       orch: Orchestrator, limiter: RateLimiter,
+                       runner: asyncio.Task[None]) -> None:
     limits = orch.limits
     reader = asyncio.ensure_future(ws.receive())
     try:
@@ -154,8 +154,8 @@ async def _read_client(ws: web.WebSocketResponse, driver: SessionDriver, orch: O
             if runner in done:
                 exc = runner.exception()
                 if exc is not None:  # e.g. a client too slow to read its audio
-                    log.info("session %s ended: %s", driver.session_id, exc or type(exc))
-                    await ws.close(code=1008, message=b"client too slow or gone")
+                    log.info("session %s ended: %r", driver.session_id, exc)
+                    await output.close(1008, "client too slow or gone")
                 return
             msg = reader.result()
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
@@ -165,7 +165,7 @@ async def _read_client(ws: web.WebSocketResponse, driver: SessionDriver, orch: O
             verdict = limiter.allow(time.monotonic())
             if verdict is RateDecision.CLOSE:
                 await driver.send_error("RATE_LIMITED", "too many messages: closing")
-                await ws.close(code=1008, message=b"rate limited")
+                await output.close(1008, "rate limited")
                 return
             if verdict is RateDecision.LIMITED:
                 await driver.send_error("RATE_LIMITED", "too many messages: message dropped")
