@@ -28,15 +28,17 @@ def grpc_target(addr: str) -> str:
 # A small, fixed HTTP/2 receive window per stream bounds the audio in flight from the
 # worker (16 KiB: about 8 frames, 160 ms), so after a PAUSE only those few frames
 # still arrive. Throughput stays far above real time (one window per round trip).
-CHANNEL_OPTIONS = (
-    ("grpc.http2.lookahead_bytes", 16 * 1024),
-    ("grpc.http2.bdp_probe", 0),
-)
+DEFAULT_WINDOW_BYTES = 16 * 1024
+
+
+def channel_options(window_bytes: int) -> tuple[tuple[str, int], ...]:
+    return (("grpc.http2.lookahead_bytes", window_bytes), ("grpc.http2.bdp_probe", 0))
 
 
 class WorkerClient:
-    def __init__(self, addr: str) -> None:
-        self.channel = grpc.aio.insecure_channel(grpc_target(addr), options=CHANNEL_OPTIONS)
+    def __init__(self, addr: str, *, window_bytes: int = DEFAULT_WINDOW_BYTES) -> None:
+        self.channel = grpc.aio.insecure_channel(grpc_target(addr),
+                                                 options=channel_options(window_bytes))
         self.stub = tts_pb2_grpc.TTSServiceStub(self.channel)
 
     async def __aenter__(self) -> WorkerClient:
