@@ -49,6 +49,59 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from duplexvoice.orchestrator.session_events import (  # re-exported: the machine's API
+    Action,
+    BeginSynthesis,
+    ClientDisconnected,
+    Close,
+    Connected,
+    ControlReceived,
+    EndWorkerSession,
+    Event,
+    Send,
+    SendAudio,
+    ServerShutdown,
+    StartWorkerSession,
+    SynthesisDone,
+    SynthesisFailed,
+    SynthesizeText,
+    TextReceived,
+    Tick,
+    WorkerControl,
+    WorkerFrame,
+    WorkerSessionFailed,
+    WorkerSessionStarted,
+)
+
+__all__ = [
+    "INVALID_STATE",
+    "QUEUE_FULL",
+    "Action",
+    "BeginSynthesis",
+    "ClientDisconnected",
+    "Close",
+    "Connected",
+    "ControlReceived",
+    "EndWorkerSession",
+    "Event",
+    "Send",
+    "SendAudio",
+    "ServerShutdown",
+    "SessionConfig",
+    "SessionMachine",
+    "StartWorkerSession",
+    "State",
+    "SynthesisDone",
+    "SynthesisFailed",
+    "SynthesizeText",
+    "TextReceived",
+    "Tick",
+    "WorkerControl",
+    "WorkerFrame",
+    "WorkerSessionFailed",
+    "WorkerSessionStarted",
+]
+
 QUEUE_FULL = "QUEUE_FULL"
 INVALID_STATE = "INVALID_STATE"
 _EPS = 1e-6  # seconds; absorbs float error when a Tick lands exactly on a deadline
@@ -89,112 +142,6 @@ class SessionConfig:
             raise ValueError("lead_ms must be >= frame_ms and max_buffered_frames >= 1")
         if not self.frame_ms <= self.send_quantum_ms <= self.lead_ms:
             raise ValueError("send_quantum_ms must be between frame_ms and lead_ms")
-
-
-# -- events (driver -> machine); new inputs (VAD, ASR, playback) subclass Event --------
-
-@dataclass(frozen=True)
-class Event:
-    """Base of everything fed to ``handle``."""
-
-@dataclass(frozen=True)
-class Connected(Event):
-    """The socket was accepted."""
-
-@dataclass(frozen=True)
-class WorkerSessionStarted(Event):
-    """StartSession succeeded."""
-
-@dataclass(frozen=True)
-class WorkerSessionFailed(Event):
-    """StartSession failed, or the worker session is gone for good. Fatal."""
-
-    message: str
-
-@dataclass(frozen=True)
-class TextReceived(Event):
-    text: str
-    is_final: bool = True
-
-@dataclass(frozen=True)
-class ControlReceived(Event):
-    command: str  # "PAUSE" | "RESUME" | "STOP"
-
-@dataclass(frozen=True)
-class WorkerFrame(Event):
-    utterance_id: int  # of the Synthesize stream it came from
-    pcm: bytes
-
-@dataclass(frozen=True)
-class SynthesisDone(Event):
-    """The utterance's Synthesize stream ended (final marker), stopped or not."""
-
-    utterance_id: int
-
-@dataclass(frozen=True)
-class SynthesisFailed(Event):
-    utterance_id: int
-    message: str
-
-@dataclass(frozen=True)
-class Tick(Event):
-    """Time passed; due at ``next_deadline``."""
-
-@dataclass(frozen=True)
-class ClientDisconnected(Event):
-    """The socket is gone; nothing can be sent."""
-
-@dataclass(frozen=True)
-class ServerShutdown(Event):
-    """The server is stopping."""
-
-
-# -- actions (machine -> driver), carried out in order --------------------------------
-
-@dataclass(frozen=True)
-class Action:
-    """Base of everything ``handle`` returns."""
-
-@dataclass(frozen=True)
-class Send(Action):
-    message: dict[str, Any]  # a JSON message exactly as on the wire
-
-@dataclass(frozen=True)
-class SendAudio(Action):
-    """One frame to send now; the driver encodes it (JSON base64 or binary)."""
-
-    utterance_id: int
-    sequence: int
-    pcm: bytes
-
-@dataclass(frozen=True)
-class StartWorkerSession(Action):
-    """StartSession; answer with WorkerSessionStarted or WorkerSessionFailed."""
-
-@dataclass(frozen=True)
-class BeginSynthesis(Action):
-    """Open a Synthesize stream; tag its frames with this id."""
-
-    utterance_id: int
-
-@dataclass(frozen=True)
-class SynthesizeText(Action):
-    utterance_id: int
-    text: str
-    is_final: bool
-
-@dataclass(frozen=True)
-class WorkerControl(Action):
-    command: str  # "PAUSE" | "RESUME" | "STOP", session-wide on the worker
-
-@dataclass(frozen=True)
-class EndWorkerSession(Action):
-    """Cancel any open Synthesize stream, then EndSession (best effort)."""
-
-@dataclass(frozen=True)
-class Close(Action):
-    code: int
-    reason: str
 
 
 # -- the machine ---------------------------------------------------------------------
