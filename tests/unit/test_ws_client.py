@@ -271,4 +271,3 @@ def test_collected_audio_writes_a_wav(tmp_path: Path) -> None:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 48000)
         assert wav.getnframes() == 5 * 960
         assert wav.readframes(960) == pcm(1)
-

@@ -447,9 +447,11 @@ class SessionDriver:
         try:
             call = link.client.stub.Synthesize(texts())
             async for frame in call:
-                if frame.audio_data:
-                    await self._room.wait()  # back-pressure: the client buffer is full
-                    await self._events.put(WorkerFrame(uid, frame.audio_data))
+                pcm = frame.audio_data  # each read of the field copies it: once per frame
+                if pcm:
+                    if not self._room.is_set():
+                        await self._room.wait()  # back-pressure: the client buffer is full
+                    await self._events.put(WorkerFrame(uid, pcm))
                 if frame.is_final:
                     break
         except grpc.aio.AioRpcError as exc:
