@@ -44,9 +44,9 @@ from texts import TEXTS
 from worker import MOCK, PIPER, SETTLE_S, machine, rss_mb, summary
 
 from duplexvoice.client.worker_client import WorkerClient
+from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
 from duplexvoice.orchestrator.protocol import decode_binary_frame
 from duplexvoice.worker.config import BUNDLED_VOICEPACKS
-from duplexvoice.worker.launcher import OrchestratorProcess, WorkerProcess
 
 # The concurrency figure is about the orchestrator: its source is a mock pack that
 # yields 200 ms chunks, so the single worker process spends less per frame than with

@@ -38,8 +38,8 @@ from texts import TEXTS
 
 from duplexvoice.audio import SAMPLE_RATE
 from duplexvoice.client.worker_client import WorkerClient
+from duplexvoice.launcher import WorkerProcess
 from duplexvoice.rpc import tts_pb2
-from duplexvoice.worker.launcher import WorkerProcess
 
 # Idle time before each measured run. Without it, the run right after the other
 # process's run finds the CPU still busy (onnxruntime's pool threads spin for a while

@@ -83,8 +83,8 @@ def run_up(*, port: int = 8080, worker_port: int = 7001, voice: str = "",
            redis_url: str | None = None, host: str = "127.0.0.1",
            worker_timeout_s: float = 120.0) -> int:
     """Start the worker, serve until stopped, stop the worker. Returns an exit code."""
+    from duplexvoice.launcher import WorkerProcess
     from duplexvoice.orchestrator.config import OrchestratorConfig
-    from duplexvoice.worker.launcher import WorkerProcess
 
     # WorkerProcess puts "--port 0" first; argparse keeps the last value given.
     worker_args = ["--port", str(worker_port)]

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from duplexvoice.client.worker_client import WorkerClient
-from duplexvoice.worker.launcher import WorkerProcess
+from duplexvoice.launcher import WorkerProcess
 
 
 @pytest.fixture(scope="module")

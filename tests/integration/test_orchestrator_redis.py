@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from duplexvoice.worker.launcher import OrchestratorProcess, WorkerProcess
+from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration

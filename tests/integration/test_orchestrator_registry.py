@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio as aioredis
 
+from duplexvoice.launcher import WorkerProcess
 from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry
-from duplexvoice.worker.launcher import WorkerProcess
 from duplexvoice.worker.registry import build_record
 from tests.support.redis_server import RedisServer, free_port
 

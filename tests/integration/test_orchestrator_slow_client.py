@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from duplexvoice.worker.launcher import OrchestratorProcess, WorkerProcess
+from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 

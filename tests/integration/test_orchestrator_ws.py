@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
 from duplexvoice.orchestrator.protocol import decode_binary_frame
-from duplexvoice.worker.launcher import OrchestratorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from duplexvoice.client.worker_client import WorkerClient
+from duplexvoice.launcher import WorkerProcess
 from duplexvoice.rpc import tts_pb2
-from duplexvoice.worker.launcher import WorkerProcess
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration

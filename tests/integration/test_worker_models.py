@@ -13,9 +13,9 @@ import grpc
 import pytest
 
 from duplexvoice.client.worker_client import WorkerClient, synthesize_text
+from duplexvoice.launcher import WorkerProcess
 from duplexvoice.rpc import tts_pb2
 from duplexvoice.worker.config import BUNDLED_VOICEPACKS
-from duplexvoice.worker.launcher import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
