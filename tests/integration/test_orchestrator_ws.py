@@ -248,10 +248,17 @@ async def test_no_worker_means_worker_unavailable() -> None:
                 assert r.status == 503
             client = Client(await http.ws_connect(proc.ws_url))
             await client.next("session_start")
+            # Connected costs no worker: the session waits, and an utterance that
+            # finds none fails alone; the session goes on.
+            assert (await client.next("state"))["state"] == "LISTENING"
+            await client.send(type="text", text="Hello there.")
             error = await client.next("error")
             assert error["code"] == "WORKER_UNAVAILABLE"
-            end = await client.next("session_end")
-            assert end["reason"] == "error"
+            end = await client.next("utterance_end")
+            assert (end["utterance_id"], end["reason"], end["frames"]) == (1, "error", 0)
+            await client.send(type="text", text="Again.")
+            assert (await client.next("error"))["code"] == "WORKER_UNAVAILABLE"
+            assert (await client.next("utterance_end"))["utterance_id"] == 2
     finally:
         proc.terminate()
 

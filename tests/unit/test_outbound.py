@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from duplexvoice.orchestrator.outbound import encode_frame, encode_frames
+from duplexvoice.orchestrator.transports.ws_output import encode_frame, encode_frames
 
 pytestmark = pytest.mark.unit
 

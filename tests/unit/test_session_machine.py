@@ -7,22 +7,21 @@ from typing import Any
 
 import pytest
 
-from duplexvoice.orchestrator.session import (
+from duplexvoice.orchestrator.messages import Command, ErrorCode, UtteranceEnd
+from duplexvoice.orchestrator.playout import PlayoutConfig
+from duplexvoice.orchestrator.session import SessionConfig, SessionMachine, State, speakable
+from duplexvoice.orchestrator.session_events import (
     Action,
     BeginSynthesis,
     ClientDisconnected,
     Close,
     Connected,
     ControlReceived,
-    EndWorkerSession,
     Event,
+    ReleaseWorker,
     Send,
     SendAudio,
     ServerShutdown,
-    SessionConfig,
-    SessionMachine,
-    StartWorkerSession,
-    State,
     SynthesisDone,
     SynthesisFailed,
     SynthesizeText,
@@ -30,14 +29,17 @@ from duplexvoice.orchestrator.session import (
     Tick,
     WorkerControl,
     WorkerFrame,
-    WorkerSessionFailed,
-    WorkerSessionStarted,
 )
 
 pytestmark = pytest.mark.unit
 
 PCM = b"\x01\x00" * 960
 CFG = SessionConfig("s1", idle_timeout_s=30.0, max_queued_utterances=2, max_pending_chars=100)
+PAUSE, RESUME, STOP = Command.PAUSE, Command.RESUME, Command.STOP
+
+
+def cfg(**playout: Any) -> SessionConfig:
+    return SessionConfig("s1", playout=PlayoutConfig(**playout))
 
 
 class Driver:
@@ -60,7 +62,7 @@ class Driver:
 
 
 def msgs(actions: list[Action], kind: str | None = None) -> list[dict[str, Any]]:
-    out = [a.message for a in actions if isinstance(a, Send)]
+    out = [a.message.to_wire() for a in actions if isinstance(a, Send)]
     return [m for m in out if kind is None or m["type"] == kind]
 
 
@@ -80,18 +82,17 @@ def states(actions: list[Action]) -> list[str]:
     return [m["state"] for m in msgs(actions, "state")]
 
 
-def in_state(state: State) -> Driver:
+def in_state(state: State, config: SessionConfig = CFG) -> Driver:
     """A driver whose machine rests in ``state`` (ERROR is transient, never at rest)."""
-    d = Driver()
-    d(Connected())
+    d = Driver(config)
     if state is State.INITIALIZING:
         return d
-    d(WorkerSessionStarted())
-    if state in (State.SPEAKING, State.BARGED_IN):
+    d(Connected())
+    if state in (State.SPEAKING, State.PAUSED):
         d(TextReceived("hello"))
         d.frames(1, 2)
-    if state is State.BARGED_IN:
-        d(ControlReceived("PAUSE"))
+    if state is State.PAUSED:
+        d(ControlReceived(PAUSE))
     if state is State.CLOSED:
         d(ServerShutdown())
     assert d.m.state is state
@@ -104,45 +105,86 @@ def in_state(state: State) -> Driver:
 @pytest.mark.parametrize(
     "kwargs",
     [{"session_id": ""}, {"idle_timeout_s": 0}, {"max_queued_utterances": -1},
-     {"lead_ms": 10}, {"max_buffered_frames": 0}, {"max_pending_chars": 0}],
+     {"max_pending_chars": 0}, {"worker_linger_s": -1}],
 )
 def test_bad_config(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SessionConfig(**{"session_id": "s", **kwargs})
 
 
-# -- valid transitions ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs", [{"lead_ms": 10}, {"max_frames": 0}, {"send_quantum_ms": 200}, {"frame_ms": 0}],
+)
+def test_bad_playout_config(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        PlayoutConfig(**kwargs)
 
 
-def test_connect_then_worker_started() -> None:
+# -- lifecycle and worker capacity -------------------------------------------------------
+
+
+def test_connect_listens_at_once_and_takes_no_worker() -> None:
     d = Driver()
     out = d(Connected())
-    assert msgs(out) == [{"type": "session_start", "session_id": "s1"}]
-    assert out[-1] == StartWorkerSession() and d.m.state is State.INITIALIZING
+    assert msgs(out) == [{"type": "session_start", "session_id": "s1"},
+                         {"type": "state", "state": "LISTENING"}]
+    assert d.m.state is State.LISTENING and not d.m.worker_held
     assert d(Connected()) == []  # only once
-    assert msgs(d(WorkerSessionStarted())) == [{"type": "state", "state": "LISTENING"}]
-    assert d(WorkerSessionStarted()) == []  # stale duplicate
+    assert not [a for a in d.log if not isinstance(a, Send)]  # no worker asked for
 
 
-def test_worker_start_failure_is_fatal() -> None:
+def test_worker_is_taken_by_the_first_utterance_and_given_back_after_the_linger() -> None:
+    d = in_state(State.LISTENING, SessionConfig("s1", worker_linger_s=2.0))
+    out = d(TextReceived("Hello"), at=1.0)
+    assert BeginSynthesis(1) in out and d.m.worker_held
+    d.frames(1, 1)
+    out = d(SynthesisDone(1), at=1.1)
+    assert ends(out) == [(1, "completed", 1)] and d.m.state is State.LISTENING
+    assert ReleaseWorker() not in out  # a next turn within the linger reuses it
+    assert d.m.next_deadline == pytest.approx(3.1)
+    assert d(Tick(), at=3.0) == []
+    assert d(Tick(), at=3.1) == [ReleaseWorker()] and not d.m.worker_held
+    assert d.m.next_deadline == pytest.approx(1.1 + 60.0)  # only the idle timeout left
+    assert BeginSynthesis(2) in d(TextReceived("again"), at=4.0)  # taken again
+
+
+def test_a_new_turn_within_the_linger_keeps_the_worker() -> None:
+    d = in_state(State.LISTENING, SessionConfig("s1", worker_linger_s=2.0))
+    d(TextReceived("one"), at=0.0)
+    d.frames(1, 1)
+    d(SynthesisDone(1), at=0.1)
+    out = d(TextReceived("two"), at=1.0)
+    assert BeginSynthesis(2) in out and ReleaseWorker() not in d.log
+    d.frames(2, 1)
+    d(SynthesisDone(2), at=1.5)
+    assert d(Tick(), at=3.4) == []  # counted from the second return to LISTENING
+    assert d(Tick(), at=3.5) == [ReleaseWorker()]
+
+
+def test_zero_linger_gives_the_worker_back_with_the_last_frame() -> None:
+    d = in_state(State.LISTENING, SessionConfig("s1", worker_linger_s=0.0))
+    d(TextReceived("one"))
+    d.frames(1, 1)
+    out = d(SynthesisDone(1))
+    assert ends(out) == [(1, "completed", 1)] and out[-1] == ReleaseWorker()
+
+
+def test_no_worker_fails_the_utterance_not_the_session() -> None:
+    d = in_state(State.LISTENING)
+    d(TextReceived("one"))
+    d(TextReceived("two"))
+    out = d(SynthesisFailed(1, "no TTS worker is registered", ErrorCode.WORKER_UNAVAILABLE))
+    assert errors(out) == ["WORKER_UNAVAILABLE"] and ends(out) == [(1, "error", 0)]
+    assert BeginSynthesis(2) in out and d.m.state is State.SPEAKING  # the next one tries
+    d.frames(2, 1)
+    assert ends(d(SynthesisDone(2))) == [(2, "completed", 1)]
+    assert not d.m.closed
+
+
+def test_text_before_connected_is_refused() -> None:
     d = in_state(State.INITIALIZING)
-    out = d(WorkerSessionFailed("no worker"))
-    assert errors(out) == ["WORKER_UNAVAILABLE"]
-    assert states(out) == ["ERROR", "CLOSED"]
-    assert msgs(out, "session_end") == [{"type": "session_end", "session_id": "s1",
-                                         "reason": "error"}]
-    assert out[-1] == Close(1011, "error")
-    assert EndWorkerSession() not in out  # none was started
-    assert d.m.state is State.CLOSED
-
-
-def test_worker_lost_while_speaking_is_fatal() -> None:
-    d = in_state(State.SPEAKING)
-    d(TextReceived("queued"))
-    out = d(WorkerSessionFailed("worker died"))
-    assert ends(out) == [(1, "error", 2), (2, "error", 0)]
-    assert states(out) == ["ERROR", "CLOSED"]
-    assert out[-2:] == [EndWorkerSession(), Close(1011, "error")]
+    assert errors(d(TextReceived("early"))) == ["INVALID_STATE"]
+    assert d.m.current_utterance is None
 
 
 def test_full_utterance_then_second() -> None:
@@ -170,16 +212,6 @@ def test_streamed_text_goes_to_the_worker_as_it_arrives() -> None:
     assert d(TextReceived("there")) == [SynthesizeText(1, "there", True)]
     out = d(TextReceived("next"))  # the text is complete: a new utterance, queued
     assert out == [] and d.m.queued_utterances == [2]
-
-
-def test_text_before_worker_ready_is_kept_and_joined() -> None:
-    d = in_state(State.INITIALIZING)
-    assert d(TextReceived("a", is_final=False)) == []
-    assert d(TextReceived("b")) == []
-    out = d(WorkerSessionStarted())
-    assert states(out) == ["LISTENING", "SPEAKING"]
-    assert [a for a in out if not isinstance(a, Send)] == [
-        BeginSynthesis(1), SynthesizeText(1, "ab", True)]
 
 
 def test_text_while_speaking_is_queued_and_started_after() -> None:
@@ -216,25 +248,56 @@ def test_empty_text_is_an_error() -> None:
     assert d.m.state is State.LISTENING
 
 
+@pytest.mark.parametrize("text", ["   ", "...", "?!", "\U0001f600\U0001f389", " - "])
+def test_text_with_nothing_to_speak_is_refused_and_takes_no_id(text: str) -> None:
+    d = in_state(State.LISTENING)
+    out = d(TextReceived(text))
+    assert errors(out) == ["INVALID_MESSAGE"] and ends(out) == []
+    assert d.m.state is State.LISTENING and not d.m.worker_held
+    assert BeginSynthesis(1) in d(TextReceived("Now words."))  # the id was not used
+
+
+def test_streamed_text_may_carry_punctuation_pieces() -> None:
+    d = in_state(State.SPEAKING)  # utterance 1 playing: utterance 2's text is held
+    assert errors(d(TextReceived("Well", is_final=False))) == []
+    assert errors(d(TextReceived("..."))) == []  # the end of a speakable utterance
+    assert d.m.queued_utterances == [2]
+
+
+def test_a_streamed_utterance_that_never_had_words_ends_without_synthesis() -> None:
+    d = in_state(State.SPEAKING)
+    assert errors(d(TextReceived("...", is_final=False))) == []
+    out = d(TextReceived("!"))
+    assert errors(out) == ["INVALID_MESSAGE"] and ends(out) == [(2, "completed", 0)]
+    assert d.m.queued_utterances == []
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Hi", True), ("42", True), ("été", True), ("日本", True), ("...", False),
+    ("\U0001f600", False), ("", False), (" \t\n", False), ("-- !", False)])
+def test_speakable(text: str, expected: bool) -> None:
+    assert speakable(text) is expected
+
+
 # -- controls ------------------------------------------------------------------------
 
 
 def test_pause_resume() -> None:
     d = in_state(State.SPEAKING)
-    out = d(ControlReceived("PAUSE"))
-    assert WorkerControl("PAUSE") in out and states(out) == ["BARGED_IN"]
+    out = d(ControlReceived(PAUSE))
+    assert WorkerControl(PAUSE) in out and states(out) == ["PAUSED"]  # not a barge-in
     assert audio(d.frames(1, 3)) == []  # held: buffered, not sent
-    assert d(ControlReceived("PAUSE")) == []  # already paused
+    assert d(ControlReceived(PAUSE)) == []  # already paused
     assert audio(d(Tick(), at=5.0)) == []
-    out = d(ControlReceived("RESUME"))
-    assert WorkerControl("RESUME") in out and states(out) == ["SPEAKING"]
+    out = d(ControlReceived(RESUME))
+    assert WorkerControl(RESUME) in out and states(out) == ["SPEAKING"]
     assert [a.sequence for a in audio(out)] == [3, 4, 5]  # nothing lost or replayed
-    assert d(ControlReceived("RESUME")) == []  # already playing
+    assert d(ControlReceived(RESUME)) == []  # already playing
 
 
 @pytest.mark.parametrize("state", [State.INITIALIZING, State.LISTENING])
-@pytest.mark.parametrize("command", ["PAUSE", "RESUME"])
-def test_pause_resume_with_nothing_playing(state: State, command: str) -> None:
+@pytest.mark.parametrize("command", [PAUSE, RESUME])
+def test_pause_resume_with_nothing_playing(state: State, command: Command) -> None:
     d = in_state(state)
     out = d(ControlReceived(command))
     assert errors(out) == ["INVALID_STATE"] and len(out) == 1 and d.m.state is state
@@ -242,28 +305,23 @@ def test_pause_resume_with_nothing_playing(state: State, command: str) -> None:
 
 @pytest.mark.parametrize("state", [State.INITIALIZING, State.LISTENING])
 def test_stop_with_nothing_live_is_silent(state: State) -> None:
-    assert in_state(state)(ControlReceived("STOP")) == []
-
-
-def test_unknown_command() -> None:
-    assert errors(in_state(State.SPEAKING)(ControlReceived("REWIND"))) == ["INVALID_MESSAGE"]
+    assert in_state(state)(ControlReceived(STOP)) == []
 
 
 @pytest.mark.parametrize("paused", [False, True])
 def test_stop_drops_buffer_and_queue_and_fences(paused: bool) -> None:
-    cfg = SessionConfig("s1", lead_ms=40, max_queued_utterances=3)
-    d = Driver(cfg)
+    d = Driver(SessionConfig("s1", max_queued_utterances=3,
+                             playout=PlayoutConfig(lead_ms=40)))
     d(Connected())
-    d(WorkerSessionStarted())
     d(TextReceived("one"))
     d.frames(1, 5)  # 2 sent (40 ms lead), 3 buffered
     d(TextReceived("two"))
     d(TextReceived("three"))
     if paused:
-        d(ControlReceived("PAUSE"))
-    out = d(ControlReceived("STOP"))
+        d(ControlReceived(PAUSE))
+    out = d(ControlReceived(STOP))
     assert msgs(out)[0] == {"type": "interrupt", "utterance_id": 1, "reason": "stopped"}
-    assert WorkerControl("STOP") in out
+    assert WorkerControl(STOP) in out
     assert ends(out) == [(1, "stopped", 2), (2, "stopped", 0), (3, "stopped", 0)]
     assert states(out) == ["LISTENING"] and d.m.buffered_frames == 0
     # Stale frames of the stopped stream never reach the client.
@@ -274,14 +332,6 @@ def test_stop_drops_buffer_and_queue_and_fences(paused: bool) -> None:
     out = d(SynthesisDone(1))
     assert BeginSynthesis(4) in out and ends(out) == []
     assert [a.sequence for a in audio(d.frames(4, 1))] == [3]
-
-
-def test_stop_in_initializing_drops_pending_text() -> None:
-    d = in_state(State.INITIALIZING)
-    d(TextReceived("a"))
-    out = d(ControlReceived("STOP"))
-    assert ends(out) == [(1, "stopped", 0)] and WorkerControl("STOP") not in out
-    assert BeginSynthesis(1) not in d(WorkerSessionStarted())
 
 
 # -- worker events -------------------------------------------------------------------
@@ -300,9 +350,9 @@ def test_failure_mid_utterance_then_next_works() -> None:
 
 
 def test_failure_of_only_utterance_returns_to_listening_and_unpauses_worker() -> None:
-    d = in_state(State.BARGED_IN)
+    d = in_state(State.PAUSED)
     out = d(SynthesisFailed(1, "boom"))
-    assert states(out) == ["LISTENING"] and WorkerControl("RESUME") in out
+    assert states(out) == ["LISTENING"] and WorkerControl(RESUME) in out
     assert d(TextReceived("again"))[0] == BeginSynthesis(2)
 
 
@@ -317,9 +367,8 @@ def test_stale_and_unknown_worker_events_are_ignored() -> None:
 
 
 def test_pacing_keeps_at_most_lead_ahead() -> None:
-    d = Driver(SessionConfig("s1", send_quantum_ms=20))  # lead 100 ms, one frame a time
+    d = Driver(cfg(send_quantum_ms=20))  # lead 100 ms, one frame a time
     d(Connected())
-    d(WorkerSessionStarted())
     d(TextReceived("long"), at=10.0)
     assert len(audio(d.frames(1, 20))) == 5
     assert d.m.next_deadline == pytest.approx(10.02)
@@ -349,9 +398,8 @@ def test_pacing_releases_a_quantum_at_once_never_beyond_the_lead() -> None:
 
 
 def test_resume_of_reading_the_worker_waits_for_the_low_water_mark() -> None:
-    d = Driver(SessionConfig("s1", max_buffered_frames=10))
+    d = Driver(cfg(max_frames=10))
     d(Connected())
-    d(WorkerSessionStarted())
     d(TextReceived("x"), at=0.0)
     d.frames(1, 15)  # 5 released, 10 buffered: full
     assert d.m.output_full and d.m.buffered_frames == 10
@@ -366,14 +414,16 @@ def test_resume_of_reading_the_worker_waits_for_the_low_water_mark() -> None:
 
 
 def test_output_full_signals_back_pressure() -> None:
-    d = Driver(SessionConfig("s1", max_buffered_frames=3))
+    d = Driver(cfg(max_frames=3))
     d(Connected())
-    d(WorkerSessionStarted())
     d(TextReceived("x"))
     d.frames(1, 7)  # 5 sent at once
     assert not d.m.output_full
     d.frames(1, 1)
     assert d.m.output_full and d.m.buffered_frames == 3
+
+
+RESTING_STATES = [State.INITIALIZING, State.LISTENING, State.SPEAKING, State.PAUSED]
 
 
 # -- idle timeout, shutdown, disconnect -----------------------------------------------
@@ -383,16 +433,16 @@ def test_idle_timeout_only_when_listening_and_after_the_time() -> None:
     d = in_state(State.LISTENING)
     assert d.m.next_deadline == pytest.approx(30.0)
     assert d(Tick(), at=29.9) == []
-    d(ControlReceived("STOP"), at=29.9)  # a client message restarts the count
+    d(ControlReceived(STOP), at=29.9)  # a client message restarts the count
     assert d(Tick(), at=59.8) == []
     out = d(Tick(), at=59.9)
     assert msgs(out, "session_end") == [{"type": "session_end", "session_id": "s1",
                                          "reason": "idle_timeout"}]
-    assert out[-2:] == [EndWorkerSession(), Close(1000, "idle timeout")]
+    assert out[-1] == Close(1000, "idle timeout") and ReleaseWorker() not in out  # none held
     assert d.m.closed and d(Tick(), at=99.0) == []
 
 
-@pytest.mark.parametrize("state", [State.INITIALIZING, State.SPEAKING, State.BARGED_IN])
+@pytest.mark.parametrize("state", [State.INITIALIZING, State.SPEAKING, State.PAUSED])
 def test_no_idle_timeout_unless_listening(state: State) -> None:
     d = in_state(state)
     assert msgs(d(Tick(), at=1000.0), "session_end") == []
@@ -402,67 +452,66 @@ def test_no_idle_timeout_unless_listening(state: State) -> None:
 def test_idle_counted_from_entering_listening() -> None:
     d = in_state(State.SPEAKING)
     d(SynthesisDone(1), at=100.0)
-    assert d(Tick(), at=129.0) == [] and d.m.next_deadline == pytest.approx(130.0)
+    assert msgs(d(Tick(), at=129.0)) == [] and d.m.next_deadline == pytest.approx(130.0)
     assert msgs(d(Tick(), at=130.0), "session_end")
 
 
-@pytest.mark.parametrize("state", [s for s in State if s not in (State.ERROR, State.CLOSED)])
+@pytest.mark.parametrize("state", RESTING_STATES)
 def test_shutdown_from_every_state(state: State) -> None:
     d = in_state(state)
     out = d(ServerShutdown())
     assert [m["reason"] for m in msgs(out, "session_end")] == ["server_shutdown"]
     assert states(out) == ["CLOSED"] and out[-1] == Close(1001, "server shutdown")
-    assert (EndWorkerSession() in out) is (state is not State.INITIALIZING)
-    if state in (State.SPEAKING, State.BARGED_IN):
+    assert (ReleaseWorker() in out) is (state in (State.SPEAKING, State.PAUSED))
+    if state in (State.SPEAKING, State.PAUSED):
         assert ends(out) == [(1, "interrupted", 2)]
 
 
-@pytest.mark.parametrize("state", [s for s in State if s not in (State.ERROR, State.CLOSED)])
+@pytest.mark.parametrize("state", RESTING_STATES)
 def test_disconnect_from_every_state_sends_nothing(state: State) -> None:
     d = in_state(state)
     out = d(ClientDisconnected())
-    assert out == ([EndWorkerSession()] if state is not State.INITIALIZING else [])
+    assert out == ([ReleaseWorker()] if state in (State.SPEAKING, State.PAUSED) else [])
     assert d.m.closed and d.m.next_deadline is None
 
 
 # -- every event in every resting state ----------------------------------------------
 
 EVENTS: list[Event] = [
-    Connected(), WorkerSessionStarted(), WorkerSessionFailed("x"), TextReceived("t"),
-    TextReceived("t", is_final=False), ControlReceived("PAUSE"), ControlReceived("RESUME"),
-    ControlReceived("STOP"), ControlReceived("BOGUS"), WorkerFrame(1, PCM),
-    WorkerFrame(99, PCM), SynthesisDone(1), SynthesisDone(99), SynthesisFailed(1, "x"),
-    SynthesisFailed(99, "x"), Tick(), ClientDisconnected(), ServerShutdown(),
+    Connected(), TextReceived("t"), TextReceived("t", is_final=False), ControlReceived(PAUSE),
+    ControlReceived(RESUME), ControlReceived(STOP), WorkerFrame(1, PCM), WorkerFrame(99, PCM),
+    SynthesisDone(1), SynthesisDone(99), SynthesisFailed(1, "x"), SynthesisFailed(99, "x"),
+    Tick(), ClientDisconnected(), ServerShutdown(),
 ]
 S = State
-# The state after each event, per resting state: INITIALIZING, LISTENING, SPEAKING, BARGED_IN.
+# The state after each event, per resting state: INITIALIZING, LISTENING, SPEAKING, PAUSED.
 EXPECTED: dict[str, tuple[State, State, State, State]] = {
-    "Connected()": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
-    "WorkerSessionStarted()": (S.LISTENING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
-    "WorkerSessionFailed(message='x')": (S.CLOSED,) * 4,
+    "Connected()": (S.LISTENING, S.LISTENING, S.SPEAKING, S.PAUSED),
     "TextReceived(text='t', is_final=True)": (S.INITIALIZING, S.SPEAKING, S.SPEAKING,
-                                              S.BARGED_IN),
+                                              S.PAUSED),
     "TextReceived(text='t', is_final=False)": (S.INITIALIZING, S.SPEAKING, S.SPEAKING,
-                                               S.BARGED_IN),
-    "ControlReceived(command='PAUSE')": (S.INITIALIZING, S.LISTENING, S.BARGED_IN, S.BARGED_IN),
-    "ControlReceived(command='RESUME')": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.SPEAKING),
-    "ControlReceived(command='STOP')": (S.INITIALIZING, S.LISTENING, S.LISTENING, S.LISTENING),
-    "ControlReceived(command='BOGUS')": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
+                                               S.PAUSED),
+    "ControlReceived(command=<Command.PAUSE: 'PAUSE'>)": (S.INITIALIZING, S.LISTENING,
+                                                          S.PAUSED, S.PAUSED),
+    "ControlReceived(command=<Command.RESUME: 'RESUME'>)": (S.INITIALIZING, S.LISTENING,
+                                                            S.SPEAKING, S.SPEAKING),
+    "ControlReceived(command=<Command.STOP: 'STOP'>)": (S.INITIALIZING, S.LISTENING,
+                                                        S.LISTENING, S.LISTENING),
     "WorkerFrame(utterance_id=1, pcm=...)": (S.INITIALIZING, S.LISTENING, S.SPEAKING,
-                                             S.BARGED_IN),
+                                             S.PAUSED),
     "WorkerFrame(utterance_id=99, pcm=...)": (S.INITIALIZING, S.LISTENING, S.SPEAKING,
-                                              S.BARGED_IN),
-    "SynthesisDone(utterance_id=1)": (S.INITIALIZING, S.LISTENING, S.LISTENING, S.BARGED_IN),
-    "SynthesisDone(utterance_id=99)": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
-    "SynthesisFailed(utterance_id=1, message='x')": (S.INITIALIZING, S.LISTENING, S.LISTENING,
-                                                     S.LISTENING),
-    "SynthesisFailed(utterance_id=99, message='x')": (S.INITIALIZING, S.LISTENING, S.SPEAKING,
-                                                      S.BARGED_IN),
-    "Tick()": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN),
+                                              S.PAUSED),
+    "SynthesisDone(utterance_id=1)": (S.INITIALIZING, S.LISTENING, S.LISTENING, S.PAUSED),
+    "SynthesisDone(utterance_id=99)": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED),
+    "SynthesisFailed(utterance_id=1, message='x', code=<ErrorCode.SYNTHESIS_FAILED: "
+    "'SYNTHESIS_FAILED'>)": (S.INITIALIZING, S.LISTENING, S.LISTENING, S.LISTENING),
+    "SynthesisFailed(utterance_id=99, message='x', code=<ErrorCode.SYNTHESIS_FAILED: "
+    "'SYNTHESIS_FAILED'>)": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED),
+    "Tick()": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED),
     "ClientDisconnected()": (S.CLOSED,) * 4,
     "ServerShutdown()": (S.CLOSED,) * 4,
 }
-RESTING = [S.INITIALIZING, S.LISTENING, S.SPEAKING, S.BARGED_IN]
+RESTING = [S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED]
 
 
 def _key(event: Event) -> str:
@@ -498,11 +547,11 @@ def _random_event(rng: random.Random, d: Driver) -> Event:
     uid = d.m.current_utterance or rng.randint(1, 3)
     uid = rng.choice([uid, uid, uid + 1, max(1, uid - 1)])
     return rng.choices(
-        [WorkerSessionStarted(), TextReceived("word", is_final=rng.random() < 0.7),
-         ControlReceived(rng.choice(["PAUSE", "RESUME", "STOP"])), WorkerFrame(uid, PCM),
-         SynthesisDone(uid), SynthesisFailed(uid, "x"), Tick(), WorkerSessionFailed("x"),
-         ClientDisconnected(), ServerShutdown()],
-        weights=[2, 8, 4, 40, 6, 1, 12, 0.05, 0.05, 0.05],
+        [TextReceived(rng.choice(["word", "..."]), is_final=rng.random() < 0.7),
+         ControlReceived(rng.choice([PAUSE, RESUME, STOP])), WorkerFrame(uid, PCM),
+         SynthesisDone(uid), SynthesisFailed(uid, "x"), Tick(), ClientDisconnected(),
+         ServerShutdown()],
+        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05],
     )[0]
 
 
@@ -526,8 +575,8 @@ def test_random_sequences_keep_invariants(seed: int) -> None:
                 begun.add(a.utterance_id)
             if isinstance(a, SendAudio):
                 assert a.utterance_id not in ended  # no audio of a fenced utterance
-            if isinstance(a, Send) and a.message["type"] == "utterance_end":
-                ended.append(a.message["utterance_id"])
+            if isinstance(a, Send) and isinstance(a.message, UtteranceEnd):
+                ended.append(a.message.utterance_id)
         if any(isinstance(a, Close) for a in out):
             assert isinstance(out[-1], Close)
             closed_at = len(d.log)
@@ -550,11 +599,10 @@ def test_random_timing_never_runs_ahead_of_the_lead(seed: int) -> None:
     # Frames and Ticks at random times (late Ticks included): whatever is sent, the
     # client never holds more than lead_ms.
     rng = random.Random(seed)
-    cfg = SessionConfig("s1", lead_ms=rng.choice([40, 100, 200]),
-                        send_quantum_ms=rng.choice([20, 40]))
-    d = Driver(cfg)
+    playout = PlayoutConfig(lead_ms=rng.choice([40, 100, 200]),
+                            send_quantum_ms=rng.choice([20, 40]))
+    d = Driver(SessionConfig("s1", playout=playout))
     d(Connected())
-    d(WorkerSessionStarted())
     d(TextReceived("long"), at=1.0)
     client_end = 1.0  # when the client will have played everything it got
     for _ in range(300):
@@ -567,4 +615,4 @@ def test_random_timing_never_runs_ahead_of_the_lead(seed: int) -> None:
             d.now = at
         for _ in audio(d(event)):
             client_end = max(client_end, d.now) + 0.02
-            assert client_end - d.now <= cfg.lead_ms / 1000 + 1e-6
+            assert client_end - d.now <= playout.lead_ms / 1000 + 1e-6

@@ -17,22 +17,17 @@ from pathlib import Path
 import grpc
 
 from duplexvoice.audio import SAMPLE_RATE
+from duplexvoice.orchestrator.worker_link import channel_options, grpc_target
 from duplexvoice.rpc import tts_pb2, tts_pb2_grpc
 
-
-def grpc_target(addr: str) -> str:
-    """``grpc://host:port`` (the registry's form) or ``host:port`` -> ``host:port``."""
-    return addr.removeprefix("grpc://")
+__all__ = ["DEFAULT_WINDOW_BYTES", "SynthesisResult", "WorkerClient", "channel_options",
+           "grpc_target", "synthesize_text", "write_wav"]
 
 
 # A small, fixed HTTP/2 receive window per stream bounds the audio in flight from the
 # worker (16 KiB: about 8 frames, 160 ms), so after a PAUSE only those few frames
 # still arrive. Throughput stays far above real time (one window per round trip).
 DEFAULT_WINDOW_BYTES = 16 * 1024
-
-
-def channel_options(window_bytes: int) -> tuple[tuple[str, int], ...]:
-    return (("grpc.http2.lookahead_bytes", window_bytes), ("grpc.http2.bdp_probe", 0))
 
 
 class WorkerClient:

@@ -49,6 +49,10 @@ class OrchestratorConfig(BaseModel):
         description="audio held per session before it is sent; above it the worker "
         "stream is not read (the worker keeps synthesizing ahead into its own buffer)",
     )
+    worker_linger_s: float = Field(
+        1.0, ge=0, description="a session gives its worker session back after this long "
+        "with nothing to say (a connected, silent client holds no worker capacity)",
+    )
     idle_timeout_s: float = Field(
         300.0, gt=0, description="close a session idle (LISTENING, no message) this long"
     )

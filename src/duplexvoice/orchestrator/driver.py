@@ -1,15 +1,17 @@
 """The asyncio driver of one client session.
 
 It feeds the pure :class:`~duplexvoice.orchestrator.session.SessionMachine` with events
-(client messages, worker frames, timer ticks) through one queue, in order, and carries
-out the actions it returns: messages to the client, worker session and stream calls.
-All decisions are the machine's; this module only does I/O.
+(client messages, worker frames, timer ticks) through an :class:`~.inbox.Inbox`
+(inputs before audio) and carries out the actions it returns: messages to the client,
+worker calls. Decisions are the machine's (and the router's, and the settings'); this
+module does I/O and measures time.
 
-Worker side: the session's worker is chosen by the router over the registry's current
-workers. A worker that fails (its stream breaks with a transport error) is excluded
-and the next utterance starts a new worker session on another one, if any. A voice
-change (``config``) applies from the next utterance by moving to a worker session on
-that model.
+Worker side, through :mod:`.worker_link` only: a worker session is taken when an
+utterance starts and none is held (routed over the registry's workers, minus those
+down), kept while the machine keeps it, and ended on ``ReleaseWorker``, on every
+exit of the session, including a StartSession still in flight. A worker that fails
+is routed around by every session until it answers again; the next utterance takes
+a new worker session wherever one can be had.
 """
 
 from __future__ import annotations
@@ -18,15 +20,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import grpc
-
-from duplexvoice.client.worker_client import WorkerClient
 from duplexvoice.orchestrator.config import OrchestratorConfig
+from duplexvoice.orchestrator.inbox import Inbox
+from duplexvoice.orchestrator.messages import (
+    Command,
+    EndReason,
+    Error,
+    ErrorCode,
+    Interrupt,
+    Outbound,
+    UtteranceEnd,
+    UtteranceMetrics,
+)
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
+from duplexvoice.orchestrator.playout import PlayoutConfig
 from duplexvoice.orchestrator.protocol import (
     FRAME_MS,
     AudioInput,
@@ -38,25 +48,22 @@ from duplexvoice.orchestrator.protocol import (
     audio_message,
     encode_binary_frame,
     encode_json,
-    error_message,
 )
 from duplexvoice.orchestrator.registry import WorkerRegistry
 from duplexvoice.orchestrator.router import RouteRequest, route, with_local_load
-from duplexvoice.orchestrator.session import (
+from duplexvoice.orchestrator.session import SessionConfig, SessionMachine
+from duplexvoice.orchestrator.session_events import (
     Action,
     BeginSynthesis,
     ClientDisconnected,
     Close,
     Connected,
     ControlReceived,
-    EndWorkerSession,
     Event,
+    ReleaseWorker,
     Send,
     SendAudio,
     ServerShutdown,
-    SessionConfig,
-    SessionMachine,
-    StartWorkerSession,
     SynthesisDone,
     SynthesisFailed,
     SynthesizeText,
@@ -64,76 +71,37 @@ from duplexvoice.orchestrator.session import (
     Tick,
     WorkerControl,
     WorkerFrame,
-    WorkerSessionFailed,
-    WorkerSessionStarted,
 )
-from duplexvoice.rpc import tts_pb2
+from duplexvoice.orchestrator.settings import SessionSettings
+from duplexvoice.orchestrator.worker_link import (
+    WorkerError,
+    WorkerPool,
+    WorkerSession,
+    WorkerUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
-_EVENT_QUEUE = 256
-# The orchestrator pauses and stops audio in its own buffer, so the HTTP/2 window per
-# worker stream need not be tiny; at 64 KiB (about 33 frames) the window updates are
-# 4x rarer than at the worker client's default, which costs both processes less CPU.
-_WORKER_WINDOW_BYTES = 64 * 1024
-_TEXT_QUEUE = 64
-_COMMANDS = {"PAUSE": tts_pb2.PAUSE, "RESUME": tts_pb2.RESUME, "STOP": tts_pb2.STOP}
-# Transport failures mean the worker itself is in trouble: route around it.
-_WORKER_GONE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+_TEXT_QUEUE = 64  # text pieces of one utterance waiting for the worker stream
+_CALLS = 64  # worker Control calls waiting to be made
+
+# Writes messages (str: text, bytes: binary) to the client in order, as one batch.
+SendMessages = Callable[[list[str | bytes]], Awaitable[None]]
+CloseSocket = Callable[[int, str], Awaitable[None]]
 
 
-class ClientPool:
-    """One gRPC channel per worker address, shared by all sessions (channels are
-    stateless and multiplex streams; sessions share nothing else), and how many
-    worker sessions this orchestrator holds on each worker (for routing)."""
-
-    def __init__(self) -> None:
-        self._clients: dict[str, WorkerClient] = {}
-        self.sessions: Counter[str] = Counter()
-
-    def hold(self, worker: str) -> None:
-        self.sessions[worker] += 1
-
-    def drop(self, worker: str) -> None:
-        self.sessions[worker] -= 1
-        if self.sessions[worker] <= 0:
-            del self.sessions[worker]
-
-    def get(self, addr: str) -> WorkerClient:
-        client = self._clients.get(addr)
-        if client is None:
-            client = self._clients[addr] = WorkerClient(addr, window_bytes=_WORKER_WINDOW_BYTES)
-        return client
-
-    async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.close()
-
-
-@dataclass
-class _WorkerLink:
-    name: str
-    client: WorkerClient
-    session_id: str
-    model_id: str
-    broken: bool = False
+class ClientGone(Exception):
+    """The client connection is closed or closing: nothing more can be sent."""
 
 
 @dataclass
 class _Stream:
     utterance_id: int
-    texts: asyncio.Queue[tts_pb2.TextChunk | None] = field(
+    texts: asyncio.Queue[tuple[str, bool]] = field(
         default_factory=lambda: asyncio.Queue(_TEXT_QUEUE)
     )
     task: asyncio.Task[None] | None = None
     final_sent_at: float | None = None
-
-
-# Writes messages (str: text, bytes: binary) to the client in order, as one batch.
-SendMessages = Callable[[list[str | bytes]], Awaitable[None]]
-CloseSocket = Callable[[int, str], Awaitable[None]]
 
 
 class SessionDriver:
@@ -142,7 +110,7 @@ class SessionDriver:
         session_id: str,
         config: OrchestratorConfig,
         registry: WorkerRegistry,
-        clients: ClientPool,
+        pool: WorkerPool,
         metrics: OrchestratorMetrics,
         *,
         send: SendMessages,
@@ -155,18 +123,21 @@ class SessionDriver:
                 session_id,
                 idle_timeout_s=config.idle_timeout_s,
                 max_queued_utterances=config.max_queued_utterances,
-                lead_ms=config.lead_ms,
-                send_quantum_ms=config.send_quantum_ms,
-                max_buffered_frames=max(1, config.buffer_ms // FRAME_MS),
+                worker_linger_s=config.worker_linger_s,
+                playout=PlayoutConfig(
+                    lead_ms=config.lead_ms, send_quantum_ms=config.send_quantum_ms,
+                    max_frames=max(1, config.buffer_ms // FRAME_MS),
+                ),
             ),
             now=time.monotonic(),
         )
+        self.settings = SessionSettings(voice=config.default_voice)
         self._registry = registry
-        self._clients = clients
+        self._pool = pool
         self._metrics = metrics
         self._send_messages = send
         self._close = close
-        self._events: asyncio.Queue[Event] = asyncio.Queue(_EVENT_QUEUE)
+        self._inbox: Inbox[Event] = Inbox()
         # One timer per session for the machine's next deadline, re-armed only when
         # the deadline moves: it posts a Tick (cheaper than a timeout per wait).
         self._timer: asyncio.TimerHandle | None = None
@@ -174,90 +145,84 @@ class SessionDriver:
         self._room = asyncio.Event()  # set while the outbound buffer has room
         self._room.set()
         self._send_lock = asyncio.Lock()
-        self._link: _WorkerLink | None = None
-        self._excluded: set[str] = set()
+        self._client_gone = False
+        # The worker session: taken by a stream task, given back in order.
+        self._worker: WorkerSession | None = None
+        self._last_worker: str | None = None  # affinity
         self._stream: _Stream | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.voice = config.default_voice
-        self.output_format = "json"
-        self._wanted_format = "json"
-        self.input_sample_rate = 16000  # WIRE §1.2 default; a config message changes it
+        # Worker calls that must keep their order but never hold up the session's
+        # inputs (a Control to a dead worker waits for its deadline).
+        self._calls: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(_CALLS)
+        self._caller: asyncio.Task[None] | None = None
         self._first_sent_upto = 0  # utterance ids are sent in order: the last with audio
-        # First-audio latency (text complete at the worker -> first frame sent), per
-        # utterance until its metrics message is sent.
-        self._first_audio_ms: dict[int, float] = {}
+        self._first_audio_ms: dict[int, float] = {}  # until its metrics message is sent
         self._stop_at: float | None = None
 
     # -- inputs ---------------------------------------------------------------------
 
+    @property
+    def input_sample_rate(self) -> int:
+        return self.settings.input_sample_rate
+
     async def client_message(self, message: ClientMessage) -> None:
         """A parsed, valid client message (the server answers malformed ones itself)."""
         if isinstance(message, TextMessage):
-            await self._events.put(TextReceived(message.text, message.is_final))
+            await self._inbox.put_input(TextReceived(message.text, message.is_final))
         elif isinstance(message, ControlMessage):
-            if message.command == "STOP":
+            if message.command is Command.STOP:
                 self._stop_at = time.perf_counter()
-            await self._events.put(ControlReceived(message.command))
+            await self._inbox.put_input(ControlReceived(message.command))
         elif isinstance(message, ConfigMessage):
-            await self._apply_config(message)
+            offered = {m for w in self._registry.workers() for m in w.available_models}
+            error = self.settings.apply(message, offered, self.machine.next_utterance_id)
+            if error is not None:
+                await self.send_message(error)
         elif isinstance(message, AudioInput):
-            await self.send_error(
-                "INVALID_STATE", "microphone audio needs conversation mode, not available yet"
-            )
+            await self.send_message(Error(
+                ErrorCode.INVALID_STATE,
+                "microphone audio needs conversation mode, not available yet"))
         elif isinstance(message, PlaybackMessage):
             pass  # reported playback position: used by barge-in (conversation mode)
 
     def client_gone(self) -> None:
-        self._post(ClientDisconnected())
+        self._inbox.post(ClientDisconnected())
 
     def shutdown(self) -> None:
-        self._post(ServerShutdown())
-
-    def _post(self, event: Event) -> None:
-        try:
-            self._events.put_nowait(event)
-        except asyncio.QueueFull:  # only when the loop is wedged on a dead client
-            task = asyncio.create_task(self._events.put(event))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _apply_config(self, message: ConfigMessage) -> None:
-        if message.mode == "conversation":
-            await self.send_error("INVALID_CONFIG", "conversation mode is not available yet")
-            return
-        if message.voice is not None:
-            offered = {m for w in self._registry.workers() for m in w.available_models}
-            if message.voice not in offered:
-                await self.send_error(
-                    "INVALID_CONFIG", f"voice {message.voice!r} is not available "
-                    f"(available: {', '.join(sorted(offered)) or 'none'})"
-                )
-                return
-            self.voice = message.voice
-        if message.output_format is not None:
-            self._wanted_format = message.output_format  # from the next utterance
-        if message.input_sample_rate is not None:
-            self.input_sample_rate = message.input_sample_rate
+        self._inbox.post(ServerShutdown())
 
     async def send_error(self, code: str, message: str) -> None:
-        self._metrics.client_errors_total.inc()
-        await self._send(encode_json(error_message(code, message)))
+        await self.send_message(Error(ErrorCode(code), message))
+
+    async def send_message(self, message: Outbound) -> None:
+        """A message from outside the machine (the reader's errors)."""
+        self._observe(message)
+        await self._write([encode_json(message.to_wire())])
 
     # -- the loop -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Process events until the session is closed."""
+        """Process events until the session is closed; the worker session is always
+        given back, whatever ends the loop."""
         try:
             await self._apply(Connected())
             while not self.machine.closed:
                 self._arm_timer()
-                await self._apply(await self._events.get())
+                await self._apply(await self._inbox.get())
         finally:
             if self._timer is not None:
                 self._timer.cancel()
-            await self._release_worker()
-            for task in list(self._tasks):
-                task.cancel()
+            # Shielded: the server may cancel this task; the worker session must end.
+            await asyncio.shield(self._finish_worker())
+
+    async def _finish_worker(self) -> None:
+        await self._end_stream()
+        if self._caller is not None:
+            self._caller.cancel()  # only Control calls: moot once the session ends
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._caller
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.end()
 
     def _arm_timer(self) -> None:
         deadline = self.machine.next_deadline
@@ -272,7 +237,7 @@ class SessionDriver:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        self._post(Tick())
+        self._inbox.post(Tick())
 
     async def _apply(self, event: Event) -> None:
         # The messages of one event go to the client in one write (a quantum of audio
@@ -283,8 +248,8 @@ class SessionDriver:
                 out.append(self._encode_audio(action))
             elif isinstance(action, Send):
                 self._observe(action.message)
-                out.append(encode_json(action.message))
-                if action.message.get("type") == "utterance_end":
+                out.append(encode_json(action.message.to_wire()))
+                if isinstance(action.message, UtteranceEnd):
                     out.extend(self._utterance_metrics(action.message))
             else:
                 if out:
@@ -299,47 +264,42 @@ class SessionDriver:
             self._room.set()
 
     async def _do(self, action: Action) -> None:
-        if isinstance(action, StartWorkerSession):
-            self._spawn(self._start_worker())
-        elif isinstance(action, BeginSynthesis):
+        if isinstance(action, BeginSynthesis):
             self._begin(action.utterance_id)
         elif isinstance(action, SynthesizeText):
             await self._synthesize_text(action)
         elif isinstance(action, WorkerControl):
-            await self._control(action.command)
-        elif isinstance(action, EndWorkerSession):
-            await self._release_worker()
+            await self._worker_control(action.command)
+        elif isinstance(action, ReleaseWorker):
+            await self._end_stream()
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                self._pool.spawn(worker.end())  # the pool waits for it on shutdown
         elif isinstance(action, Close):
             await self._close(action.code, action.reason)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        async def run() -> None:
-            await coro
-
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # -- to the client --------------------------------------------------------------
 
-    async def _send(self, text: str) -> None:
-        await self._write([text])
-
     async def _write(self, messages: list[str | bytes]) -> None:
+        """Send in order. A client that went away is normal: the rest is dropped and the
+        reader's end of the connection ends the session."""
+        if self._client_gone:
+            return
         async with self._send_lock:  # the reader task sends errors too: keep the order
-            await self._send_messages(messages)
+            try:
+                await self._send_messages(messages)
+            except (ConnectionError, ClientGone) as exc:
+                self._client_gone = True
+                log.debug("session %s: client gone while sending: %s", self.session_id, exc)
 
     def _encode_audio(self, action: SendAudio) -> str | bytes:
-        if action.utterance_id > self._first_sent_upto:  # a new utterance's first frame
-            self.output_format = self._wanted_format
-        if self.output_format == "binary":
-            data: str | bytes = encode_binary_frame(action.pcm, action.sequence,
-                                                    action.utterance_id)
-        else:
-            data = encode_json(audio_message(action.pcm, action.sequence, action.utterance_id))
-        self._metrics.frames_sent_total.inc()
         uid = action.utterance_id
-        if uid > self._first_sent_upto:
+        if self.settings.format_for(uid) == "binary":
+            data: str | bytes = encode_binary_frame(action.pcm, action.sequence, uid)
+        else:
+            data = encode_json(audio_message(action.pcm, action.sequence, uid))
+        self._metrics.frames_sent_total.inc()
+        if uid > self._first_sent_upto:  # a new utterance's first frame
             self._first_sent_upto = uid
             stream = self._stream
             if stream is not None and stream.utterance_id == uid and stream.final_sent_at:
@@ -348,72 +308,26 @@ class SessionDriver:
                 self._first_audio_ms[uid] = first_audio_ms
         return data
 
-    def _utterance_metrics(self, end: dict[str, object]) -> list[str | bytes]:
+    def _utterance_metrics(self, end: UtteranceEnd) -> list[str | bytes]:
         """The ``metrics`` extension message: this utterance's timings, after its end."""
-        uid = end.get("utterance_id")
-        first_audio_ms = self._first_audio_ms.pop(uid, None) if isinstance(uid, int) else None
+        first_audio_ms = self._first_audio_ms.pop(end.utterance_id, None)
         if first_audio_ms is None:
             return []
-        return [encode_json({
-            "type": "metrics", "utterance_id": uid,
-            "first_audio_ms": round(first_audio_ms, 2),
-        })]
+        metrics = UtteranceMetrics(end.utterance_id, round(first_audio_ms, 2))
+        return [encode_json(metrics.to_wire())]
 
-    def _observe(self, message: dict[str, object]) -> None:
-        kind = message.get("type")
-        if kind == "utterance_end":
+    def _observe(self, message: Outbound) -> None:
+        if isinstance(message, UtteranceEnd):
             self._metrics.utterances_total.inc()
-            if message.get("reason") == "error":
+            if message.reason is EndReason.ERROR:
                 self._metrics.utterances_failed_total.inc()
-        elif kind == "interrupt" and self._stop_at is not None:
+        elif isinstance(message, Interrupt) and self._stop_at is not None:
             self._metrics.stop_latency_ms.observe((time.perf_counter() - self._stop_at) * 1000)
             self._stop_at = None
-        elif kind == "error":
+        elif isinstance(message, Error):
             self._metrics.client_errors_total.inc()
 
     # -- to the worker --------------------------------------------------------------
-
-    async def _connect_worker(self) -> str | None:
-        """Route and StartSession; None on success, else why not."""
-        request = RouteRequest(model_id=self.voice)
-        workers = with_local_load(self._registry.workers(), self._clients.sessions)
-        decision = route(workers, request, self.config.mode,
-                         affinity=self._link.name if self._link else None,
-                         exclude=self._excluded)
-        if decision.worker is None:
-            return decision.reason
-        worker = decision.worker
-        model = decision.model_id or self.voice
-        client = self._clients.get(worker.addr)
-        # Counted from the decision on, so concurrent new sessions spread out.
-        self._clients.hold(worker.name)
-        try:
-            await client.stub.StartSession(
-                tts_pb2.StartSessionRequest(session_id=self.session_id, model_id=model),
-                timeout=self.config.worker_timeout_s,
-            )
-        except BaseException as exc:
-            self._clients.drop(worker.name)
-            if not isinstance(exc, grpc.aio.AioRpcError):
-                raise
-            self._metrics.worker_errors_total.inc()
-            if exc.code() in _WORKER_GONE:
-                self._excluded.add(worker.name)
-            return f"worker {worker.name}: {exc.code().name}: {exc.details()}"
-        self._link = _WorkerLink(worker.name, client, self.session_id, model)
-        return None
-
-    async def _start_worker(self) -> None:
-        problem = await self._connect_worker()
-        self._post(WorkerSessionStarted() if problem is None else WorkerSessionFailed(problem))
-
-    async def _ensure_worker(self) -> str | None:
-        """Before an utterance: a healthy worker session on the wanted voice."""
-        link = self._link
-        if link is not None and not link.broken and link.model_id == (self.voice or link.model_id):
-            return None
-        await self._end_link()
-        return await self._connect_worker()
 
     def _begin(self, utterance_id: int) -> None:
         stream = _Stream(utterance_id)
@@ -424,81 +338,95 @@ class SessionDriver:
         stream = self._stream
         if stream is None or stream.utterance_id != action.utterance_id:
             return
-        chunk = tts_pb2.TextChunk(session_id=self.session_id, text=action.text,
-                                  is_final=action.is_final)
-        await stream.texts.put(chunk)
+        await stream.texts.put((action.text, action.is_final))
         if action.is_final:
             stream.final_sent_at = time.perf_counter()
 
     async def _run_stream(self, stream: _Stream) -> None:
         uid = stream.utterance_id
-        problem = await self._ensure_worker()
-        link = self._link
-        if problem is not None or link is None:
-            self._post(SynthesisFailed(uid, problem or "no worker"))
+        try:
+            worker = await self._acquire()
+        except WorkerError as exc:
+            self._metrics.worker_errors_total.inc()
+            self._inbox.post(SynthesisFailed(uid, exc.message, ErrorCode.WORKER_UNAVAILABLE))
             return
 
-        async def texts() -> AsyncIterator[tts_pb2.TextChunk]:
-            while (chunk := await stream.texts.get()) is not None:
-                yield chunk
-                if chunk.is_final:
-                    return
+        async def texts() -> AsyncIterator[tuple[str, bool]]:
+            while True:
+                yield await stream.texts.get()
 
         try:
-            call = link.client.stub.Synthesize(texts())
-            async for frame in call:
-                pcm = frame.audio_data  # each read of the field copies it: once per frame
-                if pcm:
-                    if not self._room.is_set():
-                        await self._room.wait()  # back-pressure: the client buffer is full
-                    await self._events.put(WorkerFrame(uid, pcm))
-                if frame.is_final:
-                    break
-        except grpc.aio.AioRpcError as exc:
+            async for pcm in worker.synthesize(texts()):
+                if not self._room.is_set():
+                    await self._room.wait()  # back-pressure: the client buffer is full
+                await self._inbox.put_frame(WorkerFrame(uid, pcm))
+        except WorkerError as exc:
             self._metrics.worker_errors_total.inc()
-            if exc.code() in _WORKER_GONE:
-                link.broken = True
-                self._excluded.add(link.name)
-            self._post(SynthesisFailed(uid, f"{exc.code().name}: {exc.details()}"))
+            self._inbox.post(SynthesisFailed(uid, str(exc)))
             return
-        self._post(SynthesisDone(uid))
+        self._inbox.post(SynthesisDone(uid))
 
-    async def _control(self, command: str) -> None:
-        link = self._link
-        if link is None or link.broken:
-            return
-        try:
-            await link.client.stub.Control(
-                tts_pb2.ControlRequest(session_id=link.session_id, command=_COMMANDS[command]),
-                timeout=self.config.worker_timeout_s,
-            )
-        except grpc.aio.AioRpcError as exc:
-            self._metrics.worker_errors_total.inc()
-            log.warning("session %s: worker Control %s failed: %s", self.session_id, command,
-                        exc.code().name)
+    async def _acquire(self) -> WorkerSession:
+        """The session's worker session on the wanted voice, taken now if needed.
+        Only the open stream's task calls this: one at a time."""
+        worker = self._worker
+        voice = self.settings.voice
+        if worker is not None and not worker.broken and (not voice or worker.model_id == voice):
+            return worker
+        self._worker = None
+        if worker is not None:
+            await worker.end()
+        workers = self._registry.workers()
+        decision = route(with_local_load(workers, self._pool.sessions),
+                         RouteRequest(model_id=voice), self.config.mode,
+                         affinity=self._last_worker, exclude=self._pool.excluded(workers))
+        if decision.worker is None:
+            raise WorkerUnavailable("-", decision.reason)
+        model = decision.model_id or voice
+        self._worker = await self._pool.open(decision.worker, self.session_id, model)
+        self._last_worker = decision.worker.name
+        return self._worker
 
-    async def _release_worker(self) -> None:
+    async def _end_stream(self) -> None:
+        """Cancel the open Synthesize stream (and a StartSession it waits for)."""
         stream, self._stream = self._stream, None
         if stream is not None and stream.task is not None and not stream.task.done():
             stream.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await stream.task
-            # The machine still waits for this stream's end.
-            self._post(SynthesisDone(stream.utterance_id))
-        await self._end_link()
 
-    async def _end_link(self) -> None:
-        """EndSession on the current worker session, if it is still there."""
-        link, self._link = self._link, None
-        if link is None:
+    async def _worker_control(self, command: Command) -> None:
+        worker, stream = self._worker, self._stream
+        if worker is None and command is Command.STOP and stream is not None:
+            # Still taking a worker session: stop by cancelling the task that would
+            # produce the audio, and report the stream's end as the worker would.
+            await self._end_stream()
+            self._inbox.post(SynthesisDone(stream.utterance_id))
             return
-        self._clients.drop(link.name)
-        if link.broken:
-            return
+        if worker is None or worker.broken:
+            return  # nothing playing on a worker yet, or nobody to tell
+        self._call(lambda: self._control(worker, command))
+
+    async def _control(self, worker: WorkerSession, command: Command) -> None:
         try:
-            await link.client.stub.EndSession(
-                tts_pb2.EndSessionRequest(session_id=link.session_id),
-                timeout=self.config.worker_timeout_s,
-            )
-        except grpc.aio.AioRpcError as exc:
-            log.debug("session %s: EndSession: %s", self.session_id, exc.code().name)
+            await worker.control(command)
+        except WorkerError as exc:
+            self._metrics.worker_errors_total.inc()
+            log.info("session %s: worker Control %s failed: %s", self.session_id, command, exc)
+
+    def _call(self, call: Callable[[], Awaitable[None]]) -> None:
+        """Run a worker call after the ones before it, off the session's loop (a call
+        to a dead worker waits for its deadline; the session's inputs must not)."""
+        try:
+            self._calls.put_nowait(call)
+        except asyncio.QueueFull:  # a client toggling far faster than the worker answers
+            log.warning("session %s: too many worker calls pending; one dropped",
+                        self.session_id)
+            return
+        if self._caller is None or self._caller.done():
+            self._caller = asyncio.create_task(self._run_calls())
+
+    async def _run_calls(self) -> None:
+        while not self._calls.empty():
+            call = self._calls.get_nowait()
+            await call()

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from duplexvoice.orchestrator.messages import Command
+
 # -- error codes ---------------------------------------------------------------------
 
 INVALID_MESSAGE: Final = "INVALID_MESSAGE"
@@ -50,7 +52,7 @@ MIN_INPUT_SAMPLE_RATE: Final = 8_000
 MAX_INPUT_SAMPLE_RATE: Final = 48_000
 DEFAULT_INPUT_SAMPLE_RATE: Final = 16_000
 
-CONTROL_COMMANDS: Final = frozenset({"PAUSE", "RESUME", "STOP"})
+CONTROL_COMMANDS: Final = frozenset(c.value for c in Command)
 MODES: Final = frozenset({"tts", "conversation"})
 OUTPUT_FORMATS: Final = frozenset({"json", "binary"})
 
@@ -95,7 +97,7 @@ class TextMessage:
 
 @dataclass(frozen=True)
 class ControlMessage:
-    command: str  # "PAUSE" | "RESUME" | "STOP"
+    command: Command
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ def _parse_json(raw: str, limits: ProtocolLimits, input_sample_rate: int) -> Cli
         command = _field(obj, "command", str, required=True)
         if command not in CONTROL_COMMANDS:
             raise _Refused(INVALID_MESSAGE, f"unknown command {_short(repr(command))}")
-        return ControlMessage(command)
+        return ControlMessage(Command(command))
     if kind == "config":
         return _parse_config(obj)
     if kind == "audio":

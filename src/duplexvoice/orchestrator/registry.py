@@ -6,7 +6,9 @@ Two implementations of one small interface, ``WorkerRegistry``:
   ``poll_interval_s``; a record older than ``ttl_s`` is ignored even before Redis
   expires it.
 * ``EmbeddedRegistry`` (the default, no Redis) health-checks configured addresses
-  with ``GetCapabilities`` and builds the same record from each reply.
+  with ``GetCapabilities`` and ``ListModels`` and builds the same record from the
+  replies, every model the worker can load included (``available_models``), as a
+  worker writes it to Redis.
 
 Both parse records with ``WorkerInfo.from_record``; choosing among workers stays in
 the pure router. ``workers()`` returns the last known list, never blocks and never
@@ -28,21 +30,20 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-import grpc
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from duplexvoice.client.worker_client import WorkerClient, grpc_target
 from duplexvoice.orchestrator.router import WorkerInfo
-from duplexvoice.rpc import tts_pb2
-from duplexvoice.worker.registry import (
+from duplexvoice.orchestrator.worker_link import WorkerError, WorkerPool, describe, grpc_target
+from duplexvoice.registry_record import (
     CAPABILITY_FIELDS,
     DEFAULT_PREFIX,
     build_record,
     list_workers,
 )
+from duplexvoice.rpc import tts_pb2
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def parse_address(entry: str) -> tuple[str, str]:
 
 
 def record_from_capabilities(
-    name: str, addr: str, reply: tts_pb2.GetCapabilitiesResponse, now: float
+    name: str, addr: str, reply: tts_pb2.GetCapabilitiesResponse, now: float,
+    available_models: list[str] | None = None,
 ) -> dict[str, object]:
     """A WIRE §3 record (as ``build_record`` writes it) from a GetCapabilities reply.
 
@@ -90,9 +92,10 @@ def record_from_capabilities(
     capabilities: dict[str, object] = {field: getattr(caps, field) for field in CAPABILITY_FIELDS}
     capabilities["languages"] = list(caps.languages)
     metrics: dict[str, float] = {"rtf": math.nan, "queue_depth": 0.0, **dict(reply.metrics)}
+    extra = {"available_models": available_models} if available_models is not None else None
     return build_record(
         name=name, addr=addr, capabilities=capabilities,
-        resident_models=list(reply.resident_models), metrics=metrics, now=now,
+        resident_models=list(reply.resident_models), metrics=metrics, now=now, extra=extra,
     )
 
 
@@ -223,7 +226,7 @@ class EmbeddedRegistry(_Poller):
             raise ValueError(f"worker names must be unique, got {names}")
         # Record TTL: a record is built fresh on each successful check.
         self._ttl_s = poll_interval_s + 2 * timeout_s
-        self._clients: dict[str, WorkerClient] = {}
+        self._pool = WorkerPool(timeout_s=timeout_s)
         self._down: set[str] = set()
 
     async def _poll(self) -> bool:
@@ -232,21 +235,15 @@ class EmbeddedRegistry(_Poller):
         return True  # a dead worker is not a registry outage: keep the normal interval
 
     async def _check(self, name: str, addr: str) -> WorkerInfo | None:
-        client = self._clients.get(name)
-        if client is None:
-            client = self._clients[name] = WorkerClient(addr)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                reply = await client.stub.GetCapabilities(
-                    tts_pb2.GetCapabilitiesRequest(), timeout=self.timeout_s
-                )
+            async with asyncio.timeout(2 * self.timeout_s):
+                reply, models = await describe(self._pool, addr, self.timeout_s)
             now = time.time()
-            info = WorkerInfo.from_record(
-                record_from_capabilities(name, addr, reply, now), now=now, ttl_s=self._ttl_s
-            )
+            record = record_from_capabilities(name, addr, reply, now, models)
+            info = WorkerInfo.from_record(record, now=now, ttl_s=self._ttl_s)
             if info is None:
                 raise ValueError("reply does not make a valid worker record")
-        except (grpc.RpcError, TimeoutError, OSError, ValueError) as exc:
+        except (WorkerError, TimeoutError, OSError, ValueError) as exc:
             if name not in self._down:
                 self._down.add(name)
                 log.warning("registry: worker %s (%s) failed its check: %s",
@@ -258,14 +255,12 @@ class EmbeddedRegistry(_Poller):
         return info
 
     async def _close(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.timeout_s):
-                    await client.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.timeout_s):
+                await self._pool.close()
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}"
+    if isinstance(exc, WorkerError):
+        return exc.message
     return type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"

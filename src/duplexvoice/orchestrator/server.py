@@ -2,48 +2,40 @@
 
 - ``/`` and ``/ws``: the WebSocket protocol (``docs/protocol.md``), one connection per
   session, checked (API key, Origin) before the upgrade;
-- ``/health`` (alive), ``/ready`` (a worker is reachable), ``/metrics`` (Prometheus),
+- ``/health`` (alive), ``/ready`` (a worker is reachable and has a free session),
+  ``/metrics`` (Prometheus),
   ``/models`` (voices across workers).
 
-Each connection gets its own :class:`SessionDriver` (and worker session): sessions
-share only the registry view and the gRPC channels.
+Each connection gets its own :class:`SessionDriver` (see ``transports/websocket.py``);
+sessions share only the registry view and the worker pool (gRPC channels, health).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-import time
-import uuid
 from dataclasses import dataclass, field
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from duplexvoice.orchestrator.access import RateDecision, RateLimiter, check_access
 from duplexvoice.orchestrator.config import OrchestratorConfig
-from duplexvoice.orchestrator.driver import ClientPool, SessionDriver
+from duplexvoice.orchestrator.driver import SessionDriver
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
-from duplexvoice.orchestrator.outbound import ClientOutput
-from duplexvoice.orchestrator.protocol import (
-    ProtocolError,
-    ProtocolLimits,
-    parse_client_message,
-)
+from duplexvoice.orchestrator.protocol import ProtocolLimits
 from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry, WorkerRegistry
+from duplexvoice.orchestrator.router import with_local_load
+from duplexvoice.orchestrator.transports.websocket import websocket
+from duplexvoice.orchestrator.worker_link import WorkerPool
 
 log = logging.getLogger(__name__)
-
-# Strikes (rate-limited messages within 5 s) before a flooding client is closed.
-_RATE_STRIKES = 20
 
 
 @dataclass
 class Orchestrator:
     config: OrchestratorConfig
     registry: WorkerRegistry
-    clients: ClientPool = field(default_factory=ClientPool)
+    pool: WorkerPool = field(default_factory=WorkerPool)
     metrics: OrchestratorMetrics = field(default_factory=OrchestratorMetrics)
     drivers: set[SessionDriver] = field(default_factory=set)
     runs: set[asyncio.Task[None]] = field(default_factory=set)
@@ -70,10 +62,17 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    """Ready when some worker is reachable and has a free session."""
     orch: Orchestrator = request.app["orch"]
     workers = orch.registry.workers()
-    body = {"ready": bool(workers), "workers": [w.name for w in workers]}
-    return web.json_response(body, status=200 if workers else 503)
+    down = orch.pool.excluded(workers)
+    loaded = with_local_load(workers, orch.pool.sessions)
+    free = {w.name: max(0, w.max_concurrent_sessions - int(w.queue_depth))
+            for w in loaded if w.name not in down}
+    ok = any(free.values())
+    body = {"ready": ok, "workers": [w.name for w in workers if w.name not in down],
+            "down": sorted(down), "free_sessions": free}
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -94,93 +93,6 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"models": list(voices.values())})
 
 
-# -- WebSocket ------------------------------------------------------------------------
-
-
-async def websocket(request: web.Request) -> web.StreamResponse:
-    orch: Orchestrator = request.app["orch"]
-    config = orch.config
-    if request.headers.get("Upgrade", "").lower() != "websocket":
-        return web.Response(text="duplexvoice orchestrator: connect a WebSocket to /ws\n")
-    decision = check_access(request.headers, request.query, api_keys=config.api_keys,
-                            allowed_origins=config.allowed_origins)
-    if not decision.allowed:
-        orch.metrics.rejected_connections_total.inc()
-        log.info("refused %s: %s", request.remote, decision.reason)
-        return web.Response(status=decision.status)  # nothing else revealed
-    if not orch.accepting or len(orch.drivers) >= config.max_sessions:
-        orch.metrics.rejected_connections_total.inc()
-        return web.Response(status=503)
-
-    # Twice the limit: a bit too large gets a MESSAGE_TOO_LARGE error from the parser
-    # (the session goes on); far too large is cut off by aiohttp before it is buffered.
-    ws = web.WebSocketResponse(max_msg_size=2 * config.max_message_bytes, heartbeat=30.0,
-                               compress=False)
-    await ws.prepare(request)
-    session_id = uuid.uuid4().hex
-    output = ClientOutput(ws, request.transport, timeout_s=config.send_timeout_s)
-    driver = SessionDriver(session_id, config, orch.registry, orch.clients, orch.metrics,
-                           send=output.send, close=output.close)
-    orch.drivers.add(driver)
-    orch.metrics.sessions_total.inc()
-    orch.metrics.sessions_active.inc()
-    runner = asyncio.create_task(driver.run(), name=f"session-{session_id}")
-    orch.runs.add(runner)
-    runner.add_done_callback(orch.runs.discard)
-    limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst,
-                          strikes_to_close=_RATE_STRIKES)
-    try:
-        await _read_client(ws, output, driver, orch, limiter, runner)
-    finally:
-        driver.client_gone()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(runner), 5.0)
-        if not runner.done():
-            runner.cancel()
-        orch.drivers.discard(driver)
-        orch.metrics.sessions_active.dec()
-        await output.close(1000, "")
-    return ws
-
-
-async def _read_client(ws: web.WebSocketResponse, output: ClientOutput, driver: SessionDriver,
-                       orch: Orchestrator, limiter: RateLimiter,
-                       runner: asyncio.Task[None]) -> None:
-    limits = orch.limits
-    reader = asyncio.ensure_future(ws.receive())
-    try:
-        while True:
-            done, _ = await asyncio.wait({reader, runner}, return_when=asyncio.FIRST_COMPLETED)
-            if runner in done:
-                exc = runner.exception()
-                if exc is not None:  # e.g. a client too slow to read its audio
-                    log.info("session %s ended: %r", driver.session_id, exc)
-                    await output.close(1008, "client too slow or gone")
-                return
-            msg = reader.result()
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
-                            WSMsgType.ERROR):
-                return
-            reader = asyncio.ensure_future(ws.receive())
-            verdict = limiter.allow(time.monotonic())
-            if verdict is RateDecision.CLOSE:
-                await driver.send_error("RATE_LIMITED", "too many messages: closing")
-                await output.close(1008, "rate limited")
-                return
-            if verdict is RateDecision.LIMITED:
-                await driver.send_error("RATE_LIMITED", "too many messages: message dropped")
-                continue
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue
-            parsed = parse_client_message(msg.data, limits, driver.input_sample_rate)
-            if isinstance(parsed, ProtocolError):
-                await driver.send_error(parsed.code, parsed.message)
-            else:
-                await driver.client_message(parsed)
-    finally:
-        reader.cancel()
-
-
 def build_app(orch: Orchestrator) -> web.Application:
     app = web.Application(client_max_size=orch.config.max_message_bytes)
     app["orch"] = orch
@@ -199,7 +111,8 @@ async def serve(config: OrchestratorConfig, stop: asyncio.Event | None = None) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    orch = Orchestrator(config, make_registry(config))
+    orch = Orchestrator(config, make_registry(config),
+                        WorkerPool(timeout_s=config.worker_timeout_s))
     await orch.registry.start()
     runner = web.AppRunner(build_app(orch), handle_signals=False, access_log=None)
     await runner.setup()
@@ -220,7 +133,7 @@ async def serve(config: OrchestratorConfig, stop: asyncio.Event | None = None) -
             await asyncio.wait(set(orch.runs), timeout=config.shutdown_grace_s)
         await runner.cleanup()
         await orch.registry.stop()
-        await orch.clients.close()
+        await orch.pool.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         print("duplexvoice orchestrator stopped", flush=True)

@@ -1,14 +1,17 @@
 """Events (driver -> machine) and actions (machine -> driver) of the session machine.
 
 Plain frozen dataclasses, no behaviour: see :mod:`duplexvoice.orchestrator.session`.
+A new input (microphone frames, VAD edges, transcripts) is a new ``Event`` subclass
+and a new handler in the machine; a new effect is a new ``Action``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-# -- events (driver -> machine); new inputs (VAD, ASR, playback) subclass Event --------
+from duplexvoice.orchestrator.messages import Command, ErrorCode, Outbound
+
+# -- events (driver -> machine) -------------------------------------------------------
 
 @dataclass(frozen=True)
 class Event:
@@ -19,23 +22,13 @@ class Connected(Event):
     """The socket was accepted."""
 
 @dataclass(frozen=True)
-class WorkerSessionStarted(Event):
-    """StartSession succeeded."""
-
-@dataclass(frozen=True)
-class WorkerSessionFailed(Event):
-    """StartSession failed, or the worker session is gone for good. Fatal."""
-
-    message: str
-
-@dataclass(frozen=True)
 class TextReceived(Event):
     text: str
     is_final: bool = True
 
 @dataclass(frozen=True)
 class ControlReceived(Event):
-    command: str  # "PAUSE" | "RESUME" | "STOP"
+    command: Command
 
 @dataclass(frozen=True)
 class WorkerFrame(Event):
@@ -50,8 +43,12 @@ class SynthesisDone(Event):
 
 @dataclass(frozen=True)
 class SynthesisFailed(Event):
+    """The utterance could not be spoken: no worker (``WORKER_UNAVAILABLE``) or the
+    worker failed it (``SYNTHESIS_FAILED``). Never fatal to the session."""
+
     utterance_id: int
     message: str
+    code: ErrorCode = ErrorCode.SYNTHESIS_FAILED
 
 @dataclass(frozen=True)
 class Tick(Event):
@@ -74,7 +71,7 @@ class Action:
 
 @dataclass(frozen=True)
 class Send(Action):
-    message: dict[str, Any]  # a JSON message exactly as on the wire
+    message: Outbound  # encoded to wire JSON by the transport
 
 @dataclass(frozen=True)
 class SendAudio(Action):
@@ -85,12 +82,10 @@ class SendAudio(Action):
     pcm: bytes
 
 @dataclass(frozen=True)
-class StartWorkerSession(Action):
-    """StartSession; answer with WorkerSessionStarted or WorkerSessionFailed."""
-
-@dataclass(frozen=True)
 class BeginSynthesis(Action):
-    """Open a Synthesize stream; tag its frames with this id."""
+    """Open a Synthesize stream, tagging its frames with this id. The driver takes a
+    worker session first if it holds none (capacity is taken on demand); it reports
+    exactly one ``SynthesisDone`` or ``SynthesisFailed`` for this id."""
 
     utterance_id: int
 
@@ -102,11 +97,12 @@ class SynthesizeText(Action):
 
 @dataclass(frozen=True)
 class WorkerControl(Action):
-    command: str  # "PAUSE" | "RESUME" | "STOP", session-wide on the worker
+    command: Command  # session-wide on the worker
 
 @dataclass(frozen=True)
-class EndWorkerSession(Action):
-    """Cancel any open Synthesize stream, then EndSession (best effort)."""
+class ReleaseWorker(Action):
+    """Give the worker session back: cancel any open stream, then EndSession
+    (including a StartSession still in flight). A no-op when none is held."""
 
 @dataclass(frozen=True)
 class Close(Action):

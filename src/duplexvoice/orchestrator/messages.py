@@ -1,0 +1,119 @@
+"""Typed messages of the WebSocket protocol, server to client (WIRE §1), and the
+client's control commands.
+
+The session core builds these; only the transport turns them into wire JSON
+(``to_wire``), so field names live in one place and the metrics read typed values,
+never JSON parsed back. Audio frames are not here: they are the hot path and are
+encoded straight from ``SendAudio`` actions (``protocol.audio_message`` /
+``encode_binary_frame``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class Command(enum.StrEnum):
+    """``control`` commands (WIRE §1.1), also sent to the worker (WIRE §2)."""
+
+    PAUSE = "PAUSE"
+    RESUME = "RESUME"
+    STOP = "STOP"
+
+
+class EndReason(enum.StrEnum):
+    """Why an utterance ended (``utterance_end.reason``)."""
+
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
+    ERROR = "error"
+
+
+class SessionEndReason(enum.StrEnum):
+    """Why a session ended (``session_end.reason``)."""
+
+    COMPLETED = "completed"
+    IDLE_TIMEOUT = "idle_timeout"
+    SERVER_SHUTDOWN = "server_shutdown"
+    ERROR = "error"
+
+
+class ErrorCode(enum.StrEnum):
+    """``error.code``: WIRE §1.1's codes, then our extensions (docs/protocol.md)."""
+
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    WORKER_UNAVAILABLE = "WORKER_UNAVAILABLE"
+    SYNTHESIS_FAILED = "SYNTHESIS_FAILED"
+    CONNECTION_ERROR = "CONNECTION_ERROR"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    INVALID_CONFIG = "INVALID_CONFIG"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    TEXT_TOO_LONG = "TEXT_TOO_LONG"
+    INVALID_AUDIO = "INVALID_AUDIO"
+    QUEUE_FULL = "QUEUE_FULL"
+    INVALID_STATE = "INVALID_STATE"
+    RATE_LIMITED = "RATE_LIMITED"
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """Base of the server's JSON messages; ``type`` is the wire ``type``."""
+
+    type: ClassVar[str] = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"type": self.type}
+        for name, value in vars(self).items():
+            wire[name] = value.value if isinstance(value, enum.Enum) else value
+        return wire
+
+
+@dataclass(frozen=True)
+class SessionStart(Outbound):
+    type: ClassVar[str] = "session_start"
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SessionEnd(Outbound):
+    type: ClassVar[str] = "session_end"
+    session_id: str
+    reason: SessionEndReason
+
+
+@dataclass(frozen=True)
+class StateChanged(Outbound):
+    type: ClassVar[str] = "state"
+    state: str
+
+
+@dataclass(frozen=True)
+class Error(Outbound):
+    type: ClassVar[str] = "error"
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True)
+class Interrupt(Outbound):
+    type: ClassVar[str] = "interrupt"
+    utterance_id: int
+    reason: EndReason
+
+
+@dataclass(frozen=True)
+class UtteranceEnd(Outbound):
+    type: ClassVar[str] = "utterance_end"
+    utterance_id: int
+    reason: EndReason
+    frames: int
+
+
+@dataclass(frozen=True)
+class UtteranceMetrics(Outbound):
+    type: ClassVar[str] = "metrics"
+    utterance_id: int
+    first_audio_ms: float

@@ -1,0 +1,163 @@
+"""Playout: the outbound audio of one session, as a pure object (no I/O, no clock).
+
+It holds worker frames tagged with their utterance id and releases them to the
+client paced against real time, so the client never holds more than ``lead_ms`` of
+audio. It owns what must never break: the audio ``sequence`` is assigned at the
+moment a frame is released (so dropping buffered audio can never leave a gap), and
+frames are fenced by utterance id (an utterance dropped here leaves nothing behind).
+
+- ``push(uid, pcm)`` buffers a frame; ``release(uid, now, paced)`` returns the frames
+  of utterance ``uid`` that are due now, each with its sequence number. On the pacing
+  clock (``paced``), a release starts only once a whole ``send_quantum_ms`` fits under
+  the lead, so frames leave in groups; otherwise (a new frame, a resume) it fills up
+  to the lead at once.
+- ``hold(now)`` stops releasing and remembers how much the client still had ahead;
+  ``unhold(now)`` continues from there: nothing lost or replayed.
+- ``drop(uid)`` discards an utterance's buffered frames.
+- ``full`` is back-pressure with hysteresis: set at ``max_frames``, cleared once the
+  buffer is down to 80 % of it (the reader then takes a burst, not a frame per frame).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+
+_EPS = 1e-6  # seconds; absorbs float error when a release lands exactly on a deadline
+_LOW_WATER = 0.8  # of max_frames: where reading the worker resumes
+
+
+@dataclass(frozen=True)
+class PlayoutConfig:
+    frame_ms: int = 20
+    lead_ms: int = 100  # how far released audio may run ahead of real time
+    # Audio leaves this much at a time (one wake-up and one socket write per quantum);
+    # the client then holds between lead - quantum + frame and lead ms.
+    send_quantum_ms: int = 40
+    max_frames: int = 250  # high-water mark for ``full``
+
+    def __post_init__(self) -> None:
+        if self.frame_ms <= 0 or self.max_frames < 1:
+            raise ValueError("frame_ms must be positive and max_frames >= 1")
+        if self.lead_ms < self.frame_ms:
+            raise ValueError("lead_ms must be >= frame_ms")
+        if not self.frame_ms <= self.send_quantum_ms <= self.lead_ms:
+            raise ValueError("send_quantum_ms must be between frame_ms and lead_ms")
+
+
+@dataclass(frozen=True)
+class Released:
+    utterance_id: int
+    sequence: int
+    pcm: bytes
+
+
+class Playout:
+    def __init__(self, config: PlayoutConfig, now: float) -> None:
+        self.config = config
+        self._frames: deque[tuple[int, bytes]] = deque()
+        self._count: Counter[int] = Counter()  # buffered frames per utterance
+        self._sequence = 0
+        self._play_end = now  # when the client will have played everything released
+        self._held = False
+        self._held_ahead = 0.0
+        self._full = False
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @property
+    def full(self) -> bool:
+        return self._full
+
+    @property
+    def sequence(self) -> int:
+        """The last sequence number given out (0: none yet)."""
+        return self._sequence
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def buffered(self, utterance_id: int) -> int:
+        return self._count[utterance_id]
+
+    def ahead(self, now: float) -> float:
+        """Seconds of released audio the client has not played yet (at most lead)."""
+        return max(0.0, self._play_end - now)
+
+    def next_release(self, utterance_id: int) -> float | None:
+        """When frames of ``utterance_id`` are next due (None: none waiting, or held)."""
+        if not self._ready(utterance_id):
+            return None
+        quantum_s = self.config.send_quantum_ms / 1000
+        return self._play_end + quantum_s - self.config.lead_ms / 1000
+
+    # -- changes -------------------------------------------------------------------
+
+    def push(self, utterance_id: int, pcm: bytes) -> None:
+        self._frames.append((utterance_id, pcm))
+        self._count[utterance_id] += 1
+        self._update_full()
+
+    def drop(self, utterance_id: int) -> int:
+        """Discard every buffered frame of ``utterance_id``; how many there were."""
+        n = self._count.pop(utterance_id, 0)
+        if n:
+            self._frames = deque(item for item in self._frames if item[0] != utterance_id)
+            self._update_full()
+        return n
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self._count.clear()
+        self._held = False
+        self._update_full()
+
+    def hold(self, now: float) -> None:
+        if not self._held:
+            self._held = True
+            self._held_ahead = self.ahead(now)
+
+    def unhold(self, now: float) -> None:
+        """Continue: the client still has what it had ahead when held."""
+        if self._held:
+            self._held = False
+            self._play_end = now + self._held_ahead
+
+    def release(self, utterance_id: int, now: float, *, paced: bool) -> list[Released]:
+        """The frames of ``utterance_id`` due at ``now``, in order, sequenced."""
+        out: list[Released] = []
+        lead_s, frame_s = self.config.lead_ms / 1000, self.config.frame_ms / 1000
+        start_below_s = lead_s - self.config.send_quantum_ms / 1000 + frame_s
+        releasing = not paced
+        while self._ready(utterance_id):
+            start = max(self._play_end, now)
+            ahead = start + frame_s - now  # what the client holds once this one is sent
+            if ahead > lead_s + _EPS or (not releasing and ahead > start_below_s + _EPS):
+                break  # far enough ahead: wait for the next release time
+            releasing = True
+            uid, pcm = self._frames.popleft()
+            self._count[uid] -= 1
+            if not self._count[uid]:
+                del self._count[uid]
+            self._sequence += 1
+            self._play_end = start + frame_s
+            out.append(Released(uid, self._sequence, pcm))
+        if out:
+            self._update_full()
+        return out
+
+    # -- internals -----------------------------------------------------------------
+
+    def _ready(self, utterance_id: int) -> bool:
+        return not self._held and bool(self._frames) and self._frames[0][0] == utterance_id
+
+    def _update_full(self) -> None:
+        n = len(self._frames)
+        if n >= self.config.max_frames:
+            self._full = True
+        elif n <= self.config.max_frames * _LOW_WATER:
+            self._full = False

@@ -1,0 +1,49 @@
+"""A session's settings (WIRE §1.2 ``config``), as pure code.
+
+``SessionSettings.apply`` checks a parsed ``config`` message against what the system
+offers and either changes nothing and returns the ``INVALID_CONFIG`` error, or applies
+every given setting. Settings apply from the next utterance: the voice when its
+synthesis starts, the output format at the first frame of an utterance that starts
+after the change (``format_for``), so one utterance never mixes formats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from duplexvoice.orchestrator.messages import Error, ErrorCode
+from duplexvoice.orchestrator.protocol import DEFAULT_INPUT_SAMPLE_RATE, ConfigMessage
+
+
+@dataclass
+class SessionSettings:
+    voice: str = ""  # model id; empty: the worker's default
+    input_sample_rate: int = DEFAULT_INPUT_SAMPLE_RATE
+    output_format: str = "json"  # of the utterance being sent
+    _wanted_format: str = "json"
+    _format_from: int = 1  # utterances from this id on use ``_wanted_format``
+
+    def apply(self, message: ConfigMessage, offered_voices: Collection[str],
+              next_utterance: int) -> Error | None:
+        """Apply ``message``, or return why not (and change nothing)."""
+        if message.mode == "conversation":
+            return Error(ErrorCode.INVALID_CONFIG, "conversation mode is not available yet")
+        if message.voice is not None and message.voice not in offered_voices:
+            available = ", ".join(sorted(offered_voices)) or "none"
+            return Error(ErrorCode.INVALID_CONFIG,
+                         f"voice {message.voice!r} is not available (available: {available})")
+        if message.voice is not None:
+            self.voice = message.voice
+        if message.output_format is not None:
+            self._wanted_format = message.output_format
+            self._format_from = next_utterance
+        if message.input_sample_rate is not None:
+            self.input_sample_rate = message.input_sample_rate
+        return None
+
+    def format_for(self, utterance_id: int) -> str:
+        """The output format of ``utterance_id``'s frames (asked at its first frame)."""
+        if utterance_id >= self._format_from:
+            self.output_format = self._wanted_format
+        return self.output_format

@@ -1,0 +1,132 @@
+"""The WebSocket transport (WIRE §1): one connection is one session.
+
+The handler checks access (API key, Origin) and capacity before the upgrade, starts
+the session's driver, and reads client frames: each is rate limited, parsed
+(``protocol.parse_client_message``) and handed to the driver; malformed ones are
+answered with an ``error`` here. A client may leave at any moment: that ends the
+session (and its worker session) without a traceback.
+
+Size limits: a message larger than ``max_message_bytes`` but at most twice that is
+answered ``MESSAGE_TOO_LARGE`` and the session goes on; a larger one is cut off by
+the WebSocket layer while it arrives (never buffered) and the connection is closed
+with code 1009 (message too big), without an ``error`` message first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from duplexvoice.orchestrator.access import RateDecision, RateLimiter, check_access
+from duplexvoice.orchestrator.driver import SessionDriver
+from duplexvoice.orchestrator.messages import Error, ErrorCode
+from duplexvoice.orchestrator.protocol import ProtocolError, parse_client_message
+from duplexvoice.orchestrator.transports.ws_output import ClientOutput
+
+if TYPE_CHECKING:
+    from duplexvoice.orchestrator.server import Orchestrator
+
+log = logging.getLogger(__name__)
+
+# Strikes (rate-limited messages within 5 s) before a flooding client is closed.
+_RATE_STRIKES = 20
+_CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    orch: Orchestrator = request.app["orch"]
+    config = orch.config
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return web.Response(text="duplexvoice orchestrator: connect a WebSocket to /ws\n")
+    decision = check_access(request.headers, request.query, api_keys=config.api_keys,
+                            allowed_origins=config.allowed_origins)
+    if not decision.allowed:
+        orch.metrics.rejected_connections_total.inc()
+        log.info("refused %s: %s", request.remote, decision.reason)
+        return web.Response(status=decision.status)  # nothing else revealed
+    if not orch.accepting or len(orch.drivers) >= config.max_sessions:
+        orch.metrics.rejected_connections_total.inc()
+        return web.Response(status=503)
+
+    # Twice the limit: a bit too large gets a MESSAGE_TOO_LARGE error from the parser
+    # (the session goes on); far too large is cut off by aiohttp before it is buffered.
+    ws = web.WebSocketResponse(max_msg_size=2 * config.max_message_bytes, heartbeat=30.0,
+                               compress=False)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:
+        return ws  # gone during the handshake
+    session_id = uuid.uuid4().hex
+    output = ClientOutput(ws, request.transport, timeout_s=config.send_timeout_s)
+    driver = SessionDriver(session_id, config, orch.registry, orch.pool, orch.metrics,
+                           send=output.send, close=output.close)
+    orch.drivers.add(driver)
+    orch.metrics.sessions_total.inc()
+    orch.metrics.sessions_active.inc()
+    runner = asyncio.create_task(driver.run(), name=f"session-{session_id}")
+    orch.runs.add(runner)
+    runner.add_done_callback(orch.runs.discard)
+    limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst,
+                          strikes_to_close=_RATE_STRIKES)
+    try:
+        await _read_client(ws, output, driver, orch, limiter, runner)
+    except ConnectionError as exc:  # the client left while we answered it
+        log.debug("session %s: client gone: %s", session_id, exc)
+    finally:
+        driver.client_gone()
+        # The driver gives its worker session back on every exit; wait for it (bounded
+        # by the worker call deadline) so capacity is free when this handler returns.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(runner), config.worker_timeout_s + 1)
+        if not runner.done():
+            runner.cancel()
+        orch.drivers.discard(driver)
+        orch.metrics.sessions_active.dec()
+        with contextlib.suppress(ConnectionError):
+            await output.close(1000, "")
+    return ws
+
+
+async def _read_client(ws: web.WebSocketResponse, output: ClientOutput, driver: SessionDriver,
+                       orch: Orchestrator, limiter: RateLimiter,
+                       runner: asyncio.Task[None]) -> None:
+    limits = orch.limits
+    reader = asyncio.ensure_future(ws.receive())
+    try:
+        while True:
+            done, _ = await asyncio.wait({reader, runner}, return_when=asyncio.FIRST_COMPLETED)
+            if runner in done:
+                exc = runner.exception()
+                if exc is not None:  # e.g. a client too slow to read its audio
+                    log.info("session %s ended: %r", driver.session_id, exc)
+                    await output.close(1008, "client too slow or gone")
+                return
+            msg = reader.result()
+            if msg.type in _CLOSED:
+                return
+            reader = asyncio.ensure_future(ws.receive())
+            verdict = limiter.allow(time.monotonic())
+            if verdict is RateDecision.CLOSE:
+                await driver.send_message(
+                    Error(ErrorCode.RATE_LIMITED, "too many messages: closing"))
+                await output.close(1008, "rate limited")
+                return
+            if verdict is RateDecision.LIMITED:
+                await driver.send_message(
+                    Error(ErrorCode.RATE_LIMITED, "too many messages: message dropped"))
+                continue
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            parsed = parse_client_message(msg.data, limits, driver.input_sample_rate)
+            if isinstance(parsed, ProtocolError):
+                await driver.send_message(Error(ErrorCode(parsed.code), parsed.message))
+            else:
+                await driver.client_message(parsed)
+    finally:
+        reader.cancel()

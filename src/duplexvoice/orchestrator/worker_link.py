@@ -1,0 +1,311 @@
+"""The orchestrator's side of the worker protocol (WIRE §2): every gRPC call it makes
+to a TTS worker, and the translation of gRPC errors into ours at this boundary (as
+httpx maps httpcore's). Nothing above this module sees ``grpc``.
+
+Exceptions::
+
+    WorkerError              base: ``worker`` (name), ``message``
+    ├── WorkerUnavailable    the worker cannot be reached, or it is shutting down
+    │                        (connection refused or reset, deadline passed). Retryable
+    │                        on another worker; the worker is marked down at once.
+    ├── WorkerBusy           the worker is full (RESOURCE_EXHAUSTED). Retryable later
+    │                        or elsewhere; the worker is fine.
+    └── WorkerRejected       the worker refused or failed this request (unknown model,
+                             bad argument, a failing model). Not retryable as is.
+
+``WorkerPool`` holds one gRPC channel per worker address (channels multiplex streams;
+sessions share nothing else), how many worker sessions this orchestrator holds on
+each worker (for routing), and which workers failed at the connection level: such a
+worker is left out of routing for every session at once, probed in the background,
+and taken back as soon as it answers a probe, or its registry record shows a
+heartbeat newer than the failure (:class:`~.health.WorkerHealth`).
+
+``WorkerSession`` is one worker session (StartSession ... EndSession) with its
+Synthesize streams and Control calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+
+import grpc
+
+from duplexvoice.orchestrator.health import WorkerHealth
+from duplexvoice.orchestrator.messages import Command
+from duplexvoice.orchestrator.router import WorkerInfo
+from duplexvoice.rpc import tts_pb2, tts_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# The orchestrator pauses and stops audio in its own buffer, so the HTTP/2 window per
+# worker stream need not be tiny; at 64 KiB (about 33 frames) the window updates are
+# 4x rarer than a 16 KiB window, which costs both processes less CPU.
+STREAM_WINDOW_BYTES = 64 * 1024
+# gRPC's default reconnect back-off grows to 120 s: a worker restarted on the same
+# address would be unreachable for minutes. Cap it near the probe interval.
+_RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+_PROBE_FIRST_S = 0.2
+_PROBE_MAX_S = 2.0
+_PROBE_GIVE_UP_S = 600.0  # then only a fresh heartbeat brings the worker back
+
+_COMMANDS = {Command.PAUSE: tts_pb2.PAUSE, Command.RESUME: tts_pb2.RESUME,
+             Command.STOP: tts_pb2.STOP}
+# Status codes that mean the worker itself is unreachable, not that it refused.
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                          grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED})
+
+
+class WorkerError(Exception):
+    def __init__(self, worker: str, message: str) -> None:
+        super().__init__(f"worker {worker}: {message}")
+        self.worker = worker
+        self.message = message
+
+
+class WorkerUnavailable(WorkerError):
+    retryable = True
+
+
+class WorkerBusy(WorkerError):
+    retryable = True
+
+
+class WorkerRejected(WorkerError):
+    retryable = False
+
+
+def grpc_target(addr: str) -> str:
+    """``grpc://host:port`` (the registry's form) or ``host:port`` -> ``host:port``."""
+    return addr.removeprefix("grpc://")
+
+
+def channel_options(window_bytes: int) -> tuple[tuple[str, int], ...]:
+    """A fixed HTTP/2 window per stream (no BDP probing) and a short reconnect back-off."""
+    return (("grpc.http2.lookahead_bytes", window_bytes), ("grpc.http2.bdp_probe", 0),
+            *_RECONNECT_OPTIONS)
+
+
+def translate(worker: str, exc: grpc.aio.AioRpcError) -> WorkerError:
+    """Our exception for a gRPC error from ``worker``."""
+    code = exc.code()
+    message = f"{code.name}: {exc.details() or 'no details'}"
+    if code in _UNREACHABLE:
+        return WorkerUnavailable(worker, message)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return WorkerBusy(worker, message)
+    return WorkerRejected(worker, message)
+
+
+class WorkerPool:
+    """Channels, local load and health of the workers this orchestrator talks to."""
+
+    def __init__(self, *, timeout_s: float = 5.0,
+                 window_bytes: int = STREAM_WINDOW_BYTES,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.timeout_s = timeout_s
+        self._window_bytes = window_bytes
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, tts_pb2_grpc.TTSServiceAsyncStub] = {}
+        self.sessions: Counter[str] = Counter()  # worker sessions held here, by worker name
+        self.health = WorkerHealth()
+        self._clock = wall_clock
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+
+    def stub(self, addr: str) -> tts_pb2_grpc.TTSServiceAsyncStub:
+        stub = self._stubs.get(addr)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(grpc_target(addr),
+                                                options=channel_options(self._window_bytes))
+            self._channels[addr] = channel
+            stub = self._stubs[addr] = tts_pb2_grpc.TTSServiceStub(channel)
+        return stub
+
+    def excluded(self, workers: Sequence[WorkerInfo]) -> set[str]:
+        """Names of ``workers`` to route around now."""
+        return self.health.excluded(workers)
+
+    def mark_down(self, worker: WorkerInfo | str, addr: str = "") -> None:
+        """A connection-level failure: route around the worker until it answers again."""
+        name = worker.name if isinstance(worker, WorkerInfo) else worker
+        addr = worker.addr if isinstance(worker, WorkerInfo) else addr
+        if self.health.mark_down(name, self._clock()):
+            log.warning("worker %s (%s) unreachable: routing around it until it answers",
+                        name, addr)
+        if addr and name not in self._probes:
+            task = asyncio.create_task(self._probe(name, addr), name=f"probe-{name}")
+            self._probes[name] = task
+            task.add_done_callback(lambda _task: self._probes.pop(name, None))
+
+    async def _probe(self, name: str, addr: str) -> None:
+        delay, started = _PROBE_FIRST_S, time.monotonic()
+        while self.health.is_down(name) and time.monotonic() - started < _PROBE_GIVE_UP_S:
+            await asyncio.sleep(delay)
+            try:
+                await self.stub(addr).GetCapabilities(tts_pb2.GetCapabilitiesRequest(),
+                                                      timeout=self.timeout_s)
+            except grpc.aio.AioRpcError:
+                delay = min(_PROBE_MAX_S, delay * 2)
+                continue
+            if self.health.mark_up(name):
+                log.warning("worker %s (%s) answers again", name, addr)
+
+    async def open(self, worker: WorkerInfo, session_id: str, model_id: str) -> WorkerSession:
+        """StartSession on ``worker``. Raises a ``WorkerError``.
+
+        If the caller is cancelled while StartSession is in flight, the worker may still
+        create the session: it is ended in the background once the answer is in, so a
+        client leaving at any moment never leaks a worker session.
+        """
+        wid = f"{session_id}-{next(self._ids)}"
+        stub = self.stub(worker.addr)
+        self.sessions[worker.name] += 1  # counted from the decision on: bursts spread out
+        start = asyncio.ensure_future(stub.StartSession(
+            tts_pb2.StartSessionRequest(session_id=wid, model_id=model_id),
+            timeout=self.timeout_s,
+        ))
+        session = WorkerSession(self, worker, wid, model_id)
+        try:
+            await asyncio.shield(start)
+        except asyncio.CancelledError:
+            start.add_done_callback(lambda f: self._end_orphan(f, session))
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self._dropped(worker.name)
+            raise self._failed(worker, exc) from None
+        except BaseException:
+            self._dropped(worker.name)
+            raise
+        return session
+
+    def _end_orphan(self, start: asyncio.Future[tts_pb2.StartSessionResponse],
+                    session: WorkerSession) -> None:
+        if start.cancelled() or start.exception() is not None:
+            self._dropped(session.worker.name)
+            return
+        self.spawn(session.end())
+
+    def spawn(self, coro: Coroutine[object, object, None]) -> None:
+        """Run a clean-up coroutine in the background; ``close`` waits for it."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _dropped(self, name: str) -> None:
+        self.sessions[name] -= 1
+        if self.sessions[name] <= 0:
+            del self.sessions[name]
+
+    def _failed(self, worker: WorkerInfo, exc: grpc.aio.AioRpcError) -> WorkerError:
+        error = translate(worker.name, exc)
+        if isinstance(error, WorkerUnavailable):
+            self.mark_down(worker)
+        return error
+
+    async def close(self) -> None:
+        """Wait (bounded) for background clean-ups, stop probing, close the channels."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=self.timeout_s)
+        for task in list(self._probes.values()):
+            task.cancel()
+        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for channel in channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+class WorkerSession:
+    """One worker session; ``end()`` once (idempotent)."""
+
+    def __init__(self, pool: WorkerPool, worker: WorkerInfo, session_id: str,
+                 model_id: str) -> None:
+        self._pool = pool
+        self._stub = pool.stub(worker.addr)
+        self.worker = worker
+        self.session_id = session_id
+        self.model_id = model_id
+        self.broken = False  # the worker became unreachable: nothing more to ask it
+        self._ended = False
+
+    async def synthesize(self, texts: AsyncIterator[tuple[str, bool]]) -> AsyncIterator[bytes]:
+        """One utterance: ``(text, is_final)`` pieces in, PCM frames out (never empty).
+        Ends after the worker's final frame. Raises a ``WorkerError``."""
+        sid = self.session_id
+
+        async def chunks() -> AsyncIterator[tts_pb2.TextChunk]:
+            async for text, is_final in texts:
+                yield tts_pb2.TextChunk(session_id=sid, text=text, is_final=is_final)
+                if is_final:
+                    return
+
+        call = self._stub.Synthesize(chunks())
+        try:
+            async for frame in call:
+                pcm = frame.audio_data  # each read of the field copies it: once per frame
+                if pcm:
+                    yield pcm
+                if frame.is_final:
+                    return
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(exc) from None
+        finally:
+            call.cancel()  # no-op once finished; stops the worker when we stop reading
+
+    async def control(self, command: Command) -> None:
+        """PAUSE / RESUME / STOP this session on the worker. Raises a ``WorkerError``."""
+        if self.broken:
+            raise WorkerUnavailable(self.worker.name, "unreachable")
+        try:
+            reply = await self._stub.Control(
+                tts_pb2.ControlRequest(session_id=self.session_id, command=_COMMANDS[command]),
+                timeout=self._pool.timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(exc) from None
+        if not reply.success:
+            raise WorkerRejected(self.worker.name, reply.message or f"{command} refused")
+
+    async def end(self) -> None:
+        """EndSession, best effort; never raises a ``WorkerError``."""
+        if self._ended:
+            return
+        self._ended = True
+        self._pool._dropped(self.worker.name)
+        if self.broken:
+            return
+        try:
+            await self._stub.EndSession(tts_pb2.EndSessionRequest(session_id=self.session_id),
+                                        timeout=self._pool.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            log.debug("worker %s: EndSession %s: %s", self.worker.name, self.session_id,
+                      exc.code().name)
+
+    def _failed(self, exc: grpc.aio.AioRpcError) -> WorkerError:
+        error = self._pool._failed(self.worker, exc)
+        if isinstance(error, WorkerUnavailable):
+            self.broken = True
+        return error
+
+
+async def describe(pool: WorkerPool, addr: str, timeout_s: float
+                   ) -> tuple[tts_pb2.GetCapabilitiesResponse, list[str]]:
+    """A worker's health check: its capabilities (GetCapabilities) and every model it
+    can load (ListModels). Raises a ``WorkerError`` named by the address."""
+    stub = pool.stub(addr)
+    try:
+        caps = await stub.GetCapabilities(tts_pb2.GetCapabilitiesRequest(), timeout=timeout_s)
+        models = await stub.ListModels(tts_pb2.ListModelsRequest(), timeout=timeout_s)
+    except grpc.aio.AioRpcError as exc:
+        raise translate(addr, exc) from None
+    return caps, [m.model_id for m in models.models]
