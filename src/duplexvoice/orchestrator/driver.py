@@ -50,7 +50,7 @@ from duplexvoice.orchestrator.protocol import (
     encode_json,
 )
 from duplexvoice.orchestrator.registry import WorkerRegistry
-from duplexvoice.orchestrator.router import RouteRequest, route, with_local_load
+from duplexvoice.orchestrator.router import RouteRequest, route
 from duplexvoice.orchestrator.session import SessionConfig, SessionMachine
 from duplexvoice.orchestrator.session_events import (
     Action,
@@ -262,6 +262,10 @@ class SessionDriver:
             self._room.clear()
         else:
             self._room.set()
+        worker = self._worker
+        if worker is not None and not worker.ended:
+            # Nothing to say: the pool may give it to a session that needs it.
+            self._pool.set_idle(worker, self.machine.current_utterance is None)
 
     async def _do(self, action: Action) -> None:
         if isinstance(action, BeginSynthesis):
@@ -371,16 +375,21 @@ class SessionDriver:
         Only the open stream's task calls this: one at a time."""
         worker = self._worker
         voice = self.settings.voice
-        if worker is not None and not worker.broken and (not voice or worker.model_id == voice):
+        if (worker is not None and not worker.broken and not worker.ended
+                and (not voice or worker.model_id == voice)):
+            self._pool.set_idle(worker, False)
             return worker
         self._worker = None
         if worker is not None:
             await worker.end()
         workers = self._registry.workers()
-        decision = route(with_local_load(workers, self._pool.sessions),
+        decision = route(self._pool.with_load(workers),
                          RouteRequest(model_id=voice), self.config.mode,
                          affinity=self._last_worker, exclude=self._pool.excluded(workers))
         if decision.worker is None:
+            log.debug("no route: %s; held %s, idle %s, workers %s", decision.reason,
+                      self._pool.sessions, self._pool.idle_sessions(),
+                      [(w.name, w.queue_depth) for w in workers])
             raise WorkerUnavailable("-", decision.reason)
         model = decision.model_id or voice
         self._worker = await self._pool.open(decision.worker, self.session_id, model)

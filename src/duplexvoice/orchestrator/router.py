@@ -284,16 +284,20 @@ def _pick(
 
 
 def with_local_load(
-    workers: Sequence[WorkerInfo], opened_here: Mapping[str, int]
+    workers: Sequence[WorkerInfo], busy_here: Mapping[str, int],
+    leaving_here: Mapping[str, int] | None = None,
 ) -> list[WorkerInfo]:
-    """Workers with ``queue_depth`` at least the sessions this orchestrator has open on
-    each (by worker name). Records lag up to a heartbeat; without this, a burst of new
-    sessions would all go to the worker that looked idlest at the last report."""
-    return [
-        replace(w, queue_depth=max(w.queue_depth, opened_here.get(w.name, 0)))
-        if opened_here.get(w.name, 0) > w.queue_depth else w
-        for w in workers
-    ]
+    """Workers with ``queue_depth`` as this orchestrator knows it (by worker name): at
+    least the busy sessions it holds there (``busy_here``), and the reported depth less
+    the sessions it is giving back or would give back on demand (``leaving_here``).
+    Records lag up to a heartbeat; without this, a burst of new sessions would all go
+    to the worker that looked idlest at the last report."""
+    leaving_here = leaving_here or {}
+    out: list[WorkerInfo] = []
+    for w in workers:
+        depth = max(w.queue_depth - leaving_here.get(w.name, 0), busy_here.get(w.name, 0), 0.0)
+        out.append(w if depth == w.queue_depth else replace(w, queue_depth=depth))
+    return out
 
 
 def route(

@@ -24,7 +24,6 @@ from duplexvoice.orchestrator.driver import SessionDriver
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.protocol import ProtocolLimits
 from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry, WorkerRegistry
-from duplexvoice.orchestrator.router import with_local_load
 from duplexvoice.orchestrator.transports.websocket import websocket
 from duplexvoice.orchestrator.worker_link import WorkerPool
 
@@ -66,7 +65,7 @@ async def ready(request: web.Request) -> web.Response:
     orch: Orchestrator = request.app["orch"]
     workers = orch.registry.workers()
     down = orch.pool.excluded(workers)
-    loaded = with_local_load(workers, orch.pool.sessions)
+    loaded = orch.pool.with_load(workers)
     free = {w.name: max(0, w.max_concurrent_sessions - int(w.queue_depth))
             for w in loaded if w.name not in down}
     ok = any(free.values())

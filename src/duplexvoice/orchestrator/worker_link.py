@@ -38,7 +38,7 @@ import grpc
 
 from duplexvoice.orchestrator.health import WorkerHealth
 from duplexvoice.orchestrator.messages import Command
-from duplexvoice.orchestrator.router import WorkerInfo
+from duplexvoice.orchestrator.router import WorkerInfo, with_local_load
 from duplexvoice.rpc import tts_pb2, tts_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,10 @@ _COMMANDS = {Command.PAUSE: tts_pb2.PAUSE, Command.RESUME: tts_pb2.RESUME,
 # Status codes that mean the worker itself is unreachable, not that it refused.
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                           grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED})
+
+
+class _Orphaned(Exception):
+    """Internal: cancelled while StartSession was in flight."""
 
 
 class WorkerError(Exception):
@@ -117,11 +121,15 @@ class WorkerPool:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, tts_pb2_grpc.TTSServiceAsyncStub] = {}
         self.sessions: Counter[str] = Counter()  # worker sessions held here, by worker name
+        # Held worker sessions with nothing to say (their client is LISTENING within the
+        # linger): given back at once when another session needs the capacity.
+        self._idle: dict[str, dict[str, WorkerSession]] = {}
         self.health = WorkerHealth()
         self._clock = wall_clock
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
+        self._ending: set[asyncio.Task[None]] = set()  # EndSession calls, named by worker
 
     def stub(self, addr: str) -> tts_pb2_grpc.TTSServiceAsyncStub:
         stub = self._stubs.get(addr)
@@ -161,17 +169,76 @@ class WorkerPool:
             if self.health.mark_up(name):
                 log.warning("worker %s (%s) answers again", name, addr)
 
+    def idle_sessions(self) -> Counter[str]:
+        """Held worker sessions with nothing to say, by worker name."""
+        return Counter({name: len(held) for name, held in self._idle.items() if held})
+
+    def with_load(self, workers: Sequence[WorkerInfo]) -> list[WorkerInfo]:
+        """``workers`` with the load this orchestrator knows of (see ``with_local_load``):
+        sessions held here count, idle ones and those being ended do not."""
+        idle = self.idle_sessions()
+        leaving = idle + Counter(task.get_name() for task in self._ending)
+        return with_local_load(workers, self.sessions - idle, leaving)
+
+    def set_idle(self, session: WorkerSession, idle: bool) -> None:
+        held = self._idle.setdefault(session.worker.name, {})
+        if idle and not session.ended:
+            held[session.session_id] = session
+        else:
+            held.pop(session.session_id, None)
+
+    def _reclaim(self, name: str) -> bool:
+        """Start giving back one idle session held on worker ``name``; True if one was."""
+        held = self._idle.get(name)
+        if not held:
+            return False
+        _, session = held.popitem()
+        session.begin_end()
+        return True
+
+    def _ending_on(self, name: str) -> list[asyncio.Task[None]]:
+        return [task for task in self._ending if task.get_name() == name]
+
     async def open(self, worker: WorkerInfo, session_id: str, model_id: str) -> WorkerSession:
         """StartSession on ``worker``. Raises a ``WorkerError``.
 
+        Capacity: a session counts from the routing decision on (so a burst spreads
+        over workers). When the worker is full with sessions held here, idle ones are
+        given back first, and StartSession waits for our EndSessions in flight to it.
         If the caller is cancelled while StartSession is in flight, the worker may still
         create the session: it is ended in the background once the answer is in, so a
         client leaving at any moment never leaks a worker session.
         """
+        name, capacity = worker.name, worker.max_concurrent_sessions
+        self.sessions[name] += 1
+        try:
+            while self.sessions[name] > capacity and self._reclaim(name):
+                pass  # one idle session given back per session over capacity
+            if len(self._ending_on(name)) + self.sessions[name] > capacity:
+                await self._ended(name)
+            try:
+                return await self._start(worker, session_id, model_id)
+            except WorkerBusy:
+                # Our own sessions there may be on their way out: make room, once more.
+                if not (self._reclaim(name) or self._ending_on(name)):
+                    raise
+            await self._ended(name)
+            return await self._start(worker, session_id, model_id)
+        except _Orphaned:
+            raise asyncio.CancelledError from None  # the orphan's clean-up owns the count
+        except BaseException:
+            self._dropped(name)
+            raise
+
+    async def _ended(self, name: str) -> None:
+        """Wait (bounded) for the EndSessions in flight to worker ``name``."""
+        ending = self._ending_on(name)
+        if ending:
+            await asyncio.wait(ending, timeout=self.timeout_s)
+
+    async def _start(self, worker: WorkerInfo, session_id: str, model_id: str) -> WorkerSession:
         wid = f"{session_id}-{next(self._ids)}"
-        stub = self.stub(worker.addr)
-        self.sessions[worker.name] += 1  # counted from the decision on: bursts spread out
-        start = asyncio.ensure_future(stub.StartSession(
+        start = asyncio.ensure_future(self.stub(worker.addr).StartSession(
             tts_pb2.StartSessionRequest(session_id=wid, model_id=model_id),
             timeout=self.timeout_s,
         ))
@@ -180,13 +247,9 @@ class WorkerPool:
             await asyncio.shield(start)
         except asyncio.CancelledError:
             start.add_done_callback(lambda f: self._end_orphan(f, session))
-            raise
+            raise _Orphaned from None
         except grpc.aio.AioRpcError as exc:
-            self._dropped(worker.name)
             raise self._failed(worker, exc) from None
-        except BaseException:
-            self._dropped(worker.name)
-            raise
         return session
 
     def _end_orphan(self, start: asyncio.Future[tts_pb2.StartSessionResponse],
@@ -236,7 +299,7 @@ class WorkerSession:
         self.session_id = session_id
         self.model_id = model_id
         self.broken = False  # the worker became unreachable: nothing more to ask it
-        self._ended = False
+        self.ended = False  # given back (by its session, or reclaimed by the pool)
 
     async def synthesize(self, texts: AsyncIterator[tuple[str, bool]]) -> AsyncIterator[bytes]:
         """One utterance: ``(text, is_final)`` pieces in, PCM frames out (never empty).
@@ -277,13 +340,28 @@ class WorkerSession:
             raise WorkerRejected(self.worker.name, reply.message or f"{command} refused")
 
     async def end(self) -> None:
-        """EndSession, best effort; never raises a ``WorkerError``."""
-        if self._ended:
-            return
-        self._ended = True
+        """EndSession, best effort; never raises a ``WorkerError``. Idempotent."""
+        call = self.begin_end()
+        if call is not None:
+            await asyncio.shield(call)  # the worker's capacity is back once it answers
+
+    def begin_end(self) -> asyncio.Task[None] | None:
+        """Give the session back now (it counts no more here) and send EndSession in
+        the background; the call, or None if there is nothing to send."""
+        if self.ended:
+            return None
+        self.ended = True
+        self._pool.set_idle(self, False)
         self._pool._dropped(self.worker.name)
         if self.broken:
-            return
+            return None
+        call = asyncio.ensure_future(self._end())
+        call.set_name(self.worker.name)
+        self._pool._ending.add(call)
+        call.add_done_callback(self._pool._ending.discard)
+        return call
+
+    async def _end(self) -> None:
         try:
             await self._stub.EndSession(tts_pb2.EndSessionRequest(session_id=self.session_id),
                                         timeout=self._pool.timeout_s)
