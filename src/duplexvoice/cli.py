@@ -199,7 +199,7 @@ def _up(args: argparse.Namespace) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     return run_up(port=args.port, worker_port=args.worker_port, voice=args.voice,
-                  redis_url=args.redis, host=args.host)
+                  redis_url=args.redis, host=args.host, log_level=args.log_level)
 
 
 BENCHMARKS = ("worker", "orchestrator")  # bench/<name>.py, in this order
