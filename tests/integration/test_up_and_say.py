@@ -8,9 +8,11 @@ import wave
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
-from tests.support.eventually import eventually_sync
-from tests.support.up_process import BANNER, READY, UpProcess, alive
+from tests.support.eventually import eventually, eventually_sync
+from tests.support.redis_server import RedisServer
+from tests.support.up_process import BANNER, READY, UpProcess, alive, speaks
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +49,16 @@ def test_up_with_an_unknown_voice_names_the_known_ones() -> None:
         assert known in up.errors[0]
     assert not any(BANNER.search(line) for line in up.lines), up.text  # never announced
     eventually_sync(lambda: not alive(worker_pid), what="the worker stopped with up")
+
+
+async def test_up_with_redis_registers_the_worker_there(redis_server: RedisServer) -> None:
+    env = {"DUPLEXVOICE_WORKER_DEFAULT_MODEL_ID": "mock-en-us-tone"}
+    with UpProcess("--redis", redis_server.url, env=env) as up:
+        ws_url = (await up.await_line(BANNER)).group(2)
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            assert await client.exists("worker:tts-worker-0")
+        finally:
+            await client.aclose()
+        await eventually(lambda: speaks(ws_url), what="audio through the Redis registry")
+    assert up.proc.returncode == 0, up.text

@@ -49,6 +49,9 @@ def test_shipped_yaml_validates_and_equals_defaults_where_set() -> None:
     config = load_config(WorkerConfig, yaml_path=REPO / "configs/worker.yaml",
                          env_prefix=ENV_PREFIX, environ={})
     assert config.port == 7001 and config.models.ttl_ms == 600_000
+    orchestrator = load_config(OrchestratorConfig, yaml_path=REPO / "configs/orchestrator.yaml",
+                               env_prefix=ORCH_PREFIX, environ={})
+    assert orchestrator == OrchestratorConfig()
 
 
 def test_precedence_yaml_then_env_then_flags(tmp_path: Path) -> None:
