@@ -1,11 +1,13 @@
-"""``duplexvoice``: one entry point with subcommands.
+"""duplexvoice: one entry point with subcommands.
 
-- ``duplexvoice worker``: run a TTS worker (gRPC, default port 7001).
-- ``duplexvoice orchestrator``: run the orchestrator (HTTP + WebSocket, default 8080).
-- ``duplexvoice synth "text" --out hello.wav``: speak through a running worker.
-- ``duplexvoice up``: one worker and the orchestrator (HTTP + WebSocket, port 8080).
-- ``duplexvoice say "text"``: speak through the orchestrator (``-i``: interactive).
-- ``duplexvoice bench``: run every benchmark of the checkout's ``bench/`` folder.
+  duplexvoice worker          run a TTS worker (gRPC, default port 7001)
+  duplexvoice orchestrator    run the orchestrator (HTTP + WebSocket, default port 8080)
+  duplexvoice up              one worker and the orchestrator, supervised (port 8080)
+  duplexvoice say "text"      speak through the orchestrator (-i: interactive)
+  duplexvoice synth "text"    speak through a running worker into a WAV file
+  duplexvoice bench           run every benchmark of the checkout's bench/ folder
+
+Each subcommand has its own --help.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine
@@ -21,7 +24,14 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from duplexvoice.config import ConfigError, add_flags, load_config
+from duplexvoice.config import (
+    ConfigError,
+    OptionError,
+    add_flags,
+    load_config_with_origins,
+    one_line,
+)
+from duplexvoice.ports import bind_error, in_use_message
 
 ServiceConfig = TypeVar("ServiceConfig", bound=BaseModel)
 
@@ -33,21 +43,36 @@ def _run_service(
     serve: Callable[[ServiceConfig], Coroutine[object, object, None]],
     args: argparse.Namespace,
 ) -> int:
-    """Load a service's config (YAML < env < flags), set up logging, serve until stopped."""
+    """Load a service's config (YAML < env < flags), set up logging, serve until stopped.
+
+    Problems a user can fix are one line on stderr naming the option and where its
+    value came from, never a traceback.
+    """
     try:
-        config = load_config(model, yaml_path=args.config, env_prefix=env_prefix, flags=args)
+        config, origins = load_config_with_origins(model, yaml_path=args.config,
+                                                   env_prefix=env_prefix, flags=args)
     except ConfigError as exc:
         print(f"duplexvoice {name}: {exc}", file=sys.stderr)
         return 2
+    host, port = getattr(config, "host", ""), getattr(config, "port", 0)
+    if port and (error := bind_error(host, port)) is not None:
+        print(f"duplexvoice {name}: {origins.label('port')}: "
+              f"{in_use_message(host, port, error)}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=getattr(config, "log_level", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         asyncio.run(serve(config))
+    except OptionError as exc:
+        print(f"duplexvoice {name}: {origins.label(exc.option)}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"duplexvoice {name}: {exc}", file=sys.stderr)
+        print(f"duplexvoice {name}: {one_line(str(exc))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before serve() took over SIGINT
+        return 130
     return 0
 
 
@@ -65,10 +90,26 @@ def _orchestrator(args: argparse.Namespace) -> int:
     return _run_service("orchestrator", OrchestratorConfig, ENV_PREFIX, serve, args)
 
 
+def out_path_error(out: Path) -> str | None:
+    """Why a file cannot be written at ``out``, or None; checked before any work."""
+    if out.is_dir():
+        return f"{out} is a folder"
+    parent = out.parent
+    if not parent.is_dir():
+        return f"no such folder: {parent}"
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        return f"{out} is not writable"
+    return None
+
+
 def _synth(args: argparse.Namespace) -> int:
     import grpc
 
     from duplexvoice.client.worker_client import WorkerClient, synthesize_text, write_wav
+
+    if (problem := out_path_error(args.out)) is not None:
+        print(f"duplexvoice synth: --out: {problem}", file=sys.stderr)
+        return 2
 
     async def run() -> int:
         async with WorkerClient(args.worker) as client:
@@ -77,12 +118,19 @@ def _synth(args: argparse.Namespace) -> int:
                 result = await synthesize_text(client, args.text, args.voice,
                                                {"speed": str(args.speed)})
             except TimeoutError:
-                print(f"no worker answers at {args.worker}", file=sys.stderr)
+                print(f"duplexvoice synth: no worker answers at {args.worker}",
+                      file=sys.stderr)
                 return 1
             except grpc.aio.AioRpcError as exc:
-                print(f"worker error {exc.code().name}: {exc.details()}", file=sys.stderr)
+                print(f"duplexvoice synth: worker error {exc.code().name}: {exc.details()}",
+                      file=sys.stderr)
                 return 1
-        write_wav(args.out, result.pcm)
+        try:
+            write_wav(args.out, result.pcm)
+        except OSError as exc:  # e.g. the disk filled up meanwhile
+            print(f"duplexvoice synth: --out: cannot write {args.out}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(
             f"wrote {args.out} ({result.audio_ms / 1000:.2f} s of audio); "
             f"first audio after {result.first_audio_ms or 0:.0f} ms, "
@@ -151,7 +199,7 @@ def _up(args: argparse.Namespace) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     return run_up(port=args.port, worker_port=args.worker_port, voice=args.voice,
-                  redis_url=args.redis, host=args.host)
+                  redis_url=args.redis, host=args.host, log_level=args.log_level)
 
 
 BENCHMARKS = ("worker", "orchestrator")  # bench/<name>.py, in this order
@@ -179,67 +227,103 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _level(value: str) -> str:
+    return value.upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from duplexvoice.orchestrator.config import OrchestratorConfig
     from duplexvoice.worker.config import WorkerConfig
 
     parser = argparse.ArgumentParser(prog="duplexvoice", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = sub.add_parser("worker", help="run a TTS worker (gRPC)")
-    worker.add_argument("--config", type=Path, default=None,
+    worker = sub.add_parser("worker", help="run a TTS worker (gRPC)",
+                            description="Run a TTS worker: the gRPC TTS service (WIRE §2).")
+    worker.add_argument("--config", type=Path, default=None, metavar="FILE",
                         help="YAML file (e.g. configs/worker.yaml)")
     add_flags(worker, WorkerConfig)
     worker.set_defaults(func=_worker)
 
-    orchestrator = sub.add_parser("orchestrator", help="run the orchestrator (HTTP + WebSocket)")
-    orchestrator.add_argument("--config", type=Path, default=None,
+    orchestrator = sub.add_parser(
+        "orchestrator", help="run the orchestrator (HTTP + WebSocket)",
+        description="Run the orchestrator: WebSocket sessions, /health /ready /metrics "
+        "/models, routing over TTS workers (a list of addresses, or Redis).")
+    orchestrator.add_argument("--config", type=Path, default=None, metavar="FILE",
                               help="YAML file (e.g. configs/orchestrator.yaml)")
     add_flags(orchestrator, OrchestratorConfig)
     orchestrator.set_defaults(func=_orchestrator)
 
-    synth = sub.add_parser("synth", help="speak text through a running worker into a WAV")
-    synth.add_argument("text")
-    synth.add_argument("--worker", default="127.0.0.1:7001", help="worker address host:port")
-    synth.add_argument("--voice", default="", help="model id (default: the worker's default)")
-    synth.add_argument("--speed", type=float, default=1.0)
-    synth.add_argument("--out", type=Path, default=Path("out.wav"))
-    synth.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the worker")
+    synth = sub.add_parser("synth", help="speak text through a running worker into a WAV",
+                           description="Speak text through a running worker's gRPC API "
+                           "(no orchestrator) into a WAV file; prints the first-audio latency.")
+    synth.add_argument("text", help="what to say")
+    synth.add_argument("--worker", default="127.0.0.1:7001", metavar="HOST:PORT",
+                       help="worker address (default: 127.0.0.1:7001)")
+    synth.add_argument("--voice", default="", metavar="ID",
+                       help="model id (default: the worker's default)")
+    synth.add_argument("--speed", type=float, default=1.0, metavar="FACTOR",
+                       help="speaking rate, 0.25 to 4 (default: 1)")
+    synth.add_argument("--out", type=Path, default=Path("out.wav"), metavar="FILE",
+                       help="the WAV file to write (default: out.wav)")
+    synth.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                       help="seconds to wait for the worker (default: 10)")
     synth.set_defaults(func=_synth)
 
     say = sub.add_parser("say", help="speak text through the orchestrator (WebSocket)",
                          description="Speak text through a running orchestrator. Audio plays "
                          "on the sound card when one is found, else goes to a WAV. Without "
                          "text (or with -i): an interactive session.")
-    say.add_argument("text", nargs="?", default="")
+    say.add_argument("text", nargs="?", default="",
+                     help="what to say (none: an interactive session)")
     say.add_argument("-i", "--interactive", action="store_true",
                      help="type lines to speak; /pause /resume /stop /voice ID /quit")
-    say.add_argument("--url", default="ws://127.0.0.1:8080/ws", help="orchestrator WebSocket")
-    say.add_argument("--voice", default="", help="model id (default: the server's default)")
-    say.add_argument("--out", type=Path, default=None,
+    say.add_argument("--url", default="ws://127.0.0.1:8080/ws", metavar="URL",
+                     help="orchestrator WebSocket (default: ws://127.0.0.1:8080/ws)")
+    say.add_argument("--voice", default="", metavar="ID",
+                     help="model id (default: the server's default)")
+    say.add_argument("--out", type=Path, default=None, metavar="FILE",
                      help="write a WAV here (default: play, or out.wav without a sound card)")
-    say.add_argument("--api-key", default="", help="sent as Authorization: Bearer KEY")
+    say.add_argument("--api-key", default="", metavar="KEY",
+                     help="sent as Authorization: Bearer KEY (default: none)")
     say.add_argument("--json", action="store_true", help="print the result as JSON")
     say.add_argument("--json-audio", action="store_true",
                      help="ask for base64 JSON audio instead of binary frames")
-    say.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the audio")
+    say.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                     help="seconds to wait for the audio (default: 30)")
     say.set_defaults(func=_say)
 
-    up = sub.add_parser("up", help="run one worker and the orchestrator (Ctrl-C stops both)")
-    up.add_argument("--port", type=int, default=8080, help="HTTP/WebSocket port (0: a free one)")
-    up.add_argument("--worker-port", type=int, default=7001, help="worker gRPC port (0: free)")
-    up.add_argument("--voice", default="", help="default model id of the sessions")
+    up = sub.add_parser(
+        "up", help="run one worker and the orchestrator (Ctrl-C stops both)",
+        description="Run one TTS worker (a child process, restarted if it dies; its "
+        "output is prefixed [worker]) and the orchestrator, on this machine. Worker "
+        "options come from DUPLEXVOICE_WORKER_* environment variables.")
+    up.add_argument("--port", type=int, default=8080, metavar="PORT",
+                    help="HTTP/WebSocket port, 0: a free one (default: 8080)")
+    up.add_argument("--worker-port", type=int, default=7001, metavar="PORT",
+                    help="worker gRPC port, 0: a free one (default: 7001)")
+    up.add_argument("--voice", default="", metavar="ID",
+                    help="default model id of the sessions, checked against the worker's "
+                    "voices (default: the worker's default voice)")
     up.add_argument("--redis", default=None, metavar="URL",
-                    help="discover workers in Redis (the worker registers there too)")
-    up.add_argument("--host", default="127.0.0.1", help="HTTP/WebSocket bind address")
-    up.add_argument("--log-level", default="WARNING",
-                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                    help="discover workers in Redis, the worker registers there too "
+                    "(default: none, the orchestrator talks to the worker directly)")
+    up.add_argument("--host", default="127.0.0.1", metavar="HOST",
+                    help="HTTP/WebSocket bind address (default: 127.0.0.1)")
+    up.add_argument("--log-level", default="WARNING", type=_level, choices=LOG_LEVELS,
+                    help="of the orchestrator and the worker (default: WARNING)")
     up.set_defaults(func=_up)
 
-    bench = sub.add_parser("bench", help="run the benchmarks (bench/*.py of the checkout)")
+    bench = sub.add_parser("bench", help="run the benchmarks (bench/*.py of the checkout)",
+                           description="Run the benchmarks of the checkout's bench/ folder; "
+                           "they print figures.")
     bench.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
-    bench.add_argument("--only", default="", help=f"comma-separated, of: {', '.join(BENCHMARKS)}")
+    bench.add_argument("--only", default="", metavar="LIST",
+                       help=f"comma-separated, of: {', '.join(BENCHMARKS)} (default: all)")
     bench.set_defaults(func=_bench)
     return parser
 

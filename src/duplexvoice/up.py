@@ -1,29 +1,54 @@
-"""``duplexvoice up``: the whole system on one machine. One TTS worker as a child
-process, the orchestrator in this process, pointed at it (embedded registry) or at
-Redis. Ctrl-C / SIGTERM stops the orchestrator, then the worker (always).
+"""``duplexvoice up``: the whole system on one machine, supervised.
+
+1. Checks that fail in one line on stderr (exit 1) before anything starts: the
+   HTTP/WebSocket port and the worker port can be listened on, Redis answers
+   (``--redis``).
+2. One TTS worker as a child process; its output appears in ours, each line
+   prefixed ``[worker]``. If it dies it is restarted on the same port (so the
+   embedded registry, which checks that address, finds it again), after a back-off
+   of 0.5 s doubling to 10 s, back to 0.5 s once a worker has run 30 s. It never
+   outlives this process, even one killed by SIGKILL (``launcher.exit_with_parent``).
+3. ``--voice`` is checked against the worker's voices (exit 2 naming them).
+4. The orchestrator in this process, pointed at the worker (embedded registry) or
+   at Redis; the banner once it accepts connections. Ctrl-C / SIGTERM stops the
+   orchestrator, then the worker (always).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING
+
+from duplexvoice.config import one_line
+from duplexvoice.launcher import NotReadyError, ServiceProcess, WorkerProcess, describe_exit
+from duplexvoice.ports import bind_error, free_port, in_use_message
 
 if TYPE_CHECKING:
     from duplexvoice.orchestrator.config import OrchestratorConfig
 
+__all__ = ["Backoff", "Supervisor", "UpError", "banner", "free_port", "run_up", "urls"]
 
-def free_port(host: str) -> int:
-    """A port free right now on ``host`` (for ``--port 0``, so the URL can be shown)."""
-    bind = "127.0.0.1" if host in ("", "0.0.0.0") else host
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((bind, 0))
-        port: int = sock.getsockname()[1]
-        return port
+WORKER_NAME = "tts-worker-0"
+WORKER_HOST = "127.0.0.1"  # the worker's default bind address; up leaves it as is
+WORKER_LINES_KEPT = 200  # of the worker's output, for its last words when it fails
+REDIS_TIMEOUT_S = 2.0
+
+
+class UpError(Exception):
+    """A reason not to start, in one line; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def urls(host: str, port: int) -> tuple[str, str]:
@@ -44,13 +69,185 @@ def banner(host: str, port: int) -> str:
     )
 
 
+# -- supervision ----------------------------------------------------------------------
+
+
+@dataclass
+class Backoff:
+    """The wait before each restart: ``initial_s`` doubling up to ``max_s``; a process
+    that ran ``stable_after_s`` or longer starts the sequence again."""
+
+    initial_s: float = 0.5
+    max_s: float = 10.0
+    stable_after_s: float = 30.0
+    _next_s: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._next_s = self.initial_s
+
+    def delay(self, ran_s: float) -> float:
+        """The wait before restarting a process that ran ``ran_s`` seconds."""
+        if ran_s >= self.stable_after_s:
+            self._next_s = self.initial_s
+        delay = self._next_s
+        self._next_s = min(delay * 2, self.max_s)
+        return delay
+
+
+class Supervisor:
+    """Keeps one service process running: starts it, and restarts it whenever it
+    ends until :meth:`stop`. ``say`` gets one line per event (exit, ready again).
+
+    Each process is started from a thread that lives as long as it does (the
+    caller's for the first, the supervisor's for the rest): Linux's parent-death
+    signal follows the thread that forked, not the process.
+    """
+
+    def __init__(self, make: Callable[[], ServiceProcess], *, say: Callable[[str], None],
+                 backoff: Backoff | None = None, ready_timeout_s: float = 120.0,
+                 name: str = "worker") -> None:
+        self.make = make
+        self.say = say
+        self.backoff = backoff or Backoff()
+        self.ready_timeout_s = ready_timeout_s
+        self.name = name
+        self.current: ServiceProcess | None = None
+        self.restarts = 0
+        self._lock = threading.Lock()  # stop() vs. a restart spawning a process
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ServiceProcess:
+        """Start the first process and wait for it (:class:`NotReadyError`), then watch."""
+        with self._lock:
+            proc = self.current = self.make().spawn()
+        started = time.monotonic()
+        proc.wait_ready(self.ready_timeout_s)
+        self._thread = threading.Thread(target=self._watch, args=(proc, started),
+                                        name=f"{self.name}-supervisor", daemon=True)
+        self._thread.start()
+        return proc
+
+    def _watch(self, proc: ServiceProcess, started: float) -> None:
+        while True:
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            ran_s = time.monotonic() - started
+            delay = self.backoff.delay(ran_s)
+            self.restarts += 1
+            if proc.addr:
+                what = f"(pid {proc.pid}) exited ({describe_exit(code)}) after {ran_s:.1f} s"
+            else:
+                what = f"failed to start ({describe_exit(code)}: {proc.last_line() or '-'})"
+            self.say(f"{self.name} {what}; restart {self.restarts} in {delay:g} s")
+            if self._stopping.wait(delay):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                proc = self.current = self.make().spawn()
+            started = time.monotonic()
+            with contextlib.suppress(NotReadyError):  # its end is reported above, next turn
+                proc.wait_ready(self.ready_timeout_s)
+                self.say(f"{self.name} ready again on {proc.addr} (pid {proc.pid})")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop restarting, then end the current process (SIGTERM, SIGKILL after
+        ``timeout_s``)."""
+        with self._lock:
+            self._stopping.set()
+            proc = self.current
+        if proc is not None and proc.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # then it was killed
+                proc.terminate(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+class _Lines:
+    """Whole lines to stdout from several threads (the worker's reader, the supervisor)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            # A closed stdout (``up | head``) must not kill the worker's reader thread:
+            # then its pipe fills and the worker blocks.
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+
+# -- checks ---------------------------------------------------------------------------
+
+
+def check_ports(host: str, port: int, worker_port: int) -> tuple[int, int]:
+    """The two ports to use (0: a free one, fixed now so a restarted worker comes back
+    on its port); :class:`UpError` if one cannot be listened on."""
+    if port == 0:
+        port = free_port(host)
+    elif (error := bind_error(host, port)) is not None:
+        raise UpError(f"--port {port}: {in_use_message(host, port, error)}")
+    if worker_port == 0:
+        worker_port = free_port(WORKER_HOST)
+    elif (error := bind_error(WORKER_HOST, worker_port)) is not None:
+        raise UpError(f"--worker-port {worker_port}: "
+                      f"{in_use_message(WORKER_HOST, worker_port, error)}")
+    if port == worker_port:
+        raise UpError(f"--port and --worker-port are both {port}", code=2)
+    return port, worker_port
+
+
+def check_redis(url: str, timeout_s: float = REDIS_TIMEOUT_S) -> None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
+                                      socket_timeout=timeout_s)
+    except ValueError as exc:  # not a redis:// URL
+        raise UpError(f"--redis {url}: {one_line(str(exc))}", code=2) from exc
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise UpError(f"--redis {url}: no Redis answers there "
+                      f"({one_line(str(exc)) or type(exc).__name__})") from exc
+    finally:
+        client.close()
+
+
+async def worker_voices(addr: str, timeout_s: float = 10.0) -> list[str]:
+    """The model ids a worker can load (its ListModels)."""
+    from duplexvoice.client.worker_client import WorkerClient
+    from duplexvoice.rpc import tts_pb2
+
+    async with WorkerClient(addr) as client:
+        reply = await client.stub.ListModels(tts_pb2.ListModelsRequest(), timeout=timeout_s)
+    return sorted(model.model_id for model in reply.models)
+
+
+def check_voice(addr: str, voice: str) -> None:
+    import grpc
+
+    try:
+        known = asyncio.run(worker_voices(addr))
+    except grpc.RpcError as exc:
+        raise UpError(f"cannot list the worker's voices: {exc}") from exc
+    if voice not in known:
+        raise UpError(f"--voice {voice}: the worker has no such voice "
+                      f"(known voices: {', '.join(known) or 'none'})", code=2)
+
+
+# -- running --------------------------------------------------------------------------
+
+
 async def _wait_listening(host: str, port: int, interval_s: float = 0.05) -> None:
     connect = "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
     while True:
         try:
             _reader, writer = await asyncio.open_connection(connect, port)
         except OSError:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(interval_s)  # serve() offers no event for "bound"
             continue
         writer.close()
         with contextlib.suppress(OSError):
@@ -79,42 +276,61 @@ async def run_orchestrator(config: OrchestratorConfig, stop: asyncio.Event | Non
                 await server
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM before serve() handles it: stop the worker too
+
+
 def run_up(*, port: int = 8080, worker_port: int = 7001, voice: str = "",
-           redis_url: str | None = None, host: str = "127.0.0.1",
-           worker_timeout_s: float = 120.0) -> int:
-    """Start the worker, serve until stopped, stop the worker. Returns an exit code."""
-    from duplexvoice.launcher import WorkerProcess
+           redis_url: str | None = None, host: str = "127.0.0.1", log_level: str = "WARNING",
+           worker_timeout_s: float = 120.0, backoff: Backoff | None = None) -> int:
+    """Check, start the worker, serve until stopped, stop the worker. An exit code."""
     from duplexvoice.orchestrator.config import OrchestratorConfig
 
-    # WorkerProcess puts "--port 0" first; argparse keeps the last value given.
-    worker_args = ["--port", str(worker_port)]
+    try:
+        port, worker_port = check_ports(host, port, worker_port)
+        if redis_url:
+            check_redis(redis_url)
+    except UpError as exc:
+        print(f"duplexvoice up: {exc}", file=sys.stderr)
+        return exc.code
+
+    lines = _Lines()
+    worker_args = ["--port", str(worker_port), "--log-level", log_level]
     if redis_url:
         worker_args += ["--redis-url", redis_url]
-    worker = WorkerProcess(*worker_args, name="tts-worker-0")
+    supervisor = Supervisor(
+        lambda: WorkerProcess(*worker_args, name=WORKER_NAME, keep_lines=WORKER_LINES_KEPT,
+                              on_line=lambda line: lines(f"[worker] {line.rstrip()}"),
+                              exit_with_parent=True),
+        say=lambda message: lines(f"duplexvoice up: {message}"),
+        backoff=backoff, ready_timeout_s=worker_timeout_s,
+    )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if port == 0:
-            port = free_port(host)
-        print(f"duplexvoice up: starting the TTS worker on port {worker_port} ...", flush=True)
+        lines(f"duplexvoice up: starting the TTS worker on port {worker_port} ...")
         try:
-            worker.start(worker_timeout_s)
-        except RuntimeError as exc:
-            print(f"duplexvoice up: {exc}", file=sys.stderr)
-            return 1
-        print(f"duplexvoice up: worker ready on grpc://{worker.addr}", flush=True)
-        config = OrchestratorConfig(
-            host=host, port=port, redis_url=redis_url or None, default_voice=voice,
-            workers=[f"{worker.name}={worker.addr}"],
-        )
-        try:
-            asyncio.run(run_orchestrator(config))
-        except OSError as exc:
-            print(f"duplexvoice up: orchestrator: {exc}", file=sys.stderr)
-            return 1
+            worker = supervisor.start()
+        except NotReadyError as exc:
+            raise UpError(f"the TTS worker did not start: {exc.reason}") from exc
+        lines(f"duplexvoice up: worker ready on grpc://{worker.addr} (pid {worker.pid})")
+        if voice:
+            check_voice(worker.addr, voice)
+        config = OrchestratorConfig.model_validate({
+            "host": host, "port": port, "redis_url": redis_url or None, "default_voice": voice,
+            "workers": [f"{WORKER_NAME}={worker.addr}"], "log_level": log_level,
+        })
+        asyncio.run(run_orchestrator(config))
         return 0
-    except KeyboardInterrupt:  # before serve() took over SIGINT
+    except UpError as exc:
+        print(f"duplexvoice up: {exc}", file=sys.stderr)
+        return exc.code
+    except OSError as exc:
+        print(f"duplexvoice up: orchestrator: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before serve() took over SIGINT / SIGTERM
         return 0
     finally:
-        if worker.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):  # then it was killed
-                worker.terminate()
-            print("duplexvoice up: worker stopped", flush=True)
+        supervisor.stop()
+        signal.signal(signal.SIGTERM, previous)
+        if supervisor.current is not None:
+            lines("duplexvoice up: worker stopped")

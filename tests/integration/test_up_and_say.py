@@ -2,49 +2,28 @@
 
 from __future__ import annotations
 
-import re
-import signal
 import subprocess
 import sys
-import threading
 import wave
 from pathlib import Path
 
 import pytest
+import redis.asyncio
+
+from tests.support.eventually import eventually, eventually_sync
+from tests.support.redis_server import RedisServer
+from tests.support.up_process import BANNER, READY, UpProcess, alive, speaks
 
 pytestmark = pytest.mark.integration
 
-_URL = re.compile(r"(ws://[\d.]+:\d+/ws)")
-
 
 def test_up_then_say_writes_speech(tmp_path: Path) -> None:
-    up = subprocess.Popen(
-        [sys.executable, "-m", "duplexvoice", "up", "--port", "0", "--worker-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        start_new_session=True,  # a signal for the test, not for pytest's group
-    )
-    lines: list[str] = []
-    found = threading.Event()
-    url: list[str] = []
-
-    def pump() -> None:
-        assert up.stdout is not None
-        for line in up.stdout:
-            lines.append(line)
-            match = _URL.search(line)
-            if match and not url:
-                url.append(match.group(1))
-                found.set()
-        found.set()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        assert found.wait(180) and url, "".join(lines)
+    with UpProcess() as up:  # the real default voice: Piper
+        ws_url = up.wait_for(BANNER, timeout=180).group(2)
         out = tmp_path / "hello.wav"
         said = subprocess.run(
             [sys.executable, "-m", "duplexvoice", "say", "Hello from the whole stack.",
-             "--url", url[0], "--out", str(out)],
+             "--url", ws_url, "--out", str(out)],
             capture_output=True, text=True, timeout=60,
         )
         assert said.returncode == 0, said.stdout + said.stderr
@@ -52,10 +31,34 @@ def test_up_then_say_writes_speech(tmp_path: Path) -> None:
         with wave.open(str(out)) as wav:
             assert wav.getframerate() == 48000 and wav.getnchannels() == 1
             assert wav.getnframes() / 48000 > 0.8  # Piper speaking six words
-    finally:
-        up.send_signal(signal.SIGTERM)
-        code = up.wait(30)
-        reader.join(5)
-    assert code == 0, "".join(lines)
-    text = "".join(lines)
-    assert "orchestrator stopped" in text and "worker stopped" in text
+    assert up.proc.returncode == 0, up.text
+    assert "duplexvoice orchestrator stopped" in up.lines, up.text
+    assert "duplexvoice up: worker stopped" in up.lines, up.text
+    assert any(line.startswith("[worker] ") for line in up.lines), up.text  # its output
+
+
+def test_up_with_an_unknown_voice_names_the_known_ones() -> None:
+    env = {"DUPLEXVOICE_WORKER_DEFAULT_MODEL_ID": "mock-en-us-tone"}
+    with UpProcess("--voice", "no-such-voice", env=env) as up:
+        worker_pid = int(up.wait_for(READY).group(2))
+        code = up.proc.wait(60)
+    assert code == 2, up.text
+    assert len(up.errors) == 1 and "Traceback" not in up.text, up.text
+    assert "--voice no-such-voice" in up.errors[0]
+    for known in ("espeak-en-us-default", "mock-en-us-tone", "piper-en-us-joe-medium"):
+        assert known in up.errors[0]
+    assert not any(BANNER.search(line) for line in up.lines), up.text  # never announced
+    eventually_sync(lambda: not alive(worker_pid), what="the worker stopped with up")
+
+
+async def test_up_with_redis_registers_the_worker_there(redis_server: RedisServer) -> None:
+    env = {"DUPLEXVOICE_WORKER_DEFAULT_MODEL_ID": "mock-en-us-tone"}
+    with UpProcess("--redis", redis_server.url, env=env) as up:
+        ws_url = (await up.await_line(BANNER)).group(2)
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            assert await client.exists("worker:tts-worker-0")
+        finally:
+            await client.aclose()
+        await eventually(lambda: speaks(ws_url), what="audio through the Redis registry")
+    assert up.proc.returncode == 0, up.text

@@ -22,6 +22,7 @@ class OrchestratorConfig(BaseModel):
     workers: list[str] = Field(
         default_factory=lambda: ["127.0.0.1:7001"],
         description="embedded registry: worker addresses [name=]host:port (ignored with Redis)",
+        json_schema_extra={"metavar": "ADDR,..."},
     )
     redis_url: str | None = Field(
         None, description="discover workers in Redis (WIRE §3) instead of the workers list"
@@ -31,7 +32,8 @@ class OrchestratorConfig(BaseModel):
     registry_poll_s: float = Field(2.0, gt=0, description="how often the registry is read")
     routing_mode: str = Field("default", description="routing mode used for every session")
     routing_modes: dict[str, RoutingMode] = Field(
-        default_factory=default_routing_modes, description="named routing modes"
+        default_factory=default_routing_modes,
+        description="named routing modes (YAML only: a mapping, see configs/orchestrator.yaml)",
     )
     default_voice: str = Field(
         "", description="model id for sessions that name none (empty: the worker's default)"

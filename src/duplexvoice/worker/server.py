@@ -1,19 +1,28 @@
 """Run one worker process: load the default voice, serve gRPC, register, and shut
 down gracefully on SIGTERM/SIGINT (deregister, stop new sessions, give active
 streams ``shutdown_grace_s`` to finish, unload models).
+
+Start-up problems a user can fix (a voice pack folder that does not exist, a model
+id no pack provides, a port in use, a default voice that fails to load) raise
+:class:`~duplexvoice.config.OptionError` naming the option, before any model loads
+where possible.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 
 import grpc
 
+from duplexvoice.config import OptionError
+from duplexvoice.launcher import exit_with_parent, parent_to_follow
 from duplexvoice.rpc import tts_pb2_grpc
 from duplexvoice.worker.config import WorkerConfig
+from duplexvoice.worker.model_policy import ModelError
 from duplexvoice.worker.runtime import WorkerRuntime
 from duplexvoice.worker.service import TTSServicer
 
@@ -28,18 +37,44 @@ MAX_MESSAGE_BYTES = 1 << 20
 GIL_SWITCH_INTERVAL_S = 0.001
 
 
-async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives."""
-    stop = stop or asyncio.Event()
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+def check_voicepack_dirs(config: WorkerConfig) -> None:
+    missing = [str(d) for d in config.voicepack_dirs if not d.is_dir()]
+    if missing:
+        raise OptionError("voicepack_dirs", f"no such folder: {', '.join(missing)}")
 
+
+def check_model_ids(config: WorkerConfig, known: set[str]) -> None:
+    """The start-up models must be in the catalog: say which are not, and what is."""
+    voices = ", ".join(sorted(known)) or "none"
+    if config.models.default_model_id not in known:
+        raise OptionError("default_model_id", f"no voice pack provides "
+                          f"{config.models.default_model_id!r} (known voices: {voices})")
+    unknown = [m for m in config.models.preload_model_ids if m not in known]
+    if unknown:
+        raise OptionError("preload_model_ids", f"no voice pack provides "
+                          f"{', '.join(map(repr, unknown))} (known voices: {voices})")
+
+
+def _bind(server: grpc.aio.Server, config: WorkerConfig) -> int:
+    try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError:  # grpcio >= 1.5x raises where older ones returned 0
+        port = 0
+    if port == 0:
+        raise OptionError("port", f"cannot listen on {config.host}:{config.port} (in use?)")
+    return port
+
+
+async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives (or, when started by
+    ``duplexvoice up``, its parent ends)."""
+    stop = stop or asyncio.Event()
+    check_voicepack_dirs(config)
     runtime = WorkerRuntime(config)
+    check_model_ids(config, set(runtime.catalog))
     for problem in runtime.scan_errors:
         print(f"warning: voice pack skipped: {problem}", flush=True)
-    await runtime.start()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -47,25 +82,37 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> None
         ]
     )
     tts_pb2_grpc.add_TTSServiceServicer_to_server(TTSServicer(runtime), server)
-    runtime.port = server.add_insecure_port(f"{config.host}:{config.port}")
-    if runtime.port == 0:
-        raise OSError(f"cannot bind {config.host}:{config.port}")
-    await server.start()
-    await runtime.start_registry()
-    print(
-        f"duplexvoice worker {config.name} ready on grpc://{config.host}:{runtime.port} "
-        f"(default voice {config.models.default_model_id}; "
-        f"{len(runtime.catalog)} voices: {', '.join(sorted(runtime.catalog))})",
-        flush=True,
-    )
+    runtime.port = _bind(server, config)  # before loading models: a busy port fails fast
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = parent_to_follow()
+    watch = asyncio.create_task(exit_with_parent(parent, stop)) if parent else None
     try:
+        try:
+            await runtime.start()
+        except ModelError as exc:
+            raise OptionError("default_model_id", str(exc)) from exc
+        await server.start()
+        await runtime.start_registry()
+        print(
+            f"duplexvoice worker {config.name} ready on grpc://{config.host}:{runtime.port} "
+            f"(default voice {config.models.default_model_id}; "
+            f"{len(runtime.catalog)} voices: {', '.join(sorted(runtime.catalog))})",
+            flush=True,
+        )
         await stop.wait()
     finally:
         log.info("shutting down")
+        if watch is not None:
+            watch.cancel()
         runtime.accepting = False
         await runtime.stop_registry()  # orchestrators stop routing here first
         await server.stop(config.shutdown_grace_s)
         await runtime.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        print(f"duplexvoice worker {config.name} stopped", flush=True)
+        # The parent may be gone (and the pipe with it): the last word is optional.
+        with contextlib.suppress(OSError):
+            print(f"duplexvoice worker {config.name} stopped", flush=True)
