@@ -3,14 +3,13 @@ deregistering, its record expires, and sessions go to the other."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import aiohttp
 import pytest
 
 from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
+from tests.support.eventually import eventually
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -20,13 +19,6 @@ async def ready_workers(http: aiohttp.ClientSession, addr: str) -> list[str]:
     async with http.get(f"http://{addr}/ready") as response:
         body: dict[str, Any] = await response.json()
         return sorted(body["workers"])
-
-
-async def eventually(check: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.2)
 
 
 async def speak(http: aiohttp.ClientSession, url: str) -> str:

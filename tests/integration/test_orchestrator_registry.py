@@ -6,11 +6,10 @@ is tested, it is polled for with a generous bounded deadline.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,6 +17,7 @@ import redis.asyncio as aioredis
 from duplexvoice.launcher import WorkerProcess
 from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry
 from duplexvoice.worker.registry import build_record
+from tests.support.eventually import eventually
 from tests.support.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -35,13 +35,6 @@ def record(name: str, *, age_s: float = 0.0, port: int = 50051) -> str:
         resident_models=["piper-en-us-joe"], metrics={"rtf": 0.1, "queue_depth": 0.0},
         now=time.time() - age_s, extra={"version": "0.1.0"},
     ))
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -194,7 +187,16 @@ async def test_embedded_unreachable_address_never_raises() -> None:
     try:
         await reg.refresh()
         assert reg.workers() == []
-        await asyncio.sleep(0.2)  # let the background loop poll a few times
+        polls = 0
+        real_poll = reg._poll
+
+        async def counting_poll() -> bool:
+            nonlocal polls
+            polls += 1
+            return await real_poll()
+
+        reg._poll = counting_poll  # type: ignore[method-assign]
+        await eventually(lambda: polls >= 3, what="the background loop polls again")
         assert reg.workers() == []
     finally:
         await reg.stop()

@@ -81,13 +81,17 @@ async def test_audio_is_paced_to_real_time(connect: Any) -> None:
     client = await connect()
     await client.next("session_start")
     await client.send(type="text", text=SENTENCES)
-    first = await client.next("audio")
-    start = time.monotonic()
-    got = await client.until_end(1)
-    elapsed = time.monotonic() - start
-    audio_s = len(audio_of(got)) * 0.02
-    # Paced, not dumped: the client never holds much more than the lead (100 ms).
-    assert first is not None and elapsed > audio_s - 0.5
+    await client.next("audio")
+    start, received = time.monotonic(), 1
+    while (item := await client.next())["type"] != "utterance_end":
+        if item["type"] == "audio":
+            received += 1
+            # Paced, not dumped: the audio received never runs further ahead of the time
+            # since the first frame than the lead (100 ms) plus that first frame. A slow
+            # machine only makes it later, so this cannot flake from load.
+            ahead_s = received * 0.02 - (time.monotonic() - start)
+            assert ahead_s <= 0.1 + 0.02 + 1e-3, f"{ahead_s:.3f} s ahead at frame {received}"
+    assert received > 50  # long enough for the check to mean something
     await client.ws.close()
 
 
@@ -125,18 +129,21 @@ async def test_pause_holds_one_session_only(connect: Any) -> None:
         await c.next("session_start")
         await c.send(type="text", text=SENTENCES)
         await c.next("audio")
-    tasks = [asyncio.create_task(_record(a, logs["a"])), asyncio.create_task(_record(b, logs["b"]))]
     await a.send(type="control", command="PAUSE")
-    paused = time.monotonic()
-    await asyncio.sleep(0.6)
-    resumed = time.monotonic()
+    while (await a.next("state"))["state"] != "PAUSED":
+        pass
+    paused_at = len(a.messages)
+    # While a is paused, b goes on: 25 more frames (half a second of audio) arrive.
+    for _ in range(25):
+        await b.next("audio")
     await a.send(type="control", command="RESUME")
+    while (await a.next("state"))["state"] != "SPEAKING":
+        pass
+    # The socket is ordered: between PAUSED and SPEAKING, nothing of a's audio.
+    held = [m["type"] for m in a.messages[paused_at:]]
+    assert "audio" not in held, held
+    tasks = [asyncio.create_task(_record(a, logs["a"])), asyncio.create_task(_record(b, logs["b"]))]
     await asyncio.wait_for(asyncio.gather(*tasks), 30)
-    # What was already sent (at most the 100 ms lead) may land; then nothing until RESUME.
-    late = [m for t, m in logs["a"] if paused + 0.25 < t < resumed and m["type"] == "audio"]
-    assert late == [], "the paused session kept receiving audio"
-    b_during = [m for t, m in logs["b"] if paused + 0.25 < t < resumed and m["type"] == "audio"]
-    assert len(b_during) > 10, "the other session was paused too"
     assert logs["a"][-1][1]["reason"] == "completed"
     seq = [m["sequence"] for m in audio_of(a.messages)]
     assert seq == list(range(1, len(seq) + 1))  # nothing lost, nothing replayed
