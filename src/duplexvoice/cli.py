@@ -144,52 +144,58 @@ def _synth(args: argparse.Namespace) -> int:
 def _say(args: argparse.Namespace) -> int:
     import json
 
-    import aiohttp
-
-    from duplexvoice.client.console import Player, find_player, interactive
+    from duplexvoice.client.console import Player, find_player
+    from duplexvoice.client.interactive import interactive
     from duplexvoice.client.worker_client import write_wav
-    from duplexvoice.client.ws_client import say
-
-    if args.interactive or not args.text:
-        return asyncio.run(interactive(args.url, voice=args.voice, api_key=args.api_key))
+    from duplexvoice.client.ws_client import ConnectFailed, say
 
     async def run() -> int:
         command = None if args.out is not None else find_player()
         player = await Player(command).start() if command else None
+        finished = False  # False on the way out of Ctrl-C: stop the player at once
         try:
             result = await say(args.url, args.text, voice=args.voice, api_key=args.api_key,
                                binary=not args.json_audio, timeout_s=args.timeout,
                                on_audio=player.write if player else None)
-        except (aiohttp.ClientError, OSError) as exc:
-            print(f"duplexvoice say: cannot talk to {args.url}: {exc}", file=sys.stderr)
+            finished = True
+        except ConnectFailed as exc:
+            print(f"duplexvoice say: {exc}", file=sys.stderr)
             return 1
         finally:
             if player is not None:
-                await player.close()
-        if player is not None:
-            where = f"played with {Path(command[0]).name}" if command else ""
-        else:
+                await player.close(abort=not finished)
+        if command is not None:
+            where = f"played with {Path(command[0]).name}"
+        elif result.pcm:
             out = args.out or Path("out.wav")
-            if result.pcm:
-                write_wav(out, result.pcm)
-                where = f"wrote {out}"
-            else:
-                where = "no audio"
+            write_wav(out, result.pcm)
+            where = f"wrote {out}"
+        else:
+            where = "no audio"
+        problems = result.problems()
         if args.json:
             print(json.dumps({**result.summary(), "audio": where}))
         else:
-            for error in result.errors:
-                print(f"error {error.get('code')}: {error.get('message')}", file=sys.stderr)
-            first = ("-" if result.first_audio_ms is None
-                     else f"{result.first_audio_ms:.0f} ms")
-            print(
-                f"{where} ({result.audio_ms / 1000:.2f} s of audio, {result.frames} frames"
-                f"{'' if result.sequence_ok else ', SEQUENCE GAPS'}); first audio after "
-                f"{first}; utterance_end: {result.end_reason or 'none'}"
-            )
+            for line in problems:
+                print(line, file=sys.stderr)
+            if result.frames or not problems:  # else the server's error says it all
+                first = ("-" if result.first_audio_ms is None
+                         else f"{result.first_audio_ms:.0f} ms")
+                print(
+                    f"{where} ({result.audio_ms / 1000:.2f} s of audio, {result.frames} frames"
+                    f"{'' if result.sequence_ok else ', SEQUENCE GAPS'}); first audio after "
+                    f"{first}; utterance_end: {result.end_reason or 'none'}"
+                )
         return 0 if result.ok else 1
 
-    return asyncio.run(run())
+    try:
+        if args.interactive or not args.text:
+            return asyncio.run(interactive(args.url, voice=args.voice, api_key=args.api_key,
+                                           out_dir=args.out, timeout_s=args.timeout))
+        return asyncio.run(run())
+    except KeyboardInterrupt:  # Ctrl-C: the session was closed on the way out
+        print("duplexvoice say: interrupted", file=sys.stderr)
+        return 130
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -281,20 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("text", nargs="?", default="",
                      help="what to say (none: an interactive session)")
     say.add_argument("-i", "--interactive", action="store_true",
-                     help="type lines to speak; /pause /resume /stop /voice ID /quit")
+                     help="type lines to speak; /pause /resume /stop /voice [ID] /quit; "
+                     "at the end of input (Ctrl-D, a pipe) what was sent is spoken first")
     say.add_argument("--url", default="ws://127.0.0.1:8080/ws", metavar="URL",
                      help="orchestrator WebSocket (default: ws://127.0.0.1:8080/ws)")
     say.add_argument("--voice", default="", metavar="ID",
                      help="model id (default: the server's default)")
-    say.add_argument("--out", type=Path, default=None, metavar="FILE",
-                     help="write a WAV here (default: play, or out.wav without a sound card)")
+    say.add_argument("--out", type=Path, default=None, metavar="PATH",
+                     help="write a WAV here (default: play, or out.wav without a sound card); "
+                     "with -i: a folder for utterance-<id>.wav files")
     say.add_argument("--api-key", default="", metavar="KEY",
                      help="sent as Authorization: Bearer KEY (default: none)")
     say.add_argument("--json", action="store_true", help="print the result as JSON")
     say.add_argument("--json-audio", action="store_true",
                      help="ask for base64 JSON audio instead of binary frames")
     say.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                     help="seconds to wait for the audio (default: 30)")
+                     help="seconds to wait for an answer from the server before giving up "
+                     "(default: 30)")
     say.set_defaults(func=_say)
 
     up = sub.add_parser(

@@ -1,30 +1,38 @@
-"""Pure parts of the orchestrator WebSocket client: audio collection, sequence check,
-command parsing, player detection and WAV writing (no server)."""
+"""The orchestrator WebSocket client without a server: audio collection, sequence
+check, the config check, WAV writing, and ``converse`` over a scripted fake connection
+(what the server says, and when it closes, is the script's)."""
 
 from __future__ import annotations
 
 import base64
-import stat
+import json
 import wave
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from duplexvoice.client.console import find_player, parse_command
-from duplexvoice.client.worker_client import write_wav
-from duplexvoice.client.ws_client import (
+from duplexvoice.client.messages import (
+    PROBE,
     AudioCollector,
+    SayResult,
     SequenceCheck,
     auth_headers,
     config_message,
     parse_audio,
 )
+from duplexvoice.client.worker_client import write_wav
+from duplexvoice.client.ws_client import Incoming, converse, models_url
 from duplexvoice.orchestrator.protocol import (
     FLAG_LAST,
     FRAME_BYTES,
     audio_message,
     encode_binary_frame,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def pcm(n: int) -> bytes:
@@ -144,8 +152,8 @@ def test_non_fatal_error_is_collected_and_wait_goes_on() -> None:
     assert r.frames == 1 and r.errors[0]["code"] == "INVALID_CONFIG" and not r.ok
 
 
-@pytest.mark.parametrize("code", ["WORKER_UNAVAILABLE", "TEXT_TOO_LONG", "QUEUE_FULL"])
-def test_fatal_or_refusing_error_ends_wait(code: str) -> None:
+@pytest.mark.parametrize("code", ["TEXT_TOO_LONG", "QUEUE_FULL"])
+def test_refusing_error_ends_wait(code: str) -> None:
     c = AudioCollector(sent_at=0.0)
     c.on_json({"type": "error", "code": code, "message": "x"}, 0.1)
     assert c.done
@@ -153,11 +161,45 @@ def test_fatal_or_refusing_error_ends_wait(code: str) -> None:
     assert r.frames == 0 and r.end_reason is None and r.errors[0]["code"] == code
 
 
+def test_fatal_error_waits_for_the_session_end_reason() -> None:
+    c = AudioCollector(sent_at=0.0)
+    c.on_json({"type": "error", "code": "WORKER_UNAVAILABLE", "message": "no worker"}, 0.1)
+    assert not c.done  # session_end follows a fatal error: its reason is reported too
+    c.on_json({"type": "session_end", "session_id": "s", "reason": "error"}, 0.2)
+    assert c.done
+    assert c.result().problems() == ["error WORKER_UNAVAILABLE: no worker",
+                                     "session ended: error"]
+
+
+def test_probe_answer_is_not_an_error_and_a_refusal_ends_the_wait() -> None:
+    accepted = AudioCollector()
+    accepted.probing = True
+    accepted.on_json({"type": "state", "state": "LISTENING"}, 0.1)
+    accepted.on_json({"type": "error", "code": "INVALID_STATE", "message": "nothing"}, 0.2)
+    assert not accepted.probing and not accepted.done and accepted.errors == []
+    refused = AudioCollector()
+    refused.probing = True
+    refused.on_json({"type": "error", "code": "INVALID_CONFIG", "message": "no voice"}, 0.1)
+    assert refused.done and refused.result().problems() == ["error INVALID_CONFIG: no voice"]
+    # Once the check is over, INVALID_STATE is an error like any other.
+    accepted.on_json({"type": "error", "code": "INVALID_STATE", "message": "again"}, 0.3)
+    assert accepted.errors[0]["message"] == "again"
+
+
 def test_session_end_ends_wait() -> None:
     c = AudioCollector(sent_at=0.0)
     c.on_json({"type": "session_end", "session_id": "s", "reason": "error"}, 0.5)
     assert c.done and c.result().session_end == {"type": "session_end", "session_id": "s",
                                                  "reason": "error"}
+
+
+def test_closed_connection_is_reported() -> None:
+    c = AudioCollector(sent_at=0.0)
+    c.on_closed(1006, 0.5, "utterance_end")
+    r = c.result()
+    assert c.done and r.session_end == {"type": "closed", "close_code": 1006}
+    assert r.problems() == ["the server closed the connection before utterance_end",
+                            "connection closed (code 1006)"]
 
 
 def test_give_up() -> None:
@@ -179,85 +221,6 @@ def test_config_message_and_auth() -> None:
     assert auth_headers("k") == {"Authorization": "Bearer k"}
 
 
-def test_parse_command() -> None:
-    assert parse_command("  hello world \n") == {"type": "text", "text": "hello world"}
-    assert parse_command("") is None
-    assert parse_command("/pause") == {"type": "control", "command": "PAUSE"}
-    assert parse_command("/RESUME") == {"type": "control", "command": "RESUME"}
-    assert parse_command("/stop") == {"type": "control", "command": "STOP"}
-    assert parse_command("/voice piper-x") == {"type": "config", "voice": "piper-x"}
-    assert parse_command("/quit") == "quit"
-    with pytest.raises(ValueError):
-        parse_command("/voice")
-    with pytest.raises(ValueError):
-        parse_command("/dance")
-
-
-# -- player detection -------------------------------------------------------------
-
-
-def fake_bin(tmp_path: Path, *names: str) -> str:
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    for name in names:
-        exe = bindir / name
-        exe.write_text("#!/bin/sh\nexit 0\n")
-        exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-    return str(bindir)
-
-
-def fake_snd(tmp_path: Path, present: bool) -> Path:
-    snd = tmp_path / "snd"
-    if present:
-        snd.mkdir()
-        (snd / "pcmC0D0p").write_text("")
-    return snd
-
-
-def test_no_player_without_programs(tmp_path: Path) -> None:
-    env = {"PATH": str(tmp_path / "empty"), "PULSE_SERVER": "unix:/x"}
-    assert find_player(env, dev_snd=fake_snd(tmp_path, True)) is None
-
-
-def test_no_player_without_sound_device(tmp_path: Path) -> None:
-    env = {"PATH": fake_bin(tmp_path, "aplay", "paplay", "ffplay")}
-    assert find_player(env, dev_snd=fake_snd(tmp_path, False)) is None
-
-
-def test_aplay_with_dev_snd(tmp_path: Path) -> None:
-    env = {"PATH": fake_bin(tmp_path, "aplay", "paplay")}
-    cmd = find_player(env, dev_snd=fake_snd(tmp_path, True))
-    assert cmd is not None and Path(cmd[0]).name == "aplay"
-    assert cmd[1:] == ["-q", "-t", "raw", "-f", "S16_LE", "-r", "48000", "-c", "1"]
-
-
-def test_empty_dev_snd_is_no_device(tmp_path: Path) -> None:
-    (tmp_path / "snd").mkdir()
-    env = {"PATH": fake_bin(tmp_path, "aplay")}
-    assert find_player(env, dev_snd=tmp_path / "snd") is None
-
-
-def test_paplay_with_pulse_server_or_socket(tmp_path: Path) -> None:
-    path = fake_bin(tmp_path, "aplay", "paplay")
-    no_snd = fake_snd(tmp_path, False)
-    cmd = find_player({"PATH": path, "PULSE_SERVER": "tcp:host"}, dev_snd=no_snd)
-    assert cmd is not None and Path(cmd[0]).name == "paplay"
-    assert cmd[1:] == ["--raw", "--rate=48000", "--channels=1", "--format=s16le"]
-    runtime = tmp_path / "run"
-    assert find_player({"PATH": path, "XDG_RUNTIME_DIR": str(runtime)}, dev_snd=no_snd) is None
-    (runtime / "pulse").mkdir(parents=True)
-    (runtime / "pulse" / "native").write_text("")
-    cmd = find_player({"PATH": path, "XDG_RUNTIME_DIR": str(runtime)}, dev_snd=no_snd)
-    assert cmd is not None and Path(cmd[0]).name == "paplay"
-
-
-def test_ffplay_fallback_and_opt_out(tmp_path: Path) -> None:
-    env = {"PATH": fake_bin(tmp_path, "ffplay"), "PULSE_SERVER": "x"}
-    cmd = find_player(env, dev_snd=fake_snd(tmp_path, False))
-    assert cmd is not None and Path(cmd[0]).name == "ffplay" and cmd[-1] == "-"
-    assert find_player({**env, "DUPLEXVOICE_NO_PLAYER": "1"}) is None
-
-
 # -- WAV --------------------------------------------------------------------------
 
 
@@ -271,3 +234,123 @@ def test_collected_audio_writes_a_wav(tmp_path: Path) -> None:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 48000)
         assert wav.getnframes() == 5 * 960
         assert wav.readframes(960) == pcm(1)
+
+
+# -- converse over a scripted connection -------------------------------------------
+
+
+Reply = Callable[[dict[str, Any]], list[Incoming]]
+
+
+class ScriptedServer:
+    """A fake connection: ``greeting`` is read first, then each message sent gets
+    ``reply(message)``; after ``close_after_greeting`` every send fails, as aiohttp's
+    does once the server has closed ("Cannot write to closing transport")."""
+
+    def __init__(self, greeting: list[Incoming], reply: Reply | None = None,
+                 close_after_greeting: bool = False) -> None:
+        self.inbox: deque[Incoming] = deque(greeting)
+        self.reply = reply or (lambda _: [])
+        self.closed = close_after_greeting
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, text: str) -> bool:
+        if self.closed:
+            return False
+        message = json.loads(text)
+        self.sent.append(message)
+        self.inbox.extend(self.reply(message))
+        return True
+
+    async def receive(self, timeout_s: float) -> Incoming | None:
+        return self.inbox.popleft() if self.inbox else None  # None: the wait timed out
+
+    async def say(self, text: str = "Hi", **kwargs: Any) -> SayResult:
+        return await converse(self.send, self.receive, text, **kwargs)
+
+
+def msg(**fields: Any) -> Incoming:
+    return Incoming("text", json.dumps(fields))
+
+
+START = msg(type="session_start", session_id="s1")
+LISTENING = msg(type="state", state="LISTENING")
+
+
+def speaks(voices: set[str]) -> Reply:
+    """The orchestrator's answers (src/duplexvoice/orchestrator): a config naming an
+    unknown voice is refused; PAUSE with nothing playing is INVALID_STATE; a text is
+    spoken as two binary frames."""
+    def reply(message: dict[str, Any]) -> list[Incoming]:
+        voice = message.get("voice")
+        if message["type"] == "config" and voice is not None and voice not in voices:
+            return [msg(type="error", code="INVALID_CONFIG", message="voice not available")]
+        if message == PROBE:
+            return [msg(type="error", code="INVALID_STATE", message="nothing to pause")]
+        if message["type"] == "text":
+            return [msg(type="state", state="SPEAKING"),
+                    Incoming("binary", encode_binary_frame(pcm(1), 1, 1)),
+                    Incoming("binary", encode_binary_frame(pcm(2), 2, 1, FLAG_LAST)),
+                    msg(type="utterance_end", utterance_id=1, reason="completed", frames=2),
+                    msg(type="state", state="LISTENING")]
+        return []
+    return reply
+
+
+async def test_refused_voice_stops_before_the_text_is_sent() -> None:
+    server = ScriptedServer([START, LISTENING], speaks({"good"}))
+    result = await server.say(voice="no-such-voice")
+    assert [m["type"] for m in server.sent] == ["config", "control"]
+    assert not result.text_sent and result.frames == 0 and not result.ok
+    assert result.problems() == ["error INVALID_CONFIG: voice not available"]
+
+
+async def test_accepted_voice_then_the_text() -> None:
+    server = ScriptedServer([START, LISTENING], speaks({"good"}))
+    played: list[bytes] = []
+    result = await server.say(voice="good", on_audio=played.append)
+    assert [m["type"] for m in server.sent] == ["config", "control", "text"]
+    assert server.sent[0] == {"type": "config", "voice": "good", "output_format": "binary"}
+    assert result.ok and result.errors == [] and played == [pcm(1), pcm(2)]
+
+
+async def test_no_voice_no_probe() -> None:
+    server = ScriptedServer([START], speaks(set()))
+    result = await server.say()
+    assert [m["type"] for m in server.sent] == ["config", "text"] and result.ok
+
+
+async def test_server_closed_before_we_sent_shows_its_error_not_the_write_failure() -> None:
+    """The server sent error + session_end and closed before our config went out."""
+    server = ScriptedServer(
+        [START, msg(type="error", code="WORKER_UNAVAILABLE", message="no TTS worker"),
+         msg(type="session_end", session_id="s1", reason="error"),
+         Incoming("closed", close_code=1011)],
+        close_after_greeting=True,
+    )
+    result = await server.say()
+    assert server.sent == [] and not result.text_sent and not result.ok
+    assert result.problems() == ["error WORKER_UNAVAILABLE: no TTS worker",
+                                 "session ended: error"]
+
+
+async def test_closed_without_a_word() -> None:
+    server = ScriptedServer([START, Incoming("closed", close_code=1006)],
+                            close_after_greeting=True)
+    result = await server.say()
+    assert result.problems() == [
+        "the server closed the connection before the answer to the config",
+        "connection closed (code 1006)",
+    ]
+
+
+async def test_silent_server_times_out() -> None:
+    server = ScriptedServer([START])  # answers nothing
+    result = await server.say(timeout_s=2)
+    assert not result.ok and result.errors[0]["code"] == "CLIENT_TIMEOUT"
+    assert "waiting for utterance_end" in result.problems()[0]
+
+
+def test_models_url() -> None:
+    assert models_url("ws://127.0.0.1:8080/ws") == "http://127.0.0.1:8080/models"
+    assert models_url("wss://example.org/ws?x=1") == "https://example.org/models"

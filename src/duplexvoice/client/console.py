@@ -1,32 +1,23 @@
-"""The console side of the WebSocket client: ``interactive`` (typed lines are spoken,
-``/pause /resume /stop /voice ID /quit`` control it) and playback, through the sound
-card when one seems present (``find_player``), else into WAV files.
+"""The console side of the WebSocket client: playback through the sound card when one
+seems present (``find_player``, ``Player``; without one the callers write WAV files),
+and the lines of standard input (``stdin_lines``). The console session itself is
+:mod:`.interactive`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import concurrent.futures
 import contextlib
 import os
+import select
 import shutil
-import sys
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
 
-from duplexvoice.client.worker_client import write_wav
-from duplexvoice.client.ws_client import (
-    DEFAULT_URL,
-    AudioFrame,
-    SequenceCheck,
-    auth_headers,
-    config_message,
-    load_message,
-    parse_audio,
-)
-from duplexvoice.orchestrator.protocol import OUTPUT_SAMPLE_RATE, encode_json
+from duplexvoice.orchestrator.protocol import OUTPUT_SAMPLE_RATE
 
 # -- playback ------------------------------------------------------------------------
 
@@ -89,11 +80,18 @@ class Player:
             return
         proc.stdin.write(pcm)
 
-    async def close(self, wait_s: float = 30.0) -> None:
+    async def close(self, wait_s: float = 30.0, *, abort: bool = False) -> None:
+        """Let the player finish what it was given (up to ``wait_s``), or with ``abort``
+        stop it at once."""
         proc = self._proc
         if proc is None:
             return
-        if proc.stdin is not None and not proc.stdin.is_closing():
+        if abort:
+            if proc.returncode is None:
+                proc.kill()
+            if proc.stdin is not None:
+                proc.stdin.close()
+        elif proc.stdin is not None and not proc.stdin.is_closing():
             with contextlib.suppress(ConnectionError):
                 await proc.stdin.drain()
             proc.stdin.close()
@@ -104,161 +102,56 @@ class Player:
             await proc.wait()
 
 
-# -- interactive ---------------------------------------------------------------------
+# -- standard input ------------------------------------------------------------------
 
 
-HELP: Final = (
-    "Type a line to speak it. Commands: /pause /resume /stop /voice ID /quit"
-)
+_LINES_QUEUED = 64  # lines read ahead of the session; the reader waits beyond that
 
 
-def parse_command(line: str) -> dict[str, Any] | Literal["quit"] | None:
-    """The message a typed line stands for; "quit"; or None for nothing to send."""
-    line = line.strip()
-    if not line:
-        return None
-    if line.startswith("/"):
-        word, _, rest = line.partition(" ")
-        word = word.lower()
-        if word in ("/quit", "/exit", "/q"):
-            return "quit"
-        if word in ("/pause", "/resume", "/stop"):
-            return {"type": "control", "command": word[1:].upper()}
-        if word == "/voice" and rest.strip():
-            return {"type": "config", "voice": rest.strip()}
-        raise ValueError(f"unknown command {line!r}. {HELP}")
-    return {"type": "text", "text": line}
+def stdin_lines(loop: asyncio.AbstractEventLoop, fd: int = 0) -> asyncio.Queue[str | None]:
+    """Lines of ``fd`` (standard input), then None at the end of input (Ctrl-D, the end
+    of a pipe or file, or a read error).
 
+    A daemon thread reads with ``os.read``: a blocking read must not hold up the exit
+    (an executor thread would be joined at shutdown, forever on an open terminal), and
+    unlike ``sys.stdin`` a bare ``os.read`` holds no lock that interpreter shutdown
+    needs. The thread waits while the queue is full; it stops when the loop is gone.
+    """
+    queue: asyncio.Queue[str | None] = asyncio.Queue(_LINES_QUEUED)
 
-def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
-    """Lines of stdin from a daemon thread (None at EOF); it never blocks exit."""
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    def put(item: str | None) -> bool:
+        coro = queue.put(item)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # the loop is closed
+            coro.close()
+            return False
+        try:
+            future.result()
+        except (concurrent.futures.CancelledError, asyncio.CancelledError):
+            return False  # the loop is shutting down
+        return True
 
     def pump() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-        loop.call_soon_threadsafe(queue.put_nowait, None)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:  # a non-blocking descriptor inherited from the shell
+                select.select([fd], [], [])
+                continue
+            except OSError:  # e.g. EIO from a terminal that went away: the end of input
+                chunk = b""
+            pending += decoder.decode(chunk, final=not chunk)
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                if not put(line):
+                    return
+            if not chunk:
+                break
+        if not pending or put(pending):
+            put(None)
 
     threading.Thread(target=pump, name="stdin-reader", daemon=True).start()
     return queue
-
-
-async def interactive(url: str = DEFAULT_URL, *, voice: str = "", api_key: str = "",
-                      out_dir: Path | None = None,
-                      player: list[str] | Literal["auto"] | None = "auto") -> int:
-    """A console session: typed lines are spoken; audio is played as it arrives
-    (``player``; "auto": ``find_player()``) or written to ``utterance-<id>.wav`` in
-    ``out_dir`` (default: the current directory). Returns an exit code."""
-    import aiohttp
-
-
-    command = find_player() if player == "auto" else player
-    out_dir = Path.cwd() if out_dir is None else out_dir
-    loop = asyncio.get_running_loop()
-    sink: Player | None = await Player(command).start() if command else None
-    buffers: dict[int | None, list[bytes]] = {}
-    ended: set[int] = set()
-    seq = SequenceCheck()
-    sent_at: list[float] = []  # when texts were sent, for first-audio latency
-    first_at: dict[int | None, float] = {}
-
-    def emit(line: str) -> None:
-        print(line, flush=True)
-
-    try:
-        async with aiohttp.ClientSession() as http, http.ws_connect(
-            url, headers=auth_headers(api_key), max_msg_size=0
-        ) as ws:
-            if (config := config_message(voice, binary=True)) is not None:
-                await ws.send_str(encode_json(config))
-            emit(f"connected to {url}; " + (f"playing with {Path(command[0]).name}"
-                 if command else f"writing utterance-<id>.wav files to {out_dir}"))
-            emit(HELP)
-
-            async def reader() -> None:
-                lines = _stdin_lines(loop)
-                while (line := await lines.get()) is not None:
-                    try:
-                        cmd = parse_command(line)
-                    except ValueError as exc:
-                        emit(str(exc))
-                        continue
-                    if cmd == "quit":
-                        break
-                    if cmd is not None:
-                        if cmd["type"] == "text":
-                            sent_at.append(time.perf_counter())
-                        await ws.send_str(encode_json(cmd))
-                await ws.close()
-
-            def on_frame(frame: AudioFrame) -> None:
-                seq.add(frame.sequence)
-                if frame.utterance_id is not None and frame.utterance_id in ended:
-                    return
-                if frame.utterance_id not in first_at:
-                    first_at[frame.utterance_id] = time.perf_counter()
-                if sink is not None:
-                    sink.write(frame.pcm)
-                else:
-                    buffers.setdefault(frame.utterance_id, []).append(frame.pcm)
-
-            def on_end(message: Mapping[str, Any]) -> None:
-                uid = message.get("utterance_id")
-                if isinstance(uid, int):
-                    ended.add(uid)
-                key = uid if isinstance(uid, int) else None
-                pcm = b"".join(buffers.pop(key, []))
-                started = sent_at.pop(0) if sent_at else None
-                first = first_at.pop(key, None)
-                latency = (f", first audio after {(first - started) * 1000:.0f} ms"
-                           if first is not None and started is not None else "")
-                where = ""
-                if sink is None and pcm:
-                    path = out_dir / f"utterance-{uid}.wav"
-                    write_wav(path, pcm)
-                    where = f", wrote {path} ({len(pcm) / 2 / OUTPUT_SAMPLE_RATE:.2f} s)"
-                emit(f"[utterance {uid} {message.get('reason')}: "
-                     f"{message.get('frames')} frames{latency}{where}]")
-
-            read_task = asyncio.create_task(reader())
-            try:
-                async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.BINARY:
-                        try:
-                            on_frame(parse_audio(msg.data))
-                        except ValueError as exc:
-                            emit(f"[bad audio frame: {exc}]")
-                        continue
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    message = load_message(msg.data)
-                    kind = message.get("type")
-                    if kind == "audio":
-                        try:
-                            on_frame(parse_audio(message))
-                        except ValueError as exc:
-                            emit(f"[bad audio message: {exc}]")
-                    elif kind == "utterance_end":
-                        on_end(message)
-                    elif kind == "error":
-                        emit(f"[error {message.get('code')}: {message.get('message')}]")
-                    elif kind == "session_start":
-                        emit(f"[session {message.get('session_id')}]")
-                    elif kind == "session_end":
-                        emit(f"[session ended: {message.get('reason')}]")
-                    elif kind in ("interrupt", "pause", "resume"):
-                        emit(f"[{kind} utterance {message.get('utterance_id')}]")
-            finally:
-                read_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await read_task
-    except aiohttp.ClientError as exc:
-        emit(f"cannot talk to {url}: {exc}")
-        return 1
-    finally:
-        if sink is not None:
-            await sink.close()
-    if not seq.ok:
-        emit(f"[warning: audio sequence gaps {seq.gaps[:5]}]")
-    return 0
-

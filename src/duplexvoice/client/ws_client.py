@@ -1,320 +1,231 @@
-"""WebSocket client of the orchestrator (``docs/protocol.md``): ``say`` speaks one text
-and collects its audio. The message handling (``AudioCollector``) is pure code, tested
-without a server. The console session and playback live in :mod:`.console`.
+"""WebSocket client of the orchestrator (``docs/protocol.md``): ``say`` speaks one
+text and collects its audio. ``converse`` runs one ``say`` over any send/receive pair
+(tested with a scripted one); the rest is the aiohttp side: opening the connection,
+the send/receive pair over it, the ``/models`` list. The messages themselves are
+handled by the pure code of :mod:`.messages`; the console session is
+:mod:`.interactive`, playback :mod:`.console`.
+
+Exceptions: ``ConnectFailed`` (the WebSocket could not be opened: refused, no answer,
+an HTTP status instead of the upgrade). aiohttp's exceptions are translated into it
+here. Once connected nothing is raised: what the server said (``error``,
+``session_end``) and what went wrong on our side (``CLIENT_*`` codes) are in the result.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final, Literal
 
-from duplexvoice.orchestrator.protocol import (
-    FRAME_BYTES,
-    OUTPUT_SAMPLE_RATE,
-    decode_binary_frame,
-    encode_json,
+from duplexvoice.client.messages import (
+    PROBE,
+    AudioCollector,
+    AudioFrame,
+    SayResult,
+    auth_headers,
+    config_message,
+    load_message,
 )
+from duplexvoice.orchestrator.protocol import encode_json
+
+if TYPE_CHECKING:
+    import aiohttp
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8080/ws"
-
-# Errors that refuse the text itself: no utterance will follow, stop waiting.
-TEXT_REFUSED_CODES: Final = frozenset(
-    {"INVALID_MESSAGE", "TEXT_TOO_LONG", "MESSAGE_TOO_LARGE", "QUEUE_FULL"}
-)
-# Errors after which the session cannot speak (a ``session_end`` follows).
-FATAL_CODES: Final = frozenset({"WORKER_UNAVAILABLE", "CONNECTION_ERROR", "INTERNAL_ERROR"})
+CONNECT_TIMEOUT_S: Final = 10.0
 
 
-# -- result and message collection (pure) -------------------------------------------
+class ConnectFailed(Exception):
+    """The WebSocket could not be opened; the message says why, for a person."""
 
 
-@dataclass
-class SayResult:
-    pcm: bytes
-    first_audio_ms: float | None  # text sent -> first audio frame received
-    frames: int
-    sequence_ok: bool  # every audio frame's sequence was the previous one + 1
-    errors: list[dict[str, Any]]
-    utterance_id: int | None = None
-    end_reason: str | None = None  # utterance_end reason; None: it never came
-    session_end: dict[str, Any] | None = None
-    total_ms: float | None = None  # text sent -> utterance_end (or give-up)
-
-    @property
-    def audio_ms(self) -> float:
-        return len(self.pcm) / 2 / OUTPUT_SAMPLE_RATE * 1000
-
-    @property
-    def ok(self) -> bool:
-        """Completed with audio, and no error (e.g. a refused voice) on the way."""
-        return self.end_reason == "completed" and self.frames > 0 and not self.errors
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-friendly view (no PCM)."""
-        return {
-            "utterance_id": self.utterance_id,
-            "end_reason": self.end_reason,
-            "frames": self.frames,
-            "audio_ms": round(self.audio_ms, 1),
-            "first_audio_ms": None if self.first_audio_ms is None
-            else round(self.first_audio_ms, 1),
-            "total_ms": None if self.total_ms is None else round(self.total_ms, 1),
-            "sequence_ok": self.sequence_ok,
-            "errors": self.errors,
-            "session_end": self.session_end,
-        }
+# -- one conversation over any transport ------------------------------------------------
 
 
 @dataclass(frozen=True)
-class AudioFrame:
-    utterance_id: int | None  # None: a JSON audio message without the extension field
-    sequence: int
-    pcm: bytes
+class Incoming:
+    """One thing read from the connection: a text or binary message, or its end."""
+
+    kind: Literal["text", "binary", "closed"]
+    data: str | bytes = ""
+    close_code: int | None = None
 
 
-class SequenceCheck:
-    """Sequences are per connection, shared by all utterances, +1 per audio frame."""
-
-    def __init__(self) -> None:
-        self.last: int | None = None
-        self.ok = True
-        self.gaps: list[tuple[int, int]] = []  # (expected, got)
-
-    def add(self, sequence: int) -> bool:
-        if self.last is not None and sequence != self.last + 1:
-            self.ok = False
-            self.gaps.append((self.last + 1, sequence))
-        self.last = sequence
-        return self.ok
+# Send one text message; False when the connection is closing (nothing more can go).
+Send = Callable[[str], Awaitable[bool]]
+# Read the next message, waiting at most that many seconds; None when none came.
+Receive = Callable[[float], Awaitable[Incoming | None]]
 
 
-def parse_audio(raw: str | bytes | Mapping[str, Any]) -> AudioFrame:
-    """One server audio frame, binary or a decoded JSON ``audio`` message;
-    ``ValueError`` when it is malformed."""
-    if isinstance(raw, bytes | bytearray):
-        frame = decode_binary_frame(bytes(raw))
-        return AudioFrame(frame.utterance_id, frame.sequence, frame.pcm)
-    if not isinstance(raw, Mapping):
-        raise ValueError("not an audio message")
-    sequence = raw.get("sequence")
-    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
-        raise ValueError("audio without a valid sequence")
-    encoded = raw.get("pcm")
-    if not isinstance(encoded, str):
-        raise ValueError("audio without pcm")
+async def converse(send: Send, receive: Receive, text: str, *, voice: str = "",
+                   binary: bool = True, timeout_s: float = 30,
+                   on_audio: Callable[[bytes], None] | None = None,
+                   clock: Callable[[], float] = time.perf_counter) -> SayResult:
+    """``say`` on an open connection: wait for ``session_start``, send the config (and,
+    with a voice, check it: :mod:`.messages`), send the text, collect its audio until
+    its ``utterance_end``, its refusal, the session's end (or the close), or
+    ``timeout_s`` without a message from the server. A send that fails (the server
+    already closed) stops sending; what the server said before it closed is still read
+    and reported."""
+    collector = AudioCollector()
+
+    async def step(waiting_for: str) -> bool:
+        """Handle one message; False when the wait is over (timeout or closed)."""
+        msg = await receive(timeout_s)
+        now = clock()
+        if msg is None:
+            collector.give_up(now, f"no answer from the server for {timeout_s:g} s "
+                              f"(waiting for {waiting_for})")
+            return False
+        frame: AudioFrame | None = None
+        if msg.kind == "closed":
+            collector.on_closed(msg.close_code, now, waiting_for)
+            return False
+        if isinstance(msg.data, bytes):
+            frame = collector.on_binary(msg.data, now)
+        else:
+            frame = collector.on_json(load_message(msg.data), now)
+        if frame is not None and on_audio is not None:
+            on_audio(frame.pcm)
+        return True
+
+    async def until(condition: Callable[[], bool], waiting_for: str) -> None:
+        while not collector.done and not condition():
+            if not await step(waiting_for):
+                return
+
+    await until(lambda: collector.session_id is not None, "session_start")
+    if collector.done:
+        return collector.result()
+    config = config_message(voice, binary)
+    if config is not None:
+        probe = "voice" in config
+        if not await send(encode_json(config)) or (probe and not await send(encode_json(PROBE))):
+            await until(lambda: False, "the answer to the config")  # read why it closed
+            return collector.result()
+        collector.probing = probe
+        await until(lambda: not collector.probing, "the answer to the config")
+        if collector.done:
+            return collector.result()
+    if not await send(encode_json({"type": "text", "text": text})):
+        await until(lambda: False, "the text was sent")
+        return collector.result()
+    collector.sent_at = clock()
+    await until(lambda: False, "utterance_end")
+    return collector.result()
+
+
+# -- aiohttp ------------------------------------------------------------------------
+
+
+_REFUSALS: Final = {
+    401: "a wrong or missing API key (--api-key)",
+    403: "not allowed (API key or Origin)",
+    404: "no WebSocket there (the path is /ws)",
+    503: "the server is full or shutting down",
+}
+
+
+async def connect(http: aiohttp.ClientSession, url: str, api_key: str = "",
+                  timeout_s: float = CONNECT_TIMEOUT_S) -> aiohttp.ClientWebSocketResponse:
+    """Open the WebSocket; ``ConnectFailed`` with a reason a person can act on."""
+    import aiohttp
+
     try:
-        pcm = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("audio pcm is not valid base64") from None
-    if len(pcm) != FRAME_BYTES:
-        raise ValueError(f"audio frame of {len(pcm)} bytes, expected {FRAME_BYTES}")
-    uid = raw.get("utterance_id")
-    return AudioFrame(uid if isinstance(uid, int) and not isinstance(uid, bool) else None,
-                      sequence, pcm)
+        async with asyncio.timeout(timeout_s):
+            return await http.ws_connect(
+                url, headers=auth_headers(api_key), max_msg_size=0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            )
+    except aiohttp.WSServerHandshakeError as exc:
+        why = _REFUSALS.get(exc.status, exc.message)
+        raise ConnectFailed(f"{url} refused the connection: HTTP {exc.status} ({why})") from None
+    except TimeoutError:
+        raise ConnectFailed(f"no answer from {url} within {timeout_s:g} s") from None
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        raise ConnectFailed(f"cannot connect to {url}: {exc}") from None
 
 
-class AudioCollector:
-    """Follows the server's messages for one spoken text (the first utterance that
-    shows up after it was sent) and says when the wait is over.
+def sender(ws: aiohttp.ClientWebSocketResponse) -> Send:
+    import aiohttp
 
-    Frames of an utterance that already ended are dropped (stale audio fence)."""
-
-    def __init__(self, sent_at: float | None = None) -> None:
-        self.sent_at = sent_at
-        self.first_audio_at: float | None = None
-        self.ended_at: float | None = None
-        self.utterance_id: int | None = None
-        self.chunks: list[bytes] = []
-        self.sequence = SequenceCheck()
-        self.errors: list[dict[str, Any]] = []
-        self.end_reason: str | None = None
-        self.session_end: dict[str, Any] | None = None
-        self.done = False
-        self._ended: set[int] = set()
-
-    def on_binary(self, data: bytes, now: float) -> AudioFrame | None:
+    async def send(text: str) -> bool:
         try:
-            frame = parse_audio(data)
-        except ValueError as exc:
-            self.errors.append({"type": "error", "code": "CLIENT_BAD_FRAME", "message": str(exc)})
+            await ws.send_str(text)
+        except (ConnectionError, aiohttp.ClientError):
+            return False  # e.g. "Cannot write to closing transport": the server closed
+        return True
+
+    return send
+
+
+def receiver(ws: aiohttp.ClientWebSocketResponse) -> Receive:
+    import aiohttp
+
+    async def receive(timeout_s: float) -> Incoming | None:
+        if timeout_s <= 0:
+            return None  # aiohttp reads a zero timeout as "wait forever"
+        try:
+            msg = await ws.receive(timeout=timeout_s)
+        except TimeoutError:
             return None
-        return self._audio(frame, now)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            return Incoming("text", msg.data)
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            return Incoming("binary", msg.data)
+        return Incoming("closed", close_code=ws.close_code)
 
-    def on_json(self, message: Mapping[str, Any], now: float) -> AudioFrame | None:
-        """Handle one decoded JSON message; returns the audio frame it carried, if any."""
-        kind = message.get("type")
-        if kind == "audio":
-            try:
-                frame = parse_audio(message)
-            except ValueError as exc:
-                self.errors.append(
-                    {"type": "error", "code": "CLIENT_BAD_FRAME", "message": str(exc)}
-                )
-                return None
-            return self._audio(frame, now)
-        if kind == "utterance_end":
-            uid = message.get("utterance_id")
-            if isinstance(uid, int):
-                self._ended.add(uid)
-            if self.utterance_id is None or uid == self.utterance_id:
-                self.utterance_id = uid if isinstance(uid, int) else self.utterance_id
-                reason = message.get("reason")
-                self.end_reason = reason if isinstance(reason, str) else "unknown"
-                self._finish(now)
-        elif kind == "error":
-            self.errors.append(dict(message))
-            code = message.get("code")
-            if code in FATAL_CODES or (code in TEXT_REFUSED_CODES and self.utterance_id is None
-                                       and not self.chunks):
-                self._finish(now)
-        elif kind == "session_end":
-            self.session_end = dict(message)
-            self._finish(now)
-        return None
-
-    def _audio(self, frame: AudioFrame, now: float) -> AudioFrame | None:
-        self.sequence.add(frame.sequence)
-        uid = frame.utterance_id
-        if uid is not None and uid in self._ended:
-            return None  # stale: that utterance is over
-        if self.utterance_id is None:
-            self.utterance_id = uid
-        elif uid is not None and uid != self.utterance_id:
-            return None  # another utterance's audio (not ours)
-        if self.first_audio_at is None:
-            self.first_audio_at = now
-        self.chunks.append(frame.pcm)
-        return frame
-
-    def _finish(self, now: float) -> None:
-        if not self.done:
-            self.done = True
-            self.ended_at = now
-
-    def give_up(self, now: float, message: str) -> None:
-        self.errors.append({"type": "error", "code": "CLIENT_TIMEOUT", "message": message})
-        self._finish(now)
-
-    def result(self) -> SayResult:
-        def since_sent(t: float | None) -> float | None:
-            if t is None or self.sent_at is None:
-                return None
-            return (t - self.sent_at) * 1000
-
-        return SayResult(
-            pcm=b"".join(self.chunks),
-            first_audio_ms=since_sent(self.first_audio_at),
-            frames=len(self.chunks),
-            sequence_ok=self.sequence.ok,
-            errors=self.errors,
-            utterance_id=self.utterance_id,
-            end_reason=self.end_reason,
-            session_end=self.session_end,
-            total_ms=since_sent(self.ended_at),
-        )
-
-
-def config_message(voice: str = "", binary: bool = True) -> dict[str, Any] | None:
-    """The ``config`` to send first, or None when there is nothing to set."""
-    message: dict[str, Any] = {"type": "config"}
-    if voice:
-        message["voice"] = voice
-    if binary:
-        message["output_format"] = "binary"
-    return message if len(message) > 1 else None
-
-
-def auth_headers(api_key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-# -- say -----------------------------------------------------------------------------
+    return receive
 
 
 async def say(url: str, text: str, *, voice: str = "", api_key: str = "",
               binary: bool = True, timeout_s: float = 30,
               on_audio: Callable[[bytes], None] | None = None) -> SayResult:
-    """Speak ``text`` on a new session and collect its audio until its ``utterance_end``
-    (or a fatal error, the session's end, or ``timeout_s``). Connection failures raise
-    ``aiohttp.ClientError``; a timeout is reported in ``errors`` (``CLIENT_TIMEOUT``)."""
+    """Speak ``text`` on a new session (``converse``). ``ConnectFailed`` when the
+    connection cannot be opened; everything after that is in the result."""
     import aiohttp
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    collector = AudioCollector()
-    async with aiohttp.ClientSession() as http, http.ws_connect(
-        url, headers=auth_headers(api_key), timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-        max_msg_size=0,
-    ) as ws:
-
-        async def receive() -> aiohttp.WSMessage | None:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            try:
-                return await asyncio.wait_for(ws.receive(), remaining)
-            except TimeoutError:
-                return None
-
-        # Wait for session_start (anything before it is kept: errors, session_end).
-        while True:
-            msg = await receive()
-            if msg is None:
-                collector.give_up(time.perf_counter(), "no session_start before the timeout")
-                return collector.result()
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                collector.session_end = {"type": "closed", "close_code": ws.close_code}
-                collector.give_up(time.perf_counter(), "connection closed before session_start")
-                return collector.result()
-            message = load_message(msg.data)
-            if message.get("type") == "session_start":
-                break
-            collector.on_json(message, time.perf_counter())
-            if collector.done:
-                return collector.result()
-
-        if (config := config_message(voice, binary)) is not None:
-            await ws.send_str(encode_json(config))
-        await ws.send_str(encode_json({"type": "text", "text": text}))
-        collector.sent_at = time.perf_counter()
-
-        while not collector.done:
-            msg = await receive()
-            now = time.perf_counter()
-            if msg is None:
-                collector.give_up(now, f"no utterance_end within {timeout_s:g} s")
-                break
-            frame: AudioFrame | None = None
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                frame = collector.on_binary(msg.data, now)
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                frame = collector.on_json(load_message(msg.data), now)
-            else:  # closed or failed
-                if collector.session_end is None:
-                    collector.session_end = {"type": "closed", "close_code": ws.close_code}
-                collector.give_up(now, "connection closed before utterance_end")
-                break
-            if frame is not None and on_audio is not None:
-                on_audio(frame.pcm)
-    return collector.result()
+    async with aiohttp.ClientSession() as http:
+        ws = await connect(http, url, api_key)
+        async with ws:
+            return await converse(sender(ws), receiver(ws), text, voice=voice, binary=binary,
+                                  timeout_s=timeout_s, on_audio=on_audio)
 
 
-def load_message(data: str) -> dict[str, Any]:
-    import json
+def models_url(ws_url: str) -> str:
+    """The orchestrator's ``/models`` endpoint on the host of its WebSocket URL."""
+    from yarl import URL
 
+    url = URL(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(url.scheme, url.scheme)
+    return str(url.with_scheme(scheme).with_path("/models").with_query(None))
+
+
+async def list_voices(http: aiohttp.ClientSession, ws_url: str, api_key: str = "",
+                      timeout_s: float = 5.0) -> list[str]:
+    """Model ids the orchestrator offers (``/models``); ``ConnectFailed`` if it can't say."""
+    import aiohttp
+
+    url = models_url(ws_url)
     try:
-        obj = json.loads(data)
-    except ValueError:
-        return {"type": "client_bad_json", "data": data[:200]}
-    return obj if isinstance(obj, dict) else {"type": "client_bad_json", "data": data[:200]}
+        async with asyncio.timeout(timeout_s), http.get(
+            url, headers=auth_headers(api_key)
+        ) as response:
+            response.raise_for_status()
+            body = await response.json()
+    except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as exc:
+        raise ConnectFailed(f"cannot list the voices at {url}: "
+                            f"{str(exc) or type(exc).__name__}") from None
+    models = body.get("models") if isinstance(body, dict) else None
+    if not isinstance(models, list):
+        raise ConnectFailed(f"unexpected answer from {url}")
+    return [m["model_id"] for m in models
+            if isinstance(m, dict) and isinstance(m.get("model_id"), str)]
 
 
 __all__ = [
-    "DEFAULT_URL", "AudioCollector", "AudioFrame", "SayResult", "SequenceCheck",
-    "auth_headers", "config_message", "load_message", "parse_audio", "say",
+    "DEFAULT_URL", "ConnectFailed", "Incoming", "Receive", "Send", "connect", "converse",
+    "list_voices", "models_url", "receiver", "say", "sender",
 ]
