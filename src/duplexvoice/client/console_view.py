@@ -67,6 +67,7 @@ class ConsoleView:
         self.refused = False  # the server refused the voice
         self.state = "INITIALIZING"
         self.session_end: dict[str, Any] | None = None  # session_end, or the close
+        self.failed_utterances = 0
         self.outstanding = 0
         self.sequence = SequenceCheck()
         # The PAUSE/RESUME on its way: the user's (its answer shown) or our probe's.
@@ -257,6 +258,8 @@ class ConsoleView:
         if key is not None:
             self._ended.add(key)
         self.outstanding -= 1
+        if message.get("reason") == "error":
+            self.failed_utterances += 1
         parts = [f"utterance {uid} {message.get('reason')}: {message.get('frames')} frames"]
         out: list[Output] = []
         pcm = b"".join(self._audio.pop(key, []))

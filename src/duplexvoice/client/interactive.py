@@ -15,7 +15,8 @@ How it ends:
 - Ctrl-C: at once; ``asyncio.run`` raises ``KeyboardInterrupt``, which the CLI turns
   into exit 130 (cancellation closes the socket and stops the player on the way out).
 - the server ends the session, or refuses the voice: its error and reason are shown,
-  exit 1.
+  exit 1. An utterance that failed (``utterance_end error``) also makes the exit code
+  1 at the end, though the session goes on.
 
 The pure part, what is shown and sent for what the server says, is
 :class:`~duplexvoice.client.console_view.ConsoleView`; ``interactive`` carries it out.
@@ -190,6 +191,8 @@ class _Session:
             self._carry_out(self.view.flush())
         if not self.view.sequence.ok:
             self._print(f"[warning: audio sequence gaps {self.view.sequence.gaps[:5]}]")
+        if self.view.failed_utterances and code == 0:
+            code = 1  # a script piping lines in learns that not everything was spoken
         return code
 
     async def _pump(self) -> None:
