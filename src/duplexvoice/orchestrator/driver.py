@@ -74,6 +74,7 @@ from duplexvoice.orchestrator.session_events import (
 )
 from duplexvoice.orchestrator.settings import SessionSettings
 from duplexvoice.orchestrator.worker_link import (
+    WorkerBusy,
     WorkerError,
     WorkerPool,
     WorkerSession,
@@ -84,6 +85,7 @@ log = logging.getLogger(__name__)
 
 _TEXT_QUEUE = 64  # text pieces of one utterance waiting for the worker stream
 _CALLS = 64  # worker Control calls waiting to be made
+_ATTEMPTS = 3  # workers tried for one utterance
 
 # Writes messages (str: text, bytes: binary) to the client in order, as one batch.
 SendMessages = Callable[[list[str | bytes]], Awaitable[None]]
@@ -372,7 +374,12 @@ class SessionDriver:
 
     async def _acquire(self) -> WorkerSession:
         """The session's worker session on the wanted voice, taken now if needed.
-        Only the open stream's task calls this: one at a time."""
+        Only the open stream's task calls this: one at a time.
+
+        A worker that cannot be reached or is full is skipped for the next best one
+        (``_ATTEMPTS`` in all). When no worker is left, the registry is read again and
+        the workers marked down are asked once more whether they are back, so a
+        restarted worker speaks the very next utterance."""
         worker = self._worker
         voice = self.settings.voice
         if (worker is not None and not worker.broken and not worker.ended
@@ -382,19 +389,32 @@ class SessionDriver:
         self._worker = None
         if worker is not None:
             await worker.end()
-        workers = self._registry.workers()
-        decision = route(self._pool.with_load(workers),
-                         RouteRequest(model_id=voice), self.config.mode,
-                         affinity=self._last_worker, exclude=self._pool.excluded(workers))
-        if decision.worker is None:
-            log.debug("no route: %s; held %s, idle %s, workers %s", decision.reason,
-                      self._pool.sessions, self._pool.idle_sessions(),
-                      [(w.name, w.queue_depth) for w in workers])
-            raise WorkerUnavailable("-", decision.reason)
-        model = decision.model_id or voice
-        self._worker = await self._pool.open(decision.worker, self.session_id, model)
-        self._last_worker = decision.worker.name
-        return self._worker
+        tried: set[str] = set()
+        refreshed = False
+        last: WorkerError | None = None
+        while True:
+            workers = self._registry.workers()
+            decision = route(self._pool.with_load(workers), RouteRequest(model_id=voice),
+                             self.config.mode, affinity=self._last_worker,
+                             exclude=self._pool.excluded(workers) | tried)
+            if decision.worker is None:
+                if not refreshed:
+                    refreshed = True
+                    await self._registry.refresh_soon()
+                    await self._pool.recheck(self._registry.workers())
+                    continue
+                raise last or WorkerUnavailable("-", decision.reason)
+            try:
+                self._worker = await self._pool.open(decision.worker, self.session_id,
+                                                     decision.model_id or voice)
+            except (WorkerUnavailable, WorkerBusy) as exc:
+                last = exc
+                tried.add(decision.worker.name)
+                if len(tried) >= _ATTEMPTS:
+                    raise
+                continue
+            self._last_worker = decision.worker.name
+            return self._worker
 
     async def _end_stream(self) -> None:
         """Cancel the open Synthesize stream (and a StartSession it waits for)."""

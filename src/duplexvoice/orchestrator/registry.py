@@ -49,12 +49,15 @@ log = logging.getLogger(__name__)
 
 # First retry after a failed Redis poll; doubles up to ``poll_interval_s``.
 FIRST_RETRY_S = 0.25
+# ``refresh_soon`` polls at most this often.
+REFRESH_MIN_AGE_S = 0.25
 
 
 class WorkerRegistry(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def refresh(self) -> None: ...
+    async def refresh_soon(self) -> None: ...
     def workers(self) -> list[WorkerInfo]: ...
 
 
@@ -111,6 +114,7 @@ class _Poller:
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
         self._failures = 0
+        self._polled_at = -math.inf
 
     def workers(self) -> list[WorkerInfo]:
         """The last known healthy workers, sorted by name. Never blocks or raises."""
@@ -135,8 +139,20 @@ class _Poller:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
+            self._polled_at = time.monotonic()
             ok = await self._poll()
         self._failures = 0 if ok else self._failures + 1
+
+    async def refresh_soon(self) -> None:
+        """Poll now unless a poll started less than ``REFRESH_MIN_AGE_S`` ago (then wait
+        for it to finish): for sessions that found no worker, so that many of them at
+        once cost one poll, and a worker that came back is found without waiting for
+        the next regular poll."""
+        if self._lock is not None and self._lock.locked():
+            async with self._lock:
+                return
+        if time.monotonic() - self._polled_at >= REFRESH_MIN_AGE_S:
+            await self.refresh()
 
     async def _run(self) -> None:
         while True:

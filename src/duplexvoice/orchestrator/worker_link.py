@@ -57,6 +57,7 @@ _RECONNECT_OPTIONS = (
 _PROBE_FIRST_S = 0.2
 _PROBE_MAX_S = 2.0
 _PROBE_GIVE_UP_S = 600.0  # then only a fresh heartbeat brings the worker back
+_RECHECK_S = 1.0
 
 _COMMANDS = {Command.PAUSE: tts_pb2.PAUSE, Command.RESUME: tts_pb2.RESUME,
              Command.STOP: tts_pb2.STOP}
@@ -127,6 +128,7 @@ class WorkerPool:
         self.health = WorkerHealth()
         self._clock = wall_clock
         self._probes: dict[str, asyncio.Task[None]] = {}
+        self._rechecks: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._ending: set[asyncio.Task[None]] = set()  # EndSession calls, named by worker
@@ -155,6 +157,32 @@ class WorkerPool:
             task = asyncio.create_task(self._probe(name, addr), name=f"probe-{name}")
             self._probes[name] = task
             task.add_done_callback(lambda _task: self._probes.pop(name, None))
+
+    async def recheck(self, workers: Sequence[WorkerInfo]) -> None:
+        """Ask the workers among ``workers`` marked down whether they answer now (one
+        check per worker at a time, shared by all callers; bounded by a second): for a
+        session about to give up for want of a worker."""
+        checks = []
+        for worker in workers:
+            if not self.health.is_down(worker.name):
+                continue
+            check = self._rechecks.get(worker.name)
+            if check is None or check.done():
+                check = asyncio.ensure_future(self._recheck(worker))
+                self._rechecks[worker.name] = check
+            checks.append(check)
+        if checks:
+            await asyncio.wait(checks, timeout=_RECHECK_S + 0.1)
+
+    async def _recheck(self, worker: WorkerInfo) -> None:
+        try:
+            # wait_for_ready: the channel may still be backing off from the failure.
+            await self.stub(worker.addr).GetCapabilities(
+                tts_pb2.GetCapabilitiesRequest(), timeout=_RECHECK_S, wait_for_ready=True)
+        except grpc.aio.AioRpcError:
+            return
+        if self.health.mark_up(worker.name):
+            log.warning("worker %s (%s) answers again", worker.name, worker.addr)
 
     async def _probe(self, name: str, addr: str) -> None:
         delay, started = _PROBE_FIRST_S, time.monotonic()
