@@ -8,7 +8,8 @@ Two implementations of one small interface, ``WorkerRegistry``:
 * ``EmbeddedRegistry`` (the default, no Redis) health-checks configured addresses
   with ``GetCapabilities`` and ``ListModels`` and builds the same record from the
   replies, every model the worker can load included (``available_models``), as a
-  worker writes it to Redis.
+  worker writes it to Redis. A worker that fails its check is checked again every
+  ``DOWN_RECHECK_S`` until it answers.
 
 Both parse records with ``WorkerInfo.from_record``; choosing among workers stays in
 the pure router. ``workers()`` returns the last known list, never blocks and never
@@ -50,7 +51,9 @@ log = logging.getLogger(__name__)
 # First retry after a failed Redis poll; doubles up to ``poll_interval_s``.
 FIRST_RETRY_S = 0.25
 # ``refresh_soon`` polls at most this often.
-REFRESH_MIN_AGE_S = 0.25
+REFRESH_MIN_AGE_S = 0.1
+# The embedded registry checks a worker that failed its check this often.
+DOWN_RECHECK_S = 0.25
 
 
 class WorkerRegistry(Protocol):
@@ -156,8 +159,11 @@ class _Poller:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(retry_delay(self._failures, self.poll_interval_s))
+            await asyncio.sleep(self._next_delay())
             await self.refresh()
+
+    def _next_delay(self) -> float:
+        return retry_delay(self._failures, self.poll_interval_s)
 
     async def _poll(self) -> bool:
         raise NotImplementedError
@@ -260,6 +266,7 @@ class EmbeddedRegistry(_Poller):
             if info is None:
                 raise ValueError("reply does not make a valid worker record")
         except (WorkerError, TimeoutError, OSError, ValueError) as exc:
+            self._pool.reset(addr)  # the next check connects afresh, without back-off
             if name not in self._down:
                 self._down.add(name)
                 log.warning("registry: worker %s (%s) failed its check: %s",
@@ -269,6 +276,13 @@ class EmbeddedRegistry(_Poller):
             self._down.discard(name)
             log.info("registry: worker %s (%s) answers again", name, addr)
         return info
+
+    def _next_delay(self) -> float:
+        # A worker that failed its check is checked again soon: taken back as soon as
+        # it answers (a refused connection costs next to nothing).
+        if self._down:
+            return min(self.poll_interval_s, DOWN_RECHECK_S)
+        return self.poll_interval_s
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):

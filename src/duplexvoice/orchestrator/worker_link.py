@@ -53,11 +53,15 @@ _RECONNECT_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Channels to one address otherwise share a global subchannel, back-off included:
+    # a fresh channel (``WorkerPool.reset``) must really connect afresh.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 _PROBE_FIRST_S = 0.2
 _PROBE_MAX_S = 2.0
 _PROBE_GIVE_UP_S = 600.0  # then only a fresh heartbeat brings the worker back
 _RECHECK_S = 1.0
+_RETIRED = 4  # replaced channels kept open per address for the calls still on them
 
 _COMMANDS = {Command.PAUSE: tts_pb2.PAUSE, Command.RESUME: tts_pb2.RESUME,
              Command.STOP: tts_pb2.STOP}
@@ -129,6 +133,7 @@ class WorkerPool:
         self._clock = wall_clock
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._rechecks: dict[str, asyncio.Future[None]] = {}
+        self._retired: dict[str, list[grpc.aio.Channel]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._ending: set[asyncio.Task[None]] = set()  # EndSession calls, named by worker
@@ -142,6 +147,20 @@ class WorkerPool:
             stub = self._stubs[addr] = tts_pb2_grpc.TTSServiceStub(channel)
         return stub
 
+    def reset(self, addr: str) -> None:
+        """A fresh channel for ``addr`` from now on. After a connection failure the old
+        channel backs off before it reconnects (up to a second), so a worker restarted
+        meanwhile would look dead; calls in flight keep the old channel (closed with the
+        pool, at most ``_RETIRED`` kept per address)."""
+        channel = self._channels.pop(addr, None)
+        self._stubs.pop(addr, None)
+        if channel is None:
+            return
+        retired = self._retired.setdefault(addr, [])
+        retired.append(channel)
+        if len(retired) > _RETIRED:
+            self.spawn(retired.pop(0).close())
+
     def excluded(self, workers: Sequence[WorkerInfo]) -> set[str]:
         """Names of ``workers`` to route around now."""
         return self.health.excluded(workers)
@@ -150,6 +169,8 @@ class WorkerPool:
         """A connection-level failure: route around the worker until it answers again."""
         name = worker.name if isinstance(worker, WorkerInfo) else worker
         addr = worker.addr if isinstance(worker, WorkerInfo) else addr
+        if addr:
+            self.reset(addr)
         if self.health.mark_down(name, self._clock()):
             log.warning("worker %s (%s) unreachable: routing around it until it answers",
                         name, addr)
@@ -310,7 +331,8 @@ class WorkerPool:
             await asyncio.wait(set(self._background), timeout=self.timeout_s)
         for task in list(self._probes.values()):
             task.cancel()
-        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        channels = [*self._channels.values(), *(c for cs in self._retired.values() for c in cs)]
+        self._channels, self._stubs, self._retired = {}, {}, {}
         for channel in channels:
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -322,7 +344,6 @@ class WorkerSession:
     def __init__(self, pool: WorkerPool, worker: WorkerInfo, session_id: str,
                  model_id: str) -> None:
         self._pool = pool
-        self._stub = pool.stub(worker.addr)
         self.worker = worker
         self.session_id = session_id
         self.model_id = model_id
@@ -340,7 +361,7 @@ class WorkerSession:
                 if is_final:
                     return
 
-        call = self._stub.Synthesize(chunks())
+        call = self._stub().Synthesize(chunks())
         try:
             async for frame in call:
                 pcm = frame.audio_data  # each read of the field copies it: once per frame
@@ -358,7 +379,7 @@ class WorkerSession:
         if self.broken:
             raise WorkerUnavailable(self.worker.name, "unreachable")
         try:
-            reply = await self._stub.Control(
+            reply = await self._stub().Control(
                 tts_pb2.ControlRequest(session_id=self.session_id, command=_COMMANDS[command]),
                 timeout=self._pool.timeout_s,
             )
@@ -391,11 +412,14 @@ class WorkerSession:
 
     async def _end(self) -> None:
         try:
-            await self._stub.EndSession(tts_pb2.EndSessionRequest(session_id=self.session_id),
+            await self._stub().EndSession(tts_pb2.EndSessionRequest(session_id=self.session_id),
                                         timeout=self._pool.timeout_s)
         except grpc.aio.AioRpcError as exc:
             log.debug("worker %s: EndSession %s: %s", self.worker.name, self.session_id,
                       exc.code().name)
+
+    def _stub(self) -> tts_pb2_grpc.TTSServiceAsyncStub:
+        return self._pool.stub(self.worker.addr)  # the current channel (see ``reset``)
 
     def _failed(self, exc: grpc.aio.AioRpcError) -> WorkerError:
         error = self._pool._failed(self.worker, exc)
