@@ -1,5 +1,8 @@
 """Bad input over real gRPC: each case gets its status code, the worker stays up,
-and other sessions are untouched."""
+and other sessions are untouched.
+
+Waits are on frames and states, each under a generous deadline that only bounds a
+failure."""
 
 from __future__ import annotations
 
@@ -12,21 +15,39 @@ import pytest
 
 from duplexvoice.client.worker_client import WorkerClient, synthesize_text
 from duplexvoice.rpc import tts_pb2
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
+
+# Bounds a wait for a frame, far beyond what a healthy worker needs.
+WAIT_S = 30.0
 
 
 def new_id() -> str:
     return f"e-{uuid.uuid4().hex[:10]}"
 
 
+async def next_frame(frames: AsyncIterator[tts_pb2.AudioFrame]) -> tts_pb2.AudioFrame:
+    return await asyncio.wait_for(anext(frames), WAIT_S)
+
+
+async def rest(frames: AsyncIterator[tts_pb2.AudioFrame]) -> list[tts_pb2.AudioFrame]:
+    async def drain() -> list[tts_pb2.AudioFrame]:
+        return [frame async for frame in frames]
+
+    return await asyncio.wait_for(drain(), WAIT_S)
+
+
 async def status_of(call: object) -> grpc.StatusCode:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
+    async def finish() -> None:
         if hasattr(call, "__aiter__"):
             async for _ in call:  # type: ignore[attr-defined]
                 pass
         else:
             await call  # type: ignore[misc]
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(finish(), WAIT_S)
     code: grpc.StatusCode = info.value.code()
     return code
 
@@ -89,14 +110,13 @@ async def test_control_of_unknown_session_answers_false(mock_client: WorkerClien
 async def test_two_streams_on_one_session(mock_client: WorkerClient) -> None:
     sid = new_id()
     await mock_client.start_session(sid)
-    first = mock_client.synthesize(sid, "[[slow:20]] A long enough sentence to keep going.")
-    frame = await first.read()
-    assert isinstance(frame, tts_pb2.AudioFrame)
+    first = aiter(mock_client.synthesize(
+        sid, "[[slow:20]] A long enough sentence to keep going."))
+    assert not (await next_frame(first)).is_final  # the first stream is live
     assert await status_of(mock_client.synthesize(sid, "Second.")) == (
         grpc.StatusCode.FAILED_PRECONDITION
     )
-    while not (frame := await first.read()).is_final:
-        pass
+    assert (await rest(first))[-1].is_final  # and undisturbed: it ends normally
     await mock_client.end_session(sid)
 
 
@@ -104,18 +124,24 @@ async def test_cancelled_stream_leaks_nothing(mock_client: WorkerClient) -> None
     sid = new_id()
     await mock_client.start_session(sid)
     call = mock_client.synthesize(sid, "[[slow:20]] " + "Some words to say. " * 10)
+    frames = aiter(call)
     for _ in range(5):
-        await call.read()
-    call.cancel()
-    # The session is free again at once: a new stream is accepted and completes.
-    for _ in range(50):
+        assert not (await next_frame(frames)).is_final
+
+    async def active_streams() -> float:
         caps = await mock_client.stub.GetCapabilities(tts_pb2.GetCapabilitiesRequest())
-        if caps.metrics["active_streams"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert caps.metrics["active_streams"] == 0
-    frames = [f async for f in mock_client.synthesize(sid, "Again.")]
-    assert frames[-1].is_final and len(frames) > 5
+        return caps.metrics["active_streams"]
+
+    assert await active_streams() == 1  # the stream is live before the cancel
+    call.cancel()
+
+    async def released() -> bool:
+        return await active_streams() == 0
+
+    # The worker notices the cancel and frees the session: a new stream is accepted.
+    await eventually(released, what="the cancelled stream released on the worker")
+    again = await rest(aiter(mock_client.synthesize(sid, "Again.")))
+    assert again[-1].is_final and len(again) > 5
     await mock_client.end_session(sid)
 
 
@@ -123,15 +149,18 @@ async def test_model_failure_hits_only_its_session(mock_client: WorkerClient) ->
     good, bad = new_id(), new_id()
     await mock_client.start_session(good)
     await mock_client.start_session(bad)
-    healthy = asyncio.create_task(
-        synthesize_text(mock_client, "[[slow:10]] A healthy session keeps talking.")
-    )
+    # A healthy stream on the same model, live while the other session's model fails.
+    healthy = aiter(mock_client.synthesize(
+        good, "[[slow:10]] A healthy session keeps talking, and talking, and talking."))
+    first = await next_frame(healthy)
+    assert first.audio_data and not first.is_final
     assert await status_of(mock_client.synthesize(bad, "Fine words [[fail-after:3]] then")) == (
         grpc.StatusCode.INTERNAL
     )
     assert await status_of(mock_client.synthesize(bad, "[[fail]]")) == grpc.StatusCode.INTERNAL
-    result = await healthy
-    assert len(result.frames) > 50
+    frames = [first, *await rest(healthy)]
+    assert [f.sequence_number for f in frames] == list(range(1, len(frames) + 1))
+    assert frames[-1].is_final and len(frames) > 50
     # Both sessions still work after the failure.
     for sid in (good, bad):
         frames = [f async for f in mock_client.synthesize(sid, "Recovered.")]

@@ -3,7 +3,7 @@ RELOAD of voice packs."""
 
 from __future__ import annotations
 
-import asyncio
+import math
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -16,6 +16,7 @@ from duplexvoice.client.worker_client import WorkerClient, synthesize_text
 from duplexvoice.launcher import WorkerProcess
 from duplexvoice.rpc import tts_pb2
 from duplexvoice.worker.config import BUNDLED_VOICEPACKS
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +41,11 @@ async def test_list_models_and_capabilities(real_client: WorkerClient) -> None:
     assert "en" in caps.capabilities.languages
     assert caps.capabilities.max_concurrent_sessions == 32
     assert "piper-en-us-joe-medium" in caps.resident_models  # ready means the default is
-    for _ in range(200):  # the preload list follows in the background
-        if "espeak-en-us-default" in caps.resident_models:
-            break
-        await asyncio.sleep(0.05)
-        caps = await capabilities(real_client)
-    assert "espeak-en-us-default" in caps.resident_models
+
+    async def espeak_preloaded() -> bool:  # the preload list follows in the background
+        return "espeak-en-us-default" in (await capabilities(real_client)).resident_models
+
+    await eventually(espeak_preloaded, what="espeak preloaded")
     for key in ("rtf", "queue_depth", "active_streams"):
         assert key in caps.metrics
 
@@ -55,7 +55,9 @@ async def test_capabilities_report_measured_figures(real_client: WorkerClient) -
     await real_client.start_session(sid)
     _ = [f async for f in real_client.synthesize(sid, "Measure me, please.")]
     caps = await capabilities(real_client)
-    assert 0.0 < caps.metrics["rtf"] < 2.0  # Piper on a CPU: well under real time
+    # Measured, not a placeholder. How fast is a figure for bench/, not an assertion
+    # here: on a loaded machine any bound would flake.
+    assert caps.metrics["rtf"] > 0.0 and math.isfinite(caps.metrics["rtf"])
     assert caps.metrics["queue_depth"] >= 1
     await real_client.end_session(sid)
 

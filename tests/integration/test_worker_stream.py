@@ -1,12 +1,17 @@
 """Synthesis over real gRPC against a real worker process: frames, streaming,
-per-session control."""
+per-session control.
+
+Every wait is for frames or a state, under a generous deadline that only bounds a
+failure. "Nothing arrived" is asserted only while something else demonstrably did:
+another session on the same worker and connection kept receiving frames.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -14,18 +19,75 @@ import pytest
 from duplexvoice.audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from duplexvoice.client.worker_client import WorkerClient, synthesize_text
 from duplexvoice.rpc import tts_pb2
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
 
 SENTENCES = "The weather is nice today. Shall we go for a walk in the park? I think so."
+
+# Bounds one wait (an utterance, a few frames) far beyond what a healthy worker needs,
+# even Piper on a loaded 2-core machine.
+WAIT_S = 60.0
+
+T = TypeVar("T")
 
 
 def new_id() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
+async def within(awaitable: Awaitable[T], what: str) -> T:
+    try:
+        return await asyncio.wait_for(awaitable, WAIT_S)
+    except TimeoutError:
+        raise AssertionError(f"not within {WAIT_S:.0f} s: {what}") from None
+
+
 async def collect(call: AsyncIterator[tts_pb2.AudioFrame]) -> list[tts_pb2.AudioFrame]:
-    return [frame async for frame in call]
+    async def read() -> list[tts_pb2.AudioFrame]:
+        return [frame async for frame in call]
+
+    return await within(read(), "the whole utterance")
+
+
+class Receiver:
+    """Reads one stream on its own task; tests wait for frame counts on an event."""
+
+    def __init__(self, call: AsyncIterator[tts_pb2.AudioFrame], name: str) -> None:
+        self.name = name
+        self.frames: list[tts_pb2.AudioFrame] = []
+        self._arrived = asyncio.Event()
+        self.task = asyncio.create_task(self._read(call))
+
+    async def _read(self, call: AsyncIterator[tts_pb2.AudioFrame]) -> None:
+        try:
+            async for frame in call:
+                self.frames.append(frame)
+                self._arrived.set()
+        finally:
+            self._arrived.set()  # wake waiters: the stream has ended
+
+    async def wait_for_count(self, n: int) -> None:
+        async def arrived() -> None:
+            while len(self.frames) < n:
+                if self.task.done():
+                    raise AssertionError(
+                        f"{self.name}: stream ended after {len(self.frames)} frames, "
+                        f"waiting for {n}"
+                    )
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        await within(arrived(), f"{self.name}: {n} frames (got {len(self.frames)})")
+
+    async def end(self) -> list[tts_pb2.AudioFrame]:
+        await within(asyncio.shield(self.task), f"{self.name}: end of the stream")
+        return self.frames
+
+
+async def active_streams(client: WorkerClient) -> float:
+    caps = await client.stub.GetCapabilities(tts_pb2.GetCapabilitiesRequest())
+    return caps.metrics["active_streams"]
 
 
 def check_frames(frames: list[tts_pb2.AudioFrame]) -> bytes:
@@ -87,23 +149,27 @@ async def test_first_audio_arrives_before_the_text_is_complete(real_client: Work
 
     async def chunks() -> AsyncIterator[tts_pb2.TextChunk]:
         yield tts_pb2.TextChunk(session_id=sid, text="Hello there, my friend. ", is_final=False)
-        await asyncio.wait_for(first_audio.wait(), 20)
+        await asyncio.wait_for(first_audio.wait(), WAIT_S)  # no audio: the call fails
         yield tts_pb2.TextChunk(session_id=sid, text="How are you?", is_final=True)
 
     frames = []
-    async for frame in real_client.stub.Synthesize(chunks()):
-        if frame.audio_data:
-            first_audio.set()
-        frames.append(frame)
+
+    async def read() -> None:
+        async for frame in real_client.stub.Synthesize(chunks()):
+            if frame.audio_data:
+                first_audio.set()
+            frames.append(frame)
+
+    await within(read(), "the streamed utterance")
     await real_client.end_session(sid)
     pcm = check_frames(frames)
     assert len(pcm) / 2 / SAMPLE_RATE > 1.5  # both sentences were spoken
 
 
 async def test_sessions_on_one_model_synthesize_concurrently(real_client: WorkerClient) -> None:
-    results = await asyncio.gather(
+    results = await within(asyncio.gather(
         *(synthesize_text(real_client, SENTENCES, "piper-en-us-joe-medium") for _ in range(3))
-    )
+    ), "three concurrent utterances")
     lengths = {len(r.frames) for r in results}
     assert all(r.frames for r in results)
     # Same text, same voice: about the same length (Piper adds a little noise).
@@ -116,56 +182,52 @@ async def test_mock_is_deterministic_through_the_worker(mock_client: WorkerClien
     assert same_audio(a.pcm, b.pcm) and len(a.frames) > 50
 
 
-async def _frames_with_times(call: AsyncIterator[tts_pb2.AudioFrame],
-                             out: list[tuple[float, tts_pb2.AudioFrame]]) -> None:
-    async for frame in call:
-        out.append((time.monotonic(), frame))
-
-
 async def test_pause_resume_is_per_session_and_loses_nothing(mock_client: WorkerClient) -> None:
-    text = "[[slow:20]] " + SENTENCES  # the mock renders at about twice real time
+    text = "[[slow:20]] " + SENTENCES  # the first sentence renders at ~2x real time
     reference = await synthesize_text(mock_client, text)
     a, b = new_id(), new_id()
     await mock_client.start_session(a)
     await mock_client.start_session(b)
-    got_a: list[tuple[float, tts_pb2.AudioFrame]] = []
-    got_b: list[tuple[float, tts_pb2.AudioFrame]] = []
-    task_a = asyncio.create_task(_frames_with_times(mock_client.synthesize(a, text), got_a))
-    task_b = asyncio.create_task(_frames_with_times(mock_client.synthesize(b, text), got_b))
-    while len(got_a) < 10:
-        await asyncio.sleep(0.005)
+    got_a = Receiver(mock_client.synthesize(a, text), "paused session")
+    got_b = Receiver(mock_client.synthesize(b, text), "other session")
+    await got_a.wait_for_count(10)  # frames flow
     reply = await mock_client.control(a, tts_pb2.PAUSE)
     assert reply.success and reply.timestamp_ms > 0
-    paused_at = time.monotonic()
-    b_before = len(got_b)
-    await asyncio.sleep(0.4)
-    a_during = [f for t, f in got_a if t > paused_at + 0.05]  # in-flight frames may land
-    assert a_during == [], "paused session kept receiving audio"
-    assert len(got_b) > b_before + 5, "the other session was paused too"
+    # Frames sent before the PAUSE (up to the 16 KiB flow-control window) may still
+    # land. They are ahead of what b receives from now on, on the same connection:
+    # once b has 30 more frames, a's in-flight frames are in.
+    b_mark = len(got_b.frames)
+    await got_b.wait_for_count(b_mark + 30)
+    held_at = len(got_a.frames)
+    # While b receives 30 more frames (the worker serves, the connection carries),
+    # a receives nothing: its pause holds it, and only it.
+    await got_b.wait_for_count(b_mark + 60)
+    during = len(got_a.frames) - held_at
+    assert during == 0, f"the paused session received {during} frames while paused"
+    assert not got_a.task.done()
     assert (await mock_client.control(a, tts_pb2.RESUME)).success
-    await asyncio.wait_for(asyncio.gather(task_a, task_b), 30)
-    for got in (got_a, got_b):
-        pcm = check_frames([f for _, f in got])
+    frames_a, frames_b = await got_a.end(), await got_b.end()
+    assert len(frames_a) > held_at + 1  # it went on after RESUME...
+    assert frames_a[held_at].sequence_number == held_at + 1  # ...with the next frame
+    for frames in (frames_a, frames_b):
+        pcm = check_frames(frames)
         assert same_audio(pcm, reference.pcm), "audio lost, replayed or altered by the pause"
     for sid in (a, b):
         await mock_client.end_session(sid)
 
 
 async def test_stop_ends_the_utterance_and_the_next_one_works(mock_client: WorkerClient) -> None:
+    text = "[[slow:20]] " + SENTENCES * 3
+    whole = await synthesize_text(mock_client, text)
     sid = new_id()
     await mock_client.start_session(sid)
-    got: list[tuple[float, tts_pb2.AudioFrame]] = []
-    task = asyncio.create_task(
-        _frames_with_times(mock_client.synthesize(sid, "[[slow:20]] " + SENTENCES * 3), got)
-    )
-    while len(got) < 5:
-        await asyncio.sleep(0.005)
+    got = Receiver(mock_client.synthesize(sid, text), "stopped session")
+    await got.wait_for_count(5)  # frames flow
     reply = await mock_client.control(sid, tts_pb2.STOP)
     assert reply.success and reply.message == "stopped"
-    await asyncio.wait_for(task, 5)
-    frames = [f for _, f in got]
-    check_frames(frames)
-    assert len(frames) < 200  # it did not run to the end (~400 frames)
+    frames = await got.end()
+    check_frames(frames)  # ends with its one final marker, no error
+    assert len(frames) < len(whole.frames) // 2  # it did not run to the end
     # Same session, next utterance: complete and normal.
     reference = await synthesize_text(mock_client, "Good morning.")
     after = await collect(mock_client.synthesize(sid, "Good morning."))
@@ -176,17 +238,30 @@ async def test_stop_ends_the_utterance_and_the_next_one_works(mock_client: Worke
 
 
 async def test_stop_while_paused_releases_the_stream(mock_client: WorkerClient) -> None:
-    sid = new_id()
+    sid, other = new_id(), new_id()
     await mock_client.start_session(sid)
-    await mock_client.control(sid, tts_pb2.PAUSE)
-    got: list[tuple[float, tts_pb2.AudioFrame]] = []
-    task = asyncio.create_task(_frames_with_times(mock_client.synthesize(sid, SENTENCES), got))
-    await asyncio.sleep(0.2)
-    assert got == []  # paused before it began: nothing plays
-    await mock_client.control(sid, tts_pb2.STOP)
-    await asyncio.wait_for(task, 5)
-    assert [f.is_final for _, f in got] == [True]
-    await mock_client.end_session(sid)
+    await mock_client.start_session(other)
+    await mock_client.control(sid, tts_pb2.PAUSE)  # before the utterance begins
+    got = Receiver(mock_client.synthesize(sid, SENTENCES), "paused session")
+
+    async def stream_is_live() -> bool:
+        return await active_streams(mock_client) == 1
+
+    await eventually(stream_is_live, what="the paused session's stream live on the worker")
+    # Meanwhile a whole utterance, started later on another session, plays to its end...
+    other_frames = await collect(mock_client.synthesize(other, SENTENCES))
+    assert len(check_frames(other_frames)) > 0 and len(other_frames) > 50
+    # ...and the paused one has had nothing: paused before it began, nothing plays.
+    assert len(got.frames) == 0, f"{len(got.frames)} frames played while paused"
+    assert not got.task.done()
+    assert (await mock_client.control(sid, tts_pb2.STOP)).message == "stopped"
+    frames = await got.end()
+    assert [(f.sequence_number, f.is_final) for f in frames] == [(1, True)]
+    # STOP ended the pause too: the next utterance plays in full.
+    after = await collect(mock_client.synthesize(sid, "Good morning."))
+    assert len(check_frames(after)) > 0 and len(after) > 10
+    for session_id in (sid, other):
+        await mock_client.end_session(session_id)
 
 
 async def test_a_long_synthesis_never_blocks_other_sessions(real_client: WorkerClient) -> None:
@@ -206,16 +281,22 @@ async def test_a_long_synthesis_never_blocks_other_sessions(real_client: WorkerC
                 events.append("slow-first-frame")
 
     task = asyncio.create_task(slow_stream())
-    await asyncio.sleep(0.02)  # the slow session's inference has started
+
+    async def slow_stream_is_live() -> bool:
+        return await active_streams(real_client) == 1
+
+    # Its stream is live on the worker, so its first piece is being rendered.
+    await eventually(slow_stream_is_live, what="the slow session's stream live")
+    assert "slow-first-frame" not in events
     for _ in range(3):
         reply = await real_client.control(fast, tts_pb2.PAUSE)
         assert reply.success
         events.append("control-reply")
         await real_client.control(fast, tts_pb2.RESUME)
-    frames = [f async for f in real_client.synthesize(fast, "Quick.")]
+    frames = await collect(real_client.synthesize(fast, "Quick."))
     assert frames[-1].is_final
     events.append("fast-utterance-done")
-    await task
+    await within(task, "the slow utterance")
     assert events.index("fast-utterance-done") < events.index("slow-first-frame"), events
     for sid in (slow, fast):
         await real_client.end_session(sid)

@@ -1,4 +1,10 @@
-"""The asyncio model manager driver, with fake load/unload functions and a fake clock."""
+"""The asyncio model manager driver, with fake load/unload functions and a fake clock.
+
+The fake load/unload functions run on threads, so "has not started yet" can mean
+"is not allowed to start" or "its thread has not run yet". Tests that assert the
+former watch the hand-over to a thread instead (``submitted``), which happens on the
+event loop, at once, and is therefore deterministic after ``settle()``.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from duplexvoice.worker.model_manager import (
     ModelNotLoadedError,
     UnknownModelError,
 )
+from tests.support.aio import settle
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -112,6 +120,8 @@ class Rig:
         self.config = ModelManagerConfig(**config)  # type: ignore[arg-type]
         self.clock = FakeClock()
         self.fake = FakeLoader(self.clock)
+        # "load:m" / "unload:m" as the manager hands each call to a thread (on the loop).
+        self.submitted: list[str] = []
         self.known = {"m-default", "m-a", "m-b", "m-c"}
         self.changes = 0
         self.manager: ModelManager[FakeModel] = ModelManager(
@@ -128,8 +138,20 @@ class Rig:
 
 
 @pytest.fixture
-async def make_rig() -> AsyncIterator[Callable[..., Rig]]:
+async def make_rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
+    to_thread = asyncio.to_thread
+
+    async def recording_to_thread(func: Callable[..., object], /, *args: object) -> object:
+        # Runs on the loop when the manager awaits it, before any thread is involved.
+        for rig in rigs:
+            if func == rig.fake.load:
+                rig.submitted.append(f"load:{args[0]}")
+            elif func == rig.fake.unload:
+                rig.submitted.append(f"unload:{args[0]}")
+        return await to_thread(func, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", recording_to_thread)
 
     def make(on_change: Callable[[], None] | None = None, **config: object) -> Rig:
         rigs.append(Rig(on_change, **config))
@@ -140,12 +162,6 @@ async def make_rig() -> AsyncIterator[Callable[..., Rig]]:
         for gate in [*rig.fake.load_gates.values(), *rig.fake.unload_gates.values()]:
             gate.set()
         await rig.manager.close()
-
-
-async def settle() -> None:
-    """Let every runnable task take its next steps."""
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 # -- acquire / release ---------------------------------------------------------
@@ -251,9 +267,13 @@ async def test_max_parallel_loads(make_rig: Callable[..., Rig], parallel: int) -
     tb = asyncio.create_task(rig.manager.acquire("m-b"))
     if parallel == 1:
         await settle()
-        assert rig.fake.loads() == ["m-a"]  # b queues behind a
+        # b queues behind a: not even handed to a thread while a holds the one slot.
+        assert rig.submitted == ["load:m-a"] and not tb.done()
+        rig.fake.load_gates["m-a"].set()
+        await ta
+        await rig.fake.wait_started("load:m-b")  # a's slot is free: b goes
     else:
-        await rig.fake.wait_started("load:m-b")
+        await rig.fake.wait_started("load:m-b")  # both at once
     rig.fake.load_gates["m-a"].set()
     rig.fake.load_gates["m-b"].set()
     await asyncio.gather(ta, tb)
@@ -355,7 +375,9 @@ async def test_cap_evicts_lru_before_loading(make_rig: Callable[..., Rig]) -> No
     tc = asyncio.create_task(rig.manager.acquire("m-c"))
     await rig.fake.wait_started("unload:m-b")
     await settle()
-    assert rig.fake.loads() == ["m-a", "m-b"]  # c waits for b's memory to be freed
+    # c waits for b's memory to be freed: its load is not even handed to a thread.
+    assert rig.submitted[-1] == "unload:m-b" and "load:m-c" not in rig.submitted
+    assert not tc.done()
     rig.fake.unload_gates["m-b"].set()
     await tc
     assert rig.fake.log[-2:] == ["unload:m-b", "load:m-c"]
@@ -396,12 +418,10 @@ async def test_acquire_during_an_unload_waits_and_loads_afresh(
 async def test_evictor_loop_runs_in_the_background(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(evict_check_interval_ms=1, ttl_ms=1, min_residency_ms=0)
     await rig.manager.start()
-    rig.clock.advance(1.0)
-    for _ in range(500):  # bounded wait for the (real-time) 1 ms evictor tick
-        if not rig.manager.resident_models():
-            break
-        await asyncio.sleep(0.002)
-    assert rig.manager.resident_models() == [] and rig.fake.unloads() == ["m-default"]
+    assert rig.manager.resident_models() == ["m-default"]
+    rig.clock.advance(1.0)  # idle past its TTL: the next (real-time) evictor tick unloads it
+    await eventually(lambda: rig.manager.resident_models() == [], what="the idle model evicted")
+    assert rig.fake.unloads() == ["m-default"]
 
 
 # -- start / close ---------------------------------------------------------------

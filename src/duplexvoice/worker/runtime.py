@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from duplexvoice import __version__
 from duplexvoice.audio import FRAME_MS, SAMPLE_RATE
 from duplexvoice.worker.adapters import ADAPTERS
+from duplexvoice.worker.adapters.base import TTSAdapter
 from duplexvoice.worker.config import WorkerConfig
 from duplexvoice.worker.model_manager import ModelManager
 from duplexvoice.worker.priority import call_at_low_priority, lower_thread_priority
@@ -28,8 +29,12 @@ _FAL_ALPHA = 0.1
 
 
 class WorkerRuntime:
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(
+        self, config: WorkerConfig, *, adapters: Mapping[str, type[TTSAdapter]] = ADAPTERS
+    ) -> None:
+        """``adapters``: the TTS families voice packs may use (tests add a fake one)."""
         self.config = config
+        self.adapters = adapters
         self.catalog: dict[str, VoicePack] = {}
         self.scan_errors: list[str] = []
         self.rescan()
@@ -62,7 +67,7 @@ class WorkerRuntime:
 
     def rescan(self) -> ScanResult:
         """(Re)discover voice packs; models already loaded keep running."""
-        result = scan_voicepacks(self.config.voicepack_dirs, ADAPTERS)
+        result = scan_voicepacks(self.config.voicepack_dirs, self.adapters)
         self.catalog = result.packs
         self.scan_errors = result.errors
         return result
@@ -73,7 +78,7 @@ class WorkerRuntime:
         warmup = models.warmup_text if models.warmup_enabled else None
         start = time.perf_counter()
         voice = call_at_low_priority(
-            lambda: LoadedVoice.load(pack, self.config.device, warmup),
+            lambda: LoadedVoice.load(pack, self.config.device, warmup, self.adapters),
             self.config.synthesis_niceness,
         )
         log.info(

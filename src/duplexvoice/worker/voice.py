@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from duplexvoice.audio.loudness import VoiceLoudness
 from duplexvoice.audio.pipeline import AudioPipeline
-from duplexvoice.worker.adapters import adapter_for
+from duplexvoice.worker.adapters import ADAPTERS, adapter_for
 from duplexvoice.worker.adapters.base import FloatAudio, SynthesisOptions, TTSAdapter
 from duplexvoice.worker.voicepacks import VoicePack
 
@@ -54,9 +54,16 @@ class LoadedVoice:
         self.warmup_ms = 0.0
 
     @classmethod
-    def load(cls, pack: VoicePack, device: str, warmup_text: str | None) -> LoadedVoice:
-        """Load the model and, if asked, warm it up (slow: call on a thread)."""
-        voice = cls(pack, adapter_for(pack.family).load(pack, device))
+    def load(
+        cls,
+        pack: VoicePack,
+        device: str,
+        warmup_text: str | None,
+        adapters: Mapping[str, type[TTSAdapter]] = ADAPTERS,
+    ) -> LoadedVoice:
+        """Load the model with its family's adapter from ``adapters`` and, if asked,
+        warm it up (slow: call on a thread)."""
+        voice = cls(pack, adapter_for(pack.family, adapters).load(pack, device))
         if warmup_text:
             start = time.perf_counter()
             chunks = list(voice.adapter.stream(warmup_text, SynthesisOptions(), threading.Event()))

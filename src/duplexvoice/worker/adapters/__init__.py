@@ -44,13 +44,16 @@ ADAPTERS: Mapping[str, type[TTSAdapter]] = {
 P = TypeVar("P", bound=BaseModel)
 
 
-def adapter_for(family: str) -> type[TTSAdapter]:
-    """The adapter class of a family; :class:`AdapterError` naming the known ones if none."""
+def adapter_for(
+    family: str, adapters: Mapping[str, type[TTSAdapter]] = ADAPTERS
+) -> type[TTSAdapter]:
+    """The adapter class of a family in ``adapters`` (default: every family we ship);
+    :class:`AdapterError` naming the known ones if none."""
     try:
-        return ADAPTERS[family]
+        return adapters[family]
     except KeyError:
         raise AdapterError(
-            f"unknown TTS family {family!r} (known: {', '.join(sorted(ADAPTERS))})"
+            f"unknown TTS family {family!r} (known: {', '.join(sorted(adapters))})"
         ) from None
 
 
