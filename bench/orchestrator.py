@@ -13,6 +13,8 @@ Figures (all at clients in this process, on the same machine as both services):
   10th frame.
 - Lead: audio held ahead of real time at the client over one long utterance,
   lead_i = (i+1) x 20 ms - (t_i - t_0), against the orchestrator's ``--lead-ms``.
+- Session lifecycle (``orchestrator_sessions.py``): idle sessions held, churn, a worker
+  killed and restarted, first utterance with worker capacity taken on demand.
 - Concurrency: N WebSocket sessions at once, each speaking a long mock text in real
   time; a session passes with zero sequence gaps, ``utterance_end completed`` and p99
   frame lateness (t_i - (t_0 + i x 20 ms)) <= 40 ms. N rises until a level fails;
@@ -40,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lean_ws
+import orchestrator_sessions
 from texts import TEXTS
 from worker import MOCK, PIPER, SETTLE_S, machine, rss_mb, summary
 
@@ -63,6 +66,7 @@ def bulk_mock_pack(root: Path) -> Path:
     (pack / "metadata.yaml").write_text(text)
     return root
 
+SESSION_PARTS = "first,idle,churn,failover"  # orchestrator_sessions.py
 FRAME_S = 0.02
 LEAD_MS = 100  # the orchestrator's default --lead-ms, which this run uses
 LATE_P99_MS = 40.0
@@ -379,7 +383,7 @@ async def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--max-sessions", type=int, default=300,
                         help="highest concurrency level tried")
-    parser.add_argument("--only", default="overhead,stop,lead,concurrency",
+    parser.add_argument("--only", default="overhead,stop,lead,concurrency," + SESSION_PARTS,
                         help="comma-separated parts to run (default: all)")
     args = parser.parse_args()
     reps = 5 if args.quick else args.reps
@@ -421,7 +425,13 @@ async def main() -> None:
         if orch is not None and orch.proc is not None:
             orch.terminate()
         worker.terminate()
+    session_parts = parts & set(SESSION_PARTS.split(","))
+    if session_parts:
+        result["sessions"] = await orchestrator_sessions.run(
+            session_parts, reps, 100 if args.quick else 1000, 60 if args.quick else 500)
     print_table(result)
+    if session_parts:
+        orchestrator_sessions.print_table(result["sessions"])  # type: ignore[arg-type]
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     path = out_dir / f"orchestrator-{time.strftime('%Y%m%d-%H%M%S')}.json"
