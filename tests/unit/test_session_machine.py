@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
 
-from duplexvoice.orchestrator.messages import Command, ErrorCode, UtteranceEnd
+from duplexvoice.orchestrator.messages import Command, ErrorCode
 from duplexvoice.orchestrator.playout import PlayoutConfig
-from duplexvoice.orchestrator.session import SessionConfig, SessionMachine, State, speakable
+from duplexvoice.orchestrator.session import SessionConfig, State, speakable
 from duplexvoice.orchestrator.session_events import (
-    Action,
     BeginSynthesis,
     ClientDisconnected,
     Close,
     Connected,
     ControlReceived,
-    Event,
     ReleaseWorker,
     Send,
-    SendAudio,
     ServerShutdown,
     SynthesisDone,
     SynthesisFailed,
@@ -30,73 +26,22 @@ from duplexvoice.orchestrator.session_events import (
     WorkerControl,
     WorkerFrame,
 )
+from tests.support.session_script import (
+    PAUSE,
+    PCM,
+    RESUME,
+    STOP,
+    Driver,
+    audio,
+    cfg,
+    ends,
+    errors,
+    in_state,
+    msgs,
+    states,
+)
 
 pytestmark = pytest.mark.unit
-
-PCM = b"\x01\x00" * 960
-CFG = SessionConfig("s1", idle_timeout_s=30.0, max_queued_utterances=2, max_pending_chars=100)
-PAUSE, RESUME, STOP = Command.PAUSE, Command.RESUME, Command.STOP
-
-
-def cfg(**playout: Any) -> SessionConfig:
-    return SessionConfig("s1", playout=PlayoutConfig(**playout))
-
-
-class Driver:
-    """Feeds events at a fake time and records every action."""
-
-    def __init__(self, config: SessionConfig = CFG) -> None:
-        self.now = 0.0
-        self.m = SessionMachine(config, self.now)
-        self.log: list[Action] = []
-
-    def __call__(self, event: Event, at: float | None = None) -> list[Action]:
-        if at is not None:
-            self.now = at
-        out = self.m.handle(event, self.now)
-        self.log.extend(out)
-        return out
-
-    def frames(self, uid: int, n: int) -> list[Action]:
-        return [a for _ in range(n) for a in self(WorkerFrame(uid, PCM))]
-
-
-def msgs(actions: list[Action], kind: str | None = None) -> list[dict[str, Any]]:
-    out = [a.message.to_wire() for a in actions if isinstance(a, Send)]
-    return [m for m in out if kind is None or m["type"] == kind]
-
-
-def audio(actions: list[Action]) -> list[SendAudio]:
-    return [a for a in actions if isinstance(a, SendAudio)]
-
-
-def ends(actions: list[Action]) -> list[tuple[int, str, int]]:
-    return [(m["utterance_id"], m["reason"], m["frames"]) for m in msgs(actions, "utterance_end")]
-
-
-def errors(actions: list[Action]) -> list[str]:
-    return [m["code"] for m in msgs(actions, "error")]
-
-
-def states(actions: list[Action]) -> list[str]:
-    return [m["state"] for m in msgs(actions, "state")]
-
-
-def in_state(state: State, config: SessionConfig = CFG) -> Driver:
-    """A driver whose machine rests in ``state`` (ERROR is transient, never at rest)."""
-    d = Driver(config)
-    if state is State.INITIALIZING:
-        return d
-    d(Connected())
-    if state in (State.SPEAKING, State.PAUSED):
-        d(TextReceived("hello"))
-        d.frames(1, 2)
-    if state is State.PAUSED:
-        d(ControlReceived(PAUSE))
-    if state is State.CLOSED:
-        d(ServerShutdown())
-    assert d.m.state is state
-    return d
 
 
 # -- configuration -------------------------------------------------------------------
@@ -473,146 +418,3 @@ def test_disconnect_from_every_state_sends_nothing(state: State) -> None:
     out = d(ClientDisconnected())
     assert out == ([ReleaseWorker()] if state in (State.SPEAKING, State.PAUSED) else [])
     assert d.m.closed and d.m.next_deadline is None
-
-
-# -- every event in every resting state ----------------------------------------------
-
-EVENTS: list[Event] = [
-    Connected(), TextReceived("t"), TextReceived("t", is_final=False), ControlReceived(PAUSE),
-    ControlReceived(RESUME), ControlReceived(STOP), WorkerFrame(1, PCM), WorkerFrame(99, PCM),
-    SynthesisDone(1), SynthesisDone(99), SynthesisFailed(1, "x"), SynthesisFailed(99, "x"),
-    Tick(), ClientDisconnected(), ServerShutdown(),
-]
-S = State
-# The state after each event, per resting state: INITIALIZING, LISTENING, SPEAKING, PAUSED.
-EXPECTED: dict[str, tuple[State, State, State, State]] = {
-    "Connected()": (S.LISTENING, S.LISTENING, S.SPEAKING, S.PAUSED),
-    "TextReceived(text='t', is_final=True)": (S.INITIALIZING, S.SPEAKING, S.SPEAKING,
-                                              S.PAUSED),
-    "TextReceived(text='t', is_final=False)": (S.INITIALIZING, S.SPEAKING, S.SPEAKING,
-                                               S.PAUSED),
-    "ControlReceived(command=<Command.PAUSE: 'PAUSE'>)": (S.INITIALIZING, S.LISTENING,
-                                                          S.PAUSED, S.PAUSED),
-    "ControlReceived(command=<Command.RESUME: 'RESUME'>)": (S.INITIALIZING, S.LISTENING,
-                                                            S.SPEAKING, S.SPEAKING),
-    "ControlReceived(command=<Command.STOP: 'STOP'>)": (S.INITIALIZING, S.LISTENING,
-                                                        S.LISTENING, S.LISTENING),
-    "WorkerFrame(utterance_id=1, pcm=...)": (S.INITIALIZING, S.LISTENING, S.SPEAKING,
-                                             S.PAUSED),
-    "WorkerFrame(utterance_id=99, pcm=...)": (S.INITIALIZING, S.LISTENING, S.SPEAKING,
-                                              S.PAUSED),
-    "SynthesisDone(utterance_id=1)": (S.INITIALIZING, S.LISTENING, S.LISTENING, S.PAUSED),
-    "SynthesisDone(utterance_id=99)": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED),
-    "SynthesisFailed(utterance_id=1, message='x', code=<ErrorCode.SYNTHESIS_FAILED: "
-    "'SYNTHESIS_FAILED'>)": (S.INITIALIZING, S.LISTENING, S.LISTENING, S.LISTENING),
-    "SynthesisFailed(utterance_id=99, message='x', code=<ErrorCode.SYNTHESIS_FAILED: "
-    "'SYNTHESIS_FAILED'>)": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED),
-    "Tick()": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED),
-    "ClientDisconnected()": (S.CLOSED,) * 4,
-    "ServerShutdown()": (S.CLOSED,) * 4,
-}
-RESTING = [S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED]
-
-
-def _key(event: Event) -> str:
-    return repr(event).replace(f"pcm={PCM!r}", "pcm=...")
-
-
-def test_table_covers_every_event_type() -> None:
-    assert {type(e) for e in EVENTS} == set(Event.__subclasses__())
-    assert {_key(e) for e in EVENTS} == set(EXPECTED)
-
-
-@pytest.mark.parametrize("state", RESTING)
-@pytest.mark.parametrize("event", EVENTS, ids=_key)
-def test_every_event_in_every_state(state: State, event: Event) -> None:
-    d = in_state(state)
-    out = d(event)  # never raises
-    assert d.m.state is EXPECTED[_key(event)][RESTING.index(state)]
-    assert all(isinstance(a, Action) for a in out)
-    if d.m.state is not state and not d.m.closed:
-        assert states(out)[-1] == d.m.state.value  # every change is announced
-
-
-@pytest.mark.parametrize("event", EVENTS, ids=_key)
-def test_everything_is_ignored_after_close(event: Event) -> None:
-    d = in_state(State.CLOSED)
-    assert d(event) == [] and d.m.closed
-
-
-# -- randomized invariants -----------------------------------------------------------
-
-
-def _random_event(rng: random.Random, d: Driver) -> Event:
-    uid = d.m.current_utterance or rng.randint(1, 3)
-    uid = rng.choice([uid, uid, uid + 1, max(1, uid - 1)])
-    return rng.choices(
-        [TextReceived(rng.choice(["word", "..."]), is_final=rng.random() < 0.7),
-         ControlReceived(rng.choice([PAUSE, RESUME, STOP])), WorkerFrame(uid, PCM),
-         SynthesisDone(uid), SynthesisFailed(uid, "x"), Tick(), ClientDisconnected(),
-         ServerShutdown()],
-        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05],
-    )[0]
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_random_sequences_keep_invariants(seed: int) -> None:
-    rng = random.Random(seed)
-    d = Driver(SessionConfig("s1", idle_timeout_s=5.0, max_queued_utterances=2))
-    d(Connected())
-    begun: set[int] = set()
-    ended: list[int] = []
-    closed_at: int | None = None
-    disconnected = False
-    for step in range(401):
-        event = _random_event(rng, d) if step < 400 else ServerShutdown()
-        disconnected |= isinstance(event, ClientDisconnected) and not d.m.closed
-        out = d(event, at=d.now + rng.choice([0.0, 0.005, 0.02, 0.02, 0.1, 1.0]))
-        if closed_at is not None:
-            assert out == []  # nothing after Close
-        for a in out:
-            if isinstance(a, BeginSynthesis):
-                begun.add(a.utterance_id)
-            if isinstance(a, SendAudio):
-                assert a.utterance_id not in ended  # no audio of a fenced utterance
-            if isinstance(a, Send) and isinstance(a.message, UtteranceEnd):
-                ended.append(a.message.utterance_id)
-        if any(isinstance(a, Close) for a in out):
-            assert isinstance(out[-1], Close)
-            closed_at = len(d.log)
-    seqs = [a.sequence for a in audio(d.log)]
-    assert seqs == list(range(1, len(seqs) + 1))
-    assert len(ended) == len(set(ended))  # at most one utterance_end each
-    assert len(msgs(d.log, "session_end")) <= 1
-    assert sum(isinstance(a, Close) for a in d.log) <= 1
-    if d.m.closed and not disconnected:
-        assert begun <= set(ended)  # every begun utterance was ended exactly once
-    for a in audio(d.log):  # frames counted in utterance_end match audio sent
-        assert a.utterance_id in begun
-    counts = {m["utterance_id"]: m["frames"] for m in msgs(d.log, "utterance_end")}
-    for uid, n in counts.items():
-        assert n == sum(a.utterance_id == uid for a in audio(d.log))
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_random_timing_never_runs_ahead_of_the_lead(seed: int) -> None:
-    # Frames and Ticks at random times (late Ticks included): whatever is sent, the
-    # client never holds more than lead_ms.
-    rng = random.Random(seed)
-    playout = PlayoutConfig(lead_ms=rng.choice([40, 100, 200]),
-                            send_quantum_ms=rng.choice([20, 40]))
-    d = Driver(SessionConfig("s1", playout=playout))
-    d(Connected())
-    d(TextReceived("long"), at=1.0)
-    client_end = 1.0  # when the client will have played everything it got
-    for _ in range(300):
-        if rng.random() < 0.5:
-            event: Event = WorkerFrame(1, PCM)
-        else:
-            deadline = d.m.next_deadline
-            event = Tick()
-            at = max(d.now, (deadline or d.now) + rng.choice([0.0, 0.0, 0.001, 0.03]))
-            d.now = at
-        for _ in audio(d(event)):
-            client_end = max(client_end, d.now) + 0.02
-            assert client_end - d.now <= playout.lead_ms / 1000 + 1e-6
