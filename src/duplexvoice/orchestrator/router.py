@@ -310,7 +310,7 @@ def route(
 ) -> RouteDecision:
     """Choose a worker and a model for ``request``; never raises for "no worker"."""
     if not workers:
-        return RouteDecision(None, None, False, None, "no TTS worker is registered")
+        return RouteDecision(None, None, False, None, "no TTS worker is registered or reachable")
     rejected: dict[str, int] = {}
     eligible: list[WorkerInfo] = []
     for worker in workers:
