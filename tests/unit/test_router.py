@@ -313,7 +313,8 @@ def test_capacity_is_strictly_below_max() -> None:
 
 def test_empty_worker_list() -> None:
     decision = route([], RouteRequest(PIPER), default_routing_modes()["default"])
-    assert decision == RouteDecision(None, None, False, None, "no TTS worker is registered or reachable")
+    assert decision == RouteDecision(None, None, False, None,
+                                     "no TTS worker is registered or reachable")
 
 
 def test_language_on_any_of_the_workers_languages() -> None:

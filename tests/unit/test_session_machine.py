@@ -118,7 +118,8 @@ def test_no_worker_fails_the_utterance_not_the_session() -> None:
     d = in_state(State.LISTENING)
     d(TextReceived("one"))
     d(TextReceived("two"))
-    out = d(SynthesisFailed(1, "no TTS worker is registered or reachable", ErrorCode.WORKER_UNAVAILABLE))
+    out = d(SynthesisFailed(1, "no TTS worker is registered or reachable",
+                            ErrorCode.WORKER_UNAVAILABLE))
     assert errors(out) == ["WORKER_UNAVAILABLE"] and ends(out) == [(1, "error", 0)]
     assert BeginSynthesis(2) in out and d.m.state is State.SPEAKING  # the next one tries
     d.frames(2, 1)
