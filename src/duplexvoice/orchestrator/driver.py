@@ -370,7 +370,8 @@ class SessionDriver:
             self._metrics.worker_errors_total.inc()
             self._inbox.post(SynthesisFailed(uid, str(exc)))
             return
-        self._inbox.post(SynthesisDone(uid))
+        # Behind its frames: an input would overtake those still queued (lost audio).
+        await self._inbox.put_frame(SynthesisDone(uid))
 
     async def _acquire(self) -> WorkerSession:
         """The session's worker session on the wanted voice, taken now if needed.

@@ -10,7 +10,7 @@ after the change (``format_for``), so one utterance never mixes formats.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from duplexvoice.orchestrator.messages import Error, ErrorCode
 from duplexvoice.orchestrator.protocol import DEFAULT_INPUT_SAMPLE_RATE, ConfigMessage
@@ -21,8 +21,9 @@ class SessionSettings:
     voice: str = ""  # model id; empty: the worker's default
     input_sample_rate: int = DEFAULT_INPUT_SAMPLE_RATE
     output_format: str = "json"  # of the utterance being sent
-    _wanted_format: str = "json"
-    _format_from: int = 1  # utterances from this id on use ``_wanted_format``
+    # Format changes not reached yet: (first utterance id, format), in id order. Each
+    # applies from its own utterance on (two configs can both be ahead of the playout).
+    _format_changes: list[tuple[int, str]] = field(default_factory=list)
 
     def apply(self, message: ConfigMessage, offered_voices: Collection[str],
               next_utterance: int) -> Error | None:
@@ -36,14 +37,14 @@ class SessionSettings:
         if message.voice is not None:
             self.voice = message.voice
         if message.output_format is not None:
-            self._wanted_format = message.output_format
-            self._format_from = next_utterance
+            self._format_changes = [c for c in self._format_changes if c[0] < next_utterance]
+            self._format_changes.append((next_utterance, message.output_format))
         if message.input_sample_rate is not None:
             self.input_sample_rate = message.input_sample_rate
         return None
 
     def format_for(self, utterance_id: int) -> str:
         """The output format of ``utterance_id``'s frames (asked at its first frame)."""
-        if utterance_id >= self._format_from:
-            self.output_format = self._wanted_format
+        while self._format_changes and self._format_changes[0][0] <= utterance_id:
+            self.output_format = self._format_changes.pop(0)[1]
         return self.output_format
