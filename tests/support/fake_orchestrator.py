@@ -86,10 +86,14 @@ class FakeRegistry:
 
     def __init__(self, workers: Sequence[WorkerInfo] = ()) -> None:
         self.listed = list(workers)
+        self.refreshes = 0
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def refresh(self) -> None: ...
+
+    async def refresh_soon(self) -> None:
+        self.refreshes += 1
 
     def workers(self) -> list[WorkerInfo]:
         return list(self.listed)
@@ -347,6 +351,8 @@ class FakeWorkerPool:
         self.control_gate: asyncio.Event | None = None
         self.control_error: WorkerError | None = None
         self.down: set[str] = set()
+        self.back: set[str] = set()
+        self.rechecks = 0
         self.idle: dict[str, FakeWorkerSession] = {}
         self.idle_log: list[tuple[str, bool]] = []
         self.frame_counter = 0
@@ -370,6 +376,11 @@ class FakeWorkerPool:
 
     def excluded(self, workers: Sequence[WorkerInfo]) -> set[str]:
         return {w.name for w in workers if w.name in self.down}
+
+    async def recheck(self, workers: Sequence[WorkerInfo]) -> None:
+        """Knob ``back``: names that answer a re-check (taken off ``down``)."""
+        self.rechecks += 1
+        self.down -= self.back
 
     def idle_sessions(self) -> Counter[str]:
         return Counter(s.worker.name for s in self.idle.values())

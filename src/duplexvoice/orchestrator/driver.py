@@ -92,16 +92,25 @@ SendMessages = Callable[[list[str | bytes]], Awaitable[None]]
 CloseSocket = Callable[[int, str], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class _ConfigChange:
+    """A ``config`` message, queued in order with the session's other inputs."""
+
+    message: ConfigMessage
+
+
 class ClientGone(Exception):
     """The client connection is closed or closing: nothing more can be sent."""
 
 
 @dataclass
 class _Stream:
+    """One utterance's Synthesize stream. Its text waits in ``texts`` for the worker,
+    bounded by ``_TEXT_QUEUE`` pieces; the final piece always gets in (one per
+    stream), so an utterance is never left without its end."""
+
     utterance_id: int
-    texts: asyncio.Queue[tuple[str, bool]] = field(
-        default_factory=lambda: asyncio.Queue(_TEXT_QUEUE)
-    )
+    texts: asyncio.Queue[tuple[str, bool]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     final_sent_at: float | None = None
 
@@ -139,7 +148,7 @@ class SessionDriver:
         self._metrics = metrics
         self._send_messages = send
         self._close = close
-        self._inbox: Inbox[Event] = Inbox()
+        self._inbox: Inbox[Event | _ConfigChange] = Inbox()
         # One timer per session for the machine's next deadline, re-armed only when
         # the deadline moves: it posts a Tick (cheaper than a timeout per wait).
         self._timer: asyncio.TimerHandle | None = None
@@ -175,10 +184,9 @@ class SessionDriver:
                 self._stop_at = time.perf_counter()
             await self._inbox.put_input(ControlReceived(message.command))
         elif isinstance(message, ConfigMessage):
-            offered = {m for w in self._registry.workers() for m in w.available_models}
-            error = self.settings.apply(message, offered, self.machine.next_utterance_id)
-            if error is not None:
-                await self.send_message(error)
+            # In order with the texts before it: it applies from the next utterance
+            # opened after it, whatever the session loop is busy with.
+            await self._inbox.put_input(_ConfigChange(message))
         elif isinstance(message, AudioInput):
             await self.send_message(Error(
                 ErrorCode.INVALID_STATE,
@@ -209,7 +217,11 @@ class SessionDriver:
             await self._apply(Connected())
             while not self.machine.closed:
                 self._arm_timer()
-                await self._apply(await self._inbox.get())
+                event = await self._inbox.get()
+                if isinstance(event, _ConfigChange):
+                    await self._configure(event.message)
+                else:
+                    await self._apply(event)
         finally:
             if self._timer is not None:
                 self._timer.cancel()
@@ -225,6 +237,12 @@ class SessionDriver:
         worker, self._worker = self._worker, None
         if worker is not None:
             await worker.end()
+
+    async def _configure(self, message: ConfigMessage) -> None:
+        offered = {m for w in self._registry.workers() for m in w.available_models}
+        error = self.settings.apply(message, offered, self.machine.next_utterance_id)
+        if error is not None:
+            await self.send_message(error)
 
     def _arm_timer(self) -> None:
         deadline = self.machine.next_deadline
@@ -342,9 +360,18 @@ class SessionDriver:
 
     async def _synthesize_text(self, action: SynthesizeText) -> None:
         stream = self._stream
-        if stream is None or stream.utterance_id != action.utterance_id:
+        if stream is None or stream.utterance_id != action.utterance_id or (
+                stream.task is not None and stream.task.done()):
+            return  # its end is reported by the stream task
+        # Never waits: the session loop must not hang on a stream that stopped reading
+        # (a StartSession that hangs, then fails).
+        if not action.is_final and stream.texts.qsize() >= _TEXT_QUEUE:
+            await self.send_message(Error(
+                ErrorCode.QUEUE_FULL,
+                f"streamed text arrives faster than the worker takes it ({_TEXT_QUEUE} "
+                "pieces waiting); this piece is dropped"))
             return
-        await stream.texts.put((action.text, action.is_final))
+        stream.texts.put_nowait((action.text, action.is_final))
         if action.is_final:
             stream.final_sent_at = time.perf_counter()
 
