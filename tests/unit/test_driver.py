@@ -710,8 +710,8 @@ async def test_streamed_text_while_start_session_hangs_then_fails(make: Any) -> 
     try:
         await h.client.wait_for("utterance_end", utterance_id=1, reason="error")
         codes = [e["code"] for e in h.client.of_type("error")]
-        # 64 pieces wait for the worker; the 16 beyond them are refused, not queued.
-        assert codes.count("QUEUE_FULL") == 16 and codes[-1] == "WORKER_UNAVAILABLE"
+        # 81 pieces: 64 wait for the worker, the 17 beyond them are refused, not queued.
+        assert codes.count("QUEUE_FULL") == 17 and codes[-1] == "WORKER_UNAVAILABLE"
         await h.leave()
     finally:
         await cancel(h.task)  # hung: the fixture would report it a second time
