@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from duplexvoice.orchestrator.protocol import BINARY_FRAME_BYTES, BINARY_MAGIC
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_OP_TEXT, _OP_BINARY, _OP_CLOSE = 0x1, 0x2, 0x8
+_OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 _HEADER = struct.Struct("<2sBBII")  # the orchestrator's binary audio header
 
 
@@ -65,6 +65,7 @@ class LeanWS(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.messages.put_nowait({"type": "closed"})  # wakes a waiter: no answer will come
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"closed before the handshake: {exc!r}"))
         if not self.closed.done():
@@ -127,6 +128,9 @@ class LeanWS(asyncio.Protocol):
                 self.messages.put_nowait(data)
         elif opcode == _OP_CLOSE and self.transport is not None:
             self.transport.close()
+        elif opcode == _OP_PING and self.transport is not None:
+            # The server's heartbeat: a session that never answers is closed as dead.
+            self.transport.write(client_frame(bytes(buf[start:start + n]), _OP_PONG))
 
     def send_json(self, message: dict[str, object]) -> None:
         assert self.transport is not None
@@ -138,6 +142,8 @@ class LeanWS(asyncio.Protocol):
                 message = await self.messages.get()
                 if message["type"] == kind:
                     return message
+                if message["type"] == "closed":
+                    raise ConnectionError(f"closed while waiting for {kind}")
 
     async def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -385,6 +385,9 @@ async def main() -> None:
                         help="highest concurrency level tried")
     parser.add_argument("--only", default="overhead,stop,lead,concurrency," + SESSION_PARTS,
                         help="comma-separated parts to run (default: all)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="a checkout from before (with .venv): its first utterance is "
+                        "measured in the same run (orchestrator_sessions.py)")
     args = parser.parse_args()
     reps = 5 if args.quick else args.reps
     levels = [n for n in LEVELS if n <= args.max_sessions] or [args.max_sessions]
@@ -428,7 +431,8 @@ async def main() -> None:
     session_parts = parts & set(SESSION_PARTS.split(","))
     if session_parts:
         result["sessions"] = await orchestrator_sessions.run(
-            session_parts, reps, 100 if args.quick else 1000, 60 if args.quick else 500)
+            session_parts, reps, 100 if args.quick else 1000, 60 if args.quick else 500,
+            args.baseline)
     print_table(result)
     if session_parts:
         orchestrator_sessions.print_table(result["sessions"])  # type: ignore[arg-type]

@@ -12,10 +12,10 @@
 - failover: the worker is killed (SIGKILL) mid-utterance: kill -> ``error`` at the
   client; the worker is restarted on its port: its ready line -> first audio of the
   next utterance on the same socket.
-- first: first-audio latency (text sent -> first audio message) of a session's first
-  utterance, which takes a worker session on demand, against the next utterance on
-  the same session, which holds one already (as every utterance did before capacity
-  was taken on demand); interleaved, pairwise difference.
+- first: first-audio latency (text sent -> first audio message) of a fresh session's
+  first utterance, which takes a worker session on demand; with ``--baseline DIR``
+  (a checkout from before, with its .venv) against that orchestrator's first utterance
+  (worker session opened at connect) on the same worker, interleaved, pairwise.
 
 Clients run in this process on the same cores as the orchestrator and the worker.
 """
@@ -134,11 +134,18 @@ async def bench_idle(url: str, client: WorkerClient, n: int, orch_pid: int) -> d
     held_idle = await worker_sessions(client)
     rss_idle = rss_mb(orch_pid, "VmRSS")
     spoke, failed, peak = 0, 0, 0
+    failures: list[str] = []
 
     async def speak(conn: lean_ws.LeanWS) -> bool:
         frames = len(conn.times)
-        conn.send_json({"type": "text", "text": SHORT})
-        end = await conn.next_message("utterance_end", 60)
+        try:
+            conn.send_json({"type": "text", "text": SHORT})
+            end = await conn.next_message("utterance_end", 60)
+        except (ConnectionError, TimeoutError, AssertionError) as exc:
+            failures.append(repr(exc))
+            return False
+        if end.get("reason") != "completed":
+            failures.append(f"{end} {conn.errors[-1:]}")
         return end.get("reason") == "completed" and len(conn.times) > frames
 
     t1 = time.perf_counter()
@@ -151,7 +158,8 @@ async def bench_idle(url: str, client: WorkerClient, n: int, orch_pid: int) -> d
     for conn in conns:
         await conn.close()
     return {"connected": len(conns), "worker_sessions_while_idle": held_idle,
-            "spoke": spoke, "failed": failed, "worker_sessions_peak_sampled": peak,
+            "spoke": spoke, "failed": failed, "failures": sorted(set(failures))[:5],
+            "worker_sessions_peak_sampled": peak,
             "connect_s": connect_s, "speak_s": speak_s,
             "orchestrator_rss_mb_idle": rss_idle, "orchestrator_peak_rss_mb": rss_mb(orch_pid)}
 
@@ -233,23 +241,47 @@ async def bench_failover(http: aiohttp.ClientSession, reps: int) -> dict[str, An
             "worker_restart_s": summary(restart_s)}
 
 
-async def bench_first(http: aiohttp.ClientSession, url: str, reps: int) -> dict[str, Any]:
-    first, warm, diff = [], [], []
-    for _ in range(reps + 2):
-        conn = await Listener.open(http, url)
-        a, _, reason_a = await conn.say(SHORT)  # takes a worker session now
-        b, _, reason_b = await conn.say(SHORT)  # holds one (within the linger)
-        await conn.close()
-        assert reason_a == reason_b == "completed", (reason_a, reason_b)
-        first.append(a)
-        warm.append(b)
-        diff.append(a - b)
-    first, warm, diff = first[2:], warm[2:], diff[2:]  # warm-up
-    return {"first_utterance_ms": summary(first), "held_worker_ms": summary(warm),
-            "difference_ms": summary(diff)}
+class BaselineOrchestrator(OrchestratorProcess):
+    """The orchestrator of another checkout (``--baseline DIR``, with its own .venv),
+    started exactly as ours: the same run measures before and after."""
+
+    def __init__(self, checkout: Path, *args: str) -> None:
+        super().__init__(*args, cwd=checkout)
+        self.python = str(checkout / ".venv" / "bin" / "python")
+
+    def command(self) -> list[str]:
+        return [self.python, *super().command()[1:]]
 
 
-async def run(parts: set[str], reps: int, idle_n: int, churn_n: int) -> dict[str, Any]:
+async def bench_first(http: aiohttp.ClientSession, url: str, reps: int,
+                      baseline_url: str | None) -> dict[str, Any]:
+    """First utterance of a fresh session, ours (capacity taken on demand) against the
+    baseline orchestrator's (its worker session opened at connect), interleaved."""
+    ours, theirs, diff = [], [], []
+    for rep in range(reps + 2):
+        row = []
+        for target in (url, baseline_url):
+            if target is None:
+                continue
+            conn = await Listener.open(http, target)
+            first_ms, _, reason = await conn.say(SHORT)
+            await conn.close()
+            assert reason == "completed", reason
+            row.append(first_ms)
+        if rep < 2:
+            continue  # warm-up
+        ours.append(row[0])
+        if len(row) == 2:
+            theirs.append(row[1])
+            diff.append(row[0] - row[1])
+    out = {"first_utterance_ms": summary(ours)}
+    if theirs:
+        out |= {"baseline_first_utterance_ms": summary(theirs), "difference_ms": summary(diff)}
+    return out
+
+
+async def run(parts: set[str], reps: int, idle_n: int, churn_n: int,
+              baseline: Path | None = None) -> dict[str, Any]:
     raise_fd_limit()
     result: dict[str, Any] = {"machine": machine(), "reps": reps}
     worker = WorkerProcess("--default-model-id", MOCK, "--log-level", "WARNING",
@@ -257,12 +289,19 @@ async def run(parts: set[str], reps: int, idle_n: int, churn_n: int) -> dict[str
     orch = OrchestratorProcess("--workers", worker.addr, "--max-sessions", str(idle_n + 200),
                                "--log-level", "WARNING", "--rate-limit-per-s", "1000",
                                "--rate-limit-burst", "1000").start()
+    old = (BaselineOrchestrator(baseline, "--workers", worker.addr, "--log-level", "WARNING")
+           .start() if baseline is not None and "first" in parts else None)
+    result["baseline"] = str(baseline) if old is not None else None
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http, \
                 WorkerClient(worker.addr) as client:
             await client.wait_ready()
             if "first" in parts:
-                result["first"] = await bench_first(http, orch.ws_url, reps)
+                result["first"] = await bench_first(http, orch.ws_url, reps,
+                                                    old.ws_url if old is not None else None)
+                if old is not None:
+                    old.terminate()
+                    old = None
             if "idle" in parts:
                 result["idle"] = await bench_idle(orch.ws_url, client, idle_n, orch.pid)
             if "churn" in parts:
@@ -270,6 +309,8 @@ async def run(parts: set[str], reps: int, idle_n: int, churn_n: int) -> dict[str
             if "failover" in parts:
                 result["failover"] = await bench_failover(http, reps)
     finally:
+        if old is not None:
+            old.terminate()
         orch.terminate()
         worker.terminate()
     return result
@@ -282,8 +323,11 @@ def print_table(r: dict[str, Any]) -> None:
     if "first" in r:
         f = r["first"]
         for name, key in (("FAL first utterance (worker taken on demand)", "first_utterance_ms"),
-                          ("FAL next utterance (worker held)", "held_worker_ms"),
+                          (f"FAL first utterance, baseline {r['baseline']}",
+                           "baseline_first_utterance_ms"),
                           ("difference, pairwise (target p50 <= +5)", "difference_ms")):
+            if key not in f:
+                continue
             s = f[key]
             print(f"  {name}: p50 {s['p50']:.2f}  p95 {s['p95']:.2f}  max {s['max']:.2f}  "
                   f"n {s['n']}")
@@ -319,11 +363,14 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=1000, help="idle sessions")
     parser.add_argument("--churn", type=int, default=500, help="clients that leave")
     parser.add_argument("--only", default="first,idle,churn,failover")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="another checkout (with .venv) whose orchestrator's first "
+                        "utterance is measured in the same run, interleaved")
     args = parser.parse_args()
     reps = 5 if args.quick else args.reps
     idle_n = 100 if args.quick else args.idle
     churn_n = 60 if args.quick else args.churn
-    result = asyncio.run(run(set(args.only.split(",")), reps, idle_n, churn_n))
+    result = asyncio.run(run(set(args.only.split(",")), reps, idle_n, churn_n, args.baseline))
     print_table(result)
     print(json.dumps(result))
 

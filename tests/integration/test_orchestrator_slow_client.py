@@ -36,6 +36,7 @@ import aiohttp
 import pytest
 
 from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -214,10 +215,10 @@ async def metric(http: aiohttp.ClientSession, orch: OrchestratorProcess, name: s
 async def until_active(http: aiohttp.ClientSession, orch: OrchestratorProcess, n: int,
                        within_s: float = 15.0) -> None:
     """Wait (bounded) until the orchestrator counts ``n`` open sessions."""
-    deadline = time.monotonic() + within_s
-    while (active := await metric(http, orch, "duplexvoice_sessions_active")) != n:
-        assert time.monotonic() < deadline, f"{active:g} sessions open, expected {n}"
-        await asyncio.sleep(0.1)
+    async def active() -> bool:
+        return await metric(http, orch, "duplexvoice_sessions_active") == n
+
+    await eventually(active, timeout=within_s, interval=0.1, what=f"{n} sessions open")
 
 
 def given_up(orch: OrchestratorProcess) -> int:
