@@ -232,7 +232,9 @@ class OrchestratorMetrics:
         self.sessions_total = r.counter(
             "duplexvoice_sessions_total", "Client sessions opened since start."
         )
-        self.utterances_total = r.counter("duplexvoice_utterances_total", "Utterances started.")
+        self.utterances_total = r.counter(
+            "duplexvoice_utterances_total",
+            "Utterances ended, whatever the reason (not those of a client that left).")
         self.utterances_failed_total = r.counter(
             "duplexvoice_utterances_failed_total", "Utterances that ended in an error."
         )
