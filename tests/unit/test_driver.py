@@ -18,7 +18,7 @@ import pytest
 
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.driver import SessionDriver
-from duplexvoice.orchestrator.messages import Command
+from duplexvoice.orchestrator.messages import Command, Error, ErrorCode
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.protocol import (
     AudioInput,
@@ -198,7 +198,8 @@ async def test_within_the_linger_the_next_text_reuses_the_session_and_sequences_
     assert session.streams == 2
     await h.pool.wait(lambda: session.session_id in h.pool.idle, "offered idle again")
     sid = session.session_id
-    assert h.pool.idle_log == [(sid, False), (sid, True), (sid, False), (sid, True)]
+    # Told on changes only (a new session starts busy): idle, busy for "two", idle.
+    assert h.pool.idle_log == [(sid, True), (sid, False), (sid, True)]
     audio = h.client.audio()
     assert [a["sequence"] for a in audio] == list(range(1, 11))  # session-wide, gapless
     assert [a["utterance_id"] for a in audio] == [1] * 5 + [2] * 5
@@ -674,7 +675,7 @@ async def test_a_send_that_fails_never_escapes_and_the_session_ends_with_the_cli
         make: Any) -> None:
     # Catches a ConnectionResetError from the socket killing the session task (with a
     # traceback, and the worker session left to the shielded clean-up) or raised into
-    # the reader through client_message / send_error.
+    # the reader through client_message / send_message.
     h = await make()
     h.client.fail_with = ConnectionResetError("peer reset")
     await h.say("one")
@@ -684,7 +685,8 @@ async def test_a_send_that_fails_never_escapes_and_the_session_ends_with_the_cli
                       "utterance 1 over")
     await h.say("two")
     await h.send(ConfigMessage(voice="nope"))
-    await asyncio.wait_for(h.driver.send_error("INVALID_MESSAGE", "bad"), TIMEOUT_S)
+    bad = Error(ErrorCode.INVALID_MESSAGE, "bad")
+    await asyncio.wait_for(h.driver.send_message(bad), TIMEOUT_S)
     await h.control(STOP)
     assert h.task is not None and not h.task.done()  # the client is not gone yet
     sends = h.client.sends

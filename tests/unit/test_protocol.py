@@ -32,7 +32,6 @@ from duplexvoice.orchestrator.protocol import (
     decode_binary_frame,
     encode_binary_frame,
     encode_json,
-    error_message,
     parse_client_message,
 )
 
@@ -177,7 +176,8 @@ def test_invalid_messages(name: str, raw: str | bytes, code: str) -> None:
     assert isinstance(got, ProtocolError), name
     assert got.code == code
     assert got.message
-    assert got.to_message() == {"type": "error", "code": code, "message": got.message}
+    assert got.to_message().to_wire() == {"type": "error", "code": code,
+                                         "message": got.message}
 
 
 def test_size_is_checked_before_json() -> None:
@@ -249,14 +249,6 @@ def test_encode_json_is_compact_and_strict() -> None:
     assert encode_json({"text": "☃"}) == '{"text":"☃"}'
     with pytest.raises(ValueError):
         encode_json({"x": float("nan")})
-
-
-def test_error_message() -> None:
-    assert error_message("INVALID_MESSAGE", "bad") == {
-        "type": "error",
-        "code": "INVALID_MESSAGE",
-        "message": "bad",
-    }
 
 
 # -- binary frames -------------------------------------------------------------------

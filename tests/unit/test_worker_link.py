@@ -151,8 +151,11 @@ class FakeStub:
         return self.control_reply
 
     async def GetCapabilities(self, request: tts_pb2.GetCapabilitiesRequest,
-                              timeout: float | None = None) -> tts_pb2.GetCapabilitiesResponse:
-        self._record("GetCapabilities")
+                              timeout: float | None = None,
+                              wait_for_ready: bool | None = None,
+                              ) -> tts_pb2.GetCapabilitiesResponse:
+        # A re-check waits for the channel; a background probe does not: told apart.
+        self._record("GetCapabilities/ready" if wait_for_ready else "GetCapabilities")
         if self.caps_error is not None:
             raise self.caps_error
         return tts_pb2.GetCapabilitiesResponse()
@@ -382,6 +385,23 @@ async def test_down_is_dated_on_the_registry_clock_so_a_newer_heartbeat_brings_i
     assert pool.excluded([worker_info("w1", heartbeat=NOW + 99)]) == {"w1"}
     assert pool.excluded([worker_info("w1", heartbeat=NOW + 101)]) == set()
     assert not pool.health.is_down("w1")
+
+
+async def test_a_recheck_asks_the_down_workers_once_and_brings_back_those_that_answer(
+        link: Fixture) -> None:
+    pool, stub = link.pool, link.stub
+    stub.caps_error = rpc_error(grpc.StatusCode.UNAVAILABLE)
+    stub.start_errors = [rpc_error(grpc.StatusCode.UNAVAILABLE)]
+    with pytest.raises(WorkerUnavailable):
+        await pool.open(w(), "s", "m1")
+    rechecks = "GetCapabilities/ready"  # the background probe's calls are apart
+    await pool.recheck([w()])  # still refused: stays down
+    assert pool.health.is_down("w1") and len(stub.named(rechecks)) == 1
+    stub.caps_error = None
+    await asyncio.gather(pool.recheck([w()]), pool.recheck([w()]))  # one check, shared
+    assert not pool.health.is_down("w1") and len(stub.named(rechecks)) == 2
+    await pool.recheck([w()])  # nothing down: nothing asked
+    assert len(stub.named(rechecks)) == 2
 
 
 # -- a session's calls ------------------------------------------------------------

@@ -99,10 +99,6 @@ class _ConfigChange:
     message: ConfigMessage
 
 
-class ClientGone(Exception):
-    """The client connection is closed or closing: nothing more can be sent."""
-
-
 @dataclass
 class _Stream:
     """One utterance's Synthesize stream. Its text waits in ``texts`` for the worker,
@@ -160,6 +156,7 @@ class SessionDriver:
         # The worker session: taken by a stream task, given back in order.
         self._worker: WorkerSession | None = None
         self._last_worker: str | None = None  # affinity
+        self._idle = False  # what the pool was last told about the held worker session
         self._stream: _Stream | None = None
         # Worker calls that must keep their order but never hold up the session's
         # inputs (a Control to a dead worker waits for its deadline).
@@ -199,9 +196,6 @@ class SessionDriver:
 
     def shutdown(self) -> None:
         self._inbox.post(ServerShutdown())
-
-    async def send_error(self, code: str, message: str) -> None:
-        await self.send_message(Error(ErrorCode(code), message))
 
     async def send_message(self, message: Outbound) -> None:
         """A message from outside the machine (the reader's errors)."""
@@ -282,10 +276,12 @@ class SessionDriver:
             self._room.clear()
         else:
             self._room.set()
-        worker = self._worker
-        if worker is not None and not worker.ended:
-            # Nothing to say: the pool may give it to a session that needs it.
-            self._pool.set_idle(worker, self.machine.current_utterance is None)
+        idle = self.machine.current_utterance is None
+        if idle is not self._idle and self._worker is not None and not self._worker.ended:
+            # Nothing to say: the pool may give it to a session that needs it. Told on
+            # a change only, not per frame.
+            self._idle = idle
+            self._pool.set_idle(self._worker, idle)
 
     async def _do(self, action: Action) -> None:
         if isinstance(action, BeginSynthesis):
@@ -312,7 +308,7 @@ class SessionDriver:
         async with self._send_lock:  # the reader task sends errors too: keep the order
             try:
                 await self._send_messages(messages)
-            except (ConnectionError, ClientGone) as exc:
+            except ConnectionError as exc:
                 self._client_gone = True
                 log.debug("session %s: client gone while sending: %s", self.session_id, exc)
 
@@ -413,8 +409,10 @@ class SessionDriver:
         if (worker is not None and not worker.broken and not worker.ended
                 and (not voice or worker.model_id == voice)):
             self._pool.set_idle(worker, False)
+            self._idle = False
             return worker
         self._worker = None
+        self._idle = False  # a new worker session starts busy
         if worker is not None:
             await worker.end()
         tried: set[str] = set()

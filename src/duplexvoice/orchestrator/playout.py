@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 _EPS = 1e-6  # seconds; absorbs float error when a release lands exactly on a deadline
 _LOW_WATER = 0.8  # of max_frames: where reading the worker resumes
@@ -45,8 +46,7 @@ class PlayoutConfig:
             raise ValueError("send_quantum_ms must be between frame_ms and lead_ms")
 
 
-@dataclass(frozen=True)
-class Released:
+class Released(NamedTuple):  # one per frame: a tuple is the cheapest record
     utterance_id: int
     sequence: int
     pcm: bytes

@@ -33,15 +33,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from duplexvoice.orchestrator.messages import Command
+from duplexvoice.orchestrator.messages import Command, Error, ErrorCode
 
 # -- error codes ---------------------------------------------------------------------
 
-INVALID_MESSAGE: Final = "INVALID_MESSAGE"
-INVALID_CONFIG: Final = "INVALID_CONFIG"
-MESSAGE_TOO_LARGE: Final = "MESSAGE_TOO_LARGE"
-TEXT_TOO_LONG: Final = "TEXT_TOO_LONG"
-INVALID_AUDIO: Final = "INVALID_AUDIO"
+INVALID_MESSAGE: Final = ErrorCode.INVALID_MESSAGE
+INVALID_CONFIG: Final = ErrorCode.INVALID_CONFIG
+MESSAGE_TOO_LARGE: Final = ErrorCode.MESSAGE_TOO_LARGE
+TEXT_TOO_LONG: Final = ErrorCode.TEXT_TOO_LONG
+INVALID_AUDIO: Final = ErrorCode.INVALID_AUDIO
 
 # -- audio constants (WIRE §1.1) -----------------------------------------------------
 
@@ -82,11 +82,12 @@ class ProtocolLimits:
 class ProtocolError:
     """A client message that was refused; sent back as an ``error`` message."""
 
-    code: str
+    code: ErrorCode
     message: str
 
-    def to_message(self) -> dict[str, Any]:
-        return error_message(self.code, self.message)
+    def to_message(self) -> Error:
+        """The ``error`` message that answers it."""
+        return Error(self.code, self.message)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ ClientMessage = TextMessage | ControlMessage | ConfigMessage | AudioInput | Play
 class _Refused(Exception):
     """Internal: carries a ProtocolError out of the field checks."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.error = ProtocolError(code, message)
 
@@ -330,10 +331,6 @@ def audio_message(pcm: bytes, sequence: int, utterance_id: int) -> dict[str, Any
         "sequence": sequence,
         "utterance_id": utterance_id,
     }
-
-
-def error_message(code: str, message: str) -> dict[str, Any]:
-    return {"type": "error", "code": code, "message": message}
 
 
 @dataclass(frozen=True)

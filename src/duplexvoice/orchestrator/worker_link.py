@@ -196,27 +196,28 @@ class WorkerPool:
             await asyncio.wait(checks, timeout=_RECHECK_S + 0.1)
 
     async def _recheck(self, worker: WorkerInfo) -> None:
-        try:
-            # wait_for_ready: the channel may still be backing off from the failure.
-            await self.stub(worker.addr).GetCapabilities(
-                tts_pb2.GetCapabilitiesRequest(), timeout=_RECHECK_S, wait_for_ready=True)
-        except grpc.aio.AioRpcError:
-            return
-        if self.health.mark_up(worker.name):
-            log.warning("worker %s (%s) answers again", worker.name, worker.addr)
+        # wait_for_ready: the channel may still be backing off from the failure.
+        await self._answers(worker.name, worker.addr, _RECHECK_S, wait_for_ready=True)
 
     async def _probe(self, name: str, addr: str) -> None:
         delay, started = _PROBE_FIRST_S, time.monotonic()
         while self.health.is_down(name) and time.monotonic() - started < _PROBE_GIVE_UP_S:
             await asyncio.sleep(delay)
-            try:
-                await self.stub(addr).GetCapabilities(tts_pb2.GetCapabilitiesRequest(),
-                                                      timeout=self.timeout_s)
-            except grpc.aio.AioRpcError:
+            if not await self._answers(name, addr, self.timeout_s):
                 delay = min(_PROBE_MAX_S, delay * 2)
-                continue
-            if self.health.mark_up(name):
-                log.warning("worker %s (%s) answers again", name, addr)
+
+    async def _answers(self, name: str, addr: str, timeout_s: float, *,
+                       wait_for_ready: bool = False) -> bool:
+        """A health check (GetCapabilities); a worker that answers is up again."""
+        try:
+            await self.stub(addr).GetCapabilities(tts_pb2.GetCapabilitiesRequest(),
+                                                  timeout=timeout_s,
+                                                  wait_for_ready=wait_for_ready)
+        except grpc.aio.AioRpcError:
+            return False
+        if self.health.mark_up(name):
+            log.warning("worker %s (%s) answers again", name, addr)
+        return True
 
     def idle_sessions(self) -> Counter[str]:
         """Held worker sessions with nothing to say, by worker name."""

@@ -125,7 +125,7 @@ async def _read_client(ws: web.WebSocketResponse, output: ClientOutput, driver: 
                 continue
             parsed = parse_client_message(msg.data, limits, driver.input_sample_rate)
             if isinstance(parsed, ProtocolError):
-                await driver.send_message(Error(ErrorCode(parsed.code), parsed.message))
+                await driver.send_message(parsed.to_message())
             else:
                 await driver.client_message(parsed)
     finally:
