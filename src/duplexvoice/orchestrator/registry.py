@@ -274,7 +274,7 @@ class EmbeddedRegistry(_Poller):
             return None
         if name in self._down:
             self._down.discard(name)
-            log.info("registry: worker %s (%s) answers again", name, addr)
+            log.warning("registry: worker %s (%s) answers again", name, addr)
         return info
 
     def _next_delay(self) -> float:
