@@ -18,13 +18,19 @@ from duplexvoice.orchestrator.session_events import (
     Connected,
     ControlReceived,
     Event,
+    ReplyChunk,
+    ReplyFailed,
     Send,
     SendAudio,
     ServerShutdown,
     SynthesisDone,
     SynthesisFailed,
     TextReceived,
+    StartReply,
     Tick,
+    UserSpeechEnded,
+    UserSpeechStarted,
+    UserTranscript,
     WorkerFrame,
 )
 from tests.support.session_script import (
@@ -49,8 +55,11 @@ EVENTS: list[Event] = [
     ControlReceived(RESUME), ControlReceived(STOP), WorkerFrame(1, PCM), WorkerFrame(99, PCM),
     SynthesisDone(1), SynthesisDone(99), SynthesisFailed(1, "x"), SynthesisFailed(99, "x"),
     Tick(), ClientDisconnected(), ServerShutdown(),
+    UserSpeechStarted(), UserSpeechEnded(), UserTranscript(1, "hi", False),
+    ReplyChunk(1, "hi"), ReplyFailed(1, "x"),
 ]
 S = State
+RESTING_ = [S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED]
 # The state after each event, per resting state: INITIALIZING, LISTENING, SPEAKING, PAUSED.
 EXPECTED: dict[str, tuple[State, State, State, State]] = {
     "Connected()": (S.LISTENING, S.LISTENING, S.SPEAKING, S.PAUSED),
@@ -77,6 +86,13 @@ EXPECTED: dict[str, tuple[State, State, State, State]] = {
     "Tick()": (S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED),
     "ClientDisconnected()": (S.CLOSED,) * 4,
     "ServerShutdown()": (S.CLOSED,) * 4,
+    # Speech over the system's speech holds it (over a client PAUSE too).
+    "UserSpeechStarted()": (S.INITIALIZING, S.LISTENING, S.BARGED_IN, S.BARGED_IN),
+    "UserSpeechEnded(silence_s=0.0)": tuple(RESTING_),
+    "UserTranscript(turn=1, text='hi', final=False)": tuple(RESTING_),
+    "ReplyChunk(turn=1, text='hi', final=False)": tuple(RESTING_),
+    "ReplyFailed(turn=1, message='x', code=<ErrorCode.REPLY_FAILED: 'REPLY_FAILED'>)":
+        tuple(RESTING_),
 }
 RESTING = [S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED]
 
@@ -113,12 +129,16 @@ def test_everything_is_ignored_after_close(event: Event) -> None:
 def _random_event(rng: random.Random, d: Driver) -> Event:
     uid = d.m.current_utterance or rng.randint(1, 3)
     uid = rng.choice([uid, uid, uid + 1, max(1, uid - 1)])
+    turn = rng.choice([d.m.turn, d.m.turn, max(0, d.m.turn - 1)])
     return rng.choices(
         [TextReceived(rng.choice(["word", "..."]), is_final=rng.random() < 0.7),
          ControlReceived(rng.choice([PAUSE, RESUME, STOP])), WorkerFrame(uid, PCM),
          SynthesisDone(uid), SynthesisFailed(uid, "x"), Tick(), ClientDisconnected(),
-         ServerShutdown()],
-        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05],
+         ServerShutdown(), UserSpeechStarted(), UserSpeechEnded(rng.choice([0.0, 0.1])),
+         UserTranscript(turn, rng.choice(["", "hello there.", "and"]), rng.random() < 0.6),
+         ReplyChunk(turn, rng.choice(["Sure, ", "", "okay."]), rng.random() < 0.3),
+         ReplyFailed(turn, "x")],
+        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05, 3, 3, 4, 5, 0.3],
     )[0]
 
 
@@ -131,19 +151,46 @@ def test_random_sequences_keep_invariants(seed: int) -> None:
     ended: list[int] = []
     closed_at: int | None = None
     disconnected = False
+    text_uids: set[int] = set()  # utterances the client's texts opened
+    announced: set[int] = set()  # replies whose ``reply`` message went out
+    paused: set[int] = set()  # held by a ``pause`` until ``resume`` or their end
+    replying: set[int] = set()  # turns whose reply was asked for
     for step in range(401):
         event = _random_event(rng, d) if step < 400 else ServerShutdown()
         disconnected |= isinstance(event, ClientDisconnected) and not d.m.closed
+        if isinstance(event, ReplyChunk) and event.turn not in replying:
+            event = Tick()  # a reply engine only answers what it was asked
+        next_id = d.m.next_utterance_id
         out = d(event, at=d.now + rng.choice([0.0, 0.005, 0.02, 0.02, 0.1, 1.0]))
+        if isinstance(event, TextReceived) and d.m.next_utterance_id > next_id:
+            text_uids.add(next_id)
         if closed_at is not None:
             assert out == []  # nothing after Close
         for a in out:
             if isinstance(a, BeginSynthesis):
                 begun.add(a.utterance_id)
+            if isinstance(a, StartReply):
+                replying.add(a.turn)
             if isinstance(a, SendAudio):
                 assert a.utterance_id not in ended  # no audio of a fenced utterance
+                assert a.utterance_id not in paused  # none while the client holds it
+                # A speculative reply is heard only once announced.
+                assert a.utterance_id in text_uids or a.utterance_id in announced
+            if isinstance(a, Send):
+                wire = a.message.to_wire()
+                uid = wire.get("utterance_id")
+                if wire["type"] == "reply":
+                    announced.add(uid)
+                elif wire["type"] == "pause":
+                    assert uid not in paused
+                    paused.add(uid)
+                elif wire["type"] == "resume":
+                    paused.remove(uid)
+                elif wire["type"] == "interrupt":
+                    paused.discard(uid)
             if isinstance(a, Send) and isinstance(a.message, UtteranceEnd):
                 ended.append(a.message.utterance_id)
+                paused.discard(a.message.utterance_id)
         if any(isinstance(a, Close) for a in out):
             assert isinstance(out[-1], Close)
             closed_at = len(d.log)
@@ -153,7 +200,9 @@ def test_random_sequences_keep_invariants(seed: int) -> None:
     assert len(msgs(d.log, "session_end")) <= 1
     assert sum(isinstance(a, Close) for a in d.log) <= 1
     if d.m.closed and not disconnected:
-        assert begun <= set(ended)  # every begun utterance was ended exactly once
+        # Every utterance the client heard of was ended exactly once (a speculative
+        # reply dropped before its announcement never existed for the client).
+        assert begun & (text_uids | announced) <= set(ended)
     for a in audio(d.log):  # frames counted in utterance_end match audio sent
         assert a.utterance_id in begun
     counts = {m["utterance_id"]: m["frames"] for m in msgs(d.log, "utterance_end")}

@@ -1,4 +1,4 @@
-"""The turn-taking core: scripted VAD and transcript events, a fake clock."""
+"""The turn-taking core: scripted VAD edges and transcripts, a fake clock."""
 
 from __future__ import annotations
 
@@ -7,102 +7,289 @@ import random
 import pytest
 
 from duplexvoice.orchestrator.turns import (
+    Abandon,
+    Confirm,
     Decision,
-    SpeechEnded,
-    SpeechStarted,
-    TranscriptSeen,
+    Ending,
+    Hold,
+    Interrupt,
+    Reply,
+    Resume,
+    Transcribe,
     TurnConfig,
-    TurnTaker,
+    TurnTaking,
+    classify_ending,
 )
 
 pytestmark = pytest.mark.unit
 
-HOLD, INTERRUPT, RESUME = Decision.HOLD, Decision.INTERRUPT, Decision.RESUME
+
+def taking(**kw: object) -> TurnTaking:
+    return TurnTaking(TurnConfig(**kw))  # type: ignore[arg-type]
 
 
-def speaking_taker(ms: int = 400) -> TurnTaker:
-    taker = TurnTaker(TurnConfig(interrupt_after_ms=ms))
-    taker.system_speaking(True)
-    return taker
+def speaking(**kw: object) -> TurnTaking:
+    core = taking(**kw)
+    core.system_speaking(True)
+    return core
 
 
-def test_speech_while_silent_is_just_the_users_turn() -> None:
-    taker = TurnTaker()
-    assert taker.handle(SpeechStarted(), 1.0) == []
-    assert taker.handle(TranscriptSeen("hello"), 1.2) == []
-    assert taker.handle(SpeechEnded(), 2.0) == [] and taker.next_deadline is None
+# -- the user's turn while the system is silent ------------------------------------------
+
+def test_a_turn_is_transcribed_at_the_offset_and_confirmed_after_the_silence() -> None:
+    core = taking(end_of_turn_ms=500)
+    assert core.speech_started(1.0) == [] and core.turn == 1
+    # The offset comes 0.1 s after the last speech (the VAD's hangover).
+    assert core.speech_ended(2.1, silence_s=0.1) == [Transcribe(1)]
+    assert core.next_deadline == pytest.approx(2.5)
+    assert core.transcript(1, "Hello there.", True, 2.2) == [Reply(1, "Hello there.", False)]
+    assert core.tick(2.49) == []
+    assert core.tick(2.5) == [Confirm(1, "Hello there.")]
+    assert core.next_deadline is None
 
 
-def test_a_short_noise_holds_then_resumes() -> None:
-    taker = speaking_taker()
-    assert taker.handle(SpeechStarted(), 10.0) == [HOLD]
-    assert taker.holding and taker.next_deadline == pytest.approx(10.4)
-    assert taker.tick(10.39) == []
-    assert taker.handle(SpeechEnded(), 10.2) == [RESUME]
-    assert not taker.holding and taker.next_deadline is None
+def test_speech_before_the_end_of_turn_continues_the_same_turn() -> None:
+    core = taking()
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    core.transcript(1, "I went to the", True, 2.1)
+    assert core.speech_started(2.3) == [Abandon(1)]  # drop the shorter version's reply
+    assert core.turn == 1
+    assert core.transcript(1, "I went to the", True, 2.4) == []  # stale: the turn went on
+    assert core.speech_ended(3.0) == [Transcribe(1)]
+    assert core.transcript(1, "I went to the shop.", True, 3.1) == [
+        Reply(1, "I went to the shop.", False)]
+    assert core.tick(3.5) == [Confirm(1, "I went to the shop.")]
+    assert core.speech_started(5.0) == [] and core.turn == 2
 
 
-def test_long_speech_interrupts_at_the_deadline() -> None:
-    taker = speaking_taker()
-    taker.handle(SpeechStarted(), 10.0)
-    assert taker.tick(10.4) == [INTERRUPT]
-    assert taker.handle(SpeechEnded(), 11.0) == []  # already decided
-    assert taker.handle(SpeechStarted(), 12.0) == []  # the system no longer speaks
+def test_a_short_noise_is_no_turn() -> None:
+    core = taking(min_turn_ms=150)
+    core.speech_started(1.0)
+    assert core.speech_ended(1.1) == [Abandon(1, closed=True)]
+    assert core.next_deadline is None
+    core.speech_started(2.0)
+    assert core.turn == 2
+
+
+def test_a_transcript_later_than_the_end_of_turn_replies_when_it_comes() -> None:
+    core = taking(end_of_turn_ms=300)
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    assert core.tick(2.3) == [Confirm(1, None)]
+    assert core.transcript(1, "Late words.", True, 2.6) == [Reply(1, "Late words.", True)]
+    assert core.transcript(1, "Late words.", True, 2.7) == []  # once
+
+
+def test_an_empty_transcript_gets_no_reply() -> None:
+    core = taking()
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    assert core.transcript(1, "", True, 2.1) == []
+    assert core.tick(2.5) == [Confirm(1, "")]
+
+
+def test_without_speculation_the_reply_waits_for_the_end_of_turn() -> None:
+    core = taking(speculative_reply=False)
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    assert core.transcript(1, "Hi there you.", True, 2.1) == []
+    assert core.tick(2.5) == [Confirm(1, "Hi there you."), Reply(1, "Hi there you.", True)]
+
+
+def test_adaptive_end_of_turn_follows_the_transcript() -> None:
+    core = taking(adaptive=True, end_of_turn_ms=500, complete_end_ms=200, trailing_end_ms=900)
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    assert core.next_deadline == pytest.approx(2.5)  # no transcript yet: the default
+    core.transcript(1, "I would like a coffee.", True, 2.1)
+    assert core.next_deadline == pytest.approx(2.2)
+    # A complete sentence whose transcript came after its short wait: at once.
+    core2 = taking(adaptive=True, complete_end_ms=200)
+    core2.speech_started(1.0)
+    core2.speech_ended(2.0)
+    out = core2.transcript(1, "I would like a coffee.", True, 2.3)
+    assert out == [Reply(1, "I would like a coffee.", False), Confirm(1, "I would like a coffee.")]
+    core3 = taking(adaptive=True, end_of_turn_ms=500, trailing_end_ms=900)
+    core3.speech_started(1.0)
+    core3.speech_ended(2.0)
+    core3.transcript(1, "I would like a coffee and", True, 2.1)
+    assert core3.tick(2.5) == [] and core3.next_deadline == pytest.approx(2.9)
+
+
+def test_adaptive_off_ignores_the_transcript() -> None:
+    core = taking(adaptive=False, end_of_turn_ms=500)
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    core.transcript(1, "I would like a coffee.", True, 2.1)
+    assert core.next_deadline == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(("text", "ending"), [
+    ("I would like a coffee.", Ending.COMPLETE),
+    ("What time is it?", Ending.COMPLETE),
+    ("Yes.", Ending.NEUTRAL),  # too short to tell
+    ("I went there and", Ending.TRAILING),
+    ("I went there, and...", Ending.TRAILING),
+    ("So, um.", Ending.TRAILING),
+    ("I think that the", Ending.TRAILING),
+    ("Well I went there,", Ending.TRAILING),
+    ("I went there", Ending.NEUTRAL),
+    ("", Ending.NEUTRAL),
+])
+def test_classify_ending(text: str, ending: Ending) -> None:
+    assert classify_ending(text) is ending
+
+
+def test_a_turn_too_long_is_ended_by_force_and_the_speech_goes_on() -> None:
+    core = taking(max_turn_ms=10_000)
+    core.speech_started(0.0)
+    assert core.next_deadline == pytest.approx(10.0)
+    assert core.tick(10.0) == [Transcribe(1), Confirm(1, None, forced=True)]
+    assert core.turn == 2 and core.user_speaking
+    assert core.transcript(1, "A long speech.", True, 10.5) == [Reply(1, "A long speech.", True)]
+    assert core.speech_ended(12.0) == [Transcribe(2)]
+
+
+# -- barge-in ------------------------------------------------------------------------------
+
+def test_speech_over_the_system_holds_then_interrupts_after_the_minimum() -> None:
+    core = speaking(interrupt_after_ms=400)
+    assert core.speech_started(10.0) == [Hold()]
+    assert core.holding and core.next_deadline == pytest.approx(10.4)
+    assert core.tick(10.39) == []
+    assert core.tick(10.4) == [Interrupt()]
+    assert not core.holding
+    # The speech is the user's new turn.
+    assert core.speech_ended(11.0) == [Transcribe(1)]
+
+
+def test_a_short_noise_over_the_system_resumes_after_a_short_silence() -> None:
+    core = speaking(interrupt_after_ms=400, resume_after_ms=250)
+    core.speech_started(10.0)
+    assert core.speech_ended(10.2, silence_s=0.1) == []
+    assert core.next_deadline == pytest.approx(10.35)  # last speech 10.1 + 0.25
+    assert core.tick(10.35) == [Resume(), Abandon(1, closed=True)]
+    assert not core.holding and core.next_deadline is None
+
+
+def test_coughs_add_up_to_a_real_interruption() -> None:
+    core = speaking(interrupt_after_ms=400, resume_after_ms=250)
+    core.speech_started(10.0)
+    core.speech_ended(10.25)  # 0.25 s
+    assert core.speech_started(10.4) == []  # within the resume wait: still held
+    assert core.next_deadline == pytest.approx(10.55)  # 0.15 s more makes 0.4
+    assert core.tick(10.55) == [Interrupt()]
 
 
 def test_speech_ending_late_without_a_tick_still_interrupts() -> None:
-    taker = speaking_taker()
-    taker.handle(SpeechStarted(), 10.0)
-    assert taker.handle(SpeechEnded(), 10.5) == [INTERRUPT]
+    core = speaking(interrupt_after_ms=400)
+    core.speech_started(10.0)
+    assert core.speech_ended(10.5) == [Interrupt(), Transcribe(1)]
 
 
-def test_words_interrupt_at_once() -> None:
-    taker = speaking_taker()
-    taker.handle(SpeechStarted(), 10.0)
-    assert taker.handle(TranscriptSeen("..."), 10.1) == []  # no words yet
-    assert taker.handle(TranscriptSeen("wait"), 10.15) == [INTERRUPT]
+def test_words_interrupt_once_enough_speech_was_heard() -> None:
+    core = speaking(interrupt_after_ms=400, words_after_ms=200)
+    core.speech_started(10.0)
+    assert core.transcript(1, "stop", False, 10.1) == []  # too soon: could be a noise
+    assert core.transcript(1, "uh", False, 10.25) == [Interrupt()]
+    assert core.holding is False
 
 
-def test_zero_delay_interrupts_with_the_hold() -> None:
-    taker = speaking_taker(ms=0)
-    assert taker.handle(SpeechStarted(), 1.0) == [HOLD, INTERRUPT]
+def test_noise_transcribed_as_a_letter_does_not_interrupt() -> None:
+    core = speaking(words_after_ms=0)
+    core.speech_started(10.0)
+    assert core.transcript(1, "I.", False, 10.3) == []
+    assert core.holding
 
 
-def test_the_utterance_ending_drops_a_pending_hold() -> None:
-    taker = speaking_taker()
-    taker.handle(SpeechStarted(), 1.0)
-    taker.system_speaking(False)
-    assert taker.tick(5.0) == [] and taker.handle(SpeechEnded(), 5.0) == []
+def test_the_system_ending_during_a_hold_leaves_the_users_turn() -> None:
+    core = speaking()
+    core.speech_started(10.0)
+    assert core.system_speaking(False) == []
+    assert not core.holding
+    assert core.speech_ended(11.0) == [Transcribe(1)]
 
 
-def test_bad_config() -> None:
-    with pytest.raises(ValueError):
-        TurnConfig(interrupt_after_ms=-1)
+def test_the_system_ending_while_a_noise_waits_to_be_resumed_drops_the_noise() -> None:
+    core = speaking(resume_after_ms=250)
+    core.speech_started(10.0)
+    core.speech_ended(10.1)
+    assert core.system_speaking(False) == [Abandon(1, closed=True)]
+    assert core.next_deadline is None
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_every_hold_gets_exactly_one_outcome(seed: int) -> None:
+def test_speech_during_a_speculative_reply_cancels_it_without_a_hold() -> None:
+    core = taking()
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    core.transcript(1, "Hello there friend.", True, 2.1)
+    # The reply is speculative: the system is not speaking yet.
+    assert core.speech_started(2.2) == [Abandon(1)]
+    assert not core.holding
+
+
+def test_speech_while_a_confirmed_reply_is_generated_holds() -> None:
+    core = taking()
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    core.tick(2.5)
+    core.system_speaking(True)  # the machine: a confirmed reply is being generated
+    assert core.speech_started(2.6) == [Hold()]
+
+
+def test_stale_transcripts_are_ignored() -> None:
+    core = taking()
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    core.tick(2.5)
+    core.transcript(1, "one", True, 2.6)
+    core.speech_started(3.0)
+    assert core.transcript(1, "one again", True, 3.1) == []
+    assert core.transcript(7, "nobody", False, 3.1) == []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_timelines_keep_the_invariants(seed: int) -> None:
     rng = random.Random(seed)
-    taker = TurnTaker()
-    now, open_holds, decisions = 0.0, 0, []
+    core = TurnTaking(TurnConfig(adaptive=rng.random() < 0.5, max_turn_ms=3000))
+    now = 0.0
+    holds = 0
+    confirmed: set[int] = set()
+    transcribed: set[int] = set()
     for _ in range(300):
-        now += rng.choice([0.01, 0.05, 0.2, 0.5])
+        now += rng.choice([0.0, 0.01, 0.05, 0.2, 0.6])
         roll = rng.random()
-        if roll < 0.1:
-            speaking = rng.random() < 0.7
-            taker.system_speaking(speaking)
-            if not speaking:
-                open_holds = 0  # a hold ends with the utterance, without an outcome
-            continue
-        event = rng.choice([SpeechStarted(), SpeechEnded(), TranscriptSeen(
-            rng.choice(["", "...", "stop"]))])
-        out = taker.handle(event, now) + taker.tick(now)
-        decisions += out
-        for decision in out:
-            if decision is HOLD:
-                assert open_holds == 0  # never two holds at once
-                open_holds += 1
-            else:
-                assert open_holds == 1  # an outcome only for a hold
-                open_holds -= 1
-        assert taker.holding is (open_holds == 1)
+        out: list[Decision]
+        if roll < 0.2:
+            out = core.speech_started(now)
+        elif roll < 0.4:
+            out = core.speech_ended(now, rng.choice([0.0, 0.1]))
+        elif roll < 0.55:
+            out = core.transcript(rng.choice([core.turn, core.turn - 1]),
+                                  rng.choice(["", "and", "Hello there friend.", "um"]),
+                                  rng.random() < 0.5, now)
+        elif roll < 0.65:
+            out = core.system_speaking(rng.random() < 0.5)
+        else:
+            deadline = core.next_deadline
+            if deadline is not None and deadline > now:
+                now = deadline
+            out = core.tick(now)
+        for d in out:
+            if isinstance(d, Hold):
+                assert holds == 0
+                holds = 1
+            elif isinstance(d, Interrupt | Resume):
+                assert holds == 1
+                holds = 0
+            elif isinstance(d, Transcribe):
+                transcribed.add(d.turn)
+            elif isinstance(d, Confirm):
+                assert d.turn not in confirmed
+                assert d.turn in transcribed
+                confirmed.add(d.turn)
+        if not core.holding:
+            holds = 0  # the system stopped speaking: the hold is moot
+        deadline = core.next_deadline
+        assert deadline is None or deadline >= now - 30  # no deadline far in the past

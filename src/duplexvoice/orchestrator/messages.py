@@ -56,6 +56,9 @@ class ErrorCode(enum.StrEnum):
     QUEUE_FULL = "QUEUE_FULL"
     INVALID_STATE = "INVALID_STATE"
     RATE_LIMITED = "RATE_LIMITED"
+    ASR_BUSY = "ASR_BUSY"
+    ASR_FAILED = "ASR_FAILED"
+    REPLY_FAILED = "REPLY_FAILED"
 
 
 @dataclass(frozen=True)
@@ -117,3 +120,49 @@ class UtteranceMetrics(Outbound):
     type: ClassVar[str] = "metrics"
     utterance_id: int
     first_audio_ms: float
+
+
+@dataclass(frozen=True)
+class Pause(Outbound):
+    """Hold playback of the utterance, keep its audio: the user may be barging in."""
+
+    type: ClassVar[str] = "pause"
+    utterance_id: int
+
+
+@dataclass(frozen=True)
+class Resume(Outbound):
+    """A false interruption: play the held utterance on from where it stopped."""
+
+    type: ClassVar[str] = "resume"
+    utterance_id: int
+
+
+@dataclass(frozen=True)
+class Transcript(Outbound):
+    type: ClassVar[str] = "transcript"
+    text: str
+    final: bool
+    turn: int  # extension: the user turn it belongs to
+
+
+@dataclass(frozen=True)
+class ReplyText(Outbound):
+    """Text of the reply about to be spoken (one clause at a time)."""
+
+    type: ClassVar[str] = "reply"
+    utterance_id: int
+    text: str
+    turn: int  # extension: the user turn it answers
+
+
+@dataclass(frozen=True)
+class TurnMetrics(Outbound):
+    """Timings of one conversation turn, in ms, measured in the server (extension)."""
+
+    type: ClassVar[str] = "metrics"
+    turn: int
+    values: dict[str, float]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "turn": self.turn, **self.values}

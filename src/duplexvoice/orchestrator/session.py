@@ -42,11 +42,8 @@ Decisions (WIRE §1 and the seed's state machine, reconciled):
 
 from __future__ import annotations
 
-import enum
-import unicodedata
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from duplexvoice.orchestrator.messages import (
@@ -62,16 +59,20 @@ from duplexvoice.orchestrator.messages import (
     StateChanged,
     UtteranceEnd,
 )
-from duplexvoice.orchestrator.playout import Playout, PlayoutConfig
+from duplexvoice.orchestrator.playout import Playout
+from duplexvoice.orchestrator.session_conversation import ConversationMixin
 from duplexvoice.orchestrator.session_events import (
     Action,
     BeginSynthesis,
+    CancelReply,
     ClientDisconnected,
     Close,
     Connected,
     ControlReceived,
     Event,
     ReleaseWorker,
+    ReplyChunk,
+    ReplyFailed,
     Send,
     SendAudio,
     ServerShutdown,
@@ -80,69 +81,39 @@ from duplexvoice.orchestrator.session_events import (
     SynthesizeText,
     TextReceived,
     Tick,
+    UserSpeechEnded,
+    UserSpeechStarted,
+    UserTranscript,
     WorkerControl,
     WorkerFrame,
+    speakable,
 )
+from duplexvoice.orchestrator.session_types import (
+    PendingReply,
+    SessionConfig,
+    State,
+    Utterance,
+)
+from duplexvoice.orchestrator.turns import TurnTaking
+
+__all__ = ["SessionConfig", "SessionMachine", "State", "speakable"]
 
 _EPS = 1e-6  # seconds; absorbs float error when a Tick lands exactly on a deadline
 
 
-class State(enum.StrEnum):
-    INITIALIZING = "INITIALIZING"
-    LISTENING = "LISTENING"
-    SPEAKING = "SPEAKING"
-    PAUSED = "PAUSED"  # the client's PAUSE
-    BARGED_IN = "BARGED_IN"  # the user spoke over the system (turn-taking core)
-    ERROR = "ERROR"
-    CLOSED = "CLOSED"
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    session_id: str
-    idle_timeout_s: float = 60.0  # LISTENING this long with no client message: close
-    max_queued_utterances: int = 8  # utterances waiting behind the current one
-    max_pending_chars: int = 20_000  # text held here for utterances not yet at the worker
-    # The worker session is given back after this long in LISTENING (0: at once); a
-    # conversation's next turn within it skips StartSession.
-    worker_linger_s: float = 1.0
-    playout: PlayoutConfig = field(default_factory=PlayoutConfig)
-
-    def __post_init__(self) -> None:
-        if not self.session_id:
-            raise ValueError("session_id must not be empty")
-        if self.idle_timeout_s <= 0 or self.worker_linger_s < 0:
-            raise ValueError("idle_timeout_s must be positive and worker_linger_s >= 0")
-        if self.max_queued_utterances < 0 or self.max_pending_chars < 1:
-            raise ValueError("max_queued_utterances >= 0 and max_pending_chars >= 1")
-
-
-def speakable(text: str) -> bool:
-    """Whether ``text`` has anything a voice can say: a letter or a digit."""
-    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
-
-
-@dataclass
-class _Utterance:
-    utterance_id: int
-    pending: list[str] = field(default_factory=list)  # text not yet given to the worker
-    text_final: bool = False
-    has_words: bool = False  # any speakable text so far
-    started: bool = False  # BeginSynthesis sent
-    synthesized: bool = False  # its worker stream ended
-    sent: int = 0  # frames of it released to the client
-
-
-class SessionMachine:
+class SessionMachine(ConversationMixin):
     def __init__(self, config: SessionConfig, now: float) -> None:
         self.config = config
         self._state = State.INITIALIZING
         self._now = now
         self._next_id = 1
-        self._live: deque[_Utterance] = deque()  # not yet ended, in order; [0] is current
+        self._live: deque[Utterance] = deque()  # not yet ended, in order; [0] is current
         self._stream: int | None = None  # utterance id of the open Synthesize stream
         self._worker_held = False  # a worker session was asked for and not given back
         self._playout = Playout(config.playout, now)
+        self._turns = TurnTaking(config.turns)
+        self._reply: PendingReply | None = None  # generating (its utterance may still play after)
+        self._client_paused = False  # the client's PAUSE (the turn core holds on its own)
         self._idle_since = now  # last client message, or entering LISTENING
         self._listening_since = now
         self._actions: list[Action] = []
@@ -153,6 +124,9 @@ class SessionMachine:
             SynthesisDone: self._on_done, SynthesisFailed: self._on_failed,
             Tick: self._on_tick, ClientDisconnected: self._on_disconnected,
             ServerShutdown: self._on_shutdown,
+            UserSpeechStarted: self._on_speech_started, UserSpeechEnded: self._on_speech_ended,
+            UserTranscript: self._on_transcript, ReplyChunk: self._on_reply_chunk,
+            ReplyFailed: self._on_reply_failed,
         }
 
     # -- public surface ------------------------------------------------------------
@@ -188,6 +162,11 @@ class SessionMachine:
         return self._worker_held
 
     @property
+    def turn(self) -> int:
+        """The user's current (or last) turn in conversation mode; 0 before any."""
+        return self._turns.turn
+
+    @property
     def output_full(self) -> bool:
         """Stop reading the worker stream for now (see ``Playout.full``)."""
         return self._playout.full
@@ -202,10 +181,13 @@ class SessionMachine:
             times.append(self._idle_since + self.config.idle_timeout_s)
             if self._worker_held:
                 times.append(self._listening_since + self.config.worker_linger_s)
-        if self._live:
+        if self._live and not self._live[0].gated:
             due = self._playout.next_release(self._live[0].utterance_id)
             if due is not None:
                 times.append(due)
+        turns = self._turns.next_deadline
+        if turns is not None:
+            times.append(turns)
         return min(times, default=None)
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -237,7 +219,7 @@ class SessionMachine:
             self._error(ErrorCode.INVALID_STATE, "the session has not started")
             return
         last = self._live[-1] if self._live else None
-        continuing = last is not None and not last.text_final
+        continuing = last is not None and not last.text_final and last.reply_turn is None
         has_words = speakable(event.text)
         if not event.text.strip() or (not continuing and event.is_final and not has_words):
             self._error(ErrorCode.INVALID_MESSAGE, "text has nothing to speak")
@@ -249,17 +231,9 @@ class SessionMachine:
             if len(self._live) > self.config.max_queued_utterances:
                 self._error(ErrorCode.QUEUE_FULL, "too many queued utterances; text dropped")
                 return
-            target = _Utterance(self._next_id)
-        if not target.started:
-            held = sum(len(c) for u in self._live for c in u.pending)
-            if held + len(event.text) > self.config.max_pending_chars:
-                self._error(ErrorCode.QUEUE_FULL, "too much queued text; text dropped")
-                return
-            target.pending.append(event.text)
-        else:
-            self._actions.append(SynthesizeText(target.utterance_id, event.text, event.is_final))
-        target.text_final = event.is_final
-        target.has_words = target.has_words or has_words
+            target = Utterance(self._next_id)
+        if not self._add_text(target, event.text, event.is_final):
+            return
         if target is not last:
             self._next_id += 1
             self._live.append(target)
@@ -269,23 +243,44 @@ class SessionMachine:
             self._error(ErrorCode.INVALID_MESSAGE, "text has nothing to speak")
             self._utterance_end(target, EndReason.COMPLETED)
 
+    def _add_text(self, target: Utterance, text: str, is_final: bool) -> bool:
+        """Give text to an utterance: held here until its synthesis starts, else
+        straight to the worker. False (and an error) if too much text is held."""
+        if not target.started:
+            held = sum(len(c) for u in self._live for c in u.pending)
+            if held + len(text) > self.config.max_pending_chars:
+                self._error(ErrorCode.QUEUE_FULL, "too much queued text; text dropped")
+                return False
+            target.pending.append(text)
+        else:
+            self._actions.append(SynthesizeText(target.utterance_id, text, is_final))
+        target.text_final = is_final
+        target.has_words = target.has_words or speakable(text)
+        if target.reply_turn is not None:
+            target.text.append(text)  # bounded: a reply engine's output, not the client's
+        return True
+
     def _on_control(self, event: ControlReceived) -> None:
         self._idle_since = self._now
         command = event.command
         if command is Command.STOP:
             self._stop()
         elif command is Command.PAUSE:
-            if self._state is State.SPEAKING:
-                self._playout.hold(self._now)
-                self._actions.append(WorkerControl(Command.PAUSE))
+            if self._state in (State.SPEAKING, State.BARGED_IN):
+                if not self._playout.held:
+                    self._playout.hold(self._now)
+                    self._actions.append(WorkerControl(Command.PAUSE))
+                self._client_paused = True
             elif self._state is not State.PAUSED:
                 self._error(ErrorCode.INVALID_STATE, f"nothing to pause in state {self._state}")
         elif command is Command.RESUME:
             if self._state is State.PAUSED:
-                self._playout.unhold(self._now)
-                self._actions.append(WorkerControl(Command.RESUME))
-            elif self._state is not State.SPEAKING:
+                self._client_paused = False
+                self._unhold()
+            elif self._state not in (State.SPEAKING, State.BARGED_IN):
                 self._error(ErrorCode.INVALID_STATE, f"nothing to resume in state {self._state}")
+            else:
+                self._client_paused = False
 
     def _on_frame(self, event: WorkerFrame) -> None:
         if event.utterance_id != self._stream or not event.pcm:
@@ -314,11 +309,15 @@ class SessionMachine:
         self._fence(utterance, EndReason.ERROR)
 
     def _on_tick(self, _: Tick) -> None:
+        self._decide(self._turns.tick(self._now))
         idle_s = self._now - self._idle_since
         if self._state is State.LISTENING and idle_s >= self.config.idle_timeout_s - _EPS:
             self._finish(SessionEndReason.IDLE_TIMEOUT, 1000)
 
     def _on_disconnected(self, _: ClientDisconnected) -> None:
+        if self._reply is not None:
+            self._actions.append(CancelReply(self._reply.turn))
+            self._reply = None
         self._live.clear()
         self._playout.clear()
         self._release_worker()
@@ -330,21 +329,28 @@ class SessionMachine:
 
     # -- internals -----------------------------------------------------------------
 
-    def _stop(self) -> None:
-        """STOP: end the current utterance and drop what is queued."""
+    def _stop(self, reason: EndReason = EndReason.STOPPED) -> None:
+        """STOP (or a real barge-in): end the current utterance and drop what is queued,
+        including a reply still being generated."""
+        self._cancel_reply()
         if not self._live:
             return
-        self._send(Interrupt(self._live[0].utterance_id, EndReason.STOPPED))
+        self._send(Interrupt(self._live[0].utterance_id, reason))
         if self._stream is not None or self._playout.held:
             self._actions.append(WorkerControl(Command.STOP))  # also un-pauses the worker
-        self._end_all(EndReason.STOPPED)
+        self._end_all(reason)
 
     def _end_all(self, reason: EndReason) -> None:
         while self._live:
-            self._fence(self._live.popleft(), reason)
+            utterance = self._live.popleft()
+            if utterance.gated:
+                self._playout.drop(utterance.utterance_id)  # never announced: no end
+            else:
+                self._fence(utterance, reason)
+        self._client_paused = False
         self._playout.unhold(self._now)
 
-    def _fence(self, utterance: _Utterance, reason: EndReason) -> None:
+    def _fence(self, utterance: Utterance, reason: EndReason) -> None:
         """End an utterance already removed from ``_live``: drop its audio, tell the client."""
         self._playout.drop(utterance.utterance_id)
         self._utterance_end(utterance, reason)
@@ -382,6 +388,8 @@ class SessionMachine:
             return  # nothing released, nothing completes: the client holds playback too
         while self._live:
             head = self._live[0]
+            if head.gated:
+                break  # a speculative reply waits for the end of the user's turn
             released = self._playout.release(head.utterance_id, self._now, paced=paced)
             for frame in released:
                 self._actions.append(SendAudio(frame.utterance_id, frame.sequence, frame.pcm))
@@ -394,14 +402,20 @@ class SessionMachine:
                 break
 
     def _sync_state(self) -> None:
-        if self._playout.held and not self._live:
+        speaking = any(not u.gated for u in self._live) or (
+            self._reply is not None and self._reply.confirmed)
+        self._decide(self._turns.system_speaking(speaking))
+        if self._playout.held and not speaking:
             # The paused utterance ended on its own (failure): don't leave the worker paused.
+            self._client_paused = False
             self._playout.unhold(self._now)
             self._actions.append(WorkerControl(Command.RESUME))
         if self._state is State.INITIALIZING:
             return
-        if not self._live:
+        if not speaking:
             new = State.LISTENING
+        elif self._turns.holding:
+            new = State.BARGED_IN
         else:
             new = State.PAUSED if self._playout.held else State.SPEAKING
         if new is not self._state:
@@ -413,13 +427,13 @@ class SessionMachine:
         self._state = state
         self._send(StateChanged(state.value))
 
-    def _find(self, utterance_id: int) -> _Utterance | None:
+    def _find(self, utterance_id: int) -> Utterance | None:
         return next((u for u in self._live if u.utterance_id == utterance_id), None)
 
     def _send(self, message: Outbound) -> None:
         self._actions.append(Send(message))
 
-    def _utterance_end(self, utterance: _Utterance, reason: EndReason) -> None:
+    def _utterance_end(self, utterance: Utterance, reason: EndReason) -> None:
         self._send(UtteranceEnd(utterance.utterance_id, reason, utterance.sent))
 
     def _error(self, code: ErrorCode, message: str) -> None:

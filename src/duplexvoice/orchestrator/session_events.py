@@ -7,9 +7,16 @@ and a new handler in the machine; a new effect is a new ``Action``.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from duplexvoice.orchestrator.messages import Command, ErrorCode, Outbound
+
+
+def speakable(text: str) -> bool:
+    """Whether ``text`` has anything a voice can say: a letter or a digit."""
+    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
+
 
 # -- events (driver -> machine) -------------------------------------------------------
 
@@ -49,6 +56,39 @@ class SynthesisFailed(Event):
     utterance_id: int
     message: str
     code: ErrorCode = ErrorCode.SYNTHESIS_FAILED
+
+@dataclass(frozen=True)
+class UserSpeechStarted(Event):
+    """Conversation mode: the VAD confirmed speech onset in the microphone audio."""
+
+@dataclass(frozen=True)
+class UserSpeechEnded(Event):
+    """The VAD confirmed the speech offset, ``silence_s`` after the last speech."""
+
+    silence_s: float = 0.0
+
+@dataclass(frozen=True)
+class UserTranscript(Event):
+    """A transcript of the user's ``turn``: partial, or the final asked for by
+    ``TranscribeTurn``."""
+
+    turn: int
+    text: str
+    final: bool
+
+@dataclass(frozen=True)
+class ReplyChunk(Event):
+    """A clause of the reply to ``turn``; ``final`` ends the reply (text may be empty)."""
+
+    turn: int
+    text: str
+    final: bool = False
+
+@dataclass(frozen=True)
+class ReplyFailed(Event):
+    turn: int
+    message: str
+    code: ErrorCode = ErrorCode.REPLY_FAILED
 
 @dataclass(frozen=True)
 class Tick(Event):
@@ -103,6 +143,37 @@ class WorkerControl(Action):
 class ReleaseWorker(Action):
     """Give the worker session back: cancel any open stream, then EndSession
     (including a StartSession still in flight). A no-op when none is held."""
+
+@dataclass(frozen=True)
+class TranscribeTurn(Action):
+    """Transcribe the user turn's audio so far; report a final ``UserTranscript``."""
+
+    turn: int
+
+@dataclass(frozen=True)
+class TurnClosed(Action):
+    """The turn is over (ended, or noise): its audio may go; the next speech opens a
+    new turn."""
+
+    turn: int
+
+@dataclass(frozen=True)
+class StartReply(Action):
+    """Ask the reply engine for the answer to ``text``; report ``ReplyChunk``s (the last
+    one ``final``) or ``ReplyFailed``."""
+
+    turn: int
+    text: str
+
+@dataclass(frozen=True)
+class CancelReply(Action):
+    """Stop generating the reply to ``turn`` (the user went on or barged in).
+    ``heard_ms``: audio of it released to the client, None if none was."""
+
+    turn: int
+    utterance_id: int | None = None
+    text: str = ""  # what of it was given to the worker
+    released_ms: float = 0.0
 
 @dataclass(frozen=True)
 class Close(Action):

@@ -1,112 +1,358 @@
-"""Turn-taking: what to do with the system's speech when the user speaks over it.
-Pure code: events in (VAD edges, transcripts), decisions out; a fake clock in tests.
+"""Turn-taking: when the user's turn ends, and what the system's speech does when the
+user speaks over it. Pure code: VAD edges and transcripts in, decisions out; time is a
+parameter (a fake clock in tests). The session machine carries the decisions out.
 
-The two-step barge-in of WIRE §1.2: the moment speech starts while the system is
-speaking, ``HOLD`` (the session pauses playback, keeps the buffered audio and tells
-the client ``pause``). Then one of:
+**The user's turn.** Speech onset opens a turn (numbered 1, 2, ...). At each speech
+offset the turn's audio so far is transcribed at once (``Transcribe``): the end-of-turn
+silence is spent decoding, not waiting. The turn ends when the silence after the
+last speech reaches ``end_of_turn_ms`` (``Confirm``); speech before that continues the
+same turn (``Abandon`` drops what was started for the shorter version: its transcript
+and its speculative reply). With ``adaptive`` on, the transcript of the silence so far
+moves the deadline: a complete sentence ends the turn after ``complete_end_ms``; a
+trailing conjunction or filler ("and", "so", "um") waits ``trailing_end_ms``. A turn
+whose speech is shorter than ``min_turn_ms`` is noise: ``Abandon``, never transcribed.
+A turn longer than ``max_turn_ms`` is ended by force, and the speech goes on as the
+next turn.
 
-- ``INTERRUPT``: the speech lasted ``interrupt_after_ms``, or a transcript with words
-  arrived: a real barge-in; the utterance is dropped (client: ``interrupt``).
-- ``RESUME``: the speech ended before that and no words were heard (a cough, a click):
-  playback continues where it stopped, nothing lost (client: ``resume``).
+**Speculative replies.** When the transcript is ready before the turn is confirmed,
+``Reply(confirmed=False)`` starts the reply at once; the machine keeps its audio back
+until ``Confirm``. If the user goes on instead, ``Abandon`` cancels it.
 
-While the system is silent, speech is simply the user's turn: no decision. This core
-decides only; the session machine carries decisions out (its ``BARGED_IN`` state is
-the time between ``HOLD`` and the outcome). Microphone audio, the VAD and ASR that
-produce these events come with conversation mode.
+**Barge-in, in two steps** (WIRE §1.2). Speech onset while the system speaks (a
+confirmed reply playing or being generated, or any utterance) is ``Hold`` at once: the
+machine pauses playback (client ``pause``, worker PAUSE). Then:
+
+- ``Interrupt``: the user has spoken ``interrupt_after_ms`` in all since the hold, or a
+  partial transcript has words after ``words_after_ms`` of speech: a real turn. The
+  system's utterance is dropped and the user's speech is their new turn.
+- ``Resume``: the speech stopped before that, and ``resume_after_ms`` of silence went
+  by: a cough, a click. Playback goes on where it stopped; the noise is no turn
+  (``Abandon``).
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
-from duplexvoice.orchestrator.session import speakable
+from duplexvoice.orchestrator.session_events import speakable
 
-
-class Decision(enum.Enum):
-    HOLD = "hold"
-    INTERRUPT = "interrupt"
-    RESUME = "resume"
-
-
-@dataclass(frozen=True)
-class SpeechStarted:
-    """The VAD's speech onset (after its own minimum duration)."""
-
-
-@dataclass(frozen=True)
-class SpeechEnded:
-    """The VAD's speech offset (after its own hangover)."""
-
-
-@dataclass(frozen=True)
-class TranscriptSeen:
-    text: str
-    final: bool = False
-
-
-TurnEvent = SpeechStarted | SpeechEnded | TranscriptSeen
+_EPS = 1e-6
 
 
 @dataclass(frozen=True)
 class TurnConfig:
-    # Speech this long while the system speaks is a real barge-in, not a noise.
-    interrupt_after_ms: int = 400
+    """The turn-taking settings (documented for users in ``configs/orchestrator.yaml``)."""
+
+    end_of_turn_ms: int = 500  # silence after speech that ends the user's turn
+    adaptive: bool = False  # let the transcript move the end of turn (below)
+    complete_end_ms: int = 250  # adaptive: silence after a complete sentence
+    trailing_end_ms: int = 1000  # adaptive: silence after a trailing "and", "um", ...
+    min_turn_ms: int = 150  # speech shorter than this in a turn is noise
+    max_turn_ms: int = 30_000  # a turn this long is ended by force
+    interrupt_after_ms: int = 400  # speech over the system this long is a real barge-in
+    words_after_ms: int = 200  # ... or words heard after this much speech
+    resume_after_ms: int = 250  # silence after a false interruption before resuming
+    speculative_reply: bool = True  # start the reply before the end of turn is confirmed
 
     def __post_init__(self) -> None:
-        if self.interrupt_after_ms < 0:
-            raise ValueError("interrupt_after_ms must be >= 0")
+        for name in ("end_of_turn_ms", "complete_end_ms", "trailing_end_ms", "min_turn_ms",
+                     "interrupt_after_ms", "words_after_ms", "resume_after_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_turn_ms <= 0:
+            raise ValueError("max_turn_ms must be positive")
 
 
-class TurnTaker:
+class Ending(enum.Enum):
+    COMPLETE = "complete"  # a finished sentence: the turn is probably over
+    TRAILING = "trailing"  # ends on a conjunction or a filler: more is coming
+    NEUTRAL = "neutral"
+
+
+_TRAILING_WORDS = frozenset((
+    "and", "or", "but", "so", "because", "um", "uh", "er", "erm", "hmm", "like", "the",
+    "a", "an", "to", "of", "with", "if", "that", "then", "which", "who", "when", "while",
+    "although", "though", "since", "as", "for", "my", "your", "our", "their",
+))
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+def classify_ending(text: str) -> Ending:
+    """How a transcript ends. Whisper punctuates every fragment, so a final period
+    alone proves little: a sentence is complete only with a few words and no trailing
+    conjunction, article or filler (which Whisper may also follow with "..." or ",")."""
+    words = _WORD.findall(text.lower())
+    if not words:
+        return Ending.NEUTRAL
+    stripped = text.rstrip()
+    if words[-1] in _TRAILING_WORDS or stripped.endswith(("...", "…", ",", "-", "—")):
+        return Ending.TRAILING
+    if len(words) >= 3 and stripped.endswith((".", "?", "!")):
+        return Ending.COMPLETE
+    return Ending.NEUTRAL
+
+
+# -- decisions ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hold:
+    """Pause the system's speech now (keep its audio): the user may be barging in."""
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """A real barge-in: drop the system's speech."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A false interruption: play on from where the hold stopped."""
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    """Transcribe the turn's audio so far as its final transcript."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """Forget the turn's transcript and speculative reply: the user went on, or it was
+    noise (``closed``: the turn is over and has no reply)."""
+
+    turn: int
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Start the reply to the turn. Not ``confirmed``: keep its audio back until
+    ``Confirm`` (or drop it on ``Abandon``)."""
+
+    turn: int
+    text: str
+    confirmed: bool
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """The turn is over (``forced``: it ran past ``max_turn_ms``)."""
+
+    turn: int
+    text: str | None  # its final transcript, if already known
+    forced: bool = False
+
+
+Decision = Hold | Interrupt | Resume | Transcribe | Abandon | Reply | Confirm
+
+
+class TurnTaking:
     def __init__(self, config: TurnConfig | None = None) -> None:
         self.config = config or TurnConfig()
-        self._system_speaking = False
-        self._held_since: float | None = None  # a HOLD waiting for its outcome
+        self.turn = 0  # the current (or last) user turn
+        self._open = False  # the turn has not ended
+        self._speaking_since: float | None = None  # the user is speaking (VAD)
+        self._turn_since = 0.0
+        self._voiced_s = 0.0  # speech in the open turn, not counting the current run
+        self._speech_end: float | None = None  # last speech of a turn waiting to end
+        self._text: str | None = None  # the transcript of the turn as it ended
+        self._replied = False  # a reply to the current transcript was started
+        self._awaiting: int | None = None  # a turn confirmed before its transcript came
+        self._system = False  # the system is speaking (or about to)
+        self._held = False
+        self._held_voiced_s = 0.0  # user speech since the hold, before the current run
+        self._resume_at: float | None = None
+
+    # -- what the session tells ------------------------------------------------------
 
     @property
     def holding(self) -> bool:
-        return self._held_since is not None
+        return self._held
+
+    @property
+    def user_speaking(self) -> bool:
+        return self._speaking_since is not None
+
+    def system_speaking(self, speaking: bool) -> list[Decision]:
+        """Whether a confirmed utterance is live. When it ends during a hold, the hold
+        has nothing left to decide about: speech goes on as the user's turn, and a
+        noise waiting to be resumed over is no turn."""
+        self._system = speaking
+        if speaking or not self._held:
+            return []
+        self._held = False
+        if self._resume_at is not None:
+            self._resume_at = None
+            self._open = False
+            return self._forget(closed=True)
+        return []
 
     @property
     def next_deadline(self) -> float | None:
-        """When ``tick`` must be called to turn a long hold into an interrupt."""
-        if self._held_since is None:
-            return None
-        return self._held_since + self.config.interrupt_after_ms / 1000
+        times: list[float] = []
+        if self._speaking_since is not None:
+            times.append(self._turn_since + self.config.max_turn_ms / 1000)
+            if self._held:
+                left = self.config.interrupt_after_ms / 1000 - self._held_voiced_s
+                times.append(self._speaking_since + left)
+        if self._resume_at is not None:
+            times.append(self._resume_at)
+        elif self._open and self._speech_end is not None and not self._held:
+            times.append(self._end_deadline())
+        return min(times, default=None)
 
-    def system_speaking(self, speaking: bool) -> None:
-        """The session says whether it is playing an utterance; when it stops (the
-        utterance ended), a pending hold has nothing left to decide about."""
-        self._system_speaking = speaking
-        if not speaking:
-            self._held_since = None
+    # -- events ------------------------------------------------------------------------
 
-    def handle(self, event: TurnEvent, now: float) -> list[Decision]:
-        if isinstance(event, SpeechStarted):
-            if self._system_speaking and self._held_since is None:
-                self._held_since = now
-                return [Decision.HOLD, *self.tick(now)]
+    def speech_started(self, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        if self._speaking_since is not None:
+            return out
+        self._speaking_since = now
+        self._resume_at = None
+        if self._open and self._speech_end is not None:
+            # Speech before the end of turn: the same turn goes on.
+            self._speech_end = None
+            out += self._forget(closed=False)
+        elif not self._open:
+            self._open_turn(now)
+        if self._system and not self._held:
+            self._held = True
+            self._held_voiced_s = 0.0
+            out.append(Hold())
+        return out + self.tick(now)
+
+    def speech_ended(self, now: float, silence_s: float = 0.0) -> list[Decision]:
+        """The VAD's offset, ``silence_s`` after the last speech (its hangover)."""
+        if self._speaking_since is None:
             return []
-        if isinstance(event, SpeechEnded):
-            if self._held_since is None:
-                return []
-            if now - self._held_since >= self.config.interrupt_after_ms / 1000:
+        end = max(self._speaking_since, now - max(0.0, silence_s))
+        run = end - self._speaking_since
+        self._speaking_since = None
+        self._voiced_s += run
+        if self._held:
+            self._held_voiced_s += run
+            if self._held_voiced_s >= self.config.interrupt_after_ms / 1000 - _EPS:
+                return self._interrupt() + self._end_speech(end, now)
+            self._resume_at = end + self.config.resume_after_ms / 1000
+            return self.tick(now)
+        return self._end_speech(end, now)
+
+    def transcript(self, turn: int, text: str, final: bool, now: float) -> list[Decision]:
+        """A transcript of ``turn``: partial (while speaking) or final (from a
+        ``Transcribe``). Stale ones (an older turn, or a turn that went on) are ignored."""
+        if final and turn == self._awaiting:
+            self._awaiting = None
+            return [Reply(turn, text, confirmed=True)] if speakable(text) else []
+        if turn != self.turn or not self._open:
+            return []
+        if not final:
+            speech = self._voiced_s + self._current_run(now)
+            if (self._held and _has_words(text)
+                    and speech >= self.config.words_after_ms / 1000 - _EPS):
                 return self._interrupt()
-            self._held_since = None
-            return [Decision.RESUME]
-        if self._held_since is not None and speakable(event.text):
-            return self._interrupt()  # words: whatever their length, a real turn
-        return []
+            return []
+        if self._speech_end is None or self.user_speaking:
+            return []  # the turn went on after this transcript was asked for
+        self._text = text
+        out: list[Decision] = []
+        if (self.config.speculative_reply and speakable(text) and not self._held
+                and not self._replied):
+            self._replied = True
+            out.append(Reply(turn, text, confirmed=False))
+        return out + self.tick(now)
 
     def tick(self, now: float) -> list[Decision]:
-        deadline = self.next_deadline
-        if deadline is not None and now >= deadline:
-            return self._interrupt()
-        return []
+        out: list[Decision] = []
+        if self._speaking_since is not None:
+            if self._held:
+                left = self.config.interrupt_after_ms / 1000 - self._held_voiced_s
+                if now >= self._speaking_since + left - _EPS:
+                    out += self._interrupt()
+            if now >= self._turn_since + self.config.max_turn_ms / 1000 - _EPS:
+                out += self._force_end(now)
+            return out
+        if self._resume_at is not None and now >= self._resume_at - _EPS:
+            self._resume_at = None
+            self._held = False
+            self._speech_end = None
+            out.append(Resume())
+            out += self._forget(closed=True)  # the noise was no turn
+            self._open = False
+            return out
+        if (self._open and self._speech_end is not None and not self._held
+                and now >= self._end_deadline() - _EPS):
+            out += self._confirm(forced=False)
+        return out
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _open_turn(self, now: float) -> None:
+        self.turn += 1
+        self._open = True
+        self._turn_since = now
+        self._voiced_s = 0.0
+        self._text = None
+        self._replied = False
+        self._speech_end = None
+
+    def _current_run(self, now: float) -> float:
+        return 0.0 if self._speaking_since is None else max(0.0, now - self._speaking_since)
+
+    def _end_speech(self, end: float, now: float) -> list[Decision]:
+        if self._voiced_s < self.config.min_turn_ms / 1000 - _EPS:
+            self._open = False
+            return [Abandon(self.turn, closed=True)]
+        self._speech_end = end
+        return [Transcribe(self.turn), *self.tick(now)]
+
+    def _end_deadline(self) -> float:
+        assert self._speech_end is not None
+        config = self.config
+        wait = config.end_of_turn_ms
+        if config.adaptive and self._text is not None:
+            ending = classify_ending(self._text)
+            if ending is Ending.COMPLETE:
+                wait = config.complete_end_ms
+            elif ending is Ending.TRAILING:
+                wait = config.trailing_end_ms
+        return self._speech_end + wait / 1000
+
+    def _confirm(self, *, forced: bool) -> list[Decision]:
+        turn, text = self.turn, self._text
+        self._open = False
+        self._speech_end = None
+        out: list[Decision] = [Confirm(turn, text, forced)]
+        if text is None:
+            self._awaiting = turn
+        elif not self._replied and speakable(text):
+            self._replied = True
+            out.append(Reply(turn, text, confirmed=True))
+        return out
+
+    def _force_end(self, now: float) -> list[Decision]:
+        """The turn ran too long: it ends now and the speech goes on as the next turn."""
+        turn = self.turn
+        out: list[Decision] = [Transcribe(turn), Confirm(turn, None, forced=True)]
+        self._awaiting = turn
+        self._open_turn(now)
+        self._speaking_since = now
+        return out
+
+    def _forget(self, *, closed: bool) -> list[Decision]:
+        out: list[Decision] = [Abandon(self.turn, closed=closed)]
+        self._text = None
+        self._replied = False
+        return out
 
     def _interrupt(self) -> list[Decision]:
-        self._held_since = None
-        self._system_speaking = False
-        return [Decision.INTERRUPT]
+        self._held = False
+        self._resume_at = None
+        self._system = False
+        return [Interrupt()]
+
+
+def _has_words(text: str) -> bool:
+    return any(len(w) >= 2 for w in _WORD.findall(text))
