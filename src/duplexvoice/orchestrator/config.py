@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from duplexvoice.orchestrator.conversation_config import ConversationConfig
 from duplexvoice.orchestrator.router import RoutingMode, default_routing_modes
 
 ENV_PREFIX = "DUPLEXVOICE_ORCH"
@@ -81,6 +82,9 @@ class OrchestratorConfig(BaseModel):
     )
     shutdown_grace_s: float = Field(2.0, ge=0, description="on SIGTERM, time to close sessions")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    conversation: ConversationConfig = Field(
+        default_factory=ConversationConfig,
+        description="conversation mode: VAD, speech recognition, turn-taking, replies")
 
     @model_validator(mode="after")
     def _known_mode(self) -> OrchestratorConfig:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.inbox import Inbox
+from duplexvoice.orchestrator.listener import ConversationServices, Listener
 from duplexvoice.orchestrator.messages import (
     Command,
     EndReason,
@@ -32,6 +33,11 @@ from duplexvoice.orchestrator.messages import (
     ErrorCode,
     Interrupt,
     Outbound,
+    Pause,
+    ReplyText,
+    Resume,
+    Transcript,
+    TurnMetrics,
     UtteranceEnd,
     UtteranceMetrics,
 )
@@ -51,10 +57,11 @@ from duplexvoice.orchestrator.protocol import (
 )
 from duplexvoice.orchestrator.registry import WorkerRegistry
 from duplexvoice.orchestrator.router import RouteRequest, route
-from duplexvoice.orchestrator.session import SessionConfig, SessionMachine
+from duplexvoice.orchestrator.session import SessionConfig, SessionMachine, State
 from duplexvoice.orchestrator.session_events import (
     Action,
     BeginSynthesis,
+    CancelReply,
     ClientDisconnected,
     Close,
     Connected,
@@ -64,11 +71,14 @@ from duplexvoice.orchestrator.session_events import (
     Send,
     SendAudio,
     ServerShutdown,
+    StartReply,
     SynthesisDone,
     SynthesisFailed,
     SynthesizeText,
     TextReceived,
     Tick,
+    TranscribeTurn,
+    TurnClosed,
     WorkerControl,
     WorkerFrame,
 )
@@ -122,6 +132,7 @@ class SessionDriver:
         *,
         send: SendMessages,
         close: CloseSocket,
+        services: ConversationServices | None = None,
     ) -> None:
         self.session_id = session_id
         self.config = config
@@ -135,6 +146,7 @@ class SessionDriver:
                     lead_ms=config.lead_ms, send_quantum_ms=config.send_quantum_ms,
                     max_frames=max(1, config.buffer_ms // FRAME_MS),
                 ),
+                turns=config.conversation.turn_config(),
             ),
             now=time.monotonic(),
         )
@@ -165,6 +177,14 @@ class SessionDriver:
         self._first_sent_upto = 0  # utterance ids are sent in order: the last with audio
         self._first_audio_ms: dict[int, float] = {}  # until its metrics message is sent
         self._stop_at: float | None = None
+        # Conversation mode: the listening half, made when the client asks for it.
+        self._services = services
+        self._listener: Listener | None = None
+        self._reply_turns: dict[int, int] = {}  # utterance id -> the turn it answers
+        self._turn_ended_at: dict[int, float] = {}  # turn -> end of its speech (monotonic)
+        self._audio_refused_at = -1e9
+        self._figures: dict[int, dict[str, float]] = {}  # turn -> its figures so far
+        self._pending_metrics: list[TurnMetrics] = []  # sent after the event's messages
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -181,15 +201,50 @@ class SessionDriver:
                 self._stop_at = time.perf_counter()
             await self._inbox.put_input(ControlReceived(message.command))
         elif isinstance(message, ConfigMessage):
-            # In order with the texts before it: it applies from the next utterance
-            # opened after it, whatever the session loop is busy with.
+            error = self.settings.check(message, self._offered_voices(), self._offered_replies())
+            if error is not None:
+                await self.send_message(error)
+                return
+            # The mode and the input rate concern the audio that follows this message
+            # on the socket: they apply now. The rest goes in order with the texts
+            # before it: from the next utterance opened after it.
+            if message.input_sample_rate is not None:
+                self.settings.input_sample_rate = message.input_sample_rate
+            if message.mode is not None:
+                await self._set_mode(message.mode)
+            if message.reply is not None and self._listener is not None:
+                self._listener.reply_engine = message.reply
             await self._inbox.put_input(_ConfigChange(message))
         elif isinstance(message, AudioInput):
-            await self.send_message(Error(
-                ErrorCode.INVALID_STATE,
-                "microphone audio needs conversation mode, not available yet"))
-        elif isinstance(message, PlaybackMessage):
-            pass  # reported playback position: used by barge-in (conversation mode)
+            listener = self._listener
+            if listener is None:
+                now = time.monotonic()
+                if now - self._audio_refused_at >= 1.0:  # one error a second, not per frame
+                    self._audio_refused_at = now
+                    await self.send_message(Error(
+                        ErrorCode.INVALID_STATE, "microphone audio needs conversation mode: "
+                        'send {"type": "config", "mode": "conversation"} first'))
+                return
+            speaking = self.machine.state in (State.SPEAKING, State.BARGED_IN, State.PAUSED)
+            await listener.audio(message.pcm, message.sample_rate, speaking)
+        elif isinstance(message, PlaybackMessage) and self._listener is not None:
+            self._listener.playback(message.utterance_id, message.played_ms)
+
+    def _offered_voices(self) -> set[str]:
+        return {m for w in self._registry.workers() for m in w.available_models}
+
+    def _offered_replies(self) -> set[str]:
+        return set(self._services.replies) if self._services is not None else set()
+
+    async def _set_mode(self, mode: str) -> None:
+        if mode == "conversation" and self._listener is None and self._services is not None:
+            self._listener = Listener(
+                self.session_id, self._services, post=self._inbox.post,
+                send_error=self.send_message, current_turn=lambda: self.machine.turn,
+                lead_ms=self.config.lead_ms)
+        elif mode == "tts" and self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
 
     def client_gone(self) -> None:
         self._inbox.post(ClientDisconnected())
@@ -221,6 +276,8 @@ class SessionDriver:
                 self._timer.cancel()
             # Shielded: the server may cancel this task; the worker session must end.
             await asyncio.shield(self._finish_worker())
+            if self._listener is not None:
+                await asyncio.shield(self._listener.close())
 
     async def _finish_worker(self) -> None:
         await self._end_stream()
@@ -233,8 +290,8 @@ class SessionDriver:
             await worker.end()
 
     async def _configure(self, message: ConfigMessage) -> None:
-        offered = {m for w in self._registry.workers() for m in w.available_models}
-        error = self.settings.apply(message, offered, self.machine.next_utterance_id)
+        error = self.settings.apply(message, self._offered_voices(),
+                                    self.machine.next_utterance_id, self._offered_replies())
         if error is not None:
             await self.send_message(error)
 
@@ -270,6 +327,9 @@ class SessionDriver:
                     await self._write(out)
                     out = []
                 await self._do(action)
+        if self._pending_metrics:
+            out.extend(encode_json(m.to_wire()) for m in self._pending_metrics)
+            self._pending_metrics.clear()
         if out:
             await self._write(out)
         if self.machine.output_full:
@@ -297,6 +357,9 @@ class SessionDriver:
                 self._pool.spawn(worker.end())  # the pool waits for it on shutdown
         elif isinstance(action, Close):
             await self._close(action.code, action.reason)
+        elif (isinstance(action, TranscribeTurn | TurnClosed | StartReply | CancelReply)
+              and self._listener is not None):
+            self._listener.act(action)
 
     # -- to the client --------------------------------------------------------------
 
@@ -321,6 +384,8 @@ class SessionDriver:
         self._metrics.frames_sent_total.inc()
         if uid > self._first_sent_upto:  # a new utterance's first frame
             self._first_sent_upto = uid
+            if uid in self._reply_turns:
+                self._first_reply_frame(uid)
             stream = self._stream
             if stream is not None and stream.utterance_id == uid and stream.final_sent_at:
                 first_audio_ms = (time.perf_counter() - stream.final_sent_at) * 1000
@@ -337,15 +402,64 @@ class SessionDriver:
         return [encode_json(metrics.to_wire())]
 
     def _observe(self, message: Outbound) -> None:
-        if isinstance(message, UtteranceEnd):
+        if isinstance(message, Transcript | ReplyText | Pause | Resume):
+            self._observe_turn(message)
+        elif isinstance(message, UtteranceEnd):
+            self._reply_turns.pop(message.utterance_id, None)
             self._metrics.utterances_total.inc()
             if message.reason is EndReason.ERROR:
                 self._metrics.utterances_failed_total.inc()
+        elif isinstance(message, Interrupt) and message.reason is EndReason.INTERRUPTED:
+            self._metrics.interruptions_total.inc()
         elif isinstance(message, Interrupt) and self._stop_at is not None:
             self._metrics.stop_latency_ms.observe((time.perf_counter() - self._stop_at) * 1000)
             self._stop_at = None
         elif isinstance(message, Error):
             self._metrics.client_errors_total.inc()
+
+    def _observe_turn(self, message: Transcript | ReplyText | Pause | Resume) -> None:
+        """Conversation figures, measured here from when the audio arrived: end of
+        speech to final transcript and to first reply frame; onset to ``pause``."""
+        listener = self._listener
+        if listener is None:
+            return
+        now = time.monotonic()
+        if isinstance(message, Transcript) and message.final:
+            self._metrics.turns_total.inc()
+            ended = listener.speech_ended_at
+            if ended is not None:
+                self._turn_ended_at[message.turn] = ended
+                asr_ms = (now - ended) * 1000
+                self._metrics.asr_latency_ms.observe(asr_ms)
+                self._turn_figures(message.turn)["transcript_ms"] = round(asr_ms, 1)
+            while len(self._turn_ended_at) > 4:
+                del self._turn_ended_at[min(self._turn_ended_at)]
+        elif isinstance(message, ReplyText):
+            self._reply_turns.setdefault(message.utterance_id, message.turn)
+        elif isinstance(message, Pause) and listener.speech_started_at is not None:
+            pause_ms = (now - listener.speech_started_at) * 1000
+            self._metrics.barge_in_ms.observe(pause_ms)
+            self._pending_metrics.append(TurnMetrics(self.machine.turn, {
+                "barge_in_ms": round(pause_ms, 1)}))
+        elif isinstance(message, Resume):
+            self._metrics.false_interruptions_total.inc()
+
+    def _turn_figures(self, turn: int) -> dict[str, float]:
+        figures = self._figures.setdefault(turn, {})
+        while len(self._figures) > 4:
+            del self._figures[min(self._figures)]
+        return figures
+
+    def _first_reply_frame(self, utterance_id: int) -> None:
+        turn = self._reply_turns.get(utterance_id)
+        ended = self._turn_ended_at.get(turn) if turn is not None else None
+        if turn is None or ended is None:
+            return
+        v2v_ms = (time.monotonic() - ended) * 1000
+        self._metrics.voice_to_voice_ms.observe(v2v_ms)
+        figures = self._figures.pop(turn, {})
+        figures["voice_to_voice_ms"] = round(v2v_ms, 1)
+        self._pending_metrics.append(TurnMetrics(turn, figures))
 
     # -- to the worker --------------------------------------------------------------
 

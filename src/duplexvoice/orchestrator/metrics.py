@@ -24,6 +24,9 @@ FIRST_AUDIO_MS_BUCKETS: tuple[float, ...] = (
     5, 10, 25, 50, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000,
 )  # fmt: skip
 STOP_LATENCY_MS_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
+VOICE_MS_BUCKETS: tuple[float, ...] = (
+    50, 100, 200, 300, 400, 500, 650, 800, 1000, 1500, 2000, 3000, 5000)
+BARGE_IN_MS_BUCKETS: tuple[float, ...] = (10, 20, 40, 60, 80, 100, 150, 200, 300, 500)
 
 
 def validate_metric_name(name: str) -> str:
@@ -261,6 +264,30 @@ class OrchestratorMetrics:
             "duplexvoice_rejected_connections_total",
             "Connections refused by authentication, origin or limits.",
         )
+
+        # Conversation mode (server-side figures: from the moment the audio arrived).
+        self.voice_to_voice_ms = r.histogram(
+            "duplexvoice_voice_to_voice_ms",
+            "Milliseconds from the end of the user's speech to the first reply frame sent.",
+            VOICE_MS_BUCKETS,
+        )
+        self.asr_latency_ms = r.histogram(
+            "duplexvoice_asr_latency_ms",
+            "Milliseconds from the end of the user's speech to the final transcript.",
+            VOICE_MS_BUCKETS,
+        )
+        self.barge_in_ms = r.histogram(
+            "duplexvoice_barge_in_ms",
+            "Milliseconds from the onset of speech over the system to the pause sent.",
+            BARGE_IN_MS_BUCKETS,
+        )
+        self.turns_total = r.counter(
+            "duplexvoice_turns_total", "User turns ended (conversation mode).")
+        self.interruptions_total = r.counter(
+            "duplexvoice_interruptions_total", "Real barge-ins: system speech interrupted.")
+        self.false_interruptions_total = r.counter(
+            "duplexvoice_false_interruptions_total",
+            "Holds that resumed: the speech over the system was a noise.")
 
     def render(self) -> str:
         return self.registry.render()

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.driver import SessionDriver
+from duplexvoice.orchestrator.listener import ConversationServices, make_services
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.protocol import ProtocolLimits
 from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry, WorkerRegistry
@@ -39,6 +40,7 @@ class Orchestrator:
     drivers: set[SessionDriver] = field(default_factory=set)
     runs: set[asyncio.Task[None]] = field(default_factory=set)
     accepting: bool = True
+    services: ConversationServices | None = None  # conversation mode's shared parts
 
     @property
     def limits(self) -> ProtocolLimits:
@@ -112,6 +114,7 @@ async def serve(config: OrchestratorConfig, stop: asyncio.Event | None = None) -
         loop.add_signal_handler(sig, stop.set)
     orch = Orchestrator(config, make_registry(config),
                         WorkerPool(timeout_s=config.worker_timeout_s))
+    orch.services = await make_services(config.conversation)
     await orch.registry.start()
     runner = web.AppRunner(build_app(orch), handle_signals=False, access_log=None)
     await runner.setup()
@@ -133,6 +136,8 @@ async def serve(config: OrchestratorConfig, stop: asyncio.Event | None = None) -
         await runner.cleanup()
         await orch.registry.stop()
         await orch.pool.close()
+        if orch.services is not None:
+            await orch.services.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         print("duplexvoice orchestrator stopped", flush=True)

@@ -181,16 +181,17 @@ class ConversationMixin:
         self._actions.append(StartReply(decision.turn, decision.text))
 
     def _confirm_reply(self, turn: int) -> None:
+        """The turn really ended: its speculative reply (still being generated, or
+        generated and waiting) is announced and heard."""
         reply = self._reply
-        if reply is None or reply.turn != turn or reply.confirmed:
-            return
-        reply.confirmed = True
-        utterance = reply.utterance
-        if utterance is not None and utterance.gated:
-            utterance.gated = False
-            for text in utterance.unannounced:
-                self._send(ReplyText(utterance.utterance_id, text, turn))
-            utterance.unannounced = []
+        if reply is not None and reply.turn == turn:
+            reply.confirmed = True
+        for utterance in self._live:
+            if utterance.gated and utterance.reply_turn == turn:
+                utterance.gated = False
+                for text in utterance.unannounced:
+                    self._send(ReplyText(utterance.utterance_id, text, turn))
+                utterance.unannounced = []
 
     def _cancel_reply(self) -> None:
         """Stop the reply being generated, and drop its utterance if never announced."""

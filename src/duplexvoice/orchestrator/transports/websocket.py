@@ -65,7 +65,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     session_id = uuid.uuid4().hex
     output = ClientOutput(ws, request.transport, timeout_s=config.send_timeout_s)
     driver = SessionDriver(session_id, config, orch.registry, orch.pool, orch.metrics,
-                           send=output.send, close=output.close)
+                           send=output.send, close=output.close, services=orch.services)
     orch.drivers.add(driver)
     orch.metrics.sessions_total.inc()
     orch.metrics.sessions_active.inc()

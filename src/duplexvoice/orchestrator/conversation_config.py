@@ -1,0 +1,105 @@
+"""Conversation-mode settings of the orchestrator: VAD, speech recognition, turn-taking,
+replies. Part of :class:`~.config.OrchestratorConfig` (YAML key ``conversation``; each
+option is also a flag and an environment variable, like every other option).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from duplexvoice.orchestrator.turns import TurnConfig
+
+
+class ConversationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # -- voice activity ---------------------------------------------------------------
+    vad_engine: Literal["silero", "webrtc"] = Field(
+        "silero", description="voice activity detector: silero (ONNX) or webrtc")
+    vad_aggressiveness: int = Field(
+        2, ge=0, le=3, description="webrtc VAD: 0 quiet rooms ... 3 noisy rooms (2: general)")
+    vad_threshold: float = Field(
+        0.5, gt=0, lt=1, description="speech probability that starts speech")
+    vad_neg_threshold: float = Field(
+        0.35, gt=0, lt=1, description="speech probability under which speech stops")
+    vad_speaking_threshold: float = Field(
+        0.6, gt=0, lt=1,
+        description="onset threshold while the system speaks (resists hearing itself)")
+    vad_min_speech_ms: int = Field(
+        40, ge=0, le=1000, description="speech needed to confirm an onset")
+    vad_min_silence_ms: int = Field(
+        100, ge=0, le=2000, description="silence needed to confirm an offset (hangover)")
+
+    # -- speech recognition -------------------------------------------------------------
+    asr_model: str = Field(
+        "", description="faster-whisper (CTranslate2) model directory; empty: the packaged "
+        "tiny.en")
+    asr_device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where ASR runs")
+    asr_compute_type: str = Field("int8", description="CTranslate2 compute type")
+    asr_threads: int = Field(0, ge=0, description="ASR CPU threads (0: library default)")
+    asr_max_queue: int = Field(
+        16, ge=1, description="final transcriptions waiting before new ones are refused")
+    asr_preload: bool = Field(True, description="load the ASR model at start, not on first use")
+    partial_interval_ms: int = Field(
+        400, ge=0, description="partial transcripts while the user speaks, every this much "
+        "new audio (0: none)")
+
+    # -- turn-taking ---------------------------------------------------------------------
+    end_of_turn_ms: int = Field(
+        500, ge=0, le=10_000, description="silence after speech that ends the user's turn")
+    adaptive_end_of_turn: bool = Field(
+        False, description="end sooner after a complete sentence, later after a trailing "
+        "'and'/'um' (see complete_end_ms, trailing_end_ms)")
+    complete_end_ms: int = Field(
+        250, ge=0, le=10_000, description="adaptive: silence after a complete sentence")
+    trailing_end_ms: int = Field(
+        1000, ge=0, le=10_000, description="adaptive: silence after a trailing conjunction")
+    min_turn_ms: int = Field(
+        150, ge=0, le=5000, description="speech shorter than this is noise, not a turn")
+    max_turn_ms: int = Field(
+        30_000, ge=1000, le=300_000, description="a turn this long is ended by force")
+    barge_in_min_speech_ms: int = Field(
+        400, ge=0, le=5000,
+        description="speech over the system this long is a real interruption")
+    barge_in_words_ms: int = Field(
+        200, ge=0, le=5000, description="... or recognized words after this much speech")
+    false_interruption_resume_ms: int = Field(
+        250, ge=0, le=5000,
+        description="silence after a short noise before the held speech resumes")
+    speculative_reply: bool = Field(
+        True, description="start the reply during the end-of-turn silence; heard only if "
+        "the turn really ended")
+
+    # -- replies ---------------------------------------------------------------------------
+    reply_engine: Literal["echo", "openai"] = Field(
+        "echo", description="echo (speaks back what it heard) or openai (any "
+        "OpenAI-compatible chat endpoint)")
+    reply_base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="openai: API base URL")
+    reply_model: str = Field("gpt-4o-mini", description="openai: model name")
+    reply_api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai: environment variable holding the API key")
+    reply_system_prompt: str = Field(
+        "You are a helpful voice assistant. Answer in one to three short spoken sentences, "
+        "with no markdown, lists or emoji.", description="openai: system prompt")
+    reply_timeout_s: float = Field(30.0, gt=0, description="openai: request deadline")
+
+    # -- input limits ---------------------------------------------------------------------
+    max_audio_rate: float = Field(
+        2.0, gt=1, le=100, description="microphone audio accepted, in seconds per second "
+        "(averaged; a burst of max_audio_burst_s is allowed)")
+    max_audio_burst_s: float = Field(
+        5.0, gt=0, le=60, description="microphone audio accepted at once above the rate")
+
+    def turn_config(self) -> TurnConfig:
+        return TurnConfig(
+            end_of_turn_ms=self.end_of_turn_ms, adaptive=self.adaptive_end_of_turn,
+            complete_end_ms=self.complete_end_ms, trailing_end_ms=self.trailing_end_ms,
+            min_turn_ms=self.min_turn_ms, max_turn_ms=self.max_turn_ms,
+            interrupt_after_ms=self.barge_in_min_speech_ms,
+            words_after_ms=self.barge_in_words_ms,
+            resume_after_ms=self.false_interruption_resume_ms,
+            speculative_reply=self.speculative_reply,
+        )

@@ -1,0 +1,101 @@
+"""A microphone client for conversation-mode tests: feeds an input timeline in real
+time (20 ms PCM16 binary frames, paced by the clock, not by fixed sleeps) while a
+receiver records every server message with its arrival time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from duplexvoice.orchestrator.protocol import decode_binary_frame
+from tests.support.speech import RATE, FloatAudio, pcm16
+
+FRAME_S = 0.02
+
+
+@dataclass
+class Recorded:
+    at: float  # time.monotonic() of arrival
+    message: dict[str, Any]
+
+
+@dataclass
+class MicClient:
+    ws: aiohttp.ClientWebSocketResponse
+    log: list[Recorded] = field(default_factory=list)
+    started: float = 0.0  # monotonic time of the timeline's first sample
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _reader: asyncio.Task[None] | None = None
+
+    async def start(self, *, output_format: str = "binary", **config: Any) -> None:
+        first = await self.ws.receive_json(timeout=10)
+        assert first["type"] == "session_start", first
+        await self.ws.send_json({"type": "config", "mode": "conversation",
+                                 "input_sample_rate": RATE, "output_format": output_format,
+                                 **config})
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                frame = decode_binary_frame(msg.data)
+                item: dict[str, Any] = {"type": "binary", "sequence": frame.sequence,
+                                        "utterance_id": frame.utterance_id}
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                item = json.loads(msg.data)
+            else:
+                break
+            self.log.append(Recorded(time.monotonic(), item))
+            self._changed.set()
+
+    async def stop(self) -> None:
+        await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def feed(self, audio: FloatAudio, *, then_silence_s: float = 0.0) -> float:
+        """Send ``audio`` (16 kHz) then silence, in real time. Returns the monotonic
+        time the timeline started (sample 0)."""
+        track = np.concatenate([audio, np.zeros(round(then_silence_s * RATE), np.float32)])
+        step = round(FRAME_S * RATE)
+        self.started = start = time.monotonic()
+        for i, at in enumerate(range(0, len(track), step)):
+            due = start + i * FRAME_S
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing to the clock: this is the microphone
+            await self.ws.send_bytes(pcm16(track[at:at + step]))
+        return start
+
+    async def until(self, predicate: Any, timeout: float = 30.0) -> Recorded:
+        """The first recorded message (from the start) satisfying ``predicate``."""
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while True:
+            for item in self.log[checked:]:
+                if predicate(item.message):
+                    return item
+            checked = len(self.log)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                kinds = [r.message.get("type") for r in self.log if r.message["type"] != "binary"]
+                raise AssertionError(f"not seen within {timeout} s; got {kinds}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+
+    def messages(self, kind: str) -> list[dict[str, Any]]:
+        return [r.message for r in self.log if r.message["type"] == kind]
+
+    def frames(self, utterance_id: int) -> list[Recorded]:
+        return [r for r in self.log
+                if r.message["type"] == "binary" and r.message["utterance_id"] == utterance_id]
