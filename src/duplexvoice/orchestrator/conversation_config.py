@@ -25,12 +25,12 @@ class ConversationConfig(BaseModel):
     vad_neg_threshold: float = Field(
         0.35, gt=0, lt=1, description="speech probability under which speech stops")
     vad_speaking_threshold: float = Field(
-        0.6, gt=0, lt=1,
+        0.7, gt=0, lt=1,
         description="onset threshold while the system speaks (resists hearing itself)")
     vad_min_speech_ms: int = Field(
-        40, ge=0, le=1000, description="speech needed to confirm an onset")
+        32, ge=0, le=1000, description="speech needed to confirm an onset")
     vad_min_silence_ms: int = Field(
-        100, ge=0, le=2000, description="silence needed to confirm an offset (hangover)")
+        160, ge=0, le=2000, description="silence needed to confirm an offset (hangover)")
 
     # -- speech recognition -------------------------------------------------------------
     asr_model: str = Field(
