@@ -37,7 +37,6 @@ from duplexvoice.orchestrator.messages import (
     ReplyText,
     Resume,
     Transcript,
-    TurnMetrics,
     UtteranceEnd,
     UtteranceMetrics,
 )
@@ -83,6 +82,7 @@ from duplexvoice.orchestrator.session_events import (
     WorkerFrame,
 )
 from duplexvoice.orchestrator.settings import SessionSettings
+from duplexvoice.orchestrator.turn_metrics import TurnFigures
 from duplexvoice.orchestrator.worker_link import (
     WorkerBusy,
     WorkerError,
@@ -180,11 +180,8 @@ class SessionDriver:
         # Conversation mode: the listening half, made when the client asks for it.
         self._services = services
         self._listener: Listener | None = None
-        self._reply_turns: dict[int, int] = {}  # utterance id -> the turn it answers
-        self._turn_ended_at: dict[int, float] = {}  # turn -> end of its speech (monotonic)
         self._audio_refused_at = -1e9
-        self._figures: dict[int, dict[str, float]] = {}  # turn -> its figures so far
-        self._pending_metrics: list[TurnMetrics] = []  # sent after the event's messages
+        self._turns = TurnFigures(metrics)
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -327,9 +324,7 @@ class SessionDriver:
                     await self._write(out)
                     out = []
                 await self._do(action)
-        if self._pending_metrics:
-            out.extend(encode_json(m.to_wire()) for m in self._pending_metrics)
-            self._pending_metrics.clear()
+        out.extend(encode_json(m.to_wire()) for m in self._turns.take_messages())
         if out:
             await self._write(out)
         if self.machine.output_full:
@@ -384,8 +379,7 @@ class SessionDriver:
         self._metrics.frames_sent_total.inc()
         if uid > self._first_sent_upto:  # a new utterance's first frame
             self._first_sent_upto = uid
-            if uid in self._reply_turns:
-                self._first_reply_frame(uid)
+            self._turns.first_frame(uid)
             stream = self._stream
             if stream is not None and stream.utterance_id == uid and stream.final_sent_at:
                 first_audio_ms = (time.perf_counter() - stream.final_sent_at) * 1000
@@ -403,9 +397,10 @@ class SessionDriver:
 
     def _observe(self, message: Outbound) -> None:
         if isinstance(message, Transcript | ReplyText | Pause | Resume):
-            self._observe_turn(message)
+            if self._listener is not None:
+                self._turns.observe(message, self._listener, self.machine.turn)
         elif isinstance(message, UtteranceEnd):
-            self._reply_turns.pop(message.utterance_id, None)
+            self._turns.utterance_ended(message.utterance_id)
             self._metrics.utterances_total.inc()
             if message.reason is EndReason.ERROR:
                 self._metrics.utterances_failed_total.inc()
@@ -416,50 +411,6 @@ class SessionDriver:
             self._stop_at = None
         elif isinstance(message, Error):
             self._metrics.client_errors_total.inc()
-
-    def _observe_turn(self, message: Transcript | ReplyText | Pause | Resume) -> None:
-        """Conversation figures, measured here from when the audio arrived: end of
-        speech to final transcript and to first reply frame; onset to ``pause``."""
-        listener = self._listener
-        if listener is None:
-            return
-        now = time.monotonic()
-        if isinstance(message, Transcript) and message.final:
-            self._metrics.turns_total.inc()
-            ended = listener.speech_ended_at
-            if ended is not None:
-                self._turn_ended_at[message.turn] = ended
-                asr_ms = (now - ended) * 1000
-                self._metrics.asr_latency_ms.observe(asr_ms)
-                self._turn_figures(message.turn)["transcript_ms"] = round(asr_ms, 1)
-            while len(self._turn_ended_at) > 4:
-                del self._turn_ended_at[min(self._turn_ended_at)]
-        elif isinstance(message, ReplyText):
-            self._reply_turns.setdefault(message.utterance_id, message.turn)
-        elif isinstance(message, Pause) and listener.speech_started_at is not None:
-            pause_ms = (now - listener.speech_started_at) * 1000
-            self._metrics.barge_in_ms.observe(pause_ms)
-            self._pending_metrics.append(TurnMetrics(self.machine.turn, {
-                "barge_in_ms": round(pause_ms, 1)}))
-        elif isinstance(message, Resume):
-            self._metrics.false_interruptions_total.inc()
-
-    def _turn_figures(self, turn: int) -> dict[str, float]:
-        figures = self._figures.setdefault(turn, {})
-        while len(self._figures) > 4:
-            del self._figures[min(self._figures)]
-        return figures
-
-    def _first_reply_frame(self, utterance_id: int) -> None:
-        turn = self._reply_turns.get(utterance_id)
-        ended = self._turn_ended_at.get(turn) if turn is not None else None
-        if turn is None or ended is None:
-            return
-        v2v_ms = (time.monotonic() - ended) * 1000
-        self._metrics.voice_to_voice_ms.observe(v2v_ms)
-        figures = self._figures.pop(turn, {})
-        figures["voice_to_voice_ms"] = round(v2v_ms, 1)
-        self._pending_metrics.append(TurnMetrics(turn, figures))
 
     # -- to the worker --------------------------------------------------------------
 
