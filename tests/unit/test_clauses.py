@@ -68,6 +68,8 @@ CASES = [
     ("Fruit, e.g. apples, i.e. food.", ["Fruit, e.g. apples,", "i.e. food."]),
     ("I live in the U.S. and like it.", ["I live in the U.S. and like it."]),
     ("J. R. R. Tolkien wrote it.", ["J. R. R. Tolkien wrote it."]),
+    ("No. I don't think so.", ["No.", "I don't think so."]),
+    ("So did I. Then we left, etc. Fine.", ["So did I.", "Then we left, etc.", "Fine."]),
     ("1. Buy milk. 2. Go home.", ["1. Buy milk.", "2. Go home."]),
     ("It is 5 p.m. now.", ["It is 5 p.m. now."]),
     ("Go to example.com today.", ["Go to example.com today."]),
@@ -128,6 +130,16 @@ def test_clause_without_cut_is_forced_at_a_word_boundary() -> None:
     assert all(len(c) <= 40 for c in clauses)
     assert [w for c in clauses for w in c.split()] == words  # whole words only
     assert clauses[0] == "alpha beta gamma delta epsilon zeta eta"
+
+
+def test_a_long_first_sentence_is_cut_sooner_than_later_ones() -> None:
+    sentence = "the old lighthouse keeper walked slowly along the rocky shore every " * 4
+    clauses = cut_clauses(sentence + "end.")
+    assert len(clauses[0]) <= 80 < len(clauses[1]) <= 160
+    assert " ".join(clauses) == (sentence + "end.").replace("  ", " ")
+    rules = ClauseRules(first_max_chars=160)
+    assert len(cut_clauses(sentence, rules)[0]) > 80
+    assert ClauseRules(max_chars=50).first_limit == 50
 
 
 def test_a_single_huge_word_is_cut_hard() -> None:
@@ -302,7 +314,8 @@ def test_count_words(text: str, words: int) -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"first_min_words": 0}, {"min_words": 0}, {"max_chars": 31}],
+    [{"first_min_words": 0}, {"min_words": 0}, {"max_chars": 31},
+     {"first_max_chars": 31}, {"first_max_chars": 161}],
 )
 def test_bad_rules_are_refused(fields: dict[str, int]) -> None:
     with pytest.raises(ValueError):

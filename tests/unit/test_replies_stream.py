@@ -271,6 +271,7 @@ def test_every_field_is_documented() -> None:
         {"max_history_turns": 1},
         {"max_history_chars": 10},
         {"clause_max_chars": 10},
+        {"first_clause_max_chars": 200},  # over clause_max_chars
         {"unknown": 1},
     ],
 )

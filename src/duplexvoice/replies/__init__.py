@@ -5,6 +5,26 @@ by sessions); each session keeps its own ``new_history(config)``. A reply is
 ``engine.reply(history, user_text)``: an async iterator of clauses to speak, closed
 with ``aclose()`` when the user interrupts. See :mod:`.base` for the contract,
 :mod:`.clauses` for where replies are cut, :mod:`.history` for what is remembered.
+
+How the orchestrator uses it, per session::
+
+    history = new_history(config)                 # at session start
+    stream = engine.reply(history, final_transcript)  # adds the user turn
+    async with stream:                            # aclose() on exit, always
+        async for clause in stream:
+            send clause + " " to the worker       # the trailing space lets the
+                                                  # worker's chunker see the end
+    # user barged in (real turn): await stream.aclose() first (it records what was
+    # delivered as the assistant turn), then, once the heard length is known:
+    if stream.turn_index is not None:
+        history.truncate_assistant(stream.turn_index,
+                                   heard_prefix(text_sent, played_ms, total_ms))
+
+``text_sent`` is the clauses given to the worker joined by spaces (``full_text``
+when every clause read was sent); ``played_ms`` the utterance's audio played (the
+client's ``playback`` reports, else the server's playout clock); ``total_ms`` the
+duration of all its synthesized audio once the worker has finished it, else None.
+A stream must be closed before the session's next ``reply`` (turn order).
 """
 
 from __future__ import annotations
@@ -46,6 +66,7 @@ def clause_rules(config: ReplyConfig) -> ClauseRules:
         first_min_words=config.first_clause_min_words,
         min_words=config.clause_min_words,
         max_chars=config.clause_max_chars,
+        first_max_chars=config.first_clause_max_chars,
     )
 
 

@@ -15,18 +15,22 @@ so a stray markdown habit of the model is not read aloud):
 
 - Sentence end: a run of ``. ! ? … ‽`` plus closing quotes/brackets, followed by
   whitespace (or the end of the reply). Always a cut, whatever the length. A lone
-  "." after an abbreviation ("Mr.", "etc" is not one), a dotted acronym ("U.S.",
-  "e.g."), a capital initial ("J.") or a one- or two-digit list number at the start
-  of a clause ("1.") is not an end; nor is a "." inside a word or number ("3.5",
-  "example.com"): those hold no whitespace after the ".".
+  "." after an abbreviation ("Mr."; not "etc." or "No.", which usually end a
+  sentence), a dotted acronym ("U.S.", "e.g."), a capital initial ("J."; not "I")
+  or a one- or two-digit list number at the start of a clause ("1.") is not an
+  end; nor is a "." inside a word or number ("3.5", "example.com"): those hold no
+  whitespace after the ".".
 - Line break: always a cut (list items, paragraphs).
 - Clause end: ``, ; : — –`` (plus closers) followed by whitespace, a spaced hyphen
   (" - ", " -- "), or an em dash between two letters ("so—if"), but only once the
   clause holds ``first_min_words`` words (the reply's first clause: speech starts
   early) or ``min_words`` (later ones: longer units, better prosody). "1,000" and
   "10:30" hold no whitespace and are never cut.
-- Maximum: a clause that reaches ``max_chars`` with no cut is cut at its last space
-  (a word boundary) at or before that length; one huge "word" is cut hard.
+- Maximum: a clause that reaches ``max_chars`` (the first: ``first_max_chars``,
+  shorter, so a long first sentence still starts speech early; the TTS worker
+  re-chunks what it gets and picks its own best first cut within it) with no cut is
+  cut at its last space (a word boundary) at or before that length; one huge
+  "word" is cut hard.
 - Pronounceable: a clause holds a letter, digit or a symbol a voice reads. Leading
   text with none ("...", "- ") is kept at the start of the next clause (at most
   16 characters of it); such a tail at the end of the reply is dropped.
@@ -46,13 +50,14 @@ _SYMBOLS: Final = frozenset("$€£¥%&@+=#")
 _DROPPED: Final = frozenset("*`")  # markdown emphasis and code marks
 _SPACES: Final = frozenset(" \n")
 _MAX_JUNK: Final = 16  # unpronounceable characters kept before a clause
+_FIRST_MAX_CHARS: Final = 80  # the worker's first-chunk window is 20-60 characters
 # Lower-case, without the final dot. Words that often end a sentence ("etc", "no",
 # "inc") are left out: a missed cut costs a little latency, a wrong one prosody.
 _ABBREVIATIONS: Final = frozenset(
     {
         "mr", "mrs", "ms", "mx", "dr", "prof", "st", "sr", "jr", "mt", "ft", "rev",
         "gen", "col", "lt", "sgt", "capt", "hon", "vs", "approx", "cf", "al", "fig",
-        "no", "nos", "vol", "ch", "pp", "dept", "est", "ave", "blvd",
+        "nos", "vol", "pp", "dept", "ave", "blvd",
     }
 )  # fmt: skip
 _DOTTED_ACRONYM: Final = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
@@ -67,12 +72,23 @@ class ClauseRules:
     first_min_words: int = 3  # a clause-punctuation cut of the reply's first clause
     min_words: int = 6  # ...and of every later clause
     max_chars: int = 160  # a clause this long with no cut is cut at a word boundary
+    # ...and the reply's first clause at this length; None: min(80, max_chars)
+    first_max_chars: int | None = None
 
     def __post_init__(self) -> None:
         if self.first_min_words < 1 or self.min_words < 1:
             raise ValueError("first_min_words and min_words must be at least 1")
         if self.max_chars < 2 * _MAX_JUNK:
             raise ValueError(f"max_chars must be at least {2 * _MAX_JUNK}")
+        if not 2 * _MAX_JUNK <= self.first_limit <= self.max_chars:
+            raise ValueError(f"need {2 * _MAX_JUNK} <= first_max_chars <= max_chars")
+
+    @property
+    def first_limit(self) -> int:
+        """The effective maximum length of the first clause."""
+        if self.first_max_chars is not None:
+            return self.first_max_chars
+        return min(_FIRST_MAX_CHARS, self.max_chars)
 
 
 def count_words(text: str) -> int:
@@ -101,7 +117,7 @@ def _period_continues(t: str, i: int, p: int) -> bool:
         return False
     return (
         token.lower() in _ABBREVIATIONS
-        or (len(token) == 1 and token.isalpha() and token.isupper())
+        or (len(token) == 1 and token.isalpha() and token.isupper() and token != "I")
         or _DOTTED_ACRONYM.fullmatch(token) is not None
         or (token.isdigit() and len(token) <= 2 and start + len(raw) - len(token) == p)
     )
@@ -268,8 +284,10 @@ class ClauseCutter:
                 break
             if p > _MAX_JUNK:
                 t, p = t[p - _MAX_JUNK :], _MAX_JUNK
-            min_words = rules.first_min_words if self._first else rules.min_words
-            cut = next_cut(t, p, final, min_words, rules.max_chars)
+            if self._first:
+                cut = next_cut(t, p, final, rules.first_min_words, rules.first_limit)
+            else:
+                cut = next_cut(t, p, final, rules.min_words, rules.max_chars)
             if cut is None:
                 self._buffer = t
                 break

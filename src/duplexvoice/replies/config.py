@@ -91,8 +91,13 @@ class ReplyConfig(BaseModel):
     clause_min_words: int = Field(
         6, ge=1, le=100, description="words before a comma may end a later spoken clause"
     )
+    first_clause_max_chars: int = Field(
+        80, ge=32, le=10_000,
+        description="the reply's first clause is cut at a word boundary at this length "
+        "(speech starts early even after a long first sentence)",
+    )
     clause_max_chars: int = Field(
-        160, ge=32, le=10_000, description="a clause this long is cut at a word boundary"
+        160, ge=32, le=10_000, description="a later clause this long is cut at a word boundary"
     )
 
     @field_validator("base_url")
@@ -107,7 +112,9 @@ class ReplyConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _openai_needs_model(self) -> ReplyConfig:
+    def _consistent(self) -> ReplyConfig:
         if self.engine == "openai" and not self.model.strip():
             raise ValueError("the openai reply engine needs a model name (model)")
+        if self.first_clause_max_chars > self.clause_max_chars:
+            raise ValueError("first_clause_max_chars must not exceed clause_max_chars")
         return self
