@@ -293,8 +293,9 @@ class Listener:
             self._partial_at = self._ring.end
         elif isinstance(action, StartReply):
             self._cancel_reply(action.turn)
+            before = list(self._replies.values())
             self._track(self._replies, action.turn,
-                        asyncio.create_task(self._reply(action.turn, action.text)))
+                        asyncio.create_task(self._reply(action.turn, action.text, before)))
         elif isinstance(action, CancelReply):
             stream = self._streams.get(action.turn)
             self._cancel_reply(action.turn)
@@ -312,13 +313,18 @@ class Listener:
 
         task.add_done_callback(done)
 
-    async def _reply(self, turn: int, text: str) -> None:
+    async def _reply(self, turn: int, text: str, before: list[asyncio.Task[None]]) -> None:
+        # A cancelled reply adds its (cut) turn to the history when it closes: let it,
+        # so the history stays in order.
+        await asyncio.gather(*before, return_exceptions=True)
         engine = self.services.replies[self.reply_engine]
         stream = engine.reply(self.history, text)
         self._streams[turn] = stream
         try:
             async for clause in stream:
-                self._post(ReplyChunk(turn, clause))
+                # The trailing space lets the worker cut the sentence now rather than
+                # wait for the next text to see where it ends.
+                self._post(ReplyChunk(turn, clause + " "))
             self._post(ReplyChunk(turn, "", final=True))
         except ReplyError as exc:
             self._post(ReplyFailed(turn, str(exc)))

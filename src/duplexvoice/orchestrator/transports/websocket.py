@@ -1,7 +1,8 @@
 """The WebSocket transport (WIRE §1): one connection is one session.
 
 The handler checks access (API key, Origin) and capacity before the upgrade, starts
-the session's driver, and reads client frames: each is rate limited, parsed
+the session's driver, and reads client frames: each is rate limited (binary frames,
+microphone audio, on their own limit), parsed
 (``protocol.parse_client_message``) and handed to the driver; malformed ones are
 answered with an ``error`` here. A client may leave at any moment: that ends the
 session (and its worker session) without a traceback.
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 # Strikes (rate-limited messages within 5 s) before a flooding client is closed.
 _RATE_STRIKES = 20
+# Microphone audio comes as binary frames of any size (10 ms frames are 100 a second):
+# they have their own message limit here, and the listener limits their audio time.
+_AUDIO_MESSAGES_PER_S = 500.0
+_AUDIO_BURST = 1000
 _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 
@@ -72,10 +77,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     runner = asyncio.create_task(driver.run(), name=f"session-{session_id}")
     orch.runs.add(runner)
     runner.add_done_callback(orch.runs.discard)
-    limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst,
-                          strikes_to_close=_RATE_STRIKES)
+    limiters = (RateLimiter(config.rate_limit_per_s, config.rate_limit_burst,
+                            strikes_to_close=_RATE_STRIKES),
+                RateLimiter(_AUDIO_MESSAGES_PER_S, _AUDIO_BURST, strikes_to_close=_RATE_STRIKES))
     try:
-        await _read_client(ws, output, driver, orch, limiter, runner)
+        await _read_client(ws, output, driver, orch, limiters, runner)
     except ConnectionError as exc:  # the client left while we answered it
         log.debug("session %s: client gone: %s", session_id, exc)
     finally:
@@ -94,7 +100,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def _read_client(ws: web.WebSocketResponse, output: ClientOutput, driver: SessionDriver,
-                       orch: Orchestrator, limiter: RateLimiter,
+                       orch: Orchestrator, limiters: tuple[RateLimiter, RateLimiter],
                        runner: asyncio.Task[None]) -> None:
     limits = orch.limits
     reader = asyncio.ensure_future(ws.receive())
@@ -111,6 +117,7 @@ async def _read_client(ws: web.WebSocketResponse, output: ClientOutput, driver: 
             if msg.type in _CLOSED:
                 return
             reader = asyncio.ensure_future(ws.receive())
+            limiter = limiters[1] if msg.type is WSMsgType.BINARY else limiters[0]
             verdict = limiter.allow(time.monotonic())
             if verdict is RateDecision.CLOSE:
                 await driver.send_message(
