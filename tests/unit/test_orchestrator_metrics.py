@@ -169,6 +169,12 @@ ORCHESTRATOR_METRICS = {
     "duplexvoice_frames_sent_total": "counter",
     "duplexvoice_client_errors_total": "counter",
     "duplexvoice_rejected_connections_total": "counter",
+    "duplexvoice_voice_to_voice_ms": "histogram",
+    "duplexvoice_asr_latency_ms": "histogram",
+    "duplexvoice_barge_in_ms": "histogram",
+    "duplexvoice_turns_total": "counter",
+    "duplexvoice_interruptions_total": "counter",
+    "duplexvoice_false_interruptions_total": "counter",
 }
 
 

@@ -154,6 +154,8 @@ class ConversationMixin:
             elif isinstance(decision, turns.Resume):
                 head = self._live[0] if self._live else None
                 if head is not None and not head.gated:
+                    # Every pause gets its resume; a client that sent PAUSE itself
+                    # stays paused (so does the server) until it sends RESUME.
                     self._send(Resume(head.utterance_id))
                 self._unhold()
             elif isinstance(decision, turns.Transcribe):
