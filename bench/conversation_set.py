@@ -21,21 +21,23 @@ its pieces (``speech.timeline``: kind, start, end, text) and its reference text:
   bursts of 50-300 ms (``speech.noise`` with fixed seeds; some low-passed) and one
   short "mm"-like hum. The right answer is ``resume`` (or nothing), never ``interrupt``.
 
-Deterministic, the same bytes every run and on any machine with the same packages:
-Piper's ONNX graph draws noise from onnxruntime's generator and eSpeak NG keeps state
-from one synthesis to the next (its output depends on what it said before in the
-process), so the clips are rendered in a fresh child process, in a fixed order, with
-onnxruntime's and eSpeak's seeds set first. :attr:`ReferenceSet.fingerprint` (SHA-256
-of every item's id and PCM) names the set in each report.
+Deterministic: the same bytes every run (checked by a test). Piper's ONNX graph draws
+noise from onnxruntime's generator, and eSpeak NG keeps state from one synthesis to the
+next (its output depends on what it said before in the process), so the clips are
+rendered in a fresh interpreter, in a fixed order, with onnxruntime's and eSpeak's seeds
+set first. Other CPUs or package versions may round differently:
+:attr:`ReferenceSet.fingerprint` (SHA-256 of every item's id and PCM) names the set in
+each report, so runs on different sets are not compared unawares.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import hashlib
-import multiprocessing
+import json
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,7 +198,7 @@ class ReferenceSet:
 Request = tuple[str, str, str, float]  # text, engine, variant, speed
 
 
-def _render(requests: list[Request]) -> list[bytes]:
+def _render(requests: list[Request]) -> list[FloatAudio]:
     """Runs in a fresh child: seeds first, then every clip in the order given."""
     import ctypes
 
@@ -210,20 +212,23 @@ def _render(requests: list[Request]) -> list[bytes]:
         espeak._get_engine()
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_ng_SetRandSeed(ctypes.c_long(SEED))
-    out = []
-    for text, engine, variant, speed in requests:
-        clip = speech.say(text, speech.Speaker(engine, variant, speed), RATE)
-        out.append(np.ascontiguousarray(clip, dtype=np.float32).tobytes())
-    return out
+    return [np.asarray(speech.say(text, speech.Speaker(engine, variant, speed), RATE),
+                       dtype=np.float32) for text, engine, variant, speed in requests]
 
 
 def _render_fresh(requests: list[Request]) -> list[FloatAudio]:
-    # spawn, not fork: a forked child would inherit this process's eSpeak and
-    # onnxruntime state (and its threads), which is what makes the output vary.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        raw = pool.submit(_render, requests).result(timeout=300)
-    return [np.frombuffer(b, dtype=np.float32).copy() for b in raw]
+    # A new interpreter (this file with --render), not a fork: a forked child would
+    # inherit this process's eSpeak and onnxruntime state, which is what makes the
+    # output vary; nor multiprocessing's spawn, which re-runs the caller's __main__.
+    with tempfile.TemporaryDirectory(prefix="dv-convset-") as tmp:
+        out = Path(tmp) / "clips.npz"
+        done = subprocess.run([sys.executable, __file__, "--render", str(out)],
+                              input=json.dumps(requests), capture_output=True, text=True,
+                              timeout=300, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"rendering the reference set failed:\n{done.stderr[-2000:]}")
+        with np.load(out) as clips:
+            return [clips[f"c{i}"].copy() for i in range(len(requests))]
 
 
 # -- the set ----------------------------------------------------------------------------
@@ -312,7 +317,13 @@ def main() -> None:
                                      "reference set (and write it as WAV files).")
     parser.add_argument("--wav-dir", type=Path, default=None,
                         help="write one WAV per item here (to listen; keep out of git)")
+    parser.add_argument("--render", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.render is not None:  # the child of _render_fresh: requests on stdin
+        requests = [tuple(r) for r in json.load(sys.stdin)]
+        clips = _render(requests)  # type: ignore[arg-type]
+        np.savez(args.render, **{f"c{i}": c for i, c in enumerate(clips)})
+        return
     ref = build_set()
     print(f"reference set {ref.fingerprint[:16]}: {len(ref.items)} items")
     for item in ref.items:
