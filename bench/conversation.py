@@ -328,7 +328,8 @@ def print_table(result: dict[str, Any]) -> None:
                          "-" if met is None else "yes" if met else "NO"))
 
     v, naive = f["v2v_ms"], f.get("naive_ms")
-    for mode in s["modes"]:
+    spoke = [mode for mode in s["modes"] if v[mode]["n"] or f["cutoff"][mode]["n"]]
+    for mode in spoke:
         p50 = v[mode]["p50"]
         ratio = f.get("ratio_p50", {}).get(mode, float("nan"))
         if mode == "off":
@@ -340,7 +341,7 @@ def print_table(result: dict[str, Any]) -> None:
     if naive:
         add("naive: silence + transcribe() + Piper (ms)", naive, "baseline", None)
     cut = f["cutoff"]
-    for mode in s["modes"]:
+    for mode in spoke:
         met = cut[mode]["rate"] <= cut["off"]["rate"] if mode == "on" and "off" in cut else None
         rate(f"speaker cut-off rate ({mode})", cut[mode], f"{cut[mode]['cut']} cut",
              "<= silence timeout's" if mode == "on" else "report", met)
@@ -361,13 +362,18 @@ def print_table(result: dict[str, Any]) -> None:
     for mode in s["modes"]:
         w, ratio = f["wer"][mode], f.get("wer_ratio", {}).get(mode, float("nan"))
         rows.append((f"WER of final transcripts ({mode})", f"{w:.3f}", "", "", "",
-                     f"<= 1.1 x plain ({ratio:.2f} x)", "yes" if ratio <= 1.1 else "NO"))
+                     f"<= 1.1 x plain ({ratio:.2f} x)", "-" if math.isnan(ratio)
+                     else "yes" if ratio <= 1.1 else "NO"))
     if "naive" in f["wer"]:
         rows.append(("WER of plain transcribe()", f"{f['wer']['naive']:.3f}", "", "", "",
                      "baseline", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)))
+    for mode, late in result.get("mic_lateness_ms", {}).items():
+        print(f"\nmicrophone pacing ({mode}): frames sent {late['p50']:.1f} ms (p50), "
+              f"{late['p95']:.1f} ms (p95), {late['max']:.1f} ms (max) after they were "
+              f"complete; {late['n']} frames")
     if any(f["failed"].values()):
         print(f"\nitems that failed (left out above; see 'rows' in the JSON): {f['failed']}")
     sess = result.get("sessions")
@@ -449,6 +455,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for c in clients.values():  # warm-up: models loaded, worker session taken
                 await run_utterance(c, ref.references[3], stop=stop)
             rows = await bench_pairs(http, clients, naive, ref, reps, parts, stop)
+            result["mic_lateness_ms"] = {m: summary(c.mic.lateness_ms())
+                                         for m, c in clients.items()}
             for c in clients.values():
                 await c.close()
             result["figures"] = figures(rows, modes, ref, naive)

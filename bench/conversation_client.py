@@ -153,6 +153,10 @@ class MicStream:
         """When the frame holding ``sample`` of ``track`` was sent."""
         return await self.sent(track.frame_of(sample))
 
+    def lateness_ms(self) -> list[float]:
+        """How late each frame went out against its due time (pacing check)."""
+        return [(t - self.due(k)) * 1000 for k, t in enumerate(self.sent_at)]
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
