@@ -72,7 +72,7 @@ from duplexvoice.launcher import NotReadyError, OrchestratorProcess, WorkerProce
 EOT_SILENCE_MS = 500  # the orchestrator's default end-of-turn silence
 BARGE_IN_MIN_MS = 400  # its default barge-in minimum speech (interrupt target)
 # Its options for these, as `duplexvoice orchestrator --help` lists them.
-ADAPTIVE_FLAG = "--adaptive"
+ADAPTIVE_FLAG = "--adaptive-end-of-turn"
 EOT_FLAG = "--end-of-turn-ms"
 LEVELS = (1, 2, 4, 6, 8)
 PARTS = ("utterances", "barge", "sessions")
