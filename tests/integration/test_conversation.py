@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import numpy as np
 import pytest
+import soxr
 
 from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
 from duplexvoice.speech.wer import wer
@@ -165,3 +166,48 @@ async def test_bad_microphone_input_gets_clear_errors_and_the_session_goes_on(
             if msg.type == aiohttp.WSMsgType.TEXT:
                 kinds.add(msg.json()["type"])
         assert "error" not in kinds
+
+
+async def test_the_input_rate_may_change_mid_session(mic: MicClient) -> None:
+    text = "The museum opens at nine in the morning."
+    speech = np.concatenate([silence(0.3), say(text, SPEAKERS[1])])
+    await mic.ws.send_json({"type": "config", "input_sample_rate": 48000})
+    await mic.feed(soxr.resample(speech, 16000, 48000).astype(np.float32),
+                   then_silence_s=1.2, rate=48000)
+    first = await mic.until(lambda m: m["type"] == "transcript" and m["final"])
+    assert wer(text, first.message["text"]) <= 0.25, first.message
+    await mic.ws.send_json({"type": "config", "input_sample_rate": 8000})
+    await mic.feed(soxr.resample(speech, 16000, 8000).astype(np.float32),
+                   then_silence_s=1.2, rate=8000)
+    second = await mic.until(lambda m: m["type"] == "transcript" and m["final"]
+                             and m["turn"] > first.message["turn"])
+    assert wer(text, second.message["text"]) <= 0.34, second.message
+
+
+async def test_clipped_speech_is_still_heard(mic: MicClient) -> None:
+    text = "Turn left at the next corner."
+    speech = np.clip(say(text, SPEAKERS[2]) * 6.0, -1.0, 1.0).astype(np.float32)
+    await mic.feed(np.concatenate([silence(0.3), speech]), then_silence_s=1.2)
+    final = await mic.until(lambda m: m["type"] == "transcript" and m["final"])
+    assert wer(text, final.message["text"]) <= 0.5, final.message
+
+
+async def test_endless_speech_is_ended_by_force(real_worker: WorkerProcess) -> None:
+    orch = OrchestratorProcess("--workers", real_worker.addr, "--max-turn-ms", "2000").start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            mic = MicClient(await http.ws_connect(orch.ws_url))
+            await mic.start()
+            speech = say("I keep talking about the weather and the sea and the mountains "
+                         "and the rivers and the trees without ever stopping at all.",
+                         SPEAKERS[0])
+            assert len(speech) > 3 * 16000
+            feeding = asyncio.create_task(mic.feed(speech, then_silence_s=1.5))
+            final = await mic.until(lambda m: m["type"] == "transcript" and m["final"])
+            # The turn ended while the speech was still going.
+            assert final.at < mic.started + len(speech) / 16000
+            assert final.message["text"]
+            await feeding
+            await mic.stop()
+    finally:
+        orch.terminate()

@@ -62,11 +62,12 @@ class MicClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
 
-    async def feed(self, audio: FloatAudio, *, then_silence_s: float = 0.0) -> float:
-        """Send ``audio`` (16 kHz) then silence, in real time. Returns the monotonic
-        time the timeline started (sample 0)."""
-        track = np.concatenate([audio, np.zeros(round(then_silence_s * RATE), np.float32)])
-        step = round(FRAME_S * RATE)
+    async def feed(self, audio: FloatAudio, *, then_silence_s: float = 0.0,
+                   rate: int = RATE) -> float:
+        """Send ``audio`` (at ``rate``, the session's input_sample_rate) then silence,
+        in real time. Returns the monotonic time the timeline started (sample 0)."""
+        track = np.concatenate([audio, np.zeros(round(then_silence_s * rate), np.float32)])
+        step = round(FRAME_S * rate)
         self.started = start = time.monotonic()
         for i, at in enumerate(range(0, len(track), step)):
             due = start + i * FRAME_S

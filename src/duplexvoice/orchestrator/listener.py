@@ -202,6 +202,7 @@ class Listener:
         self._replies: dict[int, asyncio.Task[None]] = {}  # by turn
         self._streams: dict[int, Any] = {}  # turn -> its ReplyStream
         self.history = History()
+        self._chores: set[asyncio.Task[None]] = set()  # history cuts after an interruption
         self._played: dict[int, float] = {}  # utterance id -> ms the client reports played
         self.speech_started_at: float | None = None  # wall clock of the last onset event
         self.speech_ended_at: float | None = None  # wall clock of the last speech sample
@@ -297,10 +298,13 @@ class Listener:
             self._track(self._replies, action.turn,
                         asyncio.create_task(self._reply(action.turn, action.text, before)))
         elif isinstance(action, CancelReply):
-            stream = self._streams.get(action.turn)
+            running = self._replies.get(action.turn)
             self._cancel_reply(action.turn)
-            if stream is not None and action.utterance_id is not None:
-                self._truncate(stream, action)
+            if action.utterance_id is not None:
+                # After the cancelled stream has closed (it adds its turn then).
+                chore = asyncio.create_task(self._truncate_after(running, action))
+                self._chores.add(chore)
+                chore.add_done_callback(self._chores.discard)
 
     @staticmethod
     def _track(tasks: dict[int, asyncio.Task[None]], turn: int, task: asyncio.Task[None]) -> None:
@@ -331,8 +335,10 @@ class Listener:
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()
-            if self._streams.get(turn) is stream:
-                del self._streams[turn]
+            # Kept after its end: an interruption while it is still being spoken cuts
+            # its history. Only the last few turns can still be playing.
+            while len(self._streams) > 4:
+                del self._streams[min(self._streams)]
 
     def _cancel_reply(self, turn: int) -> None:
         task = self._replies.pop(turn, None)
@@ -344,6 +350,14 @@ class Listener:
         self._played[utterance_id] = played_ms
         while len(self._played) > 8:
             del self._played[min(self._played)]
+
+    async def _truncate_after(self, task: asyncio.Task[None] | None,
+                              action: CancelReply) -> None:
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        stream = self._streams.get(action.turn)
+        if stream is not None:
+            self._truncate(stream, action)
 
     def _truncate(self, stream: Any, action: CancelReply) -> None:
         """Keep in the history only what the user heard of an interrupted reply: the
@@ -360,7 +374,7 @@ class Listener:
         self.history.truncate_assistant(index, heard)
 
     async def close(self) -> None:
-        tasks = [*self._finals.values(), *self._replies.values()]
+        tasks = [*self._finals.values(), *self._replies.values(), *self._chores]
         if self._partial is not None:
             tasks.append(self._partial)
         for task in tasks:

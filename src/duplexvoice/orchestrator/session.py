@@ -332,6 +332,14 @@ class SessionMachine(ConversationMixin):
     def _stop(self, reason: EndReason = EndReason.STOPPED) -> None:
         """STOP (or a real barge-in): end the current utterance and drop what is queued,
         including a reply still being generated."""
+        generating = self._reply.utterance if self._reply is not None else None
+        for utterance in self._live:
+            if (utterance.reply_turn is not None and not utterance.gated
+                    and utterance is not generating):
+                # A reply generated in full: its history is cut to what was heard.
+                self._actions.append(CancelReply(
+                    utterance.reply_turn, utterance.utterance_id, "".join(utterance.text),
+                    utterance.sent * 20.0))
         self._cancel_reply()
         if not self._live:
             return
