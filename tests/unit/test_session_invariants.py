@@ -87,7 +87,7 @@ EXPECTED: dict[str, tuple[State, State, State, State]] = {
     "ClientDisconnected()": (S.CLOSED,) * 4,
     "ServerShutdown()": (S.CLOSED,) * 4,
     # Speech over the system's speech holds it (over a client PAUSE too).
-    "UserSpeechStarted()": (S.INITIALIZING, S.LISTENING, S.BARGED_IN, S.BARGED_IN),
+    "UserSpeechStarted(lead_s=0.0)": (S.INITIALIZING, S.LISTENING, S.BARGED_IN, S.BARGED_IN),
     "UserSpeechEnded(silence_s=0.0)": tuple(RESTING_),
     "UserTranscript(turn=1, text='hi', final=False)": tuple(RESTING_),
     "ReplyChunk(turn=1, text='hi', final=False)": tuple(RESTING_),

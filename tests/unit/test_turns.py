@@ -293,3 +293,20 @@ def test_random_timelines_keep_the_invariants(seed: int) -> None:
             holds = 0  # the system stopped speaking: the hold is moot
         deadline = core.next_deadline
         assert deadline is None or deadline >= now - 30  # no deadline far in the past
+
+
+def test_a_barge_in_counts_its_speech_from_when_it_began() -> None:
+    # The VAD confirmed the onset 0.1 s after the speech began: 0.4 s of speech is
+    # reached 0.3 s after the hold.
+    core = speaking(interrupt_after_ms=400)
+    assert core.speech_started(10.0, lead_s=0.1) == [Hold()]
+    assert core.next_deadline == pytest.approx(10.3)
+    assert core.tick(10.3) == [Interrupt()]
+
+
+def test_an_onset_never_reaches_back_before_the_last_speech_ended() -> None:
+    core = speaking(interrupt_after_ms=400, resume_after_ms=250)
+    core.speech_started(10.0)
+    core.speech_ended(10.2)  # 0.2 s
+    core.speech_started(10.3, lead_s=0.5)  # counts from 10.2 at the earliest
+    assert core.next_deadline == pytest.approx(10.4)

@@ -235,8 +235,9 @@ class Listener:
                     start = int(max(0.0, edge.start_s - PREROLL_S) * SPEECH_RATE)
                     self._turn_start = self._partial_at = start
                 # When the speech began, on the wall clock (the VAD confirmed it later).
-                self.speech_started_at = now - max(0.0, self._audio_now() - edge.start_s)
-                self._post(UserSpeechStarted())
+                lead = max(0.0, self._audio_now() - edge.start_s)
+                self.speech_started_at = now - lead
+                self._post(UserSpeechStarted(lead))
             elif isinstance(edge, SpeechOffset):
                 self._speaking = False
                 silence = max(0.0, edge.confirmed_s - edge.end_s)

@@ -79,9 +79,9 @@ class ConversationMixin:
         raise NotImplementedError
 
 
-    def _on_speech_started(self, _: UserSpeechStarted) -> None:
+    def _on_speech_started(self, event: UserSpeechStarted) -> None:
         self._idle_since = self._now
-        self._decide(self._turns.speech_started(self._now))
+        self._decide(self._turns.speech_started(self._now, event.lead_s))
 
     def _on_speech_ended(self, event: UserSpeechEnded) -> None:
         self._idle_since = self._now

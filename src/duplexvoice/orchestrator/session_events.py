@@ -59,7 +59,10 @@ class SynthesisFailed(Event):
 
 @dataclass(frozen=True)
 class UserSpeechStarted(Event):
-    """Conversation mode: the VAD confirmed speech onset in the microphone audio."""
+    """Conversation mode: the VAD confirmed speech onset in the microphone audio,
+    ``lead_s`` after the speech began."""
+
+    lead_s: float = 0.0
 
 @dataclass(frozen=True)
 class UserSpeechEnded(Event):

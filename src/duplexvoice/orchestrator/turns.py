@@ -165,6 +165,7 @@ class TurnTaking:
         self._held = False
         self._held_voiced_s = 0.0  # user speech since the hold, before the current run
         self._resume_at: float | None = None
+        self._last_end: float | None = None  # when the last speech ended
 
     # -- what the session tells ------------------------------------------------------
 
@@ -206,11 +207,16 @@ class TurnTaking:
 
     # -- events ------------------------------------------------------------------------
 
-    def speech_started(self, now: float) -> list[Decision]:
+    def speech_started(self, now: float, lead_s: float = 0.0) -> list[Decision]:
+        """The VAD's onset, confirmed ``lead_s`` after the speech began: the speech
+        counts from its beginning (a barge-in's minimum speech too)."""
         out: list[Decision] = []
         if self._speaking_since is not None:
             return out
-        self._speaking_since = now
+        begin = now - max(0.0, lead_s)
+        if self._last_end is not None:
+            begin = max(begin, self._last_end)
+        self._speaking_since = begin
         self._resume_at = None
         if self._open and self._speech_end is not None:
             # Speech before the end of turn: the same turn goes on.
@@ -231,6 +237,7 @@ class TurnTaking:
         end = max(self._speaking_since, now - max(0.0, silence_s))
         run = end - self._speaking_since
         self._speaking_since = None
+        self._last_end = end
         self._voiced_s += run
         if self._held:
             self._held_voiced_s += run
