@@ -25,6 +25,7 @@ pytestmark = pytest.mark.unit
 
 
 def taking(**kw: object) -> TurnTaking:
+    kw.setdefault("adaptive", False)  # the plain silence timeout unless a test says
     return TurnTaking(TurnConfig(**kw))  # type: ignore[arg-type]
 
 

@@ -50,7 +50,7 @@ class ConversationConfig(BaseModel):
     end_of_turn_ms: int = Field(
         500, ge=0, le=10_000, description="silence after speech that ends the user's turn")
     adaptive_end_of_turn: bool = Field(
-        False, description="end sooner after a complete sentence, later after a trailing "
+        True, description="end sooner after a complete sentence, later after a trailing "
         "'and'/'um' (see complete_end_ms, trailing_end_ms)")
     complete_end_ms: int = Field(
         250, ge=0, le=10_000, description="adaptive: silence after a complete sentence")

@@ -222,8 +222,10 @@ class SessionDriver:
                         ErrorCode.INVALID_STATE, "microphone audio needs conversation mode: "
                         'send {"type": "config", "mode": "conversation"} first'))
                 return
-            speaking = self.machine.state in (State.SPEAKING, State.BARGED_IN, State.PAUSED)
-            await listener.audio(message.pcm, message.sample_rate, speaking)
+            state = self.machine.state
+            speaking = state in (State.SPEAKING, State.BARGED_IN, State.PAUSED)
+            await listener.audio(message.pcm, message.sample_rate, speaking,
+                                 holding=state is State.BARGED_IN)
         elif isinstance(message, PlaybackMessage) and self._listener is not None:
             self._listener.playback(message.utterance_id, message.played_ms)
 

@@ -209,9 +209,12 @@ class Listener:
 
     # -- audio in ---------------------------------------------------------------------
 
-    async def audio(self, pcm: bytes, sample_rate: int, system_speaking: bool) -> None:
+    async def audio(self, pcm: bytes, sample_rate: int, system_speaking: bool,
+                    holding: bool = False) -> None:
         """Microphone audio (already validated by the protocol: even length, the
-        session's rate). Runs inline: resampling and VAD cost microseconds a frame."""
+        session's rate). Runs inline: resampling and VAD cost microseconds a frame.
+        ``holding``: the system's speech is held for a possible barge-in; words decide
+        it, so partials come sooner, and at once when the speech stops."""
         now = time.monotonic()
         if not self._budget.take(len(pcm) / 2 / sample_rate, now):
             if now - self._last_error_at >= _ERROR_EVERY_S:
@@ -243,7 +246,9 @@ class Listener:
                 silence = max(0.0, edge.confirmed_s - edge.end_s)
                 self.speech_ended_at = now - max(0.0, self._audio_now() - edge.end_s)
                 self._post(UserSpeechEnded(silence))
-        self._maybe_partial()
+                if holding:
+                    self._maybe_partial(force=True)  # "Wait." is short: are there words?
+        self._maybe_partial(sooner=holding)
 
     def _audio_now(self) -> float:
         return self._ring.end / SPEECH_RATE
@@ -253,11 +258,15 @@ class Listener:
             return np.zeros(0, np.float32)
         return self._ring.since(self._turn_start)
 
-    def _maybe_partial(self) -> None:
-        interval = self.config.partial_interval_ms * SPEECH_RATE // 1000
-        if (not interval or not self._speaking or self._turn_start is None
-                or self._ring.end - self._partial_at < interval
-                or (self._partial is not None and not self._partial.done())):
+    def _maybe_partial(self, *, sooner: bool = False, force: bool = False) -> None:
+        interval_ms = self.config.partial_interval_ms
+        if sooner and interval_ms:
+            interval_ms = min(interval_ms, self.config.barge_in_words_ms)
+        interval = interval_ms * SPEECH_RATE // 1000
+        busy = self._partial is not None and not self._partial.done()
+        if busy or not interval or self._turn_start is None:
+            return
+        if not force and (not self._speaking or self._ring.end - self._partial_at < interval):
             return
         self._partial_at = self._ring.end
         turn, audio = self._current_turn(), self._turn_audio()

@@ -46,7 +46,7 @@ class TurnConfig:
     """The turn-taking settings (documented for users in ``configs/orchestrator.yaml``)."""
 
     end_of_turn_ms: int = 500  # silence after speech that ends the user's turn
-    adaptive: bool = False  # let the transcript move the end of turn (below)
+    adaptive: bool = True  # let the transcript move the end of turn (below)
     complete_end_ms: int = 250  # adaptive: silence after a complete sentence
     trailing_end_ms: int = 1000  # adaptive: silence after a trailing "and", "um", ...
     min_turn_ms: int = 150  # speech shorter than this in a turn is noise
