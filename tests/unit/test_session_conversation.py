@@ -179,3 +179,34 @@ def test_partial_transcripts_are_sent_while_the_user_speaks() -> None:
     assert msgs(out, "transcript") == [{"type": "transcript", "text": "book a",
                                         "final": False, "turn": 1}]
     assert not msgs(d(UserTranscript(0, "old", False), at=1.6))
+
+
+def test_an_interruption_in_a_replys_first_frames() -> None:
+    d = session()
+    user_turn(d, "Tell me a story.", 1.0, 2.0)
+    d(ReplyChunk(1, "Once upon a time there was a king. ", final=True), at=2.2)
+    d.frames(1, 30)
+    out = d(Tick(), at=2.6)
+    first = audio(out)
+    assert first and first[0].sequence == 1  # the reply has just begun
+    out = d(UserSpeechStarted(0.05), at=2.62)
+    assert msgs(out, "pause") == [{"type": "pause", "utterance_id": 1}]
+    out = d(Tick(), at=2.97)  # 0.4 s since the speech began (2.57)
+    assert msgs(out, "interrupt")[0]["utterance_id"] == 1
+    assert CancelReply(1, 1, "Once upon a time there was a king. ",
+                       len(audio(d.log)) * 20.0) in out
+    assert not audio(d.frames(1, 5))
+
+
+def test_speech_at_the_very_end_of_a_reply_is_just_the_next_turn() -> None:
+    d = session()
+    d(TextReceived("Short."), at=1.0)
+    d.frames(1, 3)
+    d(SynthesisDone(1), at=1.01)
+    t = 1.01
+    while d.m.state is not State.LISTENING:
+        t += 0.02
+        d(Tick(), at=t)
+    out = d(UserSpeechStarted(), at=t + 0.01)  # the last frame has just gone
+    assert not msgs(out, "pause") and not msgs(out, "interrupt")
+    assert d.m.turn == 1 and d.m.state is State.LISTENING
