@@ -11,7 +11,8 @@ utterance starts and none is held (routed over the registry's workers, minus tho
 down), kept while the machine keeps it, and ended on ``ReleaseWorker``, on every
 exit of the session, including a StartSession still in flight. A worker that fails
 is routed around by every session until it answers again; the next utterance takes
-a new worker session wherever one can be had.
+a new worker session wherever one can be had (:mod:`.placement`). In conversation
+mode, microphone audio and the listening actions go to :mod:`.conversation_input`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from duplexvoice.orchestrator.config import OrchestratorConfig
+from duplexvoice.orchestrator.conversation_input import ConversationInput
 from duplexvoice.orchestrator.inbox import Inbox
-from duplexvoice.orchestrator.listener import ConversationServices, Listener
+from duplexvoice.orchestrator.listener import ConversationServices
 from duplexvoice.orchestrator.messages import (
     Command,
     EndReason,
@@ -41,6 +43,7 @@ from duplexvoice.orchestrator.messages import (
     UtteranceMetrics,
 )
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
+from duplexvoice.orchestrator.placement import open_worker_session
 from duplexvoice.orchestrator.playout import PlayoutConfig
 from duplexvoice.orchestrator.protocol import (
     FRAME_MS,
@@ -55,8 +58,7 @@ from duplexvoice.orchestrator.protocol import (
     encode_json,
 )
 from duplexvoice.orchestrator.registry import WorkerRegistry
-from duplexvoice.orchestrator.router import RouteRequest, route
-from duplexvoice.orchestrator.session import SessionConfig, SessionMachine, State
+from duplexvoice.orchestrator.session import SessionConfig, SessionMachine
 from duplexvoice.orchestrator.session_events import (
     Action,
     BeginSynthesis,
@@ -84,18 +86,15 @@ from duplexvoice.orchestrator.session_events import (
 from duplexvoice.orchestrator.settings import SessionSettings
 from duplexvoice.orchestrator.turn_metrics import TurnFigures
 from duplexvoice.orchestrator.worker_link import (
-    WorkerBusy,
     WorkerError,
     WorkerPool,
     WorkerSession,
-    WorkerUnavailable,
 )
 
 log = logging.getLogger(__name__)
 
 _TEXT_QUEUE = 64  # text pieces of one utterance waiting for the worker stream
 _CALLS = 64  # worker Control calls waiting to be made
-_ATTEMPTS = 3  # workers tried for one utterance
 
 # Writes messages (str: text, bytes: binary) to the client in order, as one batch.
 SendMessages = Callable[[list[str | bytes]], Awaitable[None]]
@@ -178,9 +177,9 @@ class SessionDriver:
         self._first_audio_ms: dict[int, float] = {}  # until its metrics message is sent
         self._stop_at: float | None = None
         # Conversation mode: the listening half, made when the client asks for it.
-        self._services = services
-        self._listener: Listener | None = None
-        self._audio_refused_at = -1e9
+        self._conversation = ConversationInput(
+            session_id, services, post=self._inbox.post, send_error=self.send_message,
+            current_turn=lambda: self.machine.turn, lead_ms=config.lead_ms)
         self._turns = TurnFigures(metrics)
 
     # -- inputs ---------------------------------------------------------------------
@@ -198,7 +197,9 @@ class SessionDriver:
                 self._stop_at = time.perf_counter()
             await self._inbox.put_input(ControlReceived(message.command))
         elif isinstance(message, ConfigMessage):
-            error = self.settings.check(message, self._offered_voices(), self._offered_replies())
+            conversation = self._conversation
+            error = self.settings.check(message, self._offered_voices(),
+                                        conversation.offered_replies)
             if error is not None:
                 await self.send_message(error)
                 return
@@ -208,42 +209,17 @@ class SessionDriver:
             if message.input_sample_rate is not None:
                 self.settings.input_sample_rate = message.input_sample_rate
             if message.mode is not None:
-                await self._set_mode(message.mode)
-            if message.reply is not None and self._listener is not None:
-                self._listener.reply_engine = message.reply
+                await conversation.set_mode(message.mode)
+            if message.reply is not None:
+                conversation.set_reply(message.reply)
             await self._inbox.put_input(_ConfigChange(message))
         elif isinstance(message, AudioInput):
-            listener = self._listener
-            if listener is None:
-                now = time.monotonic()
-                if now - self._audio_refused_at >= 1.0:  # one error a second, not per frame
-                    self._audio_refused_at = now
-                    await self.send_message(Error(
-                        ErrorCode.INVALID_STATE, "microphone audio needs conversation mode: "
-                        'send {"type": "config", "mode": "conversation"} first'))
-                return
-            state = self.machine.state
-            speaking = state in (State.SPEAKING, State.BARGED_IN, State.PAUSED)
-            await listener.audio(message.pcm, message.sample_rate, speaking,
-                                 holding=state is State.BARGED_IN)
-        elif isinstance(message, PlaybackMessage) and self._listener is not None:
-            self._listener.playback(message.utterance_id, message.played_ms)
+            await self._conversation.audio(message, self.machine.state, time.monotonic())
+        elif isinstance(message, PlaybackMessage):
+            self._conversation.playback(message.utterance_id, message.played_ms)
 
     def _offered_voices(self) -> set[str]:
         return {m for w in self._registry.workers() for m in w.available_models}
-
-    def _offered_replies(self) -> set[str]:
-        return set(self._services.replies) if self._services is not None else set()
-
-    async def _set_mode(self, mode: str) -> None:
-        if mode == "conversation" and self._listener is None and self._services is not None:
-            self._listener = Listener(
-                self.session_id, self._services, post=self._inbox.post,
-                send_error=self.send_message, current_turn=lambda: self.machine.turn,
-                lead_ms=self.config.lead_ms)
-        elif mode == "tts" and self._listener is not None:
-            listener, self._listener = self._listener, None
-            await listener.close()
 
     def client_gone(self) -> None:
         self._inbox.post(ClientDisconnected())
@@ -275,8 +251,7 @@ class SessionDriver:
                 self._timer.cancel()
             # Shielded: the server may cancel this task; the worker session must end.
             await asyncio.shield(self._finish_worker())
-            if self._listener is not None:
-                await asyncio.shield(self._listener.close())
+            await asyncio.shield(self._conversation.close())
 
     async def _finish_worker(self) -> None:
         await self._end_stream()
@@ -290,7 +265,8 @@ class SessionDriver:
 
     async def _configure(self, message: ConfigMessage) -> None:
         error = self.settings.apply(message, self._offered_voices(),
-                                    self.machine.next_utterance_id, self._offered_replies())
+                                    self.machine.next_utterance_id,
+                                    self._conversation.offered_replies)
         if error is not None:
             await self.send_message(error)
 
@@ -354,9 +330,8 @@ class SessionDriver:
                 self._pool.spawn(worker.end())  # the pool waits for it on shutdown
         elif isinstance(action, Close):
             await self._close(action.code, action.reason)
-        elif (isinstance(action, TranscribeTurn | TurnClosed | StartReply | CancelReply)
-              and self._listener is not None):
-            self._listener.act(action)
+        elif isinstance(action, TranscribeTurn | TurnClosed | StartReply | CancelReply):
+            self._conversation.act(action)
 
     # -- to the client --------------------------------------------------------------
 
@@ -399,8 +374,9 @@ class SessionDriver:
 
     def _observe(self, message: Outbound) -> None:
         if isinstance(message, Transcript | ReplyText | Pause | Resume):
-            if self._listener is not None:
-                self._turns.observe(message, self._listener, self.machine.turn)
+            listener = self._conversation.listener
+            if listener is not None:
+                self._turns.observe(message, listener, self.machine.turn)
         elif isinstance(message, UtteranceEnd):
             self._turns.utterance_ended(message.utterance_id)
             self._metrics.utterances_total.inc()
@@ -464,13 +440,9 @@ class SessionDriver:
         await self._inbox.put_frame(SynthesisDone(uid))
 
     async def _acquire(self) -> WorkerSession:
-        """The session's worker session on the wanted voice, taken now if needed.
-        Only the open stream's task calls this: one at a time.
-
-        A worker that cannot be reached or is full is skipped for the next best one
-        (``_ATTEMPTS`` in all). When no worker is left, the registry is read again and
-        the workers marked down are asked once more whether they are back, so a
-        restarted worker speaks the very next utterance."""
+        """The session's worker session on the wanted voice, taken now if needed
+        (:func:`~.placement.open_worker_session`). Only the open stream's task calls
+        this: one at a time."""
         worker = self._worker
         voice = self.settings.voice
         if (worker is not None and not worker.broken and not worker.ended
@@ -482,32 +454,13 @@ class SessionDriver:
         self._idle = False  # a new worker session starts busy
         if worker is not None:
             await worker.end()
-        tried: set[str] = set()
-        refreshed = False
-        last: WorkerError | None = None
-        while True:
-            workers = self._registry.workers()
-            decision = route(self._pool.with_load(workers), RouteRequest(model_id=voice),
-                             self.config.mode, affinity=self._last_worker,
-                             exclude=self._pool.excluded(workers) | tried)
-            if decision.worker is None:
-                if not refreshed:
-                    refreshed = True
-                    await self._registry.refresh_soon()
-                    await self._pool.recheck(self._registry.workers())
-                    continue
-                raise last or WorkerUnavailable("-", decision.reason)
-            try:
-                self._worker = await self._pool.open(decision.worker, self.session_id,
-                                                     decision.model_id or voice)
-            except (WorkerUnavailable, WorkerBusy) as exc:
-                last = exc
-                tried.add(decision.worker.name)
-                if len(tried) >= _ATTEMPTS:
-                    raise
-                continue
-            self._last_worker = decision.worker.name
-            return self._worker
+        # No await between the open and this assignment: a cancelled task leaves no
+        # worker session behind that the clean-up does not see.
+        self._worker = await open_worker_session(
+            self._pool, self._registry, self.config.mode, session_id=self.session_id,
+            voice=voice, affinity=self._last_worker)
+        self._last_worker = self._worker.worker.name
+        return self._worker
 
     async def _end_stream(self) -> None:
         """Cancel the open Synthesize stream (and a StartSession it waits for)."""
