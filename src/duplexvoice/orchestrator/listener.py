@@ -127,10 +127,9 @@ class AudioRing:
     def push(self, audio: FloatAudio) -> None:
         n = len(audio)
         cap = len(self._buf)
-        if n >= cap:
-            self._buf[:] = audio[-cap:]
-            self.end += n
-            return
+        if n > cap:  # only the newest ``cap`` samples can be kept
+            self.end += n - cap
+            audio, n = audio[-cap:], cap
         at = self.end % cap
         first = min(n, cap - at)
         self._buf[at:at + first] = audio[:first]
