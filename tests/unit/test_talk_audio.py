@@ -155,6 +155,18 @@ async def test_a_late_loop_catches_up_without_sleeping(monkeypatch: pytest.Monke
     assert fake.sleeps == pytest.approx([0.02, 0.015])
 
 
+async def test_a_long_stall_re_anchors_the_clock_instead_of_flooding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeTime()
+    monkeypatch.setattr(audio_io.asyncio, "sleep", fake.sleep)
+    pacer = Pacer(fake.clock)
+    await pacer.wait()
+    fake.now += 10.0  # stopped for 10 s
+    await pacer.wait()  # due long ago: now, and the clock starts again from here
+    await pacer.wait()
+    assert fake.sleeps == pytest.approx([0.02, 0.02])
+
+
 def test_reblocker_cuts_exact_blocks_and_pads_only_when_short() -> None:
     blocks = Reblocker(4)
     blocks.push(np.arange(6, dtype=np.float32))

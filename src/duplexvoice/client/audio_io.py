@@ -84,7 +84,11 @@ class Speaker(Protocol):
 class Pacer:
     """Tick ``i`` is due at ``start + (i + 1) * 20 ms``: a microphone delivers a block
     once it has been captured. A late loop catches up (the blocks are sent at once,
-    as a real microphone's buffered blocks would be)."""
+    as a real microphone's buffered blocks would be), up to ``MAX_BEHIND_S``; further
+    behind (the process was stopped, the machine stalled) the clock is re-anchored
+    instead, so a stall never becomes a flood the server would refuse."""
+
+    MAX_BEHIND_S: Final = 1.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -97,6 +101,8 @@ class Pacer:
             self._start = now
         self._ticks += 1
         delay = self._start + self._ticks * TICK_S - now
+        if delay < -self.MAX_BEHIND_S:
+            self._start, delay = now - self._ticks * TICK_S, 0.0
         if delay > 0:
             await asyncio.sleep(delay)  # the microphone's clock, not a synchronization
 
