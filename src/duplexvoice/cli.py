@@ -198,6 +198,12 @@ def _say(args: argparse.Namespace) -> int:
         return 130
 
 
+def _talk(args: argparse.Namespace) -> int:
+    from duplexvoice.client.talk_command import run_talk
+
+    return run_talk(args)
+
+
 def _up(args: argparse.Namespace) -> int:
     from duplexvoice.up import run_up
 
@@ -305,6 +311,42 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds to wait for an answer from the server before giving up "
                      "(default: 30)")
     say.set_defaults(func=_say)
+
+    talk = sub.add_parser(
+        "talk", help="a spoken conversation with the orchestrator (microphone or a WAV)",
+        description="Talk with a running orchestrator (conversation mode): the microphone "
+        "and the speaker of the sound card, or --input FILE.wav played in real time as the "
+        "microphone. Prints transcripts, replies, state changes and latencies. An echo "
+        "canceller (WebRTC AEC3) keeps the system from hearing itself through the speaker. "
+        "With --input it ends once the conversation has settled after the file; otherwise "
+        "Ctrl-C ends it. Exit codes: 0 ok, 1 error, 130 Ctrl-C.")
+    talk.add_argument("--url", default="ws://127.0.0.1:8080/ws", metavar="URL",
+                      help="orchestrator WebSocket (default: ws://127.0.0.1:8080/ws)")
+    talk.add_argument("--api-key", default="", metavar="KEY",
+                      help="sent as Authorization: Bearer KEY (default: none)")
+    talk.add_argument("--voice", default="", metavar="ID",
+                      help="model id of the replies (default: the server's default)")
+    talk.add_argument("--reply", default="", metavar="ENGINE",
+                      help="reply engine, e.g. echo or openai (default: the server's)")
+    talk.add_argument("--input", type=Path, default=None, metavar="WAV",
+                      help="play this WAV file (any rate, mono or stereo) in real time as "
+                      "the microphone, then silence (default: the sound card's microphone)")
+    talk.add_argument("--out", type=Path, default=None, metavar="WAV",
+                      help="write what would be played (48 kHz, silence included) to this "
+                      "WAV instead of the speaker (default: the speaker; without a sound "
+                      "card the audio is discarded)")
+    talk.add_argument("--say", default="", metavar="TEXT",
+                      help="have the system speak TEXT first (e.g. to check that it does "
+                      "not hear itself through your speaker)")
+    talk.add_argument("--no-aec", action="store_true",
+                      help="no echo cancellation (with headphones)")
+    talk.add_argument("--linger", type=float, default=30.0, metavar="S",
+                      help="with --input: at most S seconds after the file's end waiting for "
+                      "the conversation to settle (default: 30)")
+    # A simulated room (speaker leaking into the microphone), for tests and demos.
+    talk.add_argument("--simulate-echo", default="", metavar="GAIN_DB:DELAY_MS",
+                      help=argparse.SUPPRESS)
+    talk.set_defaults(func=_talk)
 
     up = sub.add_parser(
         "up", help="run one worker and the orchestrator (Ctrl-C stops both)",
