@@ -4,6 +4,7 @@
   duplexvoice orchestrator    run the orchestrator (HTTP + WebSocket, default port 8080)
   duplexvoice up              one worker and the orchestrator, supervised (port 8080)
   duplexvoice say "text"      speak through the orchestrator (-i: interactive)
+  duplexvoice talk            conversation: microphone (or --input WAV) and speaker
   duplexvoice synth "text"    speak through a running worker into a WAV file
   duplexvoice bench           run every benchmark of the checkout's bench/ folder
 
