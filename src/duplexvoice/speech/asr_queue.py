@@ -1,0 +1,221 @@
+"""Who gets the model next: the queue policy of the shared recognizer, pure (time is a
+parameter, no threads; the caller holds a lock).
+
+One model serves every session, one job at a time. The policy, in order:
+
+- **Finals first.** A final transcript ends a user's turn and gates the reply; a
+  partial only decorates the screen. Finals run in arrival order.
+- **Partials never delay finals.** A partial asked while a final waits is dropped at
+  once (its caller gets ``None``), and a new final drops every waiting partial. A
+  partial already running is not interrupted (the model cannot be), so a final waits
+  at most one partial.
+- **One waiting partial per caller.** A newer partial replaces an older one that has
+  not started (it covers more audio); the older caller gets ``None``. A caller's
+  partials start at least ``partial_min_interval_s`` apart; a partial asked sooner
+  waits until then (replaced meanwhile if a newer one comes).
+- **Bounded.** More than ``max_queue`` waiting finals: the next is refused
+  (:class:`AsrBusy`), so a flood shows as an error, not as unbounded delay. Waiting
+  partials are bounded by ``max_partials`` (the oldest is dropped).
+- **Reuse.** The orchestrator asks for a speculative final when the VAD hears speech
+  stop, then for the real final when the end of turn is confirmed: the same audio
+  plus silence. Such a final returns the cached result of the caller's last final, or
+  joins that final while it is still waiting or running, instead of recomputing. The
+  cache holds one entry per key until :meth:`AsrQueue.forget`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from duplexvoice.speech.asr_rules import extends_with_silence
+from duplexvoice.speech.asr_types import AsrBusy, FloatAudio, Transcript
+
+
+@dataclass(eq=False)
+class Job:
+    """One transcription asked for. ``key`` is the caller (its session)."""
+
+    id: int
+    key: Hashable
+    final: bool
+    audio: FloatAudio
+    submitted: float
+    started: float | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What :meth:`AsrQueue.submit` decided.
+
+    ``job``: the job whose result answers this request (``None``: nothing to wait for,
+    either ``cached`` is the answer or the partial was dropped). ``joined``: ``job`` is
+    an earlier final of the same speech. ``dropped``: waiting partials displaced by this
+    request, whose callers get ``None``."""
+
+    job: Job | None
+    cached: Transcript | None = None
+    joined: bool = False
+    dropped: tuple[Job, ...] = ()
+
+
+@dataclass
+class _Counters:
+    finals_done: int = 0
+    partials_done: int = 0
+    partials_dropped: int = 0
+    finals_refused: int = 0
+    finals_reused: int = 0
+
+
+@dataclass
+class _Cached:
+    audio: FloatAudio
+    transcript: Transcript
+
+
+@dataclass
+class AsrQueue:
+    max_queue: int
+    partial_min_interval_s: float = 0.0
+    max_partials: int = 64
+    counters: _Counters = field(default_factory=_Counters)
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 1 or self.max_partials < 1 or self.partial_min_interval_s < 0:
+            raise ValueError("max_queue and max_partials must be >= 1, the interval >= 0")
+        self._ids = itertools.count(1)
+        self._finals: deque[Job] = deque()
+        self._partials: dict[Hashable, Job] = {}  # insertion order: arrival order
+        self._last_partial: dict[Hashable, float] = {}  # key -> when its partial started
+        self._cache: dict[Hashable, _Cached] = {}
+        self.running: Job | None = None
+
+    # -- asking ---------------------------------------------------------------------
+
+    def submit(self, audio: FloatAudio, *, final: bool, key: Hashable, now: float) -> Admission:
+        """Queue a request, or answer it from the cache, or drop it (partials only).
+        Raises :class:`AsrBusy` for a final beyond ``max_queue``."""
+        if final:
+            return self._submit_final(audio, key, now)
+        if self._finals:
+            self.counters.partials_dropped += 1
+            return Admission(None)
+        job = Job(next(self._ids), key, False, audio, now)
+        dropped: list[Job] = []
+        old = self._partials.get(key)
+        if old is not None:
+            dropped.append(old)
+        elif len(self._partials) >= self.max_partials:
+            oldest = next(iter(self._partials))
+            dropped.append(self._partials.pop(oldest))
+        self._partials[key] = job  # a replacement keeps the older one's place in line
+        self.counters.partials_dropped += len(dropped)
+        return Admission(job, dropped=tuple(dropped))
+
+    def _submit_final(self, audio: FloatAudio, key: Hashable, now: float) -> Admission:
+        if key is not None:
+            cached = self._cache.get(key)
+            if cached is not None and extends_with_silence(cached.audio, audio):
+                self.counters.finals_reused += 1
+                return Admission(None, cached=cached.transcript)
+            for job in (self.running, *self._finals):
+                if (
+                    job is not None and job.final and job.key == key
+                    and extends_with_silence(job.audio, audio)
+                ):
+                    self.counters.finals_reused += 1
+                    return Admission(job, joined=True)
+        if len(self._finals) >= self.max_queue:
+            self.counters.finals_refused += 1
+            raise AsrBusy(
+                f"speech recognizer busy: {len(self._finals)} final transcripts are waiting "
+                f"(max_queue {self.max_queue})"
+            )
+        dropped = tuple(self._partials.values())
+        self._partials.clear()
+        self.counters.partials_dropped += len(dropped)
+        job = Job(next(self._ids), key, True, audio, now)
+        self._finals.append(job)
+        return Admission(job, dropped=dropped)
+
+    def cancel(self, job: Job) -> bool:
+        """Withdraw a job nobody waits for any more; False if it started or is gone."""
+        if job in self._finals:
+            self._finals.remove(job)
+            return True
+        if self._partials.get(job.key) is job:
+            del self._partials[job.key]
+            return True
+        return False
+
+    def forget(self, key: Hashable) -> None:
+        """The caller is gone: drop its cached final and its partial pacing."""
+        self._cache.pop(key, None)
+        self._last_partial.pop(key, None)
+
+    # -- serving --------------------------------------------------------------------
+
+    def take(self, now: float) -> Job | float | None:
+        """The next job to run (it becomes ``running``), else the time at which a waiting
+        partial becomes due, else None (nothing waits)."""
+        if self.running is not None:
+            raise RuntimeError("a job is already running")
+        if self._finals:
+            return self._start(self._finals.popleft(), now)
+        # pacing entries older than the interval no longer matter: keep the map small
+        horizon = now - self.partial_min_interval_s
+        for key in [k for k, t in self._last_partial.items() if t <= horizon]:
+            del self._last_partial[key]
+        due: float | None = None
+        for key, job in self._partials.items():
+            at = self._last_partial.get(key, horizon) + self.partial_min_interval_s
+            if at <= now:
+                del self._partials[key]
+                self._last_partial[key] = now
+                return self._start(job, now)
+            due = at if due is None else min(due, at)
+        return due
+
+    def _start(self, job: Job, now: float) -> Job:
+        job.started = now
+        self.running = job
+        return job
+
+    def finish(self, job: Job, result: Transcript | None) -> None:
+        """The running ``job`` ended, with ``result`` (None: it failed)."""
+        if job is not self.running:
+            raise RuntimeError("finish() of a job that is not running")
+        self.running = None
+        if job.final:
+            self.counters.finals_done += 1
+            if result is not None and job.key is not None:
+                self._cache[job.key] = _Cached(job.audio, result)
+        else:
+            self.counters.partials_done += 1
+
+    def drain(self) -> list[Job]:
+        """Every waiting job, removed (on close)."""
+        jobs = [*self._finals, *self._partials.values()]
+        self._finals.clear()
+        self._partials.clear()
+        return jobs
+
+    @property
+    def finals_waiting(self) -> int:
+        return len(self._finals)
+
+    @property
+    def partials_waiting(self) -> int:
+        return len(self._partials)
+
+    @property
+    def cached_keys(self) -> int:
+        return len(self._cache)
+
+    @property
+    def paced_keys(self) -> int:
+        """Callers whose last partial is recent enough to delay their next one."""
+        return len(self._last_partial)

@@ -1,0 +1,130 @@
+"""The speech recognizer's data: its configuration, its result, its counters, its
+errors, and the one method an engine implements (so the queue is testable without
+a model).
+
+Errors::
+
+    AsrError               base class of everything raised by duplexvoice.speech.asr
+     +-- AsrBusy           too many finals are waiting; retryable (the queue drains)
+     +-- AsrClosed         the transcriber was closed; not retryable
+     +-- AsrInputError     the audio cannot be transcribed (not 1-D, not finite, too
+     |                     long for a final); also a ValueError; not retryable
+     +-- AsrModelError     the model cannot be loaded or run (path, device, compute
+                           type); the library's own exception is its __cause__
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+FloatAudio = npt.NDArray[np.float32]
+
+
+class AsrConfig(BaseModel):
+    """How speech is recognized. One instance per orchestrator (the model is shared)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: str | None = Field(
+        None, description="CTranslate2 Whisper model directory (none: the packaged tiny.en)"
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where the model runs")
+    compute_type: str = Field(
+        "int8", min_length=1, description="CTranslate2 compute type (int8, float16, ...)"
+    )
+    cpu_threads: int = Field(
+        0, ge=0, le=256, description="CPU threads of the model (0: the library default)"
+    )
+    language: str = Field(
+        "en", min_length=2, description="spoken language (English-only models: en)"
+    )
+    beam_size: int = Field(1, ge=1, le=10, description="decoding beam width (1: greedy, fastest)")
+    window_margin_s: float = Field(
+        3.0, ge=0.5, le=29.0,
+        description="encoder padding after the audio; less is faster but can loop",
+    )
+    max_queue: int = Field(
+        8, ge=1, le=1000, description="finals waiting for the model before new ones are refused"
+    )
+    partial_min_interval_ms: int = Field(
+        300, ge=0, le=60_000, description="least time between two partial decodes of one caller"
+    )
+    max_final_s: float = Field(
+        120.0, gt=0, le=3600, description="longest audio accepted for a final transcript"
+    )
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What was heard. ``compute_ms`` is the model time of this result (0 when it was
+    reused); ``queued_ms`` the wait before the model took it; ``window_s`` the encoder
+    window (the largest one, for audio cut into pieces; 0 when the model did not run)."""
+
+    text: str
+    final: bool
+    audio_s: float
+    compute_ms: float
+    window_s: float
+    fell_back: bool = False
+    reused: bool = False
+    queued_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class AsrStats:
+    """Counters for metrics: waiting jobs now, and totals since start."""
+
+    finals_waiting: int
+    partials_waiting: int
+    running: bool
+    finals_done: int
+    partials_done: int
+    partials_dropped: int
+    finals_refused: int
+    finals_reused: int
+    fallbacks: int
+
+    @property
+    def queue_depth(self) -> int:
+        return self.finals_waiting + self.partials_waiting
+
+
+class Engine(Protocol):
+    """The model side: a blocking call, run on the transcriber's own thread."""
+
+    def run(self, audio: FloatAudio, final: bool) -> Transcript:
+        """The windowed transcript of 16 kHz mono float32 ``audio``."""
+        ...
+
+    def plain(self, audio: FloatAudio) -> str:
+        """The baseline: the library's own 30 s window transcription."""
+        ...
+
+
+class AsrError(Exception):
+    """Base class of the speech recognizer's errors."""
+
+    retryable = False
+
+
+class AsrBusy(AsrError):
+    """Too many finals are waiting for the model; try again once the queue drains."""
+
+    retryable = True
+
+
+class AsrClosed(AsrError):
+    """The transcriber was closed."""
+
+
+class AsrInputError(AsrError, ValueError):
+    """The audio cannot be transcribed; the message says why."""
+
+
+class AsrModelError(AsrError):
+    """The model could not be loaded or failed while running."""

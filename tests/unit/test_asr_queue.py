@@ -1,0 +1,249 @@
+"""The recognizer's queue policy, pure: finals first, partials coalesced and dropped
+rather than delaying finals, bounded, finals reused; time is a plain float."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from duplexvoice.speech.asr_queue import AsrQueue, Job
+from duplexvoice.speech.asr_types import AsrBusy, Transcript
+
+pytestmark = pytest.mark.unit
+
+RATE = 16000
+
+
+def speech(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(round(seconds * RATE)) * 0.2).astype(np.float32)
+
+
+def plus_silence(audio: np.ndarray, seconds: float = 0.5) -> np.ndarray:
+    return np.concatenate([audio, np.zeros(round(seconds * RATE), np.float32)])
+
+
+def result(text: str = "hello", final: bool = True) -> Transcript:
+    return Transcript(text, final, 1.0, 50.0, 4.0)
+
+
+def run(queue: AsrQueue, now: float = 0.0, text: str = "hello") -> Job:
+    job = queue.take(now)
+    assert isinstance(job, Job)
+    queue.finish(job, result(text, job.final))
+    return job
+
+
+def test_finals_run_in_arrival_order_before_partials() -> None:
+    q = AsrQueue(max_queue=8)
+    p = q.submit(speech(), final=False, key="a", now=0.0).job
+    f1 = q.submit(speech(), final=True, key="b", now=0.0).job
+    f2 = q.submit(speech(), final=True, key="c", now=0.0).job
+    assert p is not None and f1 is not None and f2 is not None
+    order = [run(q), run(q)]
+    assert order == [f1, f2]
+    assert q.take(1.0) is None
+
+
+def test_a_final_drops_every_waiting_partial() -> None:
+    q = AsrQueue(max_queue=8)
+    pa = q.submit(speech(), final=False, key="a", now=0.0).job
+    pb = q.submit(speech(), final=False, key="b", now=0.0).job
+    admission = q.submit(speech(), final=True, key="c", now=0.0)
+    assert set(admission.dropped) == {pa, pb}
+    assert q.partials_waiting == 0 and q.finals_waiting == 1
+    assert q.counters.partials_dropped == 2
+
+
+def test_a_partial_asked_while_finals_wait_is_dropped_at_once() -> None:
+    q = AsrQueue(max_queue=8)
+    q.submit(speech(), final=True, key="a", now=0.0)
+    admission = q.submit(speech(), final=False, key="b", now=0.0)
+    assert admission.job is None and admission.cached is None
+    assert q.counters.partials_dropped == 1
+    run(q)
+    # once no final waits, partials are taken again
+    assert q.submit(speech(), final=False, key="b", now=1.0).job is not None
+
+
+def test_a_partial_asked_while_a_final_runs_but_none_waits_is_kept() -> None:
+    q = AsrQueue(max_queue=8)
+    q.submit(speech(), final=True, key="a", now=0.0)
+    final = q.take(0.0)
+    p = q.submit(speech(), final=False, key="b", now=0.1).job
+    assert p is not None
+    assert isinstance(final, Job)
+    q.finish(final, result())
+    assert q.take(0.2) is p
+
+
+def test_a_newer_partial_replaces_the_waiting_one_and_keeps_its_place() -> None:
+    q = AsrQueue(max_queue=8)
+    a1 = q.submit(speech(), final=False, key="a", now=0.0).job
+    b1 = q.submit(speech(), final=False, key="b", now=0.0).job
+    admission = q.submit(speech(2.0), final=False, key="a", now=0.1)
+    assert admission.dropped == (a1,)
+    a2 = admission.job
+    assert q.partials_waiting == 2
+    assert q.take(0.2) is a2  # a's place in line, with the newer audio
+    assert a2 is not None and a2.audio.size == 2 * RATE
+    q.finish(a2, result(final=False))
+    assert q.take(0.3) is b1
+
+
+def test_a_running_partial_is_not_replaced() -> None:
+    q = AsrQueue(max_queue=8)
+    a1 = q.submit(speech(), final=False, key="a", now=0.0).job
+    assert q.take(0.0) is a1
+    admission = q.submit(speech(), final=False, key="a", now=0.1)
+    assert admission.dropped == () and admission.job is not a1
+    assert q.partials_waiting == 1
+
+
+def test_partials_of_one_caller_are_paced() -> None:
+    q = AsrQueue(max_queue=8, partial_min_interval_s=0.3)
+    a1 = q.submit(speech(), final=False, key="a", now=0.0).job
+    assert q.take(0.0) is a1
+    assert a1 is not None
+    q.finish(a1, result(final=False))
+    a2 = q.submit(speech(), final=False, key="a", now=0.1).job
+    b1 = q.submit(speech(), final=False, key="b", now=0.1).job
+    # a is not due before 0.3; b (never ran) is due now
+    assert q.take(0.1) is b1
+    assert b1 is not None
+    q.finish(b1, result(final=False))
+    assert q.take(0.2) == pytest.approx(0.3)  # nothing due: when to look again
+    assert q.take(0.3) is a2
+
+
+def test_pacing_does_not_delay_finals() -> None:
+    q = AsrQueue(max_queue=8, partial_min_interval_s=10.0)
+    q.submit(speech(), final=False, key="a", now=0.0)
+    run(q, 0.0)
+    f = q.submit(speech(), final=True, key="a", now=0.1).job
+    assert q.take(0.1) is f
+
+
+def test_finals_beyond_max_queue_are_refused() -> None:
+    q = AsrQueue(max_queue=2)
+    q.submit(speech(seed=1), final=True, key="a", now=0.0)
+    q.submit(speech(seed=2), final=True, key="b", now=0.0)
+    with pytest.raises(AsrBusy, match="2 final transcripts are waiting"):
+        q.submit(speech(seed=3), final=True, key="c", now=0.0)
+    assert q.counters.finals_refused == 1 and q.finals_waiting == 2
+    q.take(0.0)  # one starts: room again
+    assert q.submit(speech(seed=3), final=True, key="c", now=0.1).job is not None
+
+
+def test_waiting_partials_are_bounded() -> None:
+    q = AsrQueue(max_queue=2, max_partials=3)
+    jobs = [q.submit(speech(), final=False, key=k, now=0.0).job for k in "abcd"]
+    assert q.partials_waiting == 3
+    assert q.counters.partials_dropped == 1
+    assert q.take(0.0) is jobs[1]  # the oldest (a) made room for d
+
+
+def test_a_final_of_the_same_audio_plus_silence_is_answered_from_the_cache() -> None:
+    q = AsrQueue(max_queue=8)
+    audio = speech()
+    q.submit(audio, final=True, key="a", now=0.0)
+    run(q, text="speculative")
+    admission = q.submit(plus_silence(audio), final=True, key="a", now=1.0)
+    assert admission.job is None
+    assert admission.cached is not None and admission.cached.text == "speculative"
+    assert q.counters.finals_reused == 1
+    assert q.take(1.0) is None  # nothing recomputed
+
+
+def test_the_cache_is_per_caller_and_needs_the_same_speech() -> None:
+    q = AsrQueue(max_queue=8)
+    audio = speech()
+    q.submit(audio, final=True, key="a", now=0.0)
+    run(q)
+    # another caller with the same audio: computed
+    assert q.submit(plus_silence(audio), final=True, key="b", now=1.0).job is not None
+    # the same caller with more speech: computed
+    more = np.concatenate([audio, speech(0.5, seed=9)])
+    assert q.submit(more, final=True, key="a", now=1.0).job is not None
+    # no key: never cached
+    q2 = AsrQueue(max_queue=8)
+    q2.submit(audio, final=True, key=None, now=0.0)
+    run(q2)
+    assert q2.submit(audio, final=True, key=None, now=1.0).job is not None
+
+
+def test_the_cache_holds_one_final_per_caller_until_forgotten() -> None:
+    q = AsrQueue(max_queue=8)
+    first, second = speech(seed=1), speech(seed=2)
+    q.submit(first, final=True, key="a", now=0.0)
+    run(q)
+    q.submit(second, final=True, key="a", now=1.0)
+    run(q)
+    assert q.cached_keys == 1
+    assert q.submit(first, final=True, key="a", now=2.0).job is not None  # replaced
+    run(q)
+    q.forget("a")
+    assert q.cached_keys == 0
+    assert q.submit(first, final=True, key="a", now=3.0).job is not None
+
+
+def test_a_final_joins_the_same_speech_waiting_or_running() -> None:
+    q = AsrQueue(max_queue=8)
+    audio = speech()
+    waiting = q.submit(audio, final=True, key="a", now=0.0).job
+    joined = q.submit(plus_silence(audio), final=True, key="a", now=0.1)
+    assert joined.job is waiting and joined.joined
+    assert q.finals_waiting == 1
+    running = q.take(0.2)
+    assert running is waiting
+    again = q.submit(plus_silence(audio, 1.0), final=True, key="a", now=0.3)
+    assert again.job is running and again.joined
+    assert q.counters.finals_reused == 2
+
+
+def test_a_failed_final_is_not_cached() -> None:
+    q = AsrQueue(max_queue=8)
+    audio = speech()
+    job = q.submit(audio, final=True, key="a", now=0.0).job
+    assert q.take(0.0) is job and job is not None
+    q.finish(job, None)
+    assert q.submit(audio, final=True, key="a", now=1.0).job is not None
+
+
+def test_cancel_withdraws_waiting_jobs_only() -> None:
+    q = AsrQueue(max_queue=8)
+    f = q.submit(speech(), final=True, key="a", now=0.0).job
+    g = q.submit(speech(), final=True, key="b", now=0.0).job
+    assert f is not None and g is not None
+    assert q.cancel(g) and q.finals_waiting == 1
+    assert q.take(0.0) is f
+    assert not q.cancel(f)  # running
+    q.finish(f, result())
+    p = q.submit(speech(), final=False, key="c", now=1.0).job
+    assert p is not None and q.cancel(p) and q.partials_waiting == 0
+    assert not q.cancel(p)
+
+
+def test_drain_and_misuse() -> None:
+    q = AsrQueue(max_queue=8)
+    f = q.submit(speech(), final=True, key="a", now=0.0).job
+    q.take(0.0)
+    p = q.submit(speech(), final=False, key="b", now=0.0).job
+    g = q.submit(speech(), final=True, key="c", now=0.0).job
+    assert p is not None and g is not None and f is not None
+    assert q.drain() == [g]  # p was dropped by g
+    with pytest.raises(RuntimeError):
+        q.take(0.0)  # f still runs
+    with pytest.raises(RuntimeError):
+        q.finish(g, None)
+    with pytest.raises(ValueError):
+        AsrQueue(max_queue=0)
+
+
+def test_pacing_memory_is_pruned() -> None:
+    q = AsrQueue(max_queue=8, partial_min_interval_s=0.3)
+    for i, key in enumerate("abcdef"):
+        q.submit(speech(), final=False, key=key, now=i * 1.0)
+        run(q, now=i * 1.0)
+    assert q.take(100.0) is None
+    assert q.paced_keys == 0  # every entry older than the interval is gone
