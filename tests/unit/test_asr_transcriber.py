@@ -315,4 +315,4 @@ def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         AsrConfig(unknown=1)  # type: ignore[call-arg]
     config = AsrConfig()
-    assert config.model_path is None and config.device == "cpu" and config.beam_size == 1
+    assert config.model_path is None and config.device == "cpu" and config.beam_size == 5
