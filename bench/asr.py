@@ -111,6 +111,7 @@ def ab(sides: list[Side], refs: list[str], audios: list[np.ndarray], reps: int) 
     texts: dict[str, list[str]] = {side.name: [""] * len(audios) for side in sides}
     fallbacks = {side.name: 0 for side in sides}
     windows: dict[str, list[float]] = {side.name: [] for side in sides}
+    fell: dict[str, set[int]] = {side.name: set() for side in sides}
     turn = 0
     for _ in range(reps):
         for i, audio in enumerate(audios):
@@ -122,7 +123,9 @@ def ab(sides: list[Side], refs: list[str], audios: list[np.ndarray], reps: int) 
                 else:
                     ms, result = timed(lambda a=audio, t=side.transcriber: t.transcribe_sync(a))
                     texts[side.name][i] = result.text  # type: ignore[attr-defined]
-                    fallbacks[side.name] += result.fell_back  # type: ignore[attr-defined]
+                    if result.fell_back:  # type: ignore[attr-defined]
+                        fallbacks[side.name] += 1
+                        fell[side.name].add(i)
                     windows[side.name].append(result.window_s)  # type: ignore[attr-defined]
                 lat[side.name].append(ms)
     out: dict = {}
@@ -137,6 +140,7 @@ def ab(sides: list[Side], refs: list[str], audios: list[np.ndarray], reps: int) 
                 "wer_ratio": fig["wer"] / out[plain]["wer"] if out[plain]["wer"] else None,
                 "wer_vs_plain": corpus_wer(zip(texts[plain], texts[side.name], strict=True)),
                 "fallbacks": fallbacks[side.name],
+                "fell_back_on": [refs[i] for i in sorted(fell[side.name])],
                 "window_s_mean": float(np.mean(windows[side.name])),
                 "speedup_p50": out[plain]["latency_ms"]["p50"] / fig["latency_ms"]["p50"],
                 "texts_differing_from_plain": [
