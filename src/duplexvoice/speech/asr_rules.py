@@ -35,9 +35,10 @@ NEGLIGIBLE_RMS = 1e-3
 # (-20 dB) of the speech level before it (or the negligible floor, for very quiet input).
 SILENT_TAIL_REL = 0.1
 
-# Token budget per second of audio, and slack. Measured on the bench's reference set:
-# tiny.en's text ran at 2.6-4.9 tokens/s (fast eSpeak at 1.1x the top); a budget at
-# about 1.5x the fastest keeps real speech clear of it while a loop stops early.
+# Token budget per second of audio, and slack. Measured on the bench's 12 texts x 7
+# voices: tiny.en's tokens for the spoken text ran at 3.3-6.4 per second of audio
+# (median 4.4; short phrases with punctuation are the densest), so real speech stays
+# clear of 7/s + 12 while a loop is cut short.
 TOKENS_PER_S = 7.0
 TOKEN_SLACK = 12
 # faster-whisper's own threshold: gzip ratio of the text above this is "too repetitive".

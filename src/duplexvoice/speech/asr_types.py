@@ -43,10 +43,12 @@ class AsrConfig(BaseModel):
     language: str = Field(
         "en", min_length=2, description="spoken language (English-only models: en)"
     )
-    beam_size: int = Field(1, ge=1, le=10, description="decoding beam width (1: greedy, fastest)")
+    beam_size: int = Field(
+        5, ge=1, le=10, description="beam width of finals (1: greedy); partials are greedy"
+    )
     window_margin_s: float = Field(
-        3.0, ge=0.5, le=29.0,
-        description="encoder padding after the audio; less is faster but can loop",
+        6.0, ge=0.5, le=29.0,
+        description="encoder padding after the audio; less is faster but loops more often",
     )
     max_queue: int = Field(
         8, ge=1, le=1000, description="finals waiting for the model before new ones are refused"
