@@ -39,6 +39,9 @@ class ConversationConfig(BaseModel):
     asr_device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where ASR runs")
     asr_compute_type: str = Field("int8", description="CTranslate2 compute type")
     asr_threads: int = Field(0, ge=0, description="ASR CPU threads (0: library default)")
+    asr_beam_size: int = Field(
+        1, ge=1, le=10, description="beam width of final transcripts (1: greedy, about "
+        "twice as fast as 5 with tiny.en, and as accurate on the reference set)")
     asr_max_queue: int = Field(
         16, ge=1, description="final transcriptions waiting before new ones are refused")
     asr_preload: bool = Field(True, description="load the ASR model at start, not on first use")

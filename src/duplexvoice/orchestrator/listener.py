@@ -98,6 +98,7 @@ def asr_config(config: ConversationConfig) -> AsrConfig:
     return AsrConfig(model_path=config.asr_model or None,
                      device=config.asr_device,
                      compute_type=config.asr_compute_type, cpu_threads=config.asr_threads,
+                     beam_size=config.asr_beam_size,
                      max_queue=config.asr_max_queue)
 
 
