@@ -3,22 +3,25 @@ offsets, CPU per 20 ms of input.
 
     PYTHONPATH=src .venv/bin/python bench/vad.py [--quick] [--cpu-reps N]
 
-Clips: ``bench/vad_clips.py`` (every speaker, six first sounds, quiet floor and noise
-beds at -40/-30/-20 dBFS, clipping; 68 non-speech sounds over the same beds, series
-of sounds, stationary noise, echo). Each clip is sent as a client would: 48 kHz PCM16
-in 20 ms chunks through :class:`MicResampler`, cut by :class:`Framer` into the
-engine's frames; one probability (and one :class:`OnsetCue`) per frame is recorded,
-then gate settings are replayed over the recordings, so every option below sees the
-same probabilities.
+Clips: ``bench/vad_clips.py`` (every speaker, six first sounds, over a quiet floor
+right away and after 20 s of it, in noise beds at -40/-30/-20 dBFS, clipped; 68
+non-speech sounds over the same beds, series of sounds, stationary noise, echo; and
+``bench/conversation.py``'s own interruptions and bursts, alone and in one stream).
+Each clip is sent as a client would: 48 kHz PCM16 in 20 ms chunks through
+:class:`MicResampler`, cut by :class:`Framer` into the engine's frames; one
+probability (and one :class:`OnsetCue`) per frame is recorded, then gate settings are
+replayed over the recordings, so every option below sees the same probabilities.
+About 3 minutes on 2 cores (``--quick``: every other speaker).
 
-Options (strict mode: the system is speaking, an onset sends ``pause``):
-today's default (Silero 512 hop, speaking threshold 0.7) as the baseline; (c) lower
-speaking thresholds; (a) a 256-sample hop: two interleaved model states (each exactly
-on the model's 512 grid) and, for the record, one state stepped every 256 samples
-(off the grid the model was trained on); (b) a fast onset on top: WebRTC VAD (10 ms)
-calls speech AND the level rose ``fast_rise_db`` over the tracked noise floor (with a
-back-off after holds the model never confirms), or WebRTC voting with Silero's latest
-probability >= 0.2 (the brief's first idea). Figures:
+Options (strict mode: the system is speaking, an onset sends ``pause``): today's
+default (Silero at a 512 hop, its state never renewed, speaking threshold 0.7) as the
+baseline; (c) lower speaking thresholds; (a) a 256-sample hop: two interleaved model
+states (each exactly on the model's 512 grid) and, for the record, one state stepped
+every 256 samples (off the grid the model was trained on); states renewed after 2 s
+of quiet or never; (b) a fast onset on top: WebRTC VAD (10 ms) calls speech AND the
+level rose ``fast_rise_db`` over the tracked noise floor (with a back-off after holds
+the model never confirms), or WebRTC voting with Silero's latest probability >= 0.2
+(the brief's first idea). Figures:
 
 - onset delay: ``confirmed_s`` of the first strict onset - the true speech start
   (first sample above 1 % of the clean speech's peak), audio time, per condition; and
@@ -26,9 +29,9 @@ probability >= 0.2 (the brief's first idea). Figures:
   resampler's hold-back and the client's 20 ms chunking; the barge-in budget of 80 ms
   counts this one, plus the network and the client);
 - false holds: strict onsets on clips with no speech (each would pause the reply for
-  about 250 ms, then resume), per kind of noise; echo: clips with a strict onset;
+  about 300 ms, then resume), per kind of noise; echo: clips with a strict onset;
 - non-strict (the user's turn while the system is silent): onset, offset delay (last
-  offset's ``confirmed_s`` - true end), splits (extra onsets), false onsets;
+  offset's ``confirmed_s`` - true end), end error, splits (extra onsets), false onsets;
 - CPU (us): the whole chain per 20 ms of input, per option; parts per frame.
 """
 
@@ -81,9 +84,9 @@ from tests.support import speech as sp  # noqa: E402
 RATE = 16000
 MIC_RATE = 48000
 CHUNK = MIC_RATE // 50  # 20 ms client frames
-CONDITIONS = ("quiet", "noise-40", "noise-30", "noise-20", "clipped")
+CONDITIONS = ("quiet", "quiet-20s", "noise-40", "noise-30", "noise-20", "clipped")
 TODAY = GateConfig(speaking_threshold=0.7, min_speech_ms=32, speaking_min_speech_ms=32,
-                   fast_onset=False)
+                   fast_onset=False)  # with Silero at a 512 hop, states never renewed
 NEW = GateConfig()
 
 
@@ -110,13 +113,18 @@ class OffGridSilero:
 
 
 def engines() -> dict[str, VoiceActivity]:
-    return {"silero512": SileroVad(hop=512), "silero256": SileroVad(hop=256),
+    return {"silero512": SileroVad(hop=512, quiet_reset_s=0),
+            "silero512-renewed": SileroVad(hop=512),
+            "silero256": SileroVad(hop=256),
+            "silero256-unrenewed": SileroVad(hop=256, quiet_reset_s=0),
             "silero256-1state": OffGridSilero(shared_silero_model()),
             "webrtc2": WebRtcVad(2), "webrtc3": WebRtcVad(3)}
 
 
-CUE_ENGINES = ("silero512", "silero256")
-WINDOW_S = {"silero256": 0.032, "silero256-1state": 0.032}  # probabilities of 32 ms windows
+CUE_ENGINES = ("silero512-renewed", "silero256")
+CUE_SOURCE = {"silero512": "silero512-renewed", "silero256-unrenewed": "silero256"}  # same frames
+WINDOW_S = {"silero256": 0.032, "silero256-unrenewed": 0.032,
+            "silero256-1state": 0.032}  # probabilities of 32 ms windows every 16 ms
 
 
 def trace(clip: Clip, name: str, engine: VoiceActivity) -> None:
@@ -161,7 +169,7 @@ def replay(clip: Clip, option: Option, strict: bool
     gate = VadGate(option.gate)
     frames = clip.traces[option.engine]
     frame_s = WINDOW_S.get(option.engine, frames[1][0] - frames[0][0])
-    cue_rows = clip.cues.get(option.engine, [])
+    cue_rows = clip.cues.get(CUE_SOURCE.get(option.engine, option.engine), [])
     onsets: list[tuple[SpeechOnset, float]] = []
     offsets: list[SpeechOffset] = []
     for k, (end_s, p, pushed_s) in enumerate(frames):
@@ -172,6 +180,22 @@ def replay(clip: Clip, option: Option, strict: bool
             else:
                 offsets.append(ev)
     return onsets, offsets
+
+
+def unconfirmed_fast(clip: Clip, option: Option) -> int:
+    """Fast onsets in a speech clip that ended with no voiced frame (they back off)."""
+    if not option.cue:
+        return 0
+    gate = VadGate(option.gate)
+    frames = clip.traces[option.engine]
+    frame_s = WINDOW_S.get(option.engine, frames[1][0] - frames[0][0])
+    count = 0
+    for k, (end_s, p, _) in enumerate(frames):
+        before = gate.fast_blocked_until_s
+        row = clip.cues[CUE_SOURCE.get(option.engine, option.engine)][k]
+        gate.push(p, end_s, frame_s, True, cue_of(option, row, p))
+        count += gate.fast_blocked_until_s != before and gate.fast_blocked_until_s > end_s
+    return count
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -195,6 +219,9 @@ def evaluate_strict(clips: list[Clip], option: Option) -> dict[str, object]:
     every: list[float] = []
     inputs: list[float] = []
     quiet_inputs: list[float] = []
+    start_error: list[float] = []
+    splits = 0
+    fast_unconfirmed = 0
     fast = 0
     missed: list[str] = []
     early: list[str] = []
@@ -204,6 +231,8 @@ def evaluate_strict(clips: list[Clip], option: Option) -> dict[str, object]:
     conv: list[float] = []
     conv_input: list[float] = []
     conv_holds = 0
+    seq_onsets: list[float] = []
+    seq_holds = 0
     for clip in clips:
         onsets, _ = replay(clip, option, strict=True)
         if clip.kind == "conv_speech":
@@ -215,10 +244,23 @@ def evaluate_strict(clips: list[Clip], option: Option) -> dict[str, object]:
         if clip.kind == "conv_burst":
             conv_holds += len(onsets)
             continue
+        if clip.kind == "conv_sequence":
+            for n, (kind, at) in enumerate(clip.marks):
+                until = clip.marks[n + 1][1] if n + 1 < len(clip.marks) else math.inf
+                inside = [(o, t) for o, t in onsets if at - 0.05 < o.confirmed_s < until]
+                if kind == "interruption" and inside:
+                    seq_onsets.append((inside[0][0].confirmed_s - at) * 1000)
+                elif kind == "interruption":
+                    seq_onsets.append(math.inf)
+                else:
+                    seq_holds += len(inside)
+            continue
         if clip.kind in SPEECH_KINDS:
             inside = [(o, t) for o, t in onsets if o.confirmed_s > clip.start_s - 0.05]
             if len(inside) < len(onsets):
                 early.append(clip.name)
+            splits += max(0, len(inside) - 1)
+            fast_unconfirmed += unconfirmed_fast(clip, option)
             if not inside:
                 missed.append(clip.name)
                 continue
@@ -226,6 +268,7 @@ def evaluate_strict(clips: list[Clip], option: Option) -> dict[str, object]:
             delay = (first.confirmed_s - clip.start_s) * 1000
             audio[clip.condition].append(delay)
             every.append(delay)
+            start_error.append((first.start_s - clip.start_s) * 1000)
             inputs.append((pushed - clip.start_s) * 1000)
             if clip.condition == "quiet":
                 quiet_inputs.append(inputs[-1])
@@ -238,12 +281,16 @@ def evaluate_strict(clips: list[Clip], option: Option) -> dict[str, object]:
             echo += bool(onsets)
     return {"onset_ms": percentiles(every), "onset_input_ms": percentiles(inputs),
             "onset_input_quiet_ms": percentiles(quiet_inputs),
+            "start_error_ms": percentiles(start_error),
+            "strict_splits": splits, "fast_unconfirmed_on_speech": fast_unconfirmed,
             "onset_by_condition_ms": {c: percentiles(v) for c, v in audio.items()},
             "fast_onsets": fast, "missed": missed, "early": early, "false_holds": holds,
             "clips_with_false_holds": hold_clips, "echo_clips_with_onset": echo,
             "conversation_onset_ms": percentiles(conv),
             "conversation_onset_input_ms": percentiles(conv_input),
-            "conversation_burst_holds": conv_holds}
+            "conversation_burst_holds": conv_holds,
+            "conversation_sequence_onset_ms": percentiles(seq_onsets),
+            "conversation_sequence_burst_holds": seq_holds}
 
 
 def evaluate_nonstrict(clips: list[Clip], option: Option) -> dict[str, object]:
@@ -253,7 +300,7 @@ def evaluate_nonstrict(clips: list[Clip], option: Option) -> dict[str, object]:
     splits = 0
     false_onsets = 0
     for clip in clips:
-        if clip.kind in ("echo", "conv_speech", "conv_burst"):
+        if clip.kind in ("echo", "conv_speech", "conv_burst", "conv_sequence"):
             continue
         onsets, offsets = replay(clip, option, strict=False)
         if clip.kind in SPEECH_KINDS:
@@ -287,6 +334,9 @@ def options() -> list[Option]:
         Option("(a) silero256 st0.4 min32", "silero256",
                replace(no_fast, speaking_threshold=0.4, threshold=0.4, neg_threshold=0.3)),
         Option("(a) 1-state256 st0.5 min32", "silero256-1state", no_fast),
+        Option("(a) silero256 st0.5 min32 unrenewed", "silero256-unrenewed", no_fast),
+        Option("(a) silero512 st0.5 renewed", "silero512-renewed",
+               replace(today, speaking_threshold=0.5)),
         Option("(b) vote webrtc1+p>=0.2", "silero256", replace(fast, fast_rise_db=0.0,
                fast_min_level_db=-120.0), "vote"),
         Option("(b) fast webrtc1 rise12 [new]", "silero256", fast, "webrtc1"),
@@ -301,8 +351,10 @@ def options() -> list[Option]:
                replace(fast, fast_backoff_ms=0.0), "webrtc1"),
         Option("(b) fast webrtc1 rise12 st0.7", "silero256",
                replace(fast, speaking_threshold=0.7), "webrtc1"),
-        Option("(b) fast on silero512", "silero512", replace(fast, speaking_min_speech_ms=32),
-               "webrtc1"),
+        Option("(b) fast on silero512", "silero512-renewed", fast, "webrtc1"),
+        Option("(b) fast, states never renewed", "silero256-unrenewed", fast, "webrtc1"),
+        Option("(b) fast webrtc1 rise12 confirm160", "silero256",
+               replace(fast, fast_confirm_ms=0.0), "webrtc1"),
         Option("webrtc2 alone", "webrtc2", replace(no_fast, speaking_min_speech_ms=20)),
         Option("webrtc3 alone", "webrtc3", replace(no_fast, speaking_min_speech_ms=20)),
     ]
@@ -311,17 +363,20 @@ def options() -> list[Option]:
 def nonstrict_options() -> list[Option]:
     return [
         Option("today: silero512", "silero512", TODAY),
+        Option("silero512 renewed", "silero512-renewed", TODAY),
         Option("silero256 min32", "silero256", replace(NEW, min_speech_ms=32)),
         Option("silero256 min48 [new]", "silero256", NEW),
+        Option("silero256 min48 unrenewed", "silero256-unrenewed", NEW),
         Option("silero256 min64", "silero256", replace(NEW, min_speech_ms=64)),
         Option("webrtc2", "webrtc2", replace(NEW, min_speech_ms=40)),
     ]
 
 
 def off_grid(clips: list[Clip]) -> dict[str, float]:
-    """The 1-state 256 hop and the 2-state one against the 512 hop, where windows coincide."""
+    """The 1-state 256 hop and the 2-state one against the 512 hop, where windows coincide
+    (all three never renewing their states, so that they may be compared)."""
     out: dict[str, float] = {}
-    for name in ("silero256", "silero256-1state"):
+    for name in ("silero256-unrenewed", "silero256-1state"):
         diffs: list[float] = []
         agree: list[bool] = []
         for clip in clips:
@@ -396,9 +451,12 @@ def print_tables(result: dict[str, object]) -> None:
     print(f"\nVAD: {result['clip_counts']}")
     print("Strict onsets (system speaking -> pause): ms after the true start, audio time "
           "(input: as pushed by a 48 kHz client in 20 ms chunks); fast: onsets by the fast "
-          "rule; holds: onsets on clips with no speech (clips with one), by noise")
-    print(f"{'option':35} {'all p50/95/max':>14} {'quiet':>7} {'n-40':>7} {'n-30':>7} "
-          f"{'n-20':>8} {'clip':>7} {'input':>7} {'in.qt':>7} {'fast':>4} {'miss':>4} | "
+          "rule (unc: fast onsets on speech the model did not confirm in time; spl: extra "
+          "onsets in speech clips); start: the onset's start_s - the true start; holds: "
+          "onsets on clips with no speech (clips with one), by noise")
+    print(f"{'option':35} {'all p50/95/max':>14} {'quiet':>7} {'q-20s':>7} {'n-40':>7} "
+          f"{'n-30':>7} {'n-20':>8} {'clip':>7} {'input':>7} {'in.qt':>7} {'start':>7} "
+          f"{'fast':>4} {'unc':>3} {'spl':>3} {'miss':>4} | "
           f"{'b.quiet':>7} {'b-40':>5} {'b-30':>5} {'b-20':>5} {'series':>6} "
           f"{'st-40':>5} {'st-30':>5} {'st-20':>5} {'step':>4} {'sil':>3} {'echo':>4}")
     for r in result["strict"]:  # type: ignore[attr-defined]
@@ -408,20 +466,25 @@ def print_tables(result: dict[str, object]) -> None:
         def hold(k: str, h: dict[str, int] = h, hc: dict[str, int] = hc) -> str:
             return f"{h.get(k, 0)}({hc.get(k, 0)})" if h.get(k, 0) else "0"
         print(f"{r['option']:35} {cell(r['onset_ms'], ('p50', 'p95', 'max')):>14} "
-              + " ".join(f"{cell(bc[c]):>7}" for c in CONDITIONS[:3])
+              + " ".join(f"{cell(bc[c]):>7}" for c in CONDITIONS[:4])
               + f" {cell(bc['noise-20']):>8} {cell(bc['clipped']):>7} "
               f"{cell(r['onset_input_ms']):>7} {cell(r['onset_input_quiet_ms']):>7} "
-              f"{r['fast_onsets']:>4} {len(r['missed']):>4} | "
+              f"{cell(r['start_error_ms']):>7} "
+              f"{r['fast_onsets']:>4} {r['fast_unconfirmed_on_speech']:>3} "
+              f"{r['strict_splits']:>3} {len(r['missed']):>4} | "
               f"{hold('burst_quiet'):>7} {hold('burst-40'):>5} {hold('burst-30'):>5} "
               f"{hold('burst-20'):>5} {h.get('series', 0):>6} {hold('noise-40'):>5} "
               f"{hold('noise-30'):>5} {hold('noise-20'):>5} {h.get('noise_step', 0):>4} "
               f"{h.get('silence', 0):>3} {r['echo_clips_with_onset']:>4}")
     print("\nOn bench/conversation.py's own set (10 interruptions, 10 bursts; digital "
-          "silence before each): onset audio p50/p95/max, input p50/p95/max, holds on bursts")
+          "silence before each): each item alone: onset audio p50/p95/max, input "
+          "p50/p95/max, holds on bursts; all in one stream, twice: onset p50/p95/max, holds")
     for r in result["strict"]:  # type: ignore[attr-defined]
         print(f"{r['option']:35} {cell(r['conversation_onset_ms'], ('p50', 'p95', 'max')):>14}"
               f" {cell(r['conversation_onset_input_ms'], ('p50', 'p95', 'max')):>14} "
-              f"{r['conversation_burst_holds']:>3}")
+              f"{r['conversation_burst_holds']:>3} | "
+              f"{cell(r['conversation_sequence_onset_ms'], ('p50', 'p95', 'max')):>14} "
+              f"{r['conversation_sequence_burst_holds']:>3}")
     print("\nNon-strict (the user's turn while the system is silent): onset and offset "
           "delay (ms), end error (the offset's end_s - the true end: the end-of-turn wait "
           "counts from it), splits, false onsets on non-speech clips")
@@ -461,7 +524,7 @@ def main() -> None:
         "new_defaults": NEW.__dict__, "baseline": TODAY.__dict__,
         "clip_counts": {k: sum(c.kind == k for c in clips)
                         for k in (*SPEECH_KINDS, *FALSE_KINDS, "echo", "conv_speech",
-                                  "conv_burst")},
+                                  "conv_burst", "conv_sequence")},
         "strict": [{"option": o.label, "engine": o.engine, "cue": o.cue,
                     **evaluate_strict(clips, o)} for o in options()],
         "nonstrict": [{"option": o.label, **evaluate_nonstrict(clips, o)}

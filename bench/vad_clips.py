@@ -5,7 +5,9 @@ Speech (every speaker of ``SPEAKERS``):
 - ``speech``: six texts with different first sounds ("Hello": h, "The": voiced
   fricative, "Wait": w, "Sorry": s, "Okay": vowel, "Five": f) over a quiet room's floor
   (pink noise at -60 dBFS: no real microphone gives digital silence, and over digital
-  silence any level detector would look perfect);
+  silence any level detector would look perfect); and the same after 20 s of that
+  floor (``quiet-20s``: the user listening to a long reply before barging in; a model
+  state carried through long quiet grows deaf);
 - ``speech_noise``: one text each in white and pink noise at -40, -30 and -20 dBFS
   (speech peaks at 0.5, about -15 dBFS RMS: -20 dBFS noise is an SNR near 5 dB), the
   texts rotating over speakers and beds;
@@ -68,6 +70,7 @@ class Clip:
     start_s: float = 0.0  # true speech start/end (speech kinds)
     end_s: float = 0.0
     condition: str = ""  # quiet | noise-40 | noise-30 | noise-20 | clipped (speech kinds)
+    marks: list[tuple[str, float]] = field(default_factory=list)  # (kind, onset) in a sequence
     traces: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
     cues: dict[str, list[tuple[float, bool, bool]]] = field(default_factory=dict)
 
@@ -185,6 +188,12 @@ def build_clips(quick: bool = False) -> list[Clip]:
             n = s.size + round(2.3 * RATE)
             clips.append(speech_clip(f"{spk.name}/{tid}", "speech", "quiet", s,
                                      quiet(n, 1000 + 10 * i + j), phase=i + 3 * j))
+            c = speech_clip(f"{spk.name}/{tid}/after20s", "speech", "quiet-20s", s,
+                            quiet(n + 20 * RATE, 3000 + 10 * i + j), phase=i + 3 * j + 1)
+            late = quiet(20 * RATE, 4000 + 10 * i + j)
+            c.audio = np.concatenate([late, c.audio]).astype(np.float32)
+            c.start_s, c.end_s = c.start_s + 20.0, c.end_s + 20.0
+            clips.append(c)
         for j, (lv, rms) in enumerate(BEDS.items()):
             for k, kind in enumerate(("white", "pink")):
                 tid = tids[(i + 2 * j + k) % len(tids)]
@@ -238,10 +247,24 @@ def conversation_clips() -> list[Clip]:
     sends it (digital silence before the event), the onset at the speech piece's start
     (its definition, 10 ms before the first sample above 1 % of the peak)."""
     out: list[Clip] = []
-    for item in conversation_set.build_set().of("interruption", "burst"):
+    items = conversation_set.build_set().of("interruption", "burst")
+    for item in items:
         event = item.events[0]
         kind = "conv_speech" if item.kind == "interruption" else "conv_burst"
         audio = np.concatenate([item.audio, np.zeros(RATE, np.float32)])
         out.append(Clip(f"conv/{item.id}", kind, audio, event.start_s, event.end_s,
                         "conversation"))
+    # The same items one after the other in one stream, twice over, as that benchmark
+    # sends them to one session (the model's state and the back-off carry over).
+    parts: list[np.ndarray] = []
+    marks: list[tuple[str, float]] = []
+    at = 0
+    for _ in range(2):
+        for item in items:
+            marks.append((item.kind, (at + item.sample(item.events[0].start_s)) / RATE))
+            parts += [item.audio, np.zeros(2 * RATE, np.float32)]
+            at += item.audio.size + 2 * RATE
+    seq = Clip("conv/sequence", "conv_sequence", np.concatenate(parts), condition="conversation")
+    seq.marks = marks
+    out.append(seq)
     return out

@@ -213,3 +213,14 @@ def test_stationary_noise_never_holds_while_the_system_speaks(kind: str, rms: fl
     noise = (white if kind == "white" else pink)(5.0, rms, seed=12)
     events, _ = listen(noise, SILERO, strict=True)
     assert events == []
+
+
+@pytest.mark.parametrize("speaker", sp.SPEAKERS[::3], ids=[s.name for s in sp.SPEAKERS[::3]])
+def test_the_model_still_hears_an_onset_after_long_quiet(speaker: sp.Speaker) -> None:
+    """The user listens to a long reply, then talks: Silero's state, carried through
+    30 s of quiet, would grow deaf (onsets 0.5-2 s late); renewed, it is not."""
+    track, start, _ = placed(np.asarray(sp.say(TEXT, speaker)), lead_s=30.0)
+    track = track + quiet_floor(track.size / 16000, seed=8)
+    events, _ = listen(track, VadConfig(fast_onset=False), strict=True)
+    onsets = [e for e in events if isinstance(e, SpeechOnset)]
+    assert onsets and start <= onsets[0].confirmed_s <= start + 0.2, (onsets[:1], start)

@@ -6,6 +6,8 @@ engines are in-process libraries that load in milliseconds.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -336,3 +338,48 @@ def test_detector_passes_windows_and_cues_to_the_gate() -> None:
             onset = events[0]
             assert isinstance(onset, SpeechOnset)
             assert onset.confirmed_s - onset.start_s == pytest.approx(0.04)  # a 40 ms window
+
+
+class FakeModel:
+    """Stands in for the ONNX session: scripted probabilities; each call's state in is
+    recorded, and the state out is the state in + 1."""
+
+    def __init__(self, probs: list[float]) -> None:
+        self.probs = list(probs)
+        self.states_in: list[float] = []
+
+    def run(self, rows: np.ndarray, h: np.ndarray, c: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.states_in.append(float(h.flat[0]))
+        return np.array([self.probs.pop(0)], np.float32), h + 1, c + 1
+
+
+def test_silero_states_start_afresh_after_quiet() -> None:
+    # hop 512, 0.1 s of quiet (4 windows of 32 ms = 0.128 s >= 0.1) renews the state
+    probs = [0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.1]
+    model = FakeModel(probs)
+    vad = SileroVad(model, hop=512, quiet_reset_s=0.1)  # type: ignore[arg-type]
+    for _ in probs:
+        vad.probability(np.zeros(512, np.float32))
+    # state in: 0, 1, 2, 3, 4 (quiet reaches 0.128 s after the 5th call: renewed), 0, ...
+    assert model.states_in == [0, 1, 2, 3, 4, 0, 1, 2]
+    # hop 256: two states take turns; a voice in between starts the count again
+    probs = [0.1] * 6 + [0.5] + [0.1] * 8
+    model = FakeModel(probs)
+    vad = SileroVad(model, hop=256, quiet_reset_s=0.1)  # type: ignore[arg-type]
+    for _ in probs:
+        vad.probability(np.zeros(256, np.float32))
+    # states A, B alternate: A0 B0 A1 B1 A2 B2 (0.096 s of quiet) A3 (voiced) B3 ...
+    # 7 quiet hops after the voice = 0.112 s: both renewed for the 15th call
+    assert model.states_in == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 0]
+    never = FakeModel([0.0] * 100)
+    vad = SileroVad(never, hop=512, quiet_reset_s=0)  # type: ignore[arg-type]
+    for _ in range(100):
+        vad.probability(np.zeros(512, np.float32))
+    assert never.states_in == list(range(100))
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "2", True])
+def test_silero_bad_quiet_reset(bad: object) -> None:
+    with pytest.raises(ValueError, match="quiet_reset_s"):
+        SileroVad(quiet_reset_s=bad)  # type: ignore[arg-type]

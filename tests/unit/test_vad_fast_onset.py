@@ -166,8 +166,8 @@ def test_an_unconfirmed_fast_onset_ends_like_any_speech_and_backs_off() -> None:
     click = [(0.02, LOUD), *quiet(20)]
     events = push_all(gate, quiet(20) + click)
     # onset on the rise; the next window (0.32-0.352) has nothing: the speech ended at
-    # 0.32, and min_silence later it is over
-    assert approx(events) == [("on", 0.304, 0.336, True), ("off", 0.32, 0.48)]
+    # 0.32, and it is over once the model had fast_confirm_ms to call it speech
+    assert approx(events) == [("on", 0.304, 0.336, True), ("off", 0.32, 0.64)]
     assert gate.fast_blocked_until_s == pytest.approx(2.32)
     # another click 1 s later: blocked; one at 2.4 s: a fast onset again, then 4 s off
     assert push_all(gate, click, start=0.656 + 0.4) == []
@@ -195,13 +195,15 @@ def test_the_back_off_doubles_to_its_maximum() -> None:
 
 def test_speech_the_model_confirms_keeps_going_and_resets_the_back_off() -> None:
     gate = VadGate(BASE)
-    push_all(gate, [*quiet(20), (0.02, LOUD), *quiet(20)])  # one unconfirmed: backs off
+    push_all(gate, [*quiet(20), (0.02, LOUD), *quiet(30)])  # one unconfirmed: backs off
     assert gate.fast_blocked_until_s > 0
-    # real speech later (onset by the model), then an offset: the back-off resets
-    events = push_all(gate, [(0.9, QUIET)] * 20 + quiet(20), start=3.0)
+    # real speech 1 s later, still blocked (onset by the model), then an offset: the
+    # back-off is over
+    events = push_all(gate, [(0.9, QUIET)] * 20 + quiet(20), start=1.5)
     assert [type(e) for e in events] == [SpeechOnset, SpeechOffset]
     assert not events[0].fast  # type: ignore[union-attr]
-    events = push_all(gate, [(0.02, LOUD), *quiet(20)], start=3.0 + 40 * HOP)
+    assert gate.fast_blocked_until_s == -math.inf
+    events = push_all(gate, [(0.02, LOUD), *quiet(20)], start=1.5 + 40 * HOP)
     assert approx(events)[0][3] is True
     assert gate.fast_blocked_until_s == pytest.approx(events[1].end_s + 2.0)  # type: ignore[union-attr]
 
@@ -213,6 +215,25 @@ def test_a_fast_onset_the_model_confirms_is_one_speech() -> None:
     assert [type(e) for e in events] == [SpeechOnset, SpeechOffset]
     assert events[0].fast  # type: ignore[union-attr]
     assert gate.fast_blocked_until_s == -math.inf  # confirmed: no back-off
+
+
+def test_a_fricative_start_is_one_speech_though_the_model_hears_it_late() -> None:
+    # "Stop": 150 ms of friction the model calls silence, then the vowel
+    gate = VadGate(BASE)
+    frames = [*quiet(20), *[(0.05, LOUD)] * 10, *[(0.9, LOUD)] * 20, *quiet(30)]
+    events = push_all(gate, frames)
+    assert [type(e) for e in events] == [SpeechOnset, SpeechOffset]
+    assert events[0].fast  # type: ignore[union-attr]
+    assert gate.fast_blocked_until_s == -math.inf
+
+
+def test_an_unconfirmed_fast_onset_lasts_fast_confirm_ms() -> None:
+    for wait_ms in (0.0, 160.0, 300.0, 500.0):
+        gate = VadGate(replace(BASE, fast_confirm_ms=wait_ms))
+        onset, offset = push_all(gate, [*quiet(20), (0.02, LOUD), *quiet(40)])
+        assert isinstance(onset, SpeechOnset) and isinstance(offset, SpeechOffset)
+        held = offset.confirmed_s - onset.confirmed_s
+        assert max(wait_ms, 160.0 - 16.0) / 1000 <= held + 1e-9 <= max(wait_ms, 160.0) / 1000 + HOP
 
 
 def test_probability_and_rise_on_the_same_frame_is_not_a_fast_onset() -> None:
@@ -254,6 +275,7 @@ def test_reset_forgets_the_floor_and_the_back_off() -> None:
         ({"fast_min_level_db": 3.0}, "fast_min_level_db"),
         ({"fast_min_level_db": -200.0}, "fast_min_level_db"),
         ({"fast_min_ms": math.nan}, "fast_min_ms"),
+        ({"fast_confirm_ms": -1.0}, "fast_confirm_ms"),
         ({"floor_rise_db_per_s": 0.0}, "floor_rise_db_per_s"),
         ({"floor_fall_ms": -5.0}, "floor_fall_ms"),
         ({"fast_backoff_ms": 5000.0, "fast_backoff_max_ms": 1000.0}, "at least"),

@@ -22,11 +22,18 @@ not here: it is the pure :mod:`.vad_gate` over these probabilities (and the
   exactly what the model was trained to see (on the 512 grid the second stream's
   probabilities equal the single stream's, to the bit). One state stepped every 256
   samples instead is off that grid: its probabilities differ from the 512 hop's by
-  0.26 at p95 (up to 0.87) where their windows coincide, and it detected nothing
-  sooner (``bench/vad.py``). One ``InferenceSession`` per process (1 intra-op and 1
-  inter-op thread: a window is far too small to split, and sessions run on the event
-  loop), shared by every session; ``InferenceSession.run`` is thread-safe and holds
-  no per-call state, so each :class:`SileroVad` keeps its own states and context.
+  0.18 at p95 (up to 0.87) where their windows coincide, and it detected nothing
+  sooner (``bench/vad.py``). After 2 s of quiet (every probability under 0.2) the
+  states start afresh: carried through long quiet, Silero's LSTM state drifts and the
+  model grows deaf to the next onset (a known trait of streaming Silero, e.g.
+  snakers4/silero-vad#725). Measured: a barge-in after 20 s of a quiet floor was
+  confirmed 794/1858 ms (p50/p95) after the speech began with the old default, 58/109
+  with renewed states (30/94 with 1 s of floor); renewing costs nothing measurable
+  (a fresh state hears an onset 0.1 s later as well as one 3 s old). One
+  ``InferenceSession`` per process (1 intra-op and 1 inter-op thread: a window is far
+  too small to split, and sessions run on the event loop), shared by every session;
+  ``InferenceSession.run`` is thread-safe and holds no per-call state, so each
+  :class:`SileroVad` keeps its own states and context.
 - :class:`OnsetCues`: the fast onset's inputs per frame: the level (dBFS) and
   whether WebRTC VAD (aggressiveness 1 by default: 3 misses soft fricatives, "f",
   "s", for 60-100 ms) hears speech in it.
@@ -37,17 +44,17 @@ the client's 20 ms chunks and the resampler's hold-back (11 ms average) included
 the onset must be confirmed about 50 ms into the speech. Silero cannot: it needs the
 voiced part of a syllable, and "Hello", "Sorry", "Five" begin with 40-100 ms of
 breath or friction it calls silence. Over a quiet room's floor (-60 dBFS) the onset
-while the system speaks is confirmed at p50/p95 16/30 ms (input time 34/50 ms) with
-the fast onset, against 78/118 ms (108/146) with the old default (512 hop,
-threshold 0.7) and 42/98 ms with the 256 hop alone at threshold 0.5. In noise the
-onset is as late as the model: nothing rises over a -30 dBFS bed before the speech
-does (p95 95 ms, from 109).
+while the system speaks is confirmed at p50/p95 16/30 ms (input time 34/50 ms; after
+20 s of floor 14/24 ms) with the fast onset, against 78/118 ms (input 108/146) with
+the old default (512 hop, threshold 0.7) and 42/98 ms with the 256 hop alone at
+threshold 0.5. In noise the onset is as late as the model: nothing rises over a
+-30 dBFS bed before the speech does (p95 95 ms, from 109).
 
 Cost per session on the event loop (``bench/vad.py``, 2 shared cores, best of the
 passes): one Silero call 115-150 us, so 90 us per 20 ms of audio at a 512 hop and
 180 us at 256; the cues 12 us per 16 ms frame; the gate 2 us; the whole chain from
-48 kHz PCM (resampler included) about 330 us per 20 ms against 140 us for the old
-default: under 2 % of a core per talking session.
+48 kHz PCM (resampler included) 310 us per 20 ms against 142 us for the old default
+(2.2x): 1.6 % of a core per talking session.
 
 Errors: a frame of the wrong size or shape, or a bad engine name or setting, is a
 ``ValueError`` with a message; a missing model file is a ``FileNotFoundError``; NaN or
@@ -78,6 +85,7 @@ SILERO_WINDOW = 512  # samples per window at 16 kHz (32 ms)
 SILERO_CONTEXT = 64  # samples of the previous window the model sees again
 SILERO_ROW = SILERO_CONTEXT + SILERO_WINDOW
 SILERO_HOPS = (256, 512)  # new samples per probability: 512 one state, 256 two interleaved
+SILERO_QUIET_P = 0.2  # probabilities under this count as quiet for the state's renewal
 SILERO_STATE_SHAPE = (1, 1, 128)
 SILERO_ASSET = "silero_vad_v6.onnx"
 
@@ -217,13 +225,25 @@ class SileroVad:
     apart, taking turns: each sees exactly what ``hop=512`` would (its windows,
     its context, its own LSTM state), and the stream gets a fresh probability every
     16 ms, of the 32 ms window that ends there.
+
+    ``quiet_reset_s``: after this much audio with every probability under 0.2, the
+    LSTM states start afresh (the audio context is kept); 0 never. Carried through long
+    quiet, the state drifts and the model grows deaf to the next onset.
     """
 
-    def __init__(self, model: SileroModel | None = None, hop: int = SILERO_WINDOW) -> None:
+    def __init__(
+        self, model: SileroModel | None = None, hop: int = SILERO_WINDOW,
+        quiet_reset_s: float = 2.0,
+    ) -> None:
         if type(hop) is not int or hop not in SILERO_HOPS:
             raise ValueError(f"Silero hop must be one of {SILERO_HOPS} samples, got {hop!r}")
+        if not (isinstance(quiet_reset_s, int | float) and not isinstance(quiet_reset_s, bool)
+                and math.isfinite(quiet_reset_s) and quiet_reset_s >= 0):
+            raise ValueError(f"quiet_reset_s must be a finite number >= 0, got {quiet_reset_s!r}")
         self._model = model or shared_silero_model()
         self.hop = hop
+        self._reset_after = round(quiet_reset_s * SPEECH_RATE)
+        self._quiet = 0  # samples since a probability was last at or over SILERO_QUIET_P
         self._streams = SILERO_WINDOW // hop
         self._row = np.zeros((1, SILERO_ROW), dtype=np.float32)
         self._h: list[FloatAudio] = []
@@ -249,13 +269,22 @@ class SileroVad:
         self._turn = (k + 1) % self._streams
         probs, self._h[k], self._c[k] = self._model.run(self._row, self._h[k], self._c[k])
         p = float(probs[0])
-        return p if math.isfinite(p) else 0.0
+        p = p if math.isfinite(p) else 0.0
+        self._quiet = self._quiet + self.hop if p < SILERO_QUIET_P else 0
+        if self._reset_after and self._quiet >= self._reset_after:
+            self._quiet = 0
+            self._fresh_states()
+        return p
 
     def reset(self) -> None:
         self._row.fill(0.0)
+        self._fresh_states()
+        self._turn = 0
+        self._quiet = 0
+
+    def _fresh_states(self) -> None:
         self._h = [np.zeros(SILERO_STATE_SHAPE, dtype=np.float32) for _ in range(self._streams)]
         self._c = [np.zeros(SILERO_STATE_SHAPE, dtype=np.float32) for _ in range(self._streams)]
-        self._turn = 0
 
 
 class OnsetCues:
@@ -297,12 +326,12 @@ class OnsetCues:
 
 def make_vad(
     engine: str, *, aggressiveness: int = 2, webrtc_frame_ms: int = 20,
-    silero_hop: int = SILERO_WINDOW,
+    silero_hop: int = SILERO_WINDOW, silero_quiet_reset_s: float = 2.0,
 ) -> VoiceActivity:
     """A fresh per-session engine: ``"silero"`` or ``"webrtc"`` (``aggressiveness`` and
-    ``webrtc_frame_ms`` apply to WebRTC only, ``silero_hop`` to Silero)."""
+    ``webrtc_frame_ms`` apply to WebRTC only, ``silero_*`` to Silero)."""
     if engine == "silero":
-        return SileroVad(hop=silero_hop)
+        return SileroVad(hop=silero_hop, quiet_reset_s=silero_quiet_reset_s)
     if engine == "webrtc":
         return WebRtcVad(aggressiveness, webrtc_frame_ms)
     raise ValueError(f"unknown VAD engine {engine!r}; choose one of {ENGINES}")
@@ -359,6 +388,10 @@ class VadConfig(BaseModel):
         256, ge=256, le=512, multiple_of=256,
         description="Silero only: new samples per probability (256: two interleaved "
         "model states, a fresh 32 ms window every 16 ms)",
+    )
+    silero_quiet_reset_s: float = Field(
+        2.0, ge=0.0, le=3600.0, description="Silero only: fresh model states after this "
+        "much quiet (0: never); carried through long quiet, the state grows deaf to onsets",
     )
     threshold: float = Field(
         _GATE.threshold, ge=0.0, le=1.0, description="a frame is speech if p >= this"
@@ -432,6 +465,7 @@ class VadConfig(BaseModel):
         return make_vad(
             self.engine, aggressiveness=self.aggressiveness,
             webrtc_frame_ms=self.webrtc_frame_ms, silero_hop=self.silero_hop,
+            silero_quiet_reset_s=self.silero_quiet_reset_s,
         )
 
     def make_cues(self) -> OnsetCues | None:

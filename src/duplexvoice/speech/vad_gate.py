@@ -36,12 +36,14 @@ silence. So while the system speaks, a frame that WebRTC VAD calls speech and wh
 level is ``fast_rise_db`` over the tracked noise floor (and at least
 ``fast_min_level_db``) confirms an onset at once, ``fast=True``. Whether the speech
 goes on is the model's alone: the gate is then speaking, and only voiced or
-in-between probabilities keep it so. A noise (a cough, a knock, typing) makes a
-fast onset too, and its offset follows after ``min_silence_ms``, so the reply pauses
-for about the turn-taking core's resume delay, then goes on. A fast onset that no
-voiced frame followed turns the fast onset off for ``fast_backoff_ms``, doubled for
-each such one in a row up to ``fast_backoff_max_ms``; a voiced speech resets it. So a
-quiet room pays one short pause for an isolated noise, a noisy one a few, ever fewer.
+in-between probabilities keep it so, except that a fast onset's speech lasts at least
+``fast_confirm_ms`` (a fricative start, "Stop", can take the model 200 ms to call
+speech: ended sooner, one word would make two onsets). A noise (a cough, a knock,
+typing) makes a fast onset too, and its offset follows ``fast_confirm_ms`` later, so
+the reply pauses for about 300 ms, then goes on. A fast onset that no voiced frame
+followed turns the fast onset off for ``fast_backoff_ms``, doubled for each such one
+in a row up to ``fast_backoff_max_ms``; a voiced speech ends the back-off. So a quiet
+room pays one short pause for an isolated noise, a noisy one a few, ever fewer.
 
 Noise floor: the frame levels followed quickly downwards (time constant
 ``floor_fall_ms``) and slowly upwards (``floor_rise_db_per_s``), like a running
@@ -59,13 +61,15 @@ over the same beds, series of sounds, stationary noise; Silero at a 256 hop):
 
 - ``threshold`` 0.5 / ``neg_threshold`` 0.35: Silero's standard.
 - ``min_speech_ms`` 48 (two overlapping windows): the user's turn while the system is
-  silent; against the old one window at a 512 hop, the onset is confirmed 10 ms later
-  (p50; it still starts where the speech did), false onsets on non-speech fall from
-  13 to 3, and the offset is no later: ``end_s`` 37/158 ms after the true end
-  (p50/p95, from 45/206), confirmed 197/318 ms after it (from 205/366).
+  silent; against the old one window at a 512 hop (states renewed alike), the onset
+  is confirmed 12 ms later (p50; it still starts where the speech did), false onsets
+  on non-speech fall from 13 to 3, and the offset is no later: ``end_s`` 34/156 ms
+  after the true end (p50/p95, from 40/184), confirmed 194/316 ms after it (from
+  200/344); 119 extra onsets in 133 clips (phrase pauses) against 114.
 - ``speaking_threshold`` 0.5 (was 0.7) and ``speaking_min_speech_ms`` 32 (one
-  window): the barge-in's model path, 42/98 ms (p50/p95 over a quiet floor) with
-  3-5 false onsets per 17 sounds and bed, against 90/129 ms at 0.7 and two windows.
+  window): the barge-in's model path (with the fast onset off or backed off), 42/98 ms
+  (p50/p95 over a quiet floor) with 3-5 false onsets per 17 sounds and bed, against
+  65/113 ms at 0.7 and 62/114 ms with two windows.
   0.7 was there to resist the system's own voice leaking back; it does not (Silero
   gives the leak p > 0.99 down to -40 dB under the user; 4 of 6 echo clips make an
   onset at 0.5 and 0.7 alike): that is the echo canceller's job.
@@ -74,7 +78,9 @@ over the same beds, series of sounds, stationary noise; Silero at a 256 hop):
   noise; 15 dB was slower in a -40 dBFS bed (p95 94 ms against 87). WebRTC at
   aggressiveness 1: at 3 the quiet-room p95 was 81 ms (soft fricatives).
 - ``fast_backoff_ms`` 2000, doubling to 60 s: three series of noises (8 coughs in
-  14 s, 10 s of typing, 6 knocks) made 11 fast onsets, 66 without it.
+  14 s, 10 s of typing, 6 knocks) made 13 holds, 40 without it; ``bench/conversation``'s
+  set in one stream, twice: 10 holds on its 20 bursts (20 without), every
+  interruption still confirmed within 26 ms.
 - ``min_silence_ms`` 160: bridges the gaps inside and between words; pauses between
   phrases are the end-of-turn logic's business, on top of this.
 
@@ -107,6 +113,7 @@ class GateConfig:
     fast_rise_db: float = 12.0  # ... that far above the noise floor
     fast_min_level_db: float = -55.0  # ... and at least this loud (dBFS)
     fast_min_ms: float = 0.0  # ... for this long (0: one frame)
+    fast_confirm_ms: float = 300.0  # a fast onset's speech lasts this long, unless voiced
     floor_rise_db_per_s: float = 3.0  # the floor follows louder audio this slowly
     floor_fall_ms: float = 50.0  # ... and quieter audio with this time constant
     fast_backoff_ms: float = 2000.0  # no fast onset this long after an unconfirmed one
@@ -128,7 +135,8 @@ class GateConfig:
                 f"threshold ({self.threshold}): it is the stricter one"
             )
         for name in ("min_speech_ms", "min_silence_ms", "speaking_min_speech_ms",
-                     "fast_rise_db", "fast_min_ms", "fast_backoff_ms", "fast_backoff_max_ms"):
+                     "fast_rise_db", "fast_min_ms", "fast_confirm_ms", "fast_backoff_ms",
+                     "fast_backoff_max_ms"):
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -199,6 +207,7 @@ class VadGate:
         self._last_end: float | None = None
         self._floor_db: float | None = None
         self._confirmed = False  # the current speech had a voiced frame (not only a rise)
+        self._fast_at = -math.inf  # when the current speech's fast onset was confirmed
         self._unconfirmed_fast = 0  # fast onsets in a row that no voiced frame followed
         self._fast_blocked_until = -math.inf
         self._rise_ms = 0.0  # how long the cues have shown a rise, frame after frame
@@ -300,6 +309,7 @@ class VadGate:
         cfg = self.config
         if self._confirmed:
             self._unconfirmed_fast = 0
+            self._fast_blocked_until = -math.inf
             return
         self._unconfirmed_fast += 1
         pause_ms = min(cfg.fast_backoff_max_ms,
@@ -334,6 +344,7 @@ class VadGate:
                 self._speech_start = start
                 self._last_voiced = end
                 self._in_hangover = False
+                self._fast_at = end if not by_probability else -math.inf
                 return [SpeechOnset(start_s=start, confirmed_s=end, fast=not by_probability)]
         elif p < cfg.neg_threshold:
             self._candidate_start = None
@@ -360,7 +371,11 @@ class VadGate:
             assert self._last_voiced is not None
             self._last_voiced = max(self._speech_start or -math.inf,
                                     min(self._last_voiced, end - frame_s))
-        if self._in_hangover:
+        # A fast onset's speech waits for the model a little longer than a hangover: a
+        # fricative start ("Stop") can take it 200 ms to call speech.
+        waiting = not self._confirmed and (
+            (end - self._fast_at) * 1000.0 + _EPS_MS < cfg.fast_confirm_ms)
+        if self._in_hangover and not waiting:
             assert self._last_voiced is not None
             if (end - self._last_voiced) * 1000.0 + _EPS_MS >= cfg.min_silence_ms:
                 voiced_end = self._last_voiced
