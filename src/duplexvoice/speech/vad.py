@@ -26,10 +26,11 @@ not here: it is the pure :mod:`.vad_gate` over these probabilities (and the
   sooner (``bench/vad.py``). After 2 s of quiet (every probability under 0.2) the
   states start afresh: carried through long quiet, Silero's LSTM state drifts and the
   model grows deaf to the next onset (a known trait of streaming Silero, e.g.
-  snakers4/silero-vad#725). Measured: a barge-in after 20 s of a quiet floor was
-  confirmed 794/1858 ms (p50/p95) after the speech began with the old default, 58/109
-  with renewed states (30/94 with 1 s of floor); renewing costs nothing measurable
-  (a fresh state hears an onset 0.1 s later as well as one 3 s old). One
+  snakers4/silero-vad#725). Measured at a 512 hop and threshold 0.5: a barge-in
+  after 20 s of a quiet floor was confirmed 305/784 ms (p50/p95) after the speech
+  began with the state carried, 58/109 ms renewed, 54/102 ms after 1 s of floor (the
+  old default, threshold 0.7: 794/1858 ms). A fresh state hears an onset 0.1 s after
+  its renewal as well as one 3 s old. One
   ``InferenceSession`` per process (1 intra-op and 1 inter-op thread: a window is far
   too small to split, and sessions run on the event loop), shared by every session;
   ``InferenceSession.run`` is thread-safe and holds no per-call state, so each
