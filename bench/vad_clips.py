@@ -59,6 +59,7 @@ TEXTS = {
 BEDS = {"-40": 0.01, "-30": 0.0316, "-20": 0.1}  # dBFS -> RMS
 QUIET_RMS = 0.001  # -60 dBFS
 SPEECH_KINDS = ("speech", "speech_noise", "clipped")
+CONDITIONS = ("quiet", "quiet-20s", "noise-40", "noise-30", "noise-20", "clipped")
 FALSE_KINDS = ("burst", "series", "noise", "silence")
 
 
