@@ -5,7 +5,10 @@ noise and clipping, through the whole listening path: PCM16 at the client's rate
 Bounds are loose on purpose (behaviour, not timings; bench/vad.py has the figures):
 an onset must come within 200 ms of the true speech start, the offset must mark the
 true end within a few frames. "True" start and end: the first and last sample above
-1 % of the clip's peak, before any noise is mixed in.
+1 % of the clip's peak, before any noise is mixed in. While the system speaks
+(``strict``), the default's fast onset must start a barge-in within 80 ms over a quiet
+room's floor (measured: 34 ms at most), hold once for a noise and let it go, back off
+in a series of noises, and never fire on stationary noise.
 """
 
 from __future__ import annotations
@@ -156,3 +159,68 @@ def test_silero_noise_bursts_never_make_a_barge_in_long_run(seconds: float, leve
     clip = np.concatenate([sp.silence(0.5), burst, sp.silence(0.8)])
     events, _ = listen(clip, SILERO)
     assert max(runs(events, clip.size / 16000), default=0.0) < BARGE_IN_S
+
+
+def quiet_floor(seconds: float, seed: int) -> np.ndarray:
+    return pink(seconds, 0.001, seed)  # -60 dBFS: a quiet room's microphone
+
+
+SORRY = "Sorry, could you say that again?"  # a fricative start: the model hears it late
+
+
+@pytest.mark.parametrize(("speaker", "rate"), list(zip(sp.SPEAKERS, RATES, strict=True)),
+                         ids=[s.name for s in sp.SPEAKERS])
+def test_barge_in_starts_within_80ms_for_every_speaker(speaker: sp.Speaker, rate: int) -> None:
+    for text in (TEXT, SORRY):
+        track, start, _ = placed(np.asarray(sp.say(text, speaker)))
+        track = track + quiet_floor(track.size / 16000, seed=5)
+        events, _ = listen(track, SILERO, rate, strict=True)
+        onsets = [e for e in events if isinstance(e, SpeechOnset)]
+        assert onsets, (speaker.name, text)
+        first = onsets[0]
+        assert start - 0.01 <= first.confirmed_s <= start + 0.08, (first, start, text)
+        assert start - 0.05 <= first.start_s <= start + 0.05, (first, start, text)
+
+
+@pytest.mark.parametrize(("seconds", "level"), [(0.05, 0.45), (0.2, 0.3), (0.5, 0.3)])
+def test_a_noise_while_the_system_speaks_holds_once_and_lets_go(
+        seconds: float, level: float) -> None:
+    burst = sp.noise(seconds, level=level, seed=4)
+    clip = np.concatenate([sp.silence(0.8), burst, sp.silence(1.0)])
+    clip = clip + quiet_floor(clip.size / 16000, seed=6)
+    events, det = listen(clip, SILERO, strict=True)
+    assert [type(e) for e in events] == [SpeechOnset, SpeechOffset]
+    onset = events[0]
+    assert isinstance(onset, SpeechOnset) and onset.fast
+    assert max(runs(events, clip.size / 16000)) < BARGE_IN_S
+    assert not det.gate.speaking
+
+
+def test_a_series_of_noises_backs_the_fast_onset_off() -> None:
+    parts = [sp.silence(0.5)]
+    for k in range(10):  # ten coughs in 10 s
+        parts += [sp.noise(0.2, level=0.4, seed=20 + k), sp.silence(0.8)]
+    clip = np.concatenate(parts)
+    clip = clip + quiet_floor(clip.size / 16000, seed=7)
+    events, _ = listen(clip, SILERO, strict=True)
+    onsets = [e for e in events if isinstance(e, SpeechOnset)]
+    assert 1 <= len(onsets) <= 4  # 0.5 s, then 2, 4, 8 s off: not one per cough
+    assert max(runs(events, clip.size / 16000)) < BARGE_IN_S
+
+
+@pytest.mark.parametrize(("kind", "rms"), [("white", 0.01), ("pink", 0.03), ("white", 0.1)])
+def test_stationary_noise_never_holds_while_the_system_speaks(kind: str, rms: float) -> None:
+    noise = (white if kind == "white" else pink)(5.0, rms, seed=12)
+    events, _ = listen(noise, SILERO, strict=True)
+    assert events == []
+
+
+@pytest.mark.parametrize("speaker", sp.SPEAKERS[::3], ids=[s.name for s in sp.SPEAKERS[::3]])
+def test_the_model_still_hears_an_onset_after_long_quiet(speaker: sp.Speaker) -> None:
+    """The user listens to a long reply, then talks: Silero's state, carried through
+    30 s of quiet, would grow deaf (onsets 0.5-2 s late); renewed, it is not."""
+    track, start, _ = placed(np.asarray(sp.say(TEXT, speaker)), lead_s=30.0)
+    track = track + quiet_floor(track.size / 16000, seed=8)
+    events, _ = listen(track, VadConfig(fast_onset=False), strict=True)
+    onsets = [e for e in events if isinstance(e, SpeechOnset)]
+    assert onsets and start <= onsets[0].confirmed_s <= start + 0.2, (onsets[:1], start)

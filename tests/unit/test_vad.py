@@ -6,11 +6,14 @@ engines are in-process libraries that load in milliseconds.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from duplexvoice.speech.vad import (
+    OnsetCues,
     SileroModel,
     SileroVad,
     VadConfig,
@@ -21,7 +24,7 @@ from duplexvoice.speech.vad import (
     shared_silero_model,
     silero_model_path,
 )
-from duplexvoice.speech.vad_gate import GateConfig, SpeechOffset, SpeechOnset
+from duplexvoice.speech.vad_gate import GateConfig, OnsetCue, SpeechOffset, SpeechOnset
 
 pytestmark = pytest.mark.unit
 
@@ -142,6 +145,7 @@ def test_silero_reset_gives_a_fresh_stream() -> None:
 
 def test_make_vad() -> None:
     assert isinstance(make_vad("silero"), SileroVad)
+    assert make_vad("silero", silero_hop=256).frame_samples == 256
     web = make_vad("webrtc", aggressiveness=3, webrtc_frame_ms=30)
     assert isinstance(web, WebRtcVad) and web.aggressiveness == 3 and web.frame_samples == 480
     with pytest.raises(ValueError, match="unknown VAD engine 'torch'"):
@@ -152,9 +156,15 @@ def test_vad_config_defaults_and_gate() -> None:
     c = VadConfig()
     assert c.engine == "silero" and c.aggressiveness == 2
     assert c.gate_config() == GateConfig()
-    assert isinstance(c.make_vad(), SileroVad)
+    vad = c.make_vad()
+    assert isinstance(vad, SileroVad) and (vad.frame_samples, vad.window_samples) == (256, 512)
+    det = c.make_detector()
+    assert isinstance(det.cues, OnsetCues) and det.window_s == 0.032
     web = VadConfig(engine="webrtc", aggressiveness=3, min_speech_ms=60).make_detector()
     assert isinstance(web.engine, WebRtcVad) and web.gate.config.min_speech_ms == 60
+    assert web.window_s == 0.02
+    assert VadConfig(fast_onset=False).make_detector().cues is None
+    assert VadConfig(silero_hop=512).make_vad().frame_samples == 512
 
 
 @pytest.mark.parametrize(
@@ -167,6 +177,12 @@ def test_vad_config_defaults_and_gate() -> None:
         {"neg_threshold": 0.6},  # above the threshold
         {"speaking_threshold": 0.3},  # below the threshold
         {"min_speech_ms": -5},
+        {"silero_hop": 300},
+        {"silero_hop": 128},
+        {"fast_aggressiveness": 5},
+        {"fast_rise_db": -1},
+        {"fast_min_level_db": 1},
+        {"fast_backoff_ms": 90_000},  # above the maximum back-off
         {"unknown": 1},
     ],
 )
@@ -179,6 +195,7 @@ class Scripted:
     """A fake engine: plays back a list of probabilities, one per frame."""
 
     frame_samples = 320
+    window_samples = 320
 
     def __init__(self, probs: list[float]) -> None:
         self.probs = list(probs)
@@ -214,7 +231,155 @@ def test_detector_frames_any_chunking_and_keeps_audio_time() -> None:
 
 
 def test_detector_strict_and_start_sample() -> None:
-    det = VoiceDetector(Scripted([0.6] * 4), GateConfig(), start_sample=16000)
+    config = GateConfig(speaking_threshold=0.7, min_speech_ms=40, speaking_min_speech_ms=40)
+    det = VoiceDetector(Scripted([0.6] * 4), config, start_sample=16000)
     assert det.push(np.zeros(640, np.float32), strict=True) == []
     (onset,) = det.push(np.zeros(640, np.float32))
     assert isinstance(onset, SpeechOnset) and onset.start_s == pytest.approx(1.04)
+
+
+# -- Silero at a 256 hop ------------------------------------------------------------
+
+
+def test_silero_256_hop_equals_the_512_hop_where_windows_coincide() -> None:
+    x = np.concatenate([np.zeros(3000, np.float32), _busy(16000), np.zeros(5000, np.float32)])
+    x = x[: x.size - x.size % 512]
+    one, two = SileroVad(hop=512), SileroVad(hop=256)
+    p512 = [one.probability(x[i : i + 512]) for i in range(0, x.size, 512)]
+    p256 = [two.probability(x[i : i + 256]) for i in range(0, x.size, 256)]
+    assert p256[1::2] == p512  # windows ending at 512, 1024, ...: the same stream, bit for bit
+    # the others are windows 16 ms later, each its own state: sane, and not copies
+    assert max(p256[0::2]) > 0.5 > max(p256[0:8])
+    assert p256[0::2] != p512
+
+
+def test_silero_256_hop_reset_and_bad_hops() -> None:
+    x = _busy(4096, seed=4)
+    vad = SileroVad(hop=256)
+    first = [vad.probability(x[i : i + 256]) for i in range(0, 4096, 256)]
+    vad.reset()
+    assert [vad.probability(x[i : i + 256]) for i in range(0, 4096, 256)] == first
+    for hop in (128, 300, 1024, 256.0, True):
+        with pytest.raises(ValueError, match="hop"):
+            SileroVad(hop=hop)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="one frame of 256"):
+        vad.probability(np.zeros(512, np.float32))
+
+
+# -- onset cues -----------------------------------------------------------------------
+
+
+def test_cues_level_in_dbfs() -> None:
+    cues = OnsetCues()
+    assert cues.cue(np.zeros(256, np.float32)).level_db == -120.0
+    t = np.arange(256) / 16000
+    tone = (0.1 * np.sqrt(2) * np.sin(2 * np.pi * 500 * t)).astype(np.float32)  # RMS 0.1
+    assert cues.cue(tone).level_db == pytest.approx(-20.0, abs=0.2)
+
+
+def test_cues_hear_a_voice_and_not_silence_at_any_chunking() -> None:
+    x = np.concatenate([np.zeros(4000, np.float32), _busy(8000)])
+    for size in (256, 160, 100, 517):
+        cues = OnsetCues()
+        got = [cues.cue(x[i : i + size]) for i in range(0, x.size - size + 1, size)]
+        silent = [c for i, c in enumerate(got) if (i + 1) * size <= 3800]
+        voiced = [c for i, c in enumerate(got) if i * size >= 6000]
+        assert not any(c.speechlike for c in silent), size
+        assert sum(c.speechlike for c in voiced) > 0.8 * len(voiced), size
+
+
+def test_cues_keep_the_last_call_when_no_10ms_frame_ended() -> None:
+    cues = OnsetCues()
+    x = _busy(3200, seed=5)
+    for i in range(0, 1600, 160):
+        cues.cue(x[i : i + 160])
+    last = cues.cue(x[1600:1760])
+    small = cues.cue(x[1760:1800])  # 40 samples: no new 10 ms frame
+    assert small.speechlike == last.speechlike
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, 160)])
+def test_cues_refuse_a_bad_frame(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="frame"):
+        OnsetCues().cue(np.zeros(shape, np.float32))
+
+
+def test_cues_survive_nan_and_inf() -> None:
+    cues = OnsetCues()
+    x = np.full(256, np.nan, np.float32)
+    assert cues.cue(x) == OnsetCue(-120.0, cues.cue(np.zeros(256, np.float32)).speechlike)
+    x[::2] = np.inf
+    assert cues.cue(x).level_db == pytest.approx(-3.0, abs=0.1)
+
+
+def test_cues_reset() -> None:
+    x = _busy(3200, seed=6)
+    cues = OnsetCues(2)
+    first = [cues.cue(x[i : i + 300]) for i in range(0, 3000, 300)]
+    cues.reset()
+    assert [cues.cue(x[i : i + 300]) for i in range(0, 3000, 300)] == first
+    with pytest.raises(ValueError, match="aggressiveness"):
+        OnsetCues(4)
+
+
+def test_detector_passes_windows_and_cues_to_the_gate() -> None:
+    class Overlapping(Scripted):
+        window_samples = 640
+
+    quiet = (np.random.default_rng(1).standard_normal(320 * 20) * 0.001).astype(np.float32)
+    loud = _busy(320 * 3, seed=7)
+    config = GateConfig(min_speech_ms=40, speaking_min_speech_ms=40)
+    # the model hears nothing: only the fast onset can start the speech, and only strict
+    for strict, expected in ((False, []), (True, [True])):
+        det = VoiceDetector(Overlapping([0.0] * 23), config, cues=OnsetCues())
+        events = det.push(np.concatenate([quiet, loud]), strict=strict)
+        assert [e.fast for e in events if isinstance(e, SpeechOnset)] == expected
+        if expected:
+            onset = events[0]
+            assert isinstance(onset, SpeechOnset)
+            assert onset.confirmed_s - onset.start_s == pytest.approx(0.04)  # a 40 ms window
+
+
+class FakeModel:
+    """Stands in for the ONNX session: scripted probabilities; each call's state in is
+    recorded, and the state out is the state in + 1."""
+
+    def __init__(self, probs: list[float]) -> None:
+        self.probs = list(probs)
+        self.states_in: list[float] = []
+
+    def run(self, rows: np.ndarray, h: np.ndarray, c: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.states_in.append(float(h.flat[0]))
+        return np.array([self.probs.pop(0)], np.float32), h + 1, c + 1
+
+
+def test_silero_states_start_afresh_after_quiet() -> None:
+    # hop 512, 0.1 s of quiet (4 windows of 32 ms = 0.128 s >= 0.1) renews the state
+    probs = [0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.1]
+    model = FakeModel(probs)
+    vad = SileroVad(model, hop=512, quiet_reset_s=0.1)  # type: ignore[arg-type]
+    for _ in probs:
+        vad.probability(np.zeros(512, np.float32))
+    # state in: 0, 1, 2, 3, 4 (quiet reaches 0.128 s after the 5th call: renewed), 0, ...
+    assert model.states_in == [0, 1, 2, 3, 4, 0, 1, 2]
+    # hop 256: two states take turns; a voice in between starts the count again
+    probs = [0.1] * 6 + [0.5] + [0.1] * 8
+    model = FakeModel(probs)
+    vad = SileroVad(model, hop=256, quiet_reset_s=0.1)  # type: ignore[arg-type]
+    for _ in probs:
+        vad.probability(np.zeros(256, np.float32))
+    # states A, B alternate: A0 B0 A1 B1 A2 B2 (0.096 s of quiet) A3 (voiced) B3 ...
+    # 7 quiet hops after the voice = 0.112 s: both renewed for the 15th call
+    assert model.states_in == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 0]
+    never = FakeModel([0.0] * 100)
+    vad = SileroVad(never, hop=512, quiet_reset_s=0)  # type: ignore[arg-type]
+    for _ in range(100):
+        vad.probability(np.zeros(512, np.float32))
+    assert never.states_in == list(range(100))
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "2", True])
+def test_silero_bad_quiet_reset(bad: object) -> None:
+    with pytest.raises(ValueError, match="quiet_reset_s"):
+        SileroVad(quiet_reset_s=bad)  # type: ignore[arg-type]

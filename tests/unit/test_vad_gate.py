@@ -27,6 +27,7 @@ def cfg(**kw: float) -> GateConfig:
         "min_speech_ms": 40.0, "min_silence_ms": 100.0,
     }
     base.update(kw)
+    base.setdefault("speaking_min_speech_ms", base["min_speech_ms"])
     return GateConfig(**base)
 
 
@@ -55,8 +56,11 @@ def approx(events: list[GateEvent]) -> list[tuple[str, float, float]]:
 def test_defaults_are_silero_standard_and_short() -> None:
     c = GateConfig()
     assert (c.threshold, c.neg_threshold) == (0.5, 0.35)
-    assert c.speaking_threshold > c.threshold
-    assert c.min_speech_ms <= 60 and 100 <= c.min_silence_ms <= 200
+    # No threshold rejects the system's own voice (the echo canceller's job): barge-in
+    # gets the normal one, one 32 ms window, and the fast onset.
+    assert c.speaking_threshold == c.threshold and c.fast_onset
+    assert c.speaking_min_speech_ms == 32 < c.min_speech_ms <= 60
+    assert 100 <= c.min_silence_ms <= 200
 
 
 def test_silence_gives_nothing() -> None:

@@ -25,12 +25,31 @@ class ConversationConfig(BaseModel):
     vad_neg_threshold: float = Field(
         0.35, gt=0, lt=1, description="speech probability under which speech stops")
     vad_speaking_threshold: float = Field(
-        0.7, gt=0, lt=1,
-        description="onset threshold while the system speaks (resists hearing itself)")
+        0.5, gt=0, lt=1,
+        description="onset threshold while the system speaks (its own voice is the echo "
+        "canceller's job: no threshold rejects it)")
     vad_min_speech_ms: int = Field(
-        32, ge=0, le=1000, description="speech needed to confirm an onset")
+        48, ge=0, le=1000, description="speech needed to confirm an onset")
+    vad_speaking_min_speech_ms: int = Field(
+        32, ge=0, le=1000,
+        description="speech needed to confirm an onset while the system speaks (barge-in)")
     vad_min_silence_ms: int = Field(
         160, ge=0, le=2000, description="silence needed to confirm an offset (hangover)")
+    vad_silero_hop: int = Field(
+        256, ge=256, le=512, multiple_of=256,
+        description="silero: new samples per probability (256: two interleaved model "
+        "states, a 32 ms window every 16 ms, twice the CPU)")
+    vad_fast_onset: bool = Field(
+        True, description="while the system speaks, pause at once on a sudden speech-like "
+        "rise in level (the model then decides whether it was speech); backs off after "
+        "pauses the model did not confirm")
+    vad_fast_rise_db: float = Field(
+        12.0, ge=0, le=60, description="fast onset: rise over the tracked noise floor (dB)")
+    vad_fast_min_level_db: float = Field(
+        -55.0, ge=-120, le=0, description="fast onset: the least level that starts one (dBFS)")
+    vad_fast_backoff_ms: int = Field(
+        2000, ge=0, le=600_000, description="fast onset: off this long after a pause the "
+        "model did not confirm, doubling for each in a row (to 60 s)")
 
     # -- speech recognition -------------------------------------------------------------
     asr_model: str = Field(

@@ -84,9 +84,14 @@ class ConversationServices:
         c = self.config
         self.vad = VadConfig(
             engine=c.vad_engine, aggressiveness=c.vad_aggressiveness,
+            silero_hop=c.vad_silero_hop,
             threshold=c.vad_threshold, neg_threshold=c.vad_neg_threshold,
             speaking_threshold=c.vad_speaking_threshold, min_speech_ms=c.vad_min_speech_ms,
-            min_silence_ms=c.vad_min_silence_ms)
+            speaking_min_speech_ms=c.vad_speaking_min_speech_ms,
+            min_silence_ms=c.vad_min_silence_ms,
+            fast_onset=c.vad_fast_onset, fast_rise_db=c.vad_fast_rise_db,
+            fast_min_level_db=c.vad_fast_min_level_db, fast_backoff_ms=c.vad_fast_backoff_ms,
+            fast_backoff_max_ms=max(60_000, c.vad_fast_backoff_ms))
 
     async def close(self) -> None:
         for engine in self.replies.values():

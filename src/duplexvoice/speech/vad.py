@@ -2,37 +2,64 @@
 
 Every engine has the same small surface (:class:`VoiceActivity`): ``frame_samples``
 (the frame it wants, cut by :class:`~duplexvoice.speech.audio_in.Framer`),
-``probability(frame) -> float`` in 0..1, and ``reset()``. Hysteresis (minimum speech,
-hangover, stricter onset while the system speaks) is not here: it is the pure
-:mod:`.vad_gate` over these probabilities, the same for both engines.
+``window_samples`` (the audio each probability describes: more than the frame when
+windows overlap), ``probability(frame) -> float`` in 0..1, and ``reset()``.
+Hysteresis (minimum speech, hangover, the barge-in onset while the system speaks) is
+not here: it is the pure :mod:`.vad_gate` over these probabilities (and the
+:class:`OnsetCues` of each frame), the same for both engines.
 
 - :class:`WebRtcVad`: Google's WebRTC VAD (``webrtcvad-wheels``), a GMM on band
-  energies; 10/20/30 ms frames; says yes or no, so its probability is 0.0 or 1.0
-  (a stricter threshold while speaking therefore changes nothing for it).
+  energies; 10/20/30 ms frames; says yes or no, so its probability is 0.0 or 1.0.
   Aggressiveness 0-3, default 2 (the seed's guide: 2 general, 3 noisy, 1 quiet).
 - :class:`SileroVad`: the Silero v6 model that ships inside ``faster-whisper``
   (``assets/silero_vad_v6.onnx``), on onnxruntime, never torch. Its input row is 64
-  samples of context (the end of the previous window) + 512 new samples (32 ms);
-  ``h``/``c`` [1, 1, 128] carry the LSTM state. We feed it exactly as faster-whisper's
-  ``SileroVADModel`` does (zeros before the first window, then each window's last 64
-  samples), one row per call, so the streamed probabilities equal faster-whisper's
-  batch ones. One ``InferenceSession`` per process (1 intra-op and 1 inter-op
-  thread: a 32 ms frame is far too small to split, and sessions run on the event
-  loop), shared by every session; ``InferenceSession.run`` is thread-safe and holds
-  no per-call state, so each :class:`SileroVad` keeps its own ``h``, ``c`` and
-  context.
+  samples of context (the end of the previous window) + a 512-sample window (32 ms);
+  ``h``/``c`` [1, 1, 128] carry the LSTM state. One stream is fed exactly as
+  faster-whisper's ``SileroVADModel`` does (zeros before the first window), so its
+  probabilities equal faster-whisper's batch ones. ``hop=256`` (the default of
+  :class:`VadConfig`) runs two such streams, 256 samples apart, each with its own
+  state, taking turns: a fresh probability of the latest 32 ms every 16 ms, each
+  exactly what the model was trained to see (on the 512 grid the second stream's
+  probabilities equal the single stream's, to the bit). One state stepped every 256
+  samples instead is off that grid: its probabilities differ from the 512 hop's by
+  0.18 at p95 (up to 0.87) where their windows coincide, and it detected nothing
+  sooner (``bench/vad.py``). After 2 s of quiet (every probability under 0.2) the
+  states start afresh: carried through long quiet, Silero's LSTM state drifts and the
+  model grows deaf to the next onset (a known trait of streaming Silero, e.g.
+  snakers4/silero-vad#725). Measured at a 512 hop and threshold 0.5: a barge-in
+  after 20 s of a quiet floor was confirmed 305/784 ms (p50/p95) after the speech
+  began with the state carried, 58/109 ms renewed, 54/102 ms after 1 s of floor (the
+  old default, threshold 0.7: 794/1858 ms). A fresh state hears an onset 0.1 s after
+  its renewal as well as one 3 s old. One
+  ``InferenceSession`` per process (1 intra-op and 1 inter-op thread: a window is far
+  too small to split, and sessions run on the event loop), shared by every session;
+  ``InferenceSession.run`` is thread-safe and holds no per-call state, so each
+  :class:`SileroVad` keeps its own states and context.
+- :class:`OnsetCues`: the fast onset's inputs per frame: the level (dBFS) and
+  whether WebRTC VAD (aggressiveness 1 by default: 3 misses soft fricatives, "f",
+  "s", for 60-100 ms) hears speech in it.
+
+Why a 256 hop and a fast onset (``bench/vad.py``, every speaker, six first sounds):
+a barge-in must pause playback within 80 ms (p95) of the speech onset at the client,
+the client's 20 ms chunks and the resampler's hold-back (11 ms average) included, so
+the onset must be confirmed about 50 ms into the speech. Silero cannot: it needs the
+voiced part of a syllable, and "Hello", "Sorry", "Five" begin with 40-100 ms of
+breath or friction it calls silence. Over a quiet room's floor (-60 dBFS) the onset
+while the system speaks is confirmed at p50/p95 16/30 ms (input time 34/50 ms; after
+20 s of floor 14/24 ms) with the fast onset, against 78/118 ms (input 108/146) with
+the old default (512 hop, threshold 0.7) and 42/98 ms with the 256 hop alone at
+threshold 0.5. In noise the onset is as late as the model: nothing rises over a
+-30 dBFS bed before the speech does (p95 95 ms, from 109).
 
 Cost per session on the event loop (``bench/vad.py``, 2 shared cores, best of the
-passes): Silero 145 us per 32 ms frame (about 2.5x faster per frame when
-faster-whisper batches a whole file; a live stream cannot), so about 90 us per 20 ms
-of audio, half a percent of a core; WebRTC 7 us per 20 ms frame; the gate under 1 us.
-Measured on the same clips, Silero is the default: no false onset on silence or
-stationary white/pink noise up to -20 dBFS, where WebRTC (any aggressiveness) fires
-on every noise burst and holds "speech" through seconds of moderate noise; WebRTC
-confirms onsets about 25 ms sooner (36/74 ms p50/p95 against 62/98 ms).
+passes): one Silero call 115-150 us, so 90 us per 20 ms of audio at a 512 hop and
+180 us at 256; the cues 12 us per 16 ms frame; the gate 2 us; the whole chain from
+48 kHz PCM (resampler included) 310 us per 20 ms against 142 us for the old default
+(2.2x): 1.6 % of a core per talking session.
 
 Errors: a frame of the wrong size or shape, or a bad engine name or setting, is a
-``ValueError`` with a message; a missing model file is a ``FileNotFoundError``.
+``ValueError`` with a message; a missing model file is a ``FileNotFoundError``; NaN or
+infinite samples never crash the cues (NaN counts as silence, infinity as full scale).
 """
 
 from __future__ import annotations
@@ -49,14 +76,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from duplexvoice.speech import SPEECH_RATE
 from duplexvoice.speech.audio_in import Framer
-from duplexvoice.speech.vad_gate import GateConfig, GateEvent, VadGate
+from duplexvoice.speech.vad_gate import SILENT_DB, GateConfig, GateEvent, OnsetCue, VadGate
 
 FloatAudio = npt.NDArray[np.float32]
 
 ENGINES = ("silero", "webrtc")
 WEBRTC_FRAME_MS = (10, 20, 30)
-SILERO_WINDOW = 512  # new samples per call at 16 kHz (32 ms)
+SILERO_WINDOW = 512  # samples per window at 16 kHz (32 ms)
 SILERO_CONTEXT = 64  # samples of the previous window the model sees again
+SILERO_ROW = SILERO_CONTEXT + SILERO_WINDOW
+SILERO_HOPS = (256, 512)  # new samples per probability: 512 one state, 256 two interleaved
+SILERO_QUIET_P = 0.2  # probabilities under this count as quiet for the state's renewal
 SILERO_STATE_SHAPE = (1, 1, 128)
 SILERO_ASSET = "silero_vad_v6.onnx"
 
@@ -70,6 +100,11 @@ class VoiceActivity(Protocol):
         """Samples per frame at 16 kHz that :meth:`probability` takes."""
         ...
 
+    @property
+    def window_samples(self) -> int:
+        """Samples each probability describes: the frame, or more when windows overlap."""
+        ...
+
     def probability(self, frame: FloatAudio) -> float:
         """Speech probability of one frame (0..1); updates the engine's state."""
         ...
@@ -77,6 +112,10 @@ class VoiceActivity(Protocol):
     def reset(self) -> None:
         """Forget all state, as for a new stream."""
         ...
+
+
+def _pcm16(x: FloatAudio) -> bytes:
+    return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
 def _check_frame(frame: FloatAudio, samples: int) -> FloatAudio:
@@ -106,10 +145,17 @@ class WebRtcVad:
     def frame_samples(self) -> int:
         return self._frame_samples
 
+    @property
+    def window_samples(self) -> int:
+        return self._frame_samples
+
     def probability(self, frame: FloatAudio) -> float:
         x = _check_frame(frame, self._frame_samples)
-        pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-        return 1.0 if self._vad.is_speech(pcm, SPEECH_RATE) else 0.0
+        return 1.0 if self.is_speech(_pcm16(x)) else 0.0
+
+    def is_speech(self, pcm: bytes) -> bool:
+        """One frame of PCM16LE at 16 kHz (``frame_samples`` samples)."""
+        return bool(self._vad.is_speech(pcm, SPEECH_RATE))
 
     def reset(self) -> None:
         # The C VAD adapts its noise model as it goes; a fresh one forgets it.
@@ -173,39 +219,120 @@ def shared_silero_model() -> SileroModel:
 
 
 class SileroVad:
-    """Silero v6 on 32 ms frames (512 samples at 16 kHz); state kept per instance."""
+    """Silero v6 at 16 kHz, one probability per ``hop`` new samples; state per instance.
 
-    def __init__(self, model: SileroModel | None = None) -> None:
+    ``hop=512``: one model state stepped every 32 ms window, exactly as faster-whisper
+    feeds it. ``hop=256``: two states, each stepped every 512 samples but 256 samples
+    apart, taking turns: each sees exactly what ``hop=512`` would (its windows,
+    its context, its own LSTM state), and the stream gets a fresh probability every
+    16 ms, of the 32 ms window that ends there.
+
+    ``quiet_reset_s``: after this much audio with every probability under 0.2, the
+    LSTM states start afresh (the audio context is kept); 0 never. Carried through long
+    quiet, the state drifts and the model grows deaf to the next onset.
+    """
+
+    def __init__(
+        self, model: SileroModel | None = None, hop: int = SILERO_WINDOW,
+        quiet_reset_s: float = 2.0,
+    ) -> None:
+        if type(hop) is not int or hop not in SILERO_HOPS:
+            raise ValueError(f"Silero hop must be one of {SILERO_HOPS} samples, got {hop!r}")
+        if not (isinstance(quiet_reset_s, int | float) and not isinstance(quiet_reset_s, bool)
+                and math.isfinite(quiet_reset_s) and quiet_reset_s >= 0):
+            raise ValueError(f"quiet_reset_s must be a finite number >= 0, got {quiet_reset_s!r}")
         self._model = model or shared_silero_model()
-        self._row = np.zeros((1, SILERO_CONTEXT + SILERO_WINDOW), dtype=np.float32)
-        self._h = np.zeros(SILERO_STATE_SHAPE, dtype=np.float32)
-        self._c = np.zeros(SILERO_STATE_SHAPE, dtype=np.float32)
+        self.hop = hop
+        self._reset_after = round(quiet_reset_s * SPEECH_RATE)
+        self._quiet = 0  # samples since a probability was last at or over SILERO_QUIET_P
+        self._streams = SILERO_WINDOW // hop
+        self._row = np.zeros((1, SILERO_ROW), dtype=np.float32)
+        self._h: list[FloatAudio] = []
+        self._c: list[FloatAudio] = []
+        self._turn = 0  # the state whose window ends with the next frame
+        self.reset()
 
     @property
     def frame_samples(self) -> int:
+        return self.hop
+
+    @property
+    def window_samples(self) -> int:
         return SILERO_WINDOW
 
     def probability(self, frame: FloatAudio) -> float:
-        x = _check_frame(frame, SILERO_WINDOW)
-        # The row's head already holds the previous window's last 64 samples (the
-        # context); zeros before the first window, as faster-whisper feeds it.
-        self._row[0, SILERO_CONTEXT:] = x
-        probs, self._h, self._c = self._model.run(self._row, self._h, self._c)
-        self._row[0, :SILERO_CONTEXT] = x[-SILERO_CONTEXT:]
+        x = _check_frame(frame, self.hop)
+        # The row is the stream's last 576 samples: the newest window and the 64 before
+        # it (zeros before the first window, as faster-whisper feeds it).
+        self._row[0, : SILERO_ROW - self.hop] = self._row[0, self.hop :]
+        self._row[0, SILERO_ROW - self.hop :] = x
+        k = self._turn
+        self._turn = (k + 1) % self._streams
+        probs, self._h[k], self._c[k] = self._model.run(self._row, self._h[k], self._c[k])
         p = float(probs[0])
-        return p if math.isfinite(p) else 0.0
+        p = p if math.isfinite(p) else 0.0
+        self._quiet = self._quiet + self.hop if p < SILERO_QUIET_P else 0
+        if self._reset_after and self._quiet >= self._reset_after:
+            self._quiet = 0
+            self._fresh_states()
+        return p
 
     def reset(self) -> None:
         self._row.fill(0.0)
-        self._h = np.zeros(SILERO_STATE_SHAPE, dtype=np.float32)
-        self._c = np.zeros(SILERO_STATE_SHAPE, dtype=np.float32)
+        self._fresh_states()
+        self._turn = 0
+        self._quiet = 0
+
+    def _fresh_states(self) -> None:
+        self._h = [np.zeros(SILERO_STATE_SHAPE, dtype=np.float32) for _ in range(self._streams)]
+        self._c = [np.zeros(SILERO_STATE_SHAPE, dtype=np.float32) for _ in range(self._streams)]
 
 
-def make_vad(engine: str, *, aggressiveness: int = 2, webrtc_frame_ms: int = 20) -> VoiceActivity:
+class OnsetCues:
+    """Per frame, what the gate's fast onset needs besides the probability
+    (:class:`~.vad_gate.OnsetCue`): the frame's level in dBFS and whether WebRTC VAD
+    (``aggressiveness``, on 10 ms frames cut from the stream, the remainder carried)
+    calls speech in a 10 ms frame that ended within it (none ended: the last one's
+    call). Any frame size; not thread-safe; about 20 us per 16 ms frame."""
+
+    def __init__(self, aggressiveness: int = 1) -> None:
+        self._webrtc = WebRtcVad(aggressiveness, 10)
+        self._bytes = self._webrtc.frame_samples * 2
+        self._pending = b""
+        self._last = False
+
+    def cue(self, frame: FloatAudio) -> OnsetCue:
+        x = np.asarray(frame, dtype=np.float32)
+        if x.ndim != 1 or not x.size:
+            raise ValueError(f"expected one non-empty mono frame, got shape {x.shape}")
+        power = float(np.dot(x, x)) / x.size
+        if not math.isfinite(power):  # NaN or inf samples: never crash, never wrap
+            x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+            power = min(1.0, float(np.dot(x, x)) / x.size)
+        level = 10.0 * math.log10(power) if power > 1e-12 else SILENT_DB
+        pending = self._pending + _pcm16(x)
+        calls = []
+        for at in range(0, len(pending) - self._bytes + 1, self._bytes):
+            calls.append(self._webrtc.is_speech(pending[at : at + self._bytes]))
+        self._pending = pending[len(calls) * self._bytes :]
+        if calls:
+            self._last = calls[-1]
+        return OnsetCue(max(SILENT_DB, level), any(calls) if calls else self._last)
+
+    def reset(self) -> None:
+        self._webrtc.reset()
+        self._pending = b""
+        self._last = False
+
+
+def make_vad(
+    engine: str, *, aggressiveness: int = 2, webrtc_frame_ms: int = 20,
+    silero_hop: int = SILERO_WINDOW, silero_quiet_reset_s: float = 2.0,
+) -> VoiceActivity:
     """A fresh per-session engine: ``"silero"`` or ``"webrtc"`` (``aggressiveness`` and
-    ``webrtc_frame_ms`` apply to WebRTC only)."""
+    ``webrtc_frame_ms`` apply to WebRTC only, ``silero_*`` to Silero)."""
     if engine == "silero":
-        return SileroVad()
+        return SileroVad(hop=silero_hop, quiet_reset_s=silero_quiet_reset_s)
     if engine == "webrtc":
         return WebRtcVad(aggressiveness, webrtc_frame_ms)
     raise ValueError(f"unknown VAD engine {engine!r}; choose one of {ENGINES}")
@@ -220,20 +347,26 @@ class VoiceDetector:
     """
 
     def __init__(
-        self, engine: VoiceActivity, gate: GateConfig | None = None, start_sample: int = 0
+        self, engine: VoiceActivity, gate: GateConfig | None = None, start_sample: int = 0,
+        cues: OnsetCues | None = None,
     ) -> None:
         self.engine = engine
         self.framer = Framer(engine.frame_samples, SPEECH_RATE, start_sample)
+        self.window_s = engine.window_samples / SPEECH_RATE
         self.gate = VadGate(gate)
+        self.cues = cues
         self.last_probability = 0.0
 
     def push(self, audio: FloatAudio, strict: bool = False) -> list[GateEvent]:
-        """``strict``: the system is speaking now (onsets need ``speaking_threshold``)."""
+        """``strict``: the system is speaking now (onsets need ``speaking_threshold``,
+        or a fast onset when ``cues`` are on)."""
         events: list[GateEvent] = []
-        frame_s = self.framer.frame_s
         for frame in self.framer.push(audio):
             self.last_probability = self.engine.probability(frame.samples)
-            events.extend(self.gate.push(self.last_probability, frame.end_s, frame_s, strict))
+            cue = self.cues.cue(frame.samples) if self.cues is not None else None
+            events.extend(
+                self.gate.push(self.last_probability, frame.end_s, self.window_s, strict, cue)
+            )
         return events
 
 
@@ -252,6 +385,15 @@ class VadConfig(BaseModel):
         2, ge=0, le=3, description="WebRTC only: 0 quiet rooms .. 3 noisy; 2 general use"
     )
     webrtc_frame_ms: Literal[10, 20, 30] = Field(20, description="WebRTC only: frame length")
+    silero_hop: int = Field(
+        256, ge=256, le=512, multiple_of=256,
+        description="Silero only: new samples per probability (256: two interleaved "
+        "model states, a fresh 32 ms window every 16 ms)",
+    )
+    silero_quiet_reset_s: float = Field(
+        2.0, ge=0.0, le=3600.0, description="Silero only: fresh model states after this "
+        "much quiet (0: never); carried through long quiet, the state grows deaf to onsets",
+    )
     threshold: float = Field(
         _GATE.threshold, ge=0.0, le=1.0, description="a frame is speech if p >= this"
     )
@@ -261,15 +403,43 @@ class VadConfig(BaseModel):
     )
     speaking_threshold: float = Field(
         _GATE.speaking_threshold, ge=0.0, le=1.0,
-        description="onset threshold while the system itself speaks (resists its own echo)",
+        description="onset threshold while the system itself speaks",
     )
     min_speech_ms: float = Field(
         _GATE.min_speech_ms, ge=0.0, le=2000.0,
-        description="voiced time that confirms an onset (barge-in waits this long)",
+        description="voiced time that confirms an onset",
+    )
+    speaking_min_speech_ms: float = Field(
+        _GATE.speaking_min_speech_ms, ge=0.0, le=2000.0,
+        description="voiced time that confirms an onset while the system speaks",
     )
     min_silence_ms: float = Field(
         _GATE.min_silence_ms, ge=0.0, le=10_000.0,
         description="unvoiced time that confirms an offset (the end-of-turn wait adds to it)",
+    )
+    fast_onset: bool = Field(
+        _GATE.fast_onset, description="while the system speaks, a sudden speech-like rise "
+        "in level starts the barge-in at once (the model then decides whether it goes on)",
+    )
+    fast_aggressiveness: int = Field(
+        1, ge=0, le=3, description="fast onset: WebRTC VAD aggressiveness of its speech cue",
+    )
+    fast_rise_db: float = Field(
+        _GATE.fast_rise_db, ge=0.0, le=60.0,
+        description="fast onset: level rise over the tracked noise floor (dB)",
+    )
+    fast_min_level_db: float = Field(
+        _GATE.fast_min_level_db, ge=-120.0, le=0.0,
+        description="fast onset: the least level that can start one (dBFS)",
+    )
+    fast_backoff_ms: float = Field(
+        _GATE.fast_backoff_ms, ge=0.0, le=600_000.0,
+        description="fast onset: off this long after one the model did not confirm "
+        "(doubling for each in a row, up to fast_backoff_max_ms)",
+    )
+    fast_backoff_max_ms: float = Field(
+        _GATE.fast_backoff_max_ms, ge=0.0, le=3_600_000.0,
+        description="fast onset: the longest back-off",
     )
 
     @model_validator(mode="after")
@@ -284,12 +454,23 @@ class VadConfig(BaseModel):
             speaking_threshold=self.speaking_threshold,
             min_speech_ms=self.min_speech_ms,
             min_silence_ms=self.min_silence_ms,
+            speaking_min_speech_ms=self.speaking_min_speech_ms,
+            fast_onset=self.fast_onset,
+            fast_rise_db=self.fast_rise_db,
+            fast_min_level_db=self.fast_min_level_db,
+            fast_backoff_ms=self.fast_backoff_ms,
+            fast_backoff_max_ms=self.fast_backoff_max_ms,
         )
 
     def make_vad(self) -> VoiceActivity:
         return make_vad(
-            self.engine, aggressiveness=self.aggressiveness, webrtc_frame_ms=self.webrtc_frame_ms
+            self.engine, aggressiveness=self.aggressiveness,
+            webrtc_frame_ms=self.webrtc_frame_ms, silero_hop=self.silero_hop,
+            silero_quiet_reset_s=self.silero_quiet_reset_s,
         )
 
+    def make_cues(self) -> OnsetCues | None:
+        return OnsetCues(self.fast_aggressiveness) if self.fast_onset else None
+
     def make_detector(self, start_sample: int = 0) -> VoiceDetector:
-        return VoiceDetector(self.make_vad(), self.gate_config(), start_sample)
+        return VoiceDetector(self.make_vad(), self.gate_config(), start_sample, self.make_cues())
