@@ -37,10 +37,12 @@ CTranslate2's ``encode`` on ``window_seconds(...)`` of frames (audio + margin) a
   saying now); a final is cut into pieces that fit, each in a pause when there is one.
 
 The margin (``window_margin_s``, 3 s by default) was measured on 84 utterances (12
-texts x 7 Piper and eSpeak voices and speeds), beam 5: 2 s fell back once ("Stop.")
-and scored WER 0.051, 3 s and 4 s never fell back and scored 0.047 (the plain 30 s
-path: 0.048). Each second of window costs about 5 ms (a 3 s clip: 118 ms with a 4 s
-window, 170 ms with 12 s, 520 ms with 30 s, greedy, on 2 busy cores).
+texts x 7 Piper and eSpeak voices and speeds, two runs), beam 5: with 2 s the window
+fell back once ("Stop.") and WER was 0.051-0.056; with 3 s, 0.047-0.051, and 4 s,
+0.047-0.048, no fall back; the plain 30 s path: 0.048-0.049. Each second of window
+costs about 5 ms (a 3 s clip: 118 ms with a 4 s window, 170 ms with 12 s, 520 ms with
+30 s, greedy, on 2 busy cores). Before timestamps were on, 3 s looped or started over
+on 9 of the 84 (mostly utterances under a second) and needed 5-6 s to stop doing so.
 
 ``plain()`` is the baseline: ``WhisperModel.transcribe()`` itself (30 s window,
 timestamps, temperature fallback), with the same language and beam size.
