@@ -12,12 +12,14 @@ from duplexvoice.speech.asr_rules import (
     compression_ratio,
     extends_with_silence,
     frame_rms,
+    has_speech_run,
     is_negligible,
     looks_repetitive,
     repeated_run,
     split_points,
     starts_over,
     token_budget,
+    tokens_before,
     window_seconds,
     words_of,
 )
@@ -126,6 +128,35 @@ def test_looks_repetitive_combines_the_signs() -> None:
     assert compression_ratio("") == 0.0
 
 
+# -- segments after the speech ------------------------------------------------------
+
+TB = 1000  # where timestamp tokens begin, in these tests
+
+
+def ts(seconds: float) -> int:
+    return TB + round(seconds / 0.02)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "end_s", "kept"),
+    [
+        ([ts(0), 1, 2, ts(1.0), ts(1.0), 3, ts(2.0)], 3.0, [1, 2, 3]),
+        # the decoder starts over in the padding: that segment and all after it go
+        ([ts(0), 1, 2, ts(1.0), ts(3.0), 1, 2, ts(3.5)], 3.0, [1, 2]),
+        ([ts(0), 1, ts(2.9), ts(2.95), 4, ts(3.3)], 3.0, [1]),  # within the slack
+        ([ts(0), 1, ts(2.0), ts(2.2), 5, ts(3.4)], 3.0, [1, 5]),  # starts inside: kept
+        ([1, 2], 3.0, [1, 2]),  # no timestamps at all
+        ([ts(0), 1, ts(1.0), 2, ts(2.0)], 3.0, [1, 2]),  # one timestamp between segments
+        ([ts(0), 1, ts(3.2), 2], 3.0, [1]),  # text after an end past the audio
+        ([ts(4.0), 1, ts(5.0)], 3.0, []),
+        ([], 3.0, []),
+    ],
+)
+def test_tokens_before_the_end_of_the_audio(tokens: list[int], end_s: float,
+                                            kept: list[int]) -> None:
+    assert tokens_before(tokens, TB, end_s) == kept
+
+
 # -- levels and silence ---------------------------------------------------------------
 
 
@@ -138,6 +169,16 @@ def test_frame_rms_and_negligible_audio() -> None:
     assert is_negligible(quiet(1.0, level=1e-4))
     assert not is_negligible(quiet(1.0, level=1e-2))
     assert not is_negligible(np.concatenate([quiet(1.0), tone(0.02, 0.01)]))
+
+
+def test_speech_needs_a_run_of_confident_vad_chunks() -> None:
+    p = np.array
+    assert has_speech_run(p([0.1, 0.6, 0.7, 0.2], np.float32))
+    assert not has_speech_run(p([0.6, 0.1, 0.6, 0.1, 0.9], np.float32))  # never twice in a row
+    assert not has_speech_run(p([0.17] * 50, np.float32))  # noise, however long
+    assert not has_speech_run(p([], np.float32))
+    assert has_speech_run(p([0.5, 0.5], np.float32))
+    assert has_speech_run(p([0.9], np.float32), min_run=1)
 
 
 def test_same_audio_plus_silence_extends() -> None:

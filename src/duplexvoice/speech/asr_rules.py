@@ -3,10 +3,11 @@ silence tests and where to cut long audio. No model, no clock, no threads.
 
 Whisper's encoder was trained on 30 s windows, but CTranslate2 accepts fewer frames,
 and encoding cost grows with the window (TOOLCHAIN.md): the window is the utterance
-plus a margin of padding, rounded up to whole steps so that a few shapes recur. Too
-little padding and the decoder sometimes fails to stop; so the token budget is bounded
-by the audio's duration and a repetitive or truncated output is retried on the 30 s
-window (:func:`looks_repetitive`).
+plus a margin of padding, rounded up to whole steps so that a few shapes recur. On a
+short window the decoder sometimes writes on into the padding or fails to stop: what
+starts after the audio's end is dropped (:func:`tokens_before`), the token budget is
+bounded by the audio's duration, and an output that still looks like a loop is retried
+on the 30 s window (:func:`looks_repetitive`).
 
 Levels are RMS over 20 ms frames of float audio in [-1, 1] (1.0 = 0 dBFS).
 """
@@ -26,21 +27,31 @@ FloatAudio = npt.NDArray[np.float32]
 
 MAX_WINDOW_S = 30.0  # what Whisper was trained on; the fallback window
 FRAME = SPEECH_RATE // 50  # 20 ms
+SMOOTH_FRAMES = 10  # 200 ms: where to cut long audio is judged over this span
 
 # Below this loudest-frame level (-60 dBFS) audio is treated as silence without running
 # the model at all: Whisper normalizes its log-mel to the loudest frame, so it "hears"
 # faint hiss as loudly as speech and may write "Thank you." for it.
 NEGLIGIBLE_RMS = 1e-3
+# Silero VAD (32 ms chunks, its default threshold 0.5) must hear this many chunks of
+# speech in a row before the audio is decoded at all. Measured: noise bursts, clicks,
+# white and pink noise peaked at 0.17; every short word of 7 voices ("Hi.", "Hmm.",
+# "No.") had 5 or more chunks above 0.5.
+SPEECH_RUN = 2
 # An added tail counts as silence when no 20 ms frame of it is louder than this fraction
 # (-20 dB) of the speech level before it (or the negligible floor, for very quiet input).
 SILENT_TAIL_REL = 0.1
 
 # Token budget per second of audio, and slack. Measured on the bench's 12 texts x 7
 # voices: tiny.en's tokens for the spoken text ran at 3.3-6.4 per second of audio
-# (median 4.4; short phrases with punctuation are the densest), so real speech stays
-# clear of 7/s + 12 while a loop is cut short.
-TOKENS_PER_S = 7.0
-TOKEN_SLACK = 12
+# (median 4.4; short phrases with punctuation are the densest), plus two timestamp
+# tokens per segment; real speech stays clear of 8/s + 16 while a loop is cut short.
+TOKENS_PER_S = 8.0
+TOKEN_SLACK = 16
+TIMESTAMP_S = 0.02  # one timestamp token step
+# A segment that starts this close to the end of the audio, or after it, is in the
+# padding: the decoder writing on after the speech.
+END_SLACK_S = 0.1
 # faster-whisper's own threshold: gzip ratio of the text above this is "too repetitive".
 COMPRESSION_RATIO_MAX = 2.4
 
@@ -60,6 +71,33 @@ def window_seconds(audio_s: float, margin_s: float, step_s: float = 1.0) -> floa
 def token_budget(audio_s: float, limit: int) -> int:
     """Most new tokens to decode for ``audio_s`` of audio (never above ``limit``)."""
     return max(1, min(limit, math.ceil(audio_s * TOKENS_PER_S) + TOKEN_SLACK))
+
+
+def tokens_before(tokens: list[int], timestamp_begin: int, end_s: float) -> list[int]:
+    """The text tokens of the segments that start before ``end_s`` (the end of the
+    audio), from a decode with timestamps: ``<|t0|> text <|t1|><|t1|> text <|t2|>``.
+    Tokens at or above ``timestamp_begin`` are timestamps. What Whisper writes in the
+    padding after the speech (a repetition, "Thank you.") starts at or after the end
+    and is dropped, with everything after it."""
+    kept: list[int] = []
+    start: float | None = None  # start of the open segment, None between segments
+    last_end = 0.0
+    for token in tokens:
+        if token >= timestamp_begin:
+            at = (token - timestamp_begin) * TIMESTAMP_S
+            if start is None:
+                if at >= end_s - END_SLACK_S:
+                    break
+                start = at
+            else:
+                start, last_end = None, at
+        else:
+            if start is None:  # text without an opening timestamp: it follows the last
+                if last_end >= end_s - END_SLACK_S:
+                    break
+                start = last_end
+            kept.append(token)
+    return kept
 
 
 def compression_ratio(text: str) -> float:
@@ -130,6 +168,17 @@ def is_negligible(audio: FloatAudio) -> bool:
     return rms.size == 0 or float(rms.max()) < NEGLIGIBLE_RMS
 
 
+def has_speech_run(probabilities: npt.NDArray[np.float32], threshold: float = 0.5,
+                   min_run: int = SPEECH_RUN) -> bool:
+    """Whether ``min_run`` consecutive VAD probabilities reach ``threshold``."""
+    run = 0
+    for p in probabilities.reshape(-1):
+        run = run + 1 if p >= threshold else 0
+        if run >= min_run:
+            return True
+    return False
+
+
 def speech_level(audio: FloatAudio) -> float:
     """The level of the loud part of ``audio``: the 90th percentile of frame RMS."""
     rms = frame_rms(audio)
@@ -150,8 +199,9 @@ def extends_with_silence(old: FloatAudio, new: FloatAudio) -> bool:
 
 def split_points(audio: FloatAudio, max_samples: int, search_samples: int) -> list[int]:
     """Where to cut audio longer than ``max_samples`` into pieces no longer than that:
-    at the quietest 20 ms frame in the last ``search_samples`` of each piece, so a cut
-    rarely falls inside a word. Returns the cut offsets (empty: one piece)."""
+    in the quietest stretch (200 ms moving average of the frame level) of the last
+    ``search_samples`` of each piece, so a cut falls in a pause, near its middle, when
+    there is one. Returns the cut offsets (empty: one piece)."""
     if max_samples < FRAME or search_samples < 0:
         raise ValueError("max_samples must be at least one frame and search_samples >= 0")
     search_samples = min(search_samples, max_samples - FRAME)
@@ -160,13 +210,18 @@ def split_points(audio: FloatAudio, max_samples: int, search_samples: int) -> li
     while audio.size - start > max_samples:
         lo = start + max_samples - search_samples
         hi = start + max_samples
-        # frames aligned to ``lo``; the quietest one's start is the cut
-        rms = frame_rms(audio[lo:hi])
-        full = (hi - lo) // FRAME
-        best = int(np.argmin(rms[:full])) if full else 0
-        cut = lo + best * FRAME
-        if cut <= start:
+        full = (hi - lo) // FRAME  # whole frames from ``lo``: a cut at any of them fits
+        if full == 0:
             cut = hi
+        else:
+            rms = frame_rms(audio[lo : lo + full * FRAME])
+            width = min(SMOOTH_FRAMES, full)
+            kernel = np.ones(width)
+            # a mean over the frames present: the edges are not quieter for lack of them
+            smooth = np.convolve(rms, kernel, mode="same") / np.convolve(
+                np.ones(full), kernel, mode="same"
+            )
+            cut = lo + int(np.argmin(smooth)) * FRAME
         cuts.append(cut)
         start = cut
     return cuts

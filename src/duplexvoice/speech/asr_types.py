@@ -47,8 +47,11 @@ class AsrConfig(BaseModel):
         5, ge=1, le=10, description="beam width of finals (1: greedy); partials are greedy"
     )
     window_margin_s: float = Field(
-        6.0, ge=0.5, le=29.0,
+        3.0, ge=0.5, le=20.0,
         description="encoder padding after the audio; less is faster but loops more often",
+    )
+    speech_gate: bool = Field(
+        True, description="decode only audio where Silero VAD hears speech (no words from noise)"
     )
     max_queue: int = Field(
         8, ge=1, le=1000, description="finals waiting for the model before new ones are refused"

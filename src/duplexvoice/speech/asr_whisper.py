@@ -2,39 +2,50 @@
 sized to the utterance (TOOLCHAIN.md, "Whisper's encoder window is the lever").
 
 The windowed path is faster-whisper's own first-window decode with a shorter window:
-its log-mel features, the same prompt (start of transcript, language and task for
-multilingual models, no timestamps), the same suppressed tokens, then CTranslate2's
-``encode`` on ``window_seconds(...)`` of frames and a greedy (or beam) ``generate``.
-What differs, and why:
+its log-mel features, its prompt (start of transcript, plus language and task for
+multilingual models), its suppressed tokens and first-timestamp limit, then
+CTranslate2's ``encode`` on ``window_seconds(...)`` of frames (audio + margin) and
+``generate`` (beam 5 for finals, greedy for partials). What differs, and why:
 
-- the audio is padded with silence to the window before the log-mel is computed, as
-  OpenAI's Whisper does (faster-whisper pads the log-mel with zeros, a level the model
-  never saw in training; on short windows that made loops more frequent);
-- the token budget is bounded by the audio's duration (``token_budget``), so a decoder
-  that fails to stop on a short window stops early; such an output (budget spent,
-  gzip ratio above 2.4, a word or phrase repeated back to back, a sentence that
-  starts the text over) is decoded again on
-  the full 30 s window and the result is marked ``fell_back``;
-- silence and near-silence give empty text: audio whose loudest 20 ms frame is under
-  -60 dBFS is not decoded at all, and a decode whose no-speech probability is above
-  0.6 with an average log-probability under -1 is discarded (faster-whisper's rule);
-- audio longer than a window minus the margin: a partial keeps its last part (what the
-  user is saying now); a final is cut at quiet frames into pieces that each fit.
+- **Timestamps on.** Without them (``<|notimestamps|>``) the decoder skipped a whole
+  sentence of two-sentence utterances in 12-23 of 36 cases (greedy / beam 5, 0.5 and
+  1.2 s pauses, 4 and 6 s margins, and as often on the 30 s window); with them, in
+  none. They also say where each segment starts: a segment that starts at or after
+  the end of the audio is the decoder writing on into the padding (a repetition of
+  the utterance, "Thank you.") and is dropped (``tokens_before``), which is what made
+  short margins loop before.
+- **The audio is padded with silence** to the window before the log-mel is computed,
+  as OpenAI's Whisper does; faster-whisper pads the log-mel with zeros, a level the
+  model never saw in training, and on short windows that made loops more frequent.
+- **A bounded token budget** (``token_budget``: about twice the densest speech
+  measured), so a decoder that fails to stop stops early. An output that still looks
+  like a loop (budget spent, gzip ratio above 2.4, a word or phrase repeated back to
+  back, a sentence that starts the text over) is decoded again on the full 30 s window
+  and marked ``fell_back``. No temperature fallback: it resamples at random and costs
+  several decodes.
+- **Silence and noise give empty text**, for the orchestrator tells a false
+  interruption (a cough, a click) by "no words". Audio whose loudest 20 ms frame is
+  under -60 dBFS is not decoded (Whisper normalizes to the loudest frame and would
+  "hear" faint hiss); nor is audio in which the Silero VAD shipped with faster-whisper
+  hears no speech (``speech_gate``; 1-7 ms); and a decode whose no-speech probability
+  is above 0.6 with an average log-probability under -1 is discarded (faster-whisper's
+  rule). The rule alone is not enough with timestamps and a beam: on noise bursts the
+  decoder wrote "You" at log-probability -0.8 to -1.0 (no-speech probability 0.88-0.96),
+  and "I don't know" on a click; Silero peaked at 0.17 on all of them, and at 0.79 or
+  more on every short word ("Hi.", "Hmm.", "No.") of 7 voices.
+- **Long audio**: a partial keeps its last 30 s minus the margin (what the user is
+  saying now); a final is cut into pieces that fit, each in a pause when there is one.
 
-The margin (``window_margin_s``, 6 s by default) was measured here. Outputs that
-looped or started over, out of 96 takes of short Piper utterances (0.4-2.6 s), for a
-margin of 4 / 5 / 6 / 7 s: greedy 10 / 2 / 0 / 0, beam 5: 28 / 6 / 1 / 0; on 84
-utterances (12 texts x 7 voices, greedy), for 2 / 3 / 4 / 5 / 6 s: 15 / 9 / 2 / 0 / 0.
-Each costs a second decode on the 30 s window (~0.5 s more here), while each second of
-window costs about 6 ms (a 3 s clip: 118 ms with a 4 s window, 170 ms with 12 s,
-520 ms with 30 s, greedy, on 2 busy cores). Shorter utterances loop more: the short
-window is mostly padding.
+The margin (``window_margin_s``, 3 s by default) was measured on 84 utterances (12
+texts x 7 Piper and eSpeak voices and speeds, two runs), beam 5: with 2 s the window
+fell back once ("Stop.") and WER was 0.051-0.056; with 3 s, 0.047-0.051, and 4 s,
+0.047-0.048, no fall back; the plain 30 s path: 0.048-0.049. Each second of window
+costs about 5 ms (a 3 s clip: 118 ms with a 4 s window, 170 ms with 12 s, 520 ms with
+30 s, greedy, on 2 busy cores). Before timestamps were on, 3 s looped or started over
+on 9 of the 84 (mostly utterances under a second) and needed 5-6 s to stop doing so.
 
-There is no temperature fallback: it resamples at random and costs several decodes;
-the 30 s window is the one retry.
-
-``plain()`` is the baseline: ``WhisperModel.transcribe()`` itself, with the same
-language and beam size.
+``plain()`` is the baseline: ``WhisperModel.transcribe()`` itself (30 s window,
+timestamps, temperature fallback), with the same language and beam size.
 """
 
 from __future__ import annotations
@@ -51,16 +62,20 @@ import numpy as np
 from duplexvoice.speech import SPEECH_RATE
 from duplexvoice.speech.asr_rules import (
     MAX_WINDOW_S,
+    has_speech_run,
     is_negligible,
     looks_repetitive,
     split_points,
     token_budget,
+    tokens_before,
     window_seconds,
     words_of,
 )
 from duplexvoice.speech.asr_types import AsrConfig, AsrModelError, FloatAudio, Transcript
 
 MAX_LENGTH = 448  # Whisper's decoder context, prompt included
+VAD_CHUNK = 512  # Silero's chunk at 16 kHz
+MAX_INITIAL_TIMESTAMP = 50  # the first segment starts within 1 s (faster-whisper's)
 NO_SPEECH_PROB = 0.6
 LOGPROB_MIN = -1.0
 FRAMES_PER_S = 100  # log-mel frames (hop 160 at 16 kHz)
@@ -121,7 +136,9 @@ class WhisperEngine:
         except ValueError as exc:
             raise AsrModelError(str(exc)) from exc
         self._language = language
-        self._prompt: list[int] = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        # timestamps on (no <|notimestamps|>): see the module docstring
+        self._prompt: list[int] = list(self._tokenizer.sot_sequence)
+        self._timestamp_begin: int = self._tokenizer.timestamp_begin
         self._suppress: list[int] = list(get_suppressed_tokens(self._tokenizer, [-1]))
         self._features = self._whisper.feature_extractor
         self._lock = threading.Lock()
@@ -161,7 +178,7 @@ class WhisperEngine:
                     audio.size]
             pieces = [audio[a:b] for a, b in itertools.pairwise(cuts)]
         with self._lock:
-            decoded = [self._decode(p, final) for p in pieces if not is_negligible(p)]
+            decoded = [self._decode(p, final) for p in pieces if self._hears_speech(p)]
         text = " ".join(d.text for d in decoded if d.text)
         return Transcript(
             text, final, audio_s, _ms_since(start),
@@ -169,23 +186,40 @@ class WhisperEngine:
             fell_back=any(d.fell_back for d in decoded),
         )
 
+    def _hears_speech(self, audio: FloatAudio) -> bool:
+        """Loud enough, and (with ``speech_gate``) speech to Silero VAD."""
+        if is_negligible(audio):
+            return False
+        if not self.config.speech_gate:
+            return True
+        from faster_whisper.vad import get_vad_model
+
+        chunk = VAD_CHUNK
+        padded = np.zeros(-(-audio.size // chunk) * chunk, np.float32)
+        padded[: audio.size] = audio
+        try:
+            probabilities = get_vad_model()(padded)
+        except Exception as exc:  # onnxruntime's errors
+            raise AsrModelError(f"Silero VAD failed: {exc}") from exc
+        return has_speech_run(np.asarray(probabilities, np.float32))
+
     def _decode(self, audio: FloatAudio, final: bool) -> Decoded:
         audio_s = audio.size / SPEECH_RATE
         window_s = window_seconds(audio_s, self.config.window_margin_s)
         budget = token_budget(audio_s, MAX_LENGTH - len(self._prompt))
         # partials are cosmetic and frequent: always greedy
         beam = self.config.beam_size if final else 1
-        text, hit_limit, keep = self._generate(audio, window_s, budget, beam)
+        text, hit_limit, keep = self._generate(audio, window_s, budget, beam, audio_s)
         if window_s < MAX_WINDOW_S and looks_repetitive(text, hit_limit=hit_limit):
             # The short window let the decoder loop or start over (or the text truly is
             # long): retry on the window Whisper was trained on, with room for more.
             wide = min(2 * budget, MAX_LENGTH - len(self._prompt))
-            text, _, keep = self._generate(audio, MAX_WINDOW_S, wide, beam)
+            text, _, keep = self._generate(audio, MAX_WINDOW_S, wide, beam, audio_s)
             return Decoded(text if keep else "", MAX_WINDOW_S, True)
         return Decoded(text if keep else "", window_s, False)
 
     def _generate(
-        self, audio: FloatAudio, window_s: float, budget: int, beam: int
+        self, audio: FloatAudio, window_s: float, budget: int, beam: int, audio_s: float
     ) -> tuple[str, bool, bool]:
         """Decode one window: (text, budget spent, keep it); not kept: no speech."""
         import ctranslate2
@@ -205,12 +239,13 @@ class WhisperEngine:
                 encoded, [self._prompt], beam_size=beam, patience=1.0,
                 max_length=len(self._prompt) + budget, return_scores=True,
                 return_no_speech_prob=True, suppress_blank=True,
-                suppress_tokens=self._suppress,
+                suppress_tokens=self._suppress, max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP,
             )[0]
         except Exception as exc:  # ctranslate2 raises RuntimeError and friends
             raise AsrModelError(f"Whisper failed: {exc}") from exc
         tokens: list[int] = result.sequences_ids[0]
-        text = str(self._tokenizer.decode(tokens)).strip()
+        spoken = tokens_before(tokens, self._timestamp_begin, audio_s)
+        text = str(self._tokenizer.decode(spoken)).strip()
         if not words_of(text):
             text = ""  # punctuation alone (" . . ." on a click) is no speech
         # faster-whisper's average log-probability from the length-normalized score
