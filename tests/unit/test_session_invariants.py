@@ -29,6 +29,8 @@ from duplexvoice.orchestrator.session_events import (
     TextReceived,
     Tick,
     UserSpeechEnded,
+    UserSpeechPaused,
+    UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
     WorkerFrame,
@@ -56,6 +58,7 @@ EVENTS: list[Event] = [
     SynthesisDone(1), SynthesisDone(99), SynthesisFailed(1, "x"), SynthesisFailed(99, "x"),
     Tick(), ClientDisconnected(), ServerShutdown(),
     UserSpeechStarted(), UserSpeechEnded(), UserTranscript(1, "hi", False),
+    UserSpeechPaused(0.05), UserSpeechResumed(),
     ReplyChunk(1, "hi"), ReplyFailed(1, "x"),
 ]
 S = State
@@ -89,6 +92,8 @@ EXPECTED: dict[str, tuple[State, State, State, State]] = {
     # Speech over the system's speech holds it (over a client PAUSE too).
     "UserSpeechStarted(lead_s=0.0)": (S.INITIALIZING, S.LISTENING, S.BARGED_IN, S.BARGED_IN),
     "UserSpeechEnded(silence_s=0.0)": tuple(RESTING_),
+    "UserSpeechPaused(silence_s=0.05)": tuple(RESTING_),
+    "UserSpeechResumed()": tuple(RESTING_),
     "UserTranscript(turn=1, text='hi', final=False)": tuple(RESTING_),
     "ReplyChunk(turn=1, text='hi', final=False)": tuple(RESTING_),
     "ReplyFailed(turn=1, message='x', code=<ErrorCode.REPLY_FAILED: 'REPLY_FAILED'>)":
@@ -135,10 +140,11 @@ def _random_event(rng: random.Random, d: Driver) -> Event:
          ControlReceived(rng.choice([PAUSE, RESUME, STOP])), WorkerFrame(uid, PCM),
          SynthesisDone(uid), SynthesisFailed(uid, "x"), Tick(), ClientDisconnected(),
          ServerShutdown(), UserSpeechStarted(), UserSpeechEnded(rng.choice([0.0, 0.1])),
+         rng.choice([UserSpeechPaused(0.05), UserSpeechResumed()]),
          UserTranscript(turn, rng.choice(["", "hello there.", "and"]), rng.random() < 0.6),
          ReplyChunk(turn, rng.choice(["Sure, ", "", "okay."]), rng.random() < 0.3),
          ReplyFailed(turn, "x")],
-        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05, 3, 3, 4, 5, 0.3],
+        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05, 3, 3, 2, 4, 5, 0.3],
     )[0]
 
 

@@ -311,3 +311,29 @@ def test_an_onset_never_reaches_back_before_the_last_speech_ended() -> None:
     core.speech_ended(10.2)  # 0.2 s
     core.speech_started(10.3, lead_s=0.5)  # counts from 10.2 at the earliest
     assert core.next_deadline == pytest.approx(10.4)
+
+
+def test_a_short_voice_whose_offset_comes_late_is_not_an_interruption() -> None:
+    # "mm" for 0.3 s: the voice stops at 10.3, the offset is confirmed 0.16 s later.
+    core = speaking(interrupt_after_ms=400, resume_after_ms=250)
+    core.speech_started(10.0)
+    assert core.speech_paused(10.35, silence_s=0.05) == []
+    assert core.next_deadline is None or core.next_deadline > 10.4
+    assert core.tick(10.4) == []  # 0.4 s since the onset, but only 0.3 s of voice
+    assert core.speech_ended(10.46, silence_s=0.16) == []
+    assert core.tick(10.55) == [Resume(), Abandon(1, closed=True)]
+
+
+def test_voice_coming_back_counts_on_towards_an_interruption() -> None:
+    core = speaking(interrupt_after_ms=400)
+    core.speech_started(10.0)
+    core.speech_paused(10.2, silence_s=0.05)
+    assert core.speech_resumed(10.25) == []
+    assert core.next_deadline == pytest.approx(10.4)
+    assert core.tick(10.4) == [Interrupt()]
+
+
+def test_a_pause_after_enough_voice_still_interrupts() -> None:
+    core = speaking(interrupt_after_ms=400)
+    core.speech_started(10.0)
+    assert core.speech_paused(10.5, silence_s=0.05) == [Interrupt()]  # 0.45 s of voice

@@ -57,7 +57,7 @@ class ConversationConfig(BaseModel):
         "tiny.en")
     asr_device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where ASR runs")
     asr_compute_type: str = Field("int8", description="CTranslate2 compute type")
-    asr_threads: int = Field(0, ge=0, description="ASR CPU threads (0: library default)")
+    asr_threads: int = Field(0, ge=0, description="ASR CPU threads (0: the cores, at most 4)")
     asr_beam_size: int = Field(
         1, ge=1, le=10, description="beam width of final transcripts (1: greedy, about "
         "twice as fast as 5 with tiny.en, and as accurate on the reference set)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from duplexvoice.orchestrator.session_events import (
     TranscribeTurn,
     TurnClosed,
     UserSpeechEnded,
+    UserSpeechPaused,
+    UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
 )
@@ -67,6 +70,7 @@ log = logging.getLogger(__name__)
 FloatAudio = npt.NDArray[np.float32]
 PREROLL_S = 0.3  # audio kept before an onset: the VAD confirms speech after it began
 _ERROR_EVERY_S = 1.0
+_QUIET_S = 0.048  # no voice this long within speech: a pause (not yet an offset)
 
 
 @dataclass
@@ -100,9 +104,11 @@ class ConversationServices:
 
 
 def asr_config(config: ConversationConfig) -> AsrConfig:
+    # The library's default is 4 threads: more than a small machine has.
+    threads = config.asr_threads or min(4, os.cpu_count() or 1)
     return AsrConfig(model_path=config.asr_model or None,
                      device=config.asr_device,
-                     compute_type=config.asr_compute_type, cpu_threads=config.asr_threads,
+                     compute_type=config.asr_compute_type, cpu_threads=threads,
                      beam_size=config.asr_beam_size,
                      max_queue=config.asr_max_queue)
 
@@ -201,6 +207,7 @@ class Listener:
         self._last_error_at = -1e9
         self._turn_start: int | None = None  # sample index; None: no open turn
         self._speaking = False  # the VAD's view
+        self._quiet = False  # within speech, no voice for a while (told to the machine)
         self._partial_at = 0  # sample index of the last partial asked
         self._partial: asyncio.Task[None] | None = None
         self._finals: dict[int, asyncio.Task[None]] = {}  # by turn
@@ -253,7 +260,25 @@ class Listener:
                 self._post(UserSpeechEnded(silence))
                 if holding:
                     self._maybe_partial(force=True)  # "Wait." is short: are there words?
+            self._quiet = False
+        self._track_quiet()
         self._maybe_partial(sooner=holding)
+
+    def _track_quiet(self) -> None:
+        """Tell the machine when the voice stops within speech (the offset is only
+        confirmed ``vad_min_silence_ms`` later) and when it comes back: a barge-in's
+        speech is measured to the last voice, not to the offset."""
+        gate = self._detector.gate
+        last = gate.last_voiced_s
+        if not gate.speaking or last is None:
+            return
+        quiet_s = self._detector.framer.time_s - last
+        if not self._quiet and quiet_s >= _QUIET_S:
+            self._quiet = True
+            self._post(UserSpeechPaused(quiet_s))
+        elif self._quiet and quiet_s < _QUIET_S:
+            self._quiet = False
+            self._post(UserSpeechResumed())
 
     def _audio_now(self) -> float:
         return self._ring.end / SPEECH_RATE

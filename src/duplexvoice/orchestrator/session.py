@@ -82,6 +82,8 @@ from duplexvoice.orchestrator.session_events import (
     TextReceived,
     Tick,
     UserSpeechEnded,
+    UserSpeechPaused,
+    UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
     WorkerControl,
@@ -125,6 +127,8 @@ class SessionMachine(ConversationMixin):
             Tick: self._on_tick, ClientDisconnected: self._on_disconnected,
             ServerShutdown: self._on_shutdown,
             UserSpeechStarted: self._on_speech_started, UserSpeechEnded: self._on_speech_ended,
+            UserSpeechPaused: self._on_speech_paused,
+            UserSpeechResumed: self._on_speech_resumed,
             UserTranscript: self._on_transcript, ReplyChunk: self._on_reply_chunk,
             ReplyFailed: self._on_reply_failed,
         }

@@ -43,6 +43,8 @@ from duplexvoice.orchestrator.session_events import (
     TranscribeTurn,
     TurnClosed,
     UserSpeechEnded,
+    UserSpeechPaused,
+    UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
     WorkerControl,
@@ -82,6 +84,12 @@ class ConversationMixin:
     def _on_speech_started(self, event: UserSpeechStarted) -> None:
         self._idle_since = self._now
         self._decide(self._turns.speech_started(self._now, event.lead_s))
+
+    def _on_speech_paused(self, event: UserSpeechPaused) -> None:
+        self._decide(self._turns.speech_paused(self._now, event.silence_s))
+
+    def _on_speech_resumed(self, _: UserSpeechResumed) -> None:
+        self._decide(self._turns.speech_resumed(self._now))
 
     def _on_speech_ended(self, event: UserSpeechEnded) -> None:
         self._idle_since = self._now

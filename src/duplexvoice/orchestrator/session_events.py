@@ -71,6 +71,17 @@ class UserSpeechEnded(Event):
     silence_s: float = 0.0
 
 @dataclass(frozen=True)
+class UserSpeechPaused(Event):
+    """The VAD has heard no voice for ``silence_s``, short of confirming an offset: the
+    speech may be over (a barge-in's speech is not counted past it)."""
+
+    silence_s: float
+
+@dataclass(frozen=True)
+class UserSpeechResumed(Event):
+    """Voice again after ``UserSpeechPaused``, before any offset."""
+
+@dataclass(frozen=True)
 class UserTranscript(Event):
     """A transcript of the user's ``turn``: partial, or the final asked for by
     ``TranscribeTurn``."""

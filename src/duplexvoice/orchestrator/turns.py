@@ -166,6 +166,7 @@ class TurnTaking:
         self._held_voiced_s = 0.0  # user speech since the hold, before the current run
         self._resume_at: float | None = None
         self._last_end: float | None = None  # when the last speech ended
+        self._quiet_since: float | None = None  # no voice since, offset not yet confirmed
 
     # -- what the session tells ------------------------------------------------------
 
@@ -196,7 +197,7 @@ class TurnTaking:
         times: list[float] = []
         if self._speaking_since is not None:
             times.append(self._turn_since + self.config.max_turn_ms / 1000)
-            if self._held:
+            if self._held and self._quiet_since is None:
                 left = self.config.interrupt_after_ms / 1000 - self._held_voiced_s
                 times.append(self._speaking_since + left)
         if self._resume_at is not None:
@@ -217,6 +218,7 @@ class TurnTaking:
         if self._last_end is not None:
             begin = max(begin, self._last_end)
         self._speaking_since = begin
+        self._quiet_since = None
         self._resume_at = None
         if self._open and self._speech_end is not None:
             # Speech before the end of turn: the same turn goes on.
@@ -230,6 +232,18 @@ class TurnTaking:
             out.append(Hold())
         return out + self.tick(now)
 
+    def speech_paused(self, now: float, silence_s: float) -> list[Decision]:
+        """No voice for ``silence_s``, the offset not confirmed yet: a held barge-in's
+        speech is not counted past it (a 300 ms "mm" is not 400 ms of speech because
+        the offset is confirmed later)."""
+        if self._speaking_since is not None:
+            self._quiet_since = max(self._speaking_since, now - max(0.0, silence_s))
+        return self.tick(now)
+
+    def speech_resumed(self, now: float) -> list[Decision]:
+        self._quiet_since = None
+        return self.tick(now)
+
     def speech_ended(self, now: float, silence_s: float = 0.0) -> list[Decision]:
         """The VAD's offset, ``silence_s`` after the last speech (its hangover)."""
         if self._speaking_since is None:
@@ -237,6 +251,7 @@ class TurnTaking:
         end = max(self._speaking_since, now - max(0.0, silence_s))
         run = end - self._speaking_since
         self._speaking_since = None
+        self._quiet_since = None
         self._last_end = end
         self._voiced_s += run
         if self._held:
@@ -276,7 +291,8 @@ class TurnTaking:
         if self._speaking_since is not None:
             if self._held:
                 left = self.config.interrupt_after_ms / 1000 - self._held_voiced_s
-                if now >= self._speaking_since + left - _EPS:
+                voiced_until = now if self._quiet_since is None else self._quiet_since
+                if voiced_until >= self._speaking_since + left - _EPS:
                     out += self._interrupt()
             if now >= self._turn_since + self.config.max_turn_ms / 1000 - _EPS:
                 out += self._force_end(now)
