@@ -46,7 +46,8 @@ class ConversationConfig(BaseModel):
     vad_fast_rise_db: float = Field(
         12.0, ge=0, le=60, description="fast onset: rise over the tracked noise floor (dB)")
     vad_fast_min_level_db: float = Field(
-        -55.0, ge=-120, le=0, description="fast onset: the least level that starts one (dBFS)")
+        -42.0, ge=-120, le=0, description="fast onset: the least level that starts one (dBFS); "
+        "above what an echo canceller leaves of the system's own voice (-47 dBFS at worst)")
     vad_fast_backoff_ms: int = Field(
         2000, ge=0, le=600_000, description="fast onset: off this long after a pause the "
         "model did not confirm, doubling for each in a row (to 60 s)")

@@ -111,7 +111,7 @@ class GateConfig:
     speaking_min_speech_ms: float = 32.0  # the same, strict (one Silero window)
     fast_onset: bool = True  # strict: a sudden speech-like rise confirms at once (cues)
     fast_rise_db: float = 12.0  # ... that far above the noise floor
-    fast_min_level_db: float = -55.0  # ... and at least this loud (dBFS)
+    fast_min_level_db: float = -42.0  # ... and at least this loud (dBFS): over an echo residual
     fast_min_ms: float = 0.0  # ... for this long (0: one frame)
     fast_confirm_ms: float = 300.0  # a fast onset's speech lasts this long, unless voiced
     floor_rise_db_per_s: float = 3.0  # the floor follows louder audio this slowly
