@@ -210,3 +210,19 @@ def test_speech_at_the_very_end_of_a_reply_is_just_the_next_turn() -> None:
     out = d(UserSpeechStarted(), at=t + 0.01)  # the last frame has just gone
     assert not msgs(out, "pause") and not msgs(out, "interrupt")
     assert d.m.turn == 1 and d.m.state is State.LISTENING
+
+
+def test_a_speculative_reply_generated_in_full_is_dropped_too_when_the_user_goes_on() -> None:
+    d = session()
+    user_turn(d, "I would like", 1.0, 2.0)
+    d(ReplyChunk(1, "I would like ", final=True), at=2.3)  # the engine is done
+    d.frames(1, 3)
+    d(SynthesisDone(1), at=2.35)
+    out = d(UserSpeechStarted(), at=2.4)
+    assert CancelReply(1, 1, "I would like ", 0.0) in out
+    user_turn(d, "I would like a coffee.", 2.4, 3.5)
+    d(ReplyChunk(1, "I would like a coffee. ", final=True), at=3.7)
+    d.frames(2, 3)
+    out = d(Tick(), at=4.1)
+    assert [m["utterance_id"] for m in msgs(out, "reply")] == [2]
+    assert {a.utterance_id for a in audio(d.log)} == {2}  # the shorter reply never plays

@@ -80,7 +80,6 @@ class ConversationMixin:
     def _error(self, code: ErrorCode, message: str) -> None:
         raise NotImplementedError
 
-
     def _on_speech_started(self, event: UserSpeechStarted) -> None:
         self._idle_since = self._now
         self._decide(self._turns.speech_started(self._now, event.lead_s))
@@ -171,6 +170,12 @@ class ConversationMixin:
             elif isinstance(decision, turns.Abandon):
                 if self._reply is not None and not self._reply.confirmed:
                     self._cancel_reply()
+                for utterance in [u for u in self._live if u.gated]:
+                    # Generated in full already, still unheard: gone as well.
+                    self._actions.append(CancelReply(
+                        utterance.reply_turn or decision.turn, utterance.utterance_id,
+                        "".join(utterance.text), 0.0))
+                    self._drop_gated(utterance)
                 if decision.closed:
                     self._actions.append(TurnClosed(decision.turn))
             elif isinstance(decision, turns.Reply):
