@@ -212,3 +212,15 @@ def test_heard_prefix_refuses_non_numbers(args: tuple[float, float | None]) -> N
         heard_prefix(TEXT, *args)
     with pytest.raises(ValueError):
         heard_prefix(TEXT, 100, None, chars_per_second=0)
+
+
+def test_retract_forgets_an_unheard_exchange_and_reissues_its_indices() -> None:
+    h = History()
+    h.add_user("Hello.")
+    h.add_assistant("Hi there.")
+    asked = h.add_user("I would like")
+    h.add_assistant("I would like…")
+    h.retract(asked)
+    assert [t.text for t in h.turns] == ["Hello.", "Hi there."]
+    assert h.add_user("I would like a coffee.") == asked
+    assert h.messages()[-1] == {"role": "user", "content": "I would like a coffee."}

@@ -73,7 +73,7 @@ def test_the_user_going_on_drops_the_speculative_reply_without_a_trace() -> None
     d(ReplyChunk(1, "I would like "), at=2.3)
     d.frames(1, 3)
     out = d(UserSpeechStarted(), at=2.4)  # before the end of turn (2.6)
-    assert CancelReply(1, 1, "I would like ", 0.0) in out
+    assert CancelReply(1, 1, "I would like ", 0.0, unheard=True) in out
     assert Command.STOP in controls(out)
     assert not msgs(out, "utterance_end") and not msgs(out, "reply")
     d(SynthesisDone(1), at=2.45)
@@ -219,7 +219,7 @@ def test_a_speculative_reply_generated_in_full_is_dropped_too_when_the_user_goes
     d.frames(1, 3)
     d(SynthesisDone(1), at=2.35)
     out = d(UserSpeechStarted(), at=2.4)
-    assert CancelReply(1, 1, "I would like ", 0.0) in out
+    assert CancelReply(1, 1, "I would like ", 0.0, unheard=True) in out
     user_turn(d, "I would like a coffee.", 2.4, 3.5)
     d(ReplyChunk(1, "I would like a coffee. ", final=True), at=3.7)
     d.frames(2, 3)

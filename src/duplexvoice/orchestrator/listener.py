@@ -213,6 +213,7 @@ class Listener:
         self._finals: dict[int, asyncio.Task[None]] = {}  # by turn
         self._replies: dict[int, asyncio.Task[None]] = {}  # by turn
         self._streams: dict[int, Any] = {}  # turn -> its ReplyStream
+        self._asked: dict[int, int] = {}  # turn -> history index of the user's words
         self.history = History()
         self._chores: set[asyncio.Task[None]] = set()  # history cuts after an interruption
         self._played: dict[int, float] = {}  # utterance id -> ms the client reports played
@@ -340,7 +341,7 @@ class Listener:
         elif isinstance(action, CancelReply):
             running = self._replies.get(action.turn)
             self._cancel_reply(action.turn)
-            if action.utterance_id is not None:
+            if action.utterance_id is not None or action.unheard:
                 # After the cancelled stream has closed (it adds its turn then).
                 chore = asyncio.create_task(self._truncate_after(running, action))
                 self._chores.add(chore)
@@ -362,6 +363,9 @@ class Listener:
         # so the history stays in order.
         await asyncio.gather(*before, return_exceptions=True)
         engine = self.services.replies[self.reply_engine]
+        self._asked[turn] = self.history.next_index  # the user turn the engine adds
+        while len(self._asked) > 4:
+            del self._asked[min(self._asked)]
         stream = engine.reply(self.history, text)
         self._streams[turn] = stream
         try:
@@ -395,6 +399,15 @@ class Listener:
                               action: CancelReply) -> None:
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
+        if action.unheard:
+            # A speculative reply never heard leaves no trace, nor does the shorter
+            # version of the turn it answered.
+            asked = self._asked.pop(action.turn, None)
+            if asked is not None and asked < self.history.next_index:
+                turn = self.history.turn(asked)
+                if turn is not None and turn.role == "user":
+                    self.history.retract(asked)
+            return
         stream = self._streams.get(action.turn)
         if stream is not None:
             self._truncate(stream, action)
@@ -404,9 +417,8 @@ class Listener:
         client's report if it sent one, else what the server released minus the
         client's lead (what it still had buffered)."""
         index = stream.turn_index
-        if index is None:
+        if index is None or action.utterance_id is None:
             return
-        assert action.utterance_id is not None
         played = self._played.get(action.utterance_id)
         if played is None:
             played = max(0.0, action.released_ms - self._lead_ms)

@@ -174,7 +174,7 @@ class ConversationMixin:
                     # Generated in full already, still unheard: gone as well.
                     self._actions.append(CancelReply(
                         utterance.reply_turn or decision.turn, utterance.utterance_id,
-                        "".join(utterance.text), 0.0))
+                        "".join(utterance.text), 0.0, unheard=True))
                     self._drop_gated(utterance)
                 if decision.closed:
                     self._actions.append(TurnClosed(decision.turn))
@@ -215,10 +215,11 @@ class ConversationMixin:
             return
         utterance = reply.utterance
         if utterance is None:
-            self._actions.append(CancelReply(reply.turn))
+            self._actions.append(CancelReply(reply.turn, unheard=not reply.confirmed))
             return
         self._actions.append(CancelReply(reply.turn, utterance.utterance_id,
-                                         "".join(utterance.text), utterance.sent * 20.0))
+                                         "".join(utterance.text), utterance.sent * 20.0,
+                                         unheard=utterance.gated))
         if utterance.gated:
             self._drop_gated(utterance)
 

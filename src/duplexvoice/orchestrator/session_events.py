@@ -188,6 +188,7 @@ class CancelReply(Action):
     utterance_id: int | None = None
     text: str = ""  # what of it was given to the worker
     released_ms: float = 0.0
+    unheard: bool = False  # a speculative reply never announced: as if never said
 
 @dataclass(frozen=True)
 class Close(Action):

@@ -102,6 +102,15 @@ class History:
         self._chars += len(text) - len(turn.text)
         return True
 
+    def retract(self, index: int) -> None:
+        """Forget turn ``index`` and every later one: an exchange nobody heard (a
+        speculative reply dropped because the user went on). Their indices are given
+        out again."""
+        self._check_issued(index)
+        keep = max(0, index - self._first_index)
+        while len(self._turns) > keep:
+            self._chars -= len(self._turns.pop().text)
+
     def messages(self, system_prompt: str = "") -> list[dict[str, str]]:
         """The history in chat-completions format, the system prompt first."""
         out: list[dict[str, str]] = []
