@@ -91,7 +91,7 @@ EXPECTED: dict[str, tuple[State, State, State, State]] = {
     "ServerShutdown()": (S.CLOSED,) * 4,
     # Speech over the system's speech holds it (over a client PAUSE too).
     "UserSpeechStarted(lead_s=0.0)": (S.INITIALIZING, S.LISTENING, S.BARGED_IN, S.BARGED_IN),
-    "UserSpeechEnded(silence_s=0.0)": tuple(RESTING_),
+    "UserSpeechEnded(silence_s=0.0, checking_words=False)": tuple(RESTING_),
     "UserSpeechPaused(silence_s=0.05)": tuple(RESTING_),
     "UserSpeechResumed()": tuple(RESTING_),
     "UserTranscript(turn=1, text='hi', final=False)": tuple(RESTING_),

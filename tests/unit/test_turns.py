@@ -337,3 +337,24 @@ def test_a_pause_after_enough_voice_still_interrupts() -> None:
     core = speaking(interrupt_after_ms=400)
     core.speech_started(10.0)
     assert core.speech_paused(10.5, silence_s=0.05) == [Interrupt()]  # 0.45 s of voice
+
+
+def test_a_held_speech_waits_for_its_words_before_resuming() -> None:
+    core = speaking(interrupt_after_ms=400, resume_after_ms=250, words_wait_ms=300,
+                    words_after_ms=200)
+    core.speech_started(10.0)
+    assert core.speech_ended(10.46, silence_s=0.16, checking_words=True) == []  # 0.3 s
+    assert core.tick(10.55) == []  # the resume is due, but the words are not in yet
+    assert core.transcript(1, "Wait,", False, 10.6) == [Interrupt()]
+
+
+def test_no_words_resume_at_once_and_no_answer_resumes_at_the_cap() -> None:
+    core = speaking(resume_after_ms=250, words_wait_ms=300)
+    core.speech_started(10.0)
+    core.speech_ended(10.36, silence_s=0.16, checking_words=True)
+    assert core.transcript(1, "", False, 10.6) == [Resume(), Abandon(1, closed=True)]
+    core2 = speaking(resume_after_ms=250, words_wait_ms=300)
+    core2.speech_started(10.0)
+    core2.speech_ended(10.36, silence_s=0.16, checking_words=True)
+    assert core2.next_deadline == pytest.approx(10.75)
+    assert core2.tick(10.75) == [Resume(), Abandon(1, closed=True)]

@@ -88,6 +88,9 @@ class ConversationConfig(BaseModel):
         description="speech over the system this long is a real interruption")
     barge_in_words_ms: int = Field(
         200, ge=0, le=5000, description="... or recognized words after this much speech")
+    barge_in_words_wait_ms: int = Field(
+        300, ge=0, le=5000, description="a short speech over the system waits up to this "
+        "much more for its words before playback resumes ('Wait,' is short)")
     false_interruption_resume_ms: int = Field(
         250, ge=0, le=5000,
         description="silence after a short noise before the held speech resumes")
@@ -124,5 +127,6 @@ class ConversationConfig(BaseModel):
             interrupt_after_ms=self.barge_in_min_speech_ms,
             words_after_ms=self.barge_in_words_ms,
             resume_after_ms=self.false_interruption_resume_ms,
+            words_wait_ms=self.barge_in_words_wait_ms,
             speculative_reply=self.speculative_reply,
         )

@@ -258,9 +258,12 @@ class Listener:
                 self._speaking = False
                 silence = max(0.0, edge.confirmed_s - edge.end_s)
                 self.speech_ended_at = now - max(0.0, self._audio_now() - edge.end_s)
-                self._post(UserSpeechEnded(silence))
-                if holding:
-                    self._maybe_partial(force=True)  # "Wait." is short: are there words?
+                # "Wait," is short: while holding, its words decide, so they are
+                # checked now and the hold waits for the answer.
+                checking = holding and bool(self.config.partial_interval_ms)
+                self._post(UserSpeechEnded(silence, checking_words=checking))
+                if checking:
+                    self._maybe_partial(force=True)
             self._quiet = False
         self._track_quiet()
         self._maybe_partial(sooner=holding)
@@ -314,10 +317,8 @@ class Listener:
             log.warning("session %s: ASR failed: %s", self.session_id, exc)
             await self._send_error(Error(ErrorCode.ASR_FAILED, "speech recognition failed"))
             result = None
-        if final:
-            self._post(UserTranscript(turn, result.text if result else "", True))
-        elif result is not None and result.text:
-            self._post(UserTranscript(turn, result.text, False))
+        # Empty partials too: a held barge-in may be waiting for "no words".
+        self._post(UserTranscript(turn, result.text if result else "", final))
 
     # -- the machine's actions ----------------------------------------------------------
 

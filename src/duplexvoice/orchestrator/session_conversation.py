@@ -92,7 +92,8 @@ class ConversationMixin:
 
     def _on_speech_ended(self, event: UserSpeechEnded) -> None:
         self._idle_since = self._now
-        self._decide(self._turns.speech_ended(self._now, event.silence_s))
+        self._decide(self._turns.speech_ended(self._now, event.silence_s,
+                                              event.checking_words))
 
     def _on_transcript(self, event: UserTranscript) -> None:
         if not event.final and event.turn == self._turns.turn and event.text.strip():

@@ -66,9 +66,11 @@ class UserSpeechStarted(Event):
 
 @dataclass(frozen=True)
 class UserSpeechEnded(Event):
-    """The VAD confirmed the speech offset, ``silence_s`` after the last speech."""
+    """The VAD confirmed the speech offset, ``silence_s`` after the last speech.
+    ``checking_words``: a partial transcript of it is on its way."""
 
     silence_s: float = 0.0
+    checking_words: bool = False
 
 @dataclass(frozen=True)
 class UserSpeechPaused(Event):

@@ -54,11 +54,13 @@ class TurnConfig:
     interrupt_after_ms: int = 400  # speech over the system this long is a real barge-in
     words_after_ms: int = 200  # ... or words heard after this much speech
     resume_after_ms: int = 250  # silence after a false interruption before resuming
+    words_wait_ms: int = 300  # ... longer by up to this while its words are being checked
     speculative_reply: bool = True  # start the reply before the end of turn is confirmed
 
     def __post_init__(self) -> None:
         for name in ("end_of_turn_ms", "complete_end_ms", "trailing_end_ms", "min_turn_ms",
-                     "interrupt_after_ms", "words_after_ms", "resume_after_ms"):
+                     "interrupt_after_ms", "words_after_ms", "resume_after_ms",
+                     "words_wait_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.max_turn_ms <= 0:
@@ -167,6 +169,7 @@ class TurnTaking:
         self._resume_at: float | None = None
         self._last_end: float | None = None  # when the last speech ended
         self._quiet_since: float | None = None  # no voice since, offset not yet confirmed
+        self._words_until: float | None = None  # a held speech's words being checked
 
     # -- what the session tells ------------------------------------------------------
 
@@ -188,6 +191,7 @@ class TurnTaking:
         self._held = False
         if self._resume_at is not None:
             self._resume_at = None
+            self._words_until = None
             self._open = False
             return self._forget(closed=True)
         return []
@@ -201,7 +205,7 @@ class TurnTaking:
                 left = self.config.interrupt_after_ms / 1000 - self._held_voiced_s
                 times.append(self._speaking_since + left)
         if self._resume_at is not None:
-            times.append(self._resume_at)
+            times.append(self._resume_due())
         elif self._open and self._speech_end is not None and not self._held:
             times.append(self._end_deadline())
         return min(times, default=None)
@@ -220,6 +224,7 @@ class TurnTaking:
         self._speaking_since = begin
         self._quiet_since = None
         self._resume_at = None
+        self._words_until = None
         if self._open and self._speech_end is not None:
             # Speech before the end of turn: the same turn goes on.
             self._speech_end = None
@@ -244,8 +249,11 @@ class TurnTaking:
         self._quiet_since = None
         return self.tick(now)
 
-    def speech_ended(self, now: float, silence_s: float = 0.0) -> list[Decision]:
-        """The VAD's offset, ``silence_s`` after the last speech (its hangover)."""
+    def speech_ended(self, now: float, silence_s: float = 0.0,
+                     checking_words: bool = False) -> list[Decision]:
+        """The VAD's offset, ``silence_s`` after the last speech (its hangover).
+        ``checking_words``: a transcript of the speech is on its way; a held speech
+        waits for it (up to ``words_wait_ms``) before resuming: "Wait," is short."""
         if self._speaking_since is None:
             return []
         end = max(self._speaking_since, now - max(0.0, silence_s))
@@ -259,6 +267,8 @@ class TurnTaking:
             if self._held_voiced_s >= self.config.interrupt_after_ms / 1000 - _EPS:
                 return self._interrupt() + self._end_speech(end, now)
             self._resume_at = end + self.config.resume_after_ms / 1000
+            self._words_until = (self._resume_at + self.config.words_wait_ms / 1000
+                                 if checking_words else None)
             return self.tick(now)
         return self._end_speech(end, now)
 
@@ -271,11 +281,12 @@ class TurnTaking:
         if turn != self.turn or not self._open:
             return []
         if not final:
+            self._words_until = None  # the words check has its answer
             speech = self._voiced_s + self._current_run(now)
             if (self._held and _has_words(text)
                     and speech >= self.config.words_after_ms / 1000 - _EPS):
                 return self._interrupt()
-            return []
+            return self.tick(now)
         if self._speech_end is None or self.user_speaking:
             return []  # the turn went on after this transcript was asked for
         self._text = text
@@ -297,8 +308,9 @@ class TurnTaking:
             if now >= self._turn_since + self.config.max_turn_ms / 1000 - _EPS:
                 out += self._force_end(now)
             return out
-        if self._resume_at is not None and now >= self._resume_at - _EPS:
+        if self._resume_at is not None and now >= self._resume_due() - _EPS:
             self._resume_at = None
+            self._words_until = None
             self._held = False
             self._speech_end = None
             out.append(Resume())
@@ -311,6 +323,10 @@ class TurnTaking:
         return out
 
     # -- internals ---------------------------------------------------------------------
+
+    def _resume_due(self) -> float:
+        assert self._resume_at is not None
+        return self._resume_at if self._words_until is None else self._words_until
 
     def _open_turn(self, now: float) -> None:
         self.turn += 1
@@ -373,6 +389,7 @@ class TurnTaking:
     def _interrupt(self) -> list[Decision]:
         self._held = False
         self._resume_at = None
+        self._words_until = None
         self._system = False
         return [Interrupt()]
 
