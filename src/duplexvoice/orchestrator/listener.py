@@ -110,6 +110,9 @@ def asr_config(config: ConversationConfig) -> AsrConfig:
                      device=config.asr_device,
                      compute_type=config.asr_compute_type, cpu_threads=threads,
                      beam_size=config.asr_beam_size,
+                     # The listener paces partials itself (one at a time, an interval,
+                     # and a words check at once when a held speech stops).
+                     partial_min_interval_ms=0,
                      max_queue=config.asr_max_queue)
 
 
@@ -210,6 +213,7 @@ class Listener:
         self._quiet = False  # within speech, no voice for a while (told to the machine)
         self._partial_at = 0  # sample index of the last partial asked
         self._partial: asyncio.Task[None] | None = None
+        self._forced_pending = False  # a words check waits for the running partial
         self._finals: dict[int, asyncio.Task[None]] = {}  # by turn
         self._replies: dict[int, asyncio.Task[None]] = {}  # by turn
         self._streams: dict[int, Any] = {}  # turn -> its ReplyStream
@@ -297,11 +301,17 @@ class Listener:
         if sooner and interval_ms:
             interval_ms = min(interval_ms, self.config.barge_in_words_ms)
         interval = interval_ms * SPEECH_RATE // 1000
-        busy = self._partial is not None and not self._partial.done()
-        if busy or not interval or self._turn_start is None:
+        if not interval or self._turn_start is None:
+            return
+        if self._partial is not None and not self._partial.done():
+            # The one running did not hear the end: a forced check follows it.
+            self._forced_pending = self._forced_pending or force
             return
         if not force and (not self._speaking or self._ring.end - self._partial_at < interval):
             return
+        self._start_partial()
+
+    def _start_partial(self) -> None:
         self._partial_at = self._ring.end
         turn, audio = self._current_turn(), self._turn_audio()
         self._partial = asyncio.create_task(self._transcribe(turn, audio, final=False))
@@ -317,8 +327,15 @@ class Listener:
             log.warning("session %s: ASR failed: %s", self.session_id, exc)
             await self._send_error(Error(ErrorCode.ASR_FAILED, "speech recognition failed"))
             result = None
-        # Empty partials too: a held barge-in may be waiting for "no words".
-        self._post(UserTranscript(turn, result.text if result else "", final))
+        text = result.text if result else ""
+        if final or text or not self._forced_pending:
+            # Empty partials too: a held barge-in may be waiting for "no words" (but
+            # not from a partial that missed the end of the speech).
+            self._post(UserTranscript(turn, text, final))
+        if not final and self._forced_pending:
+            self._forced_pending = False
+            if self._turn_start is not None:
+                self._start_partial()
 
     # -- the machine's actions ----------------------------------------------------------
 
