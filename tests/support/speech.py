@@ -29,8 +29,10 @@ RATE = 16000
 
 @dataclass(frozen=True)
 class Speaker:
-    """``engine`` is ``piper`` (joe-medium; ``variant`` is a noise seed) or ``espeak``
-    (``variant`` is an eSpeak voice such as ``en-us+f3``). ``speed`` > 1 is faster."""
+    """``engine`` is ``piper`` (joe-medium; ``variant`` unused: Piper draws its own noise,
+    so two takes of a text differ a little) or ``espeak`` (``variant`` is an eSpeak voice
+    such as ``en-us+f3``). ``speed`` > 1 is faster. Benchmarks that need the same audio
+    every run render it in a fresh seeded process (``bench/conversation_set.py``)."""
 
     engine: str
     variant: str = ""
