@@ -46,7 +46,6 @@ import argparse
 import asyncio
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -68,6 +67,7 @@ from conversation_set import Item, ReferenceSet, build_set
 from worker import PIPER, BarePiper, machine, summary
 
 from duplexvoice.launcher import NotReadyError, OrchestratorProcess, WorkerProcess
+from duplexvoice.speech.wer import corpus_wer
 
 EOT_SILENCE_MS = 500  # the orchestrator's default end-of-turn silence
 BARGE_IN_MIN_MS = 400  # its default barge-in minimum speech (interrupt target)
@@ -76,62 +76,6 @@ ADAPTIVE_FLAG = "--adaptive-end-of-turn"
 EOT_FLAG = "--end-of-turn-ms"
 LEVELS = (1, 2, 4, 6, 8)
 PARTS = ("utterances", "barge", "sessions")
-
-
-# -- word error rate ---------------------------------------------------------------------
-# TODO: use duplexvoice.speech.wer.wer once the ASR work (src/duplexvoice/speech/wer.py)
-# is in main; this local one normalizes like it should (case, punctuation, fillers,
-# digits as words) so that both sides of the ratio are scored alike.
-
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-         "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
-         "seventeen", "eighteen", "nineteen"]
-_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_FILLERS = frozenset({"um", "uh", "umm", "hmm", "mm", "er", "erm", "ah"})
-
-
-def _number(digits: str) -> str:
-    if len(digits) >= 4 or (len(digits) > 1 and digits[0] == "0"):
-        return " ".join(_ONES[int(d)] for d in digits)  # a code: read digit by digit
-    n = int(digits)
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + (f" {_ONES[n % 10]}" if n % 10 else "")
-    return f"{_ONES[n // 100]} hundred" + (f" {_number(str(n % 100))}" if n % 100 else "")
-
-
-def normalize(text: str) -> list[str]:
-    text = text.lower().replace("%", " percent")
-    text = re.sub(r"(\d),(\d)", r"\1\2", text)
-    text = re.sub(r"(\d):00\b", r"\1 o'clock", text)
-    text = re.sub(r"(\d)[:.](\d)", r"\1 \2", text)
-    text = re.sub(r"\d+", lambda m: f" {_number(m.group())} ", text)
-    words = re.sub(r"[^a-z' ]", " ", text).split()
-    return [w.strip("'") for w in words if w.strip("'") and w.strip("'") not in _FILLERS]
-
-
-def edits(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(word edits, reference words) after normalization."""
-    ref, hyp = normalize(reference), normalize(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1], len(ref)
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    e, n = edits(reference, hypothesis)
-    return e / n if n else float(e > 0)
-
-
-def corpus_wer(pairs: list[tuple[str, str]]) -> float:
-    """Word edits over reference words, all pairs together."""
-    counts = [edits(r, h) for r, h in pairs]
-    words = sum(n for _, n in counts)
-    return sum(e for e, _ in counts) / words if words else float("nan")
 
 
 # -- the naive pipeline ------------------------------------------------------------------

@@ -18,11 +18,20 @@ def test_normalize_keeps_only_words() -> None:
     assert normalize("  ...  ") == []
 
 
-def test_small_numbers_become_words_and_others_stay() -> None:
+def test_numbers_become_words_as_they_are_said() -> None:
     assert normalize("at 7 for 2") == ["at", "seven", "for", "two"]
     assert normalize("14 and 42 and 90") == ["fourteen", "and", "forty", "two", "and", "ninety"]
-    assert normalize("in 1999 or 100") == ["in", "1999", "or", "100"]
+    assert normalize("about 200 or 105") == [
+        "about", "two", "hundred", "or", "one", "hundred", "five"]
+    assert normalize("code 4729, room 07") == [
+        "code", "four", "seven", "two", "nine", "room", "zero", "seven"]
+    assert normalize("at 7:30 or 3:00, 50%") == [
+        "at", "seven", "thirty", "or", "three", "o'clock", "fifty", "percent"]
     assert wer("a table for two at seven", "A table for 2 at 7.") == 0.0
+
+
+def test_fillers_do_not_count() -> None:
+    assert wer("the meeting starts at um three", "The meeting starts at 3.") == 0.0
 
 
 def test_substitution_deletion_insertion_each_count_one() -> None:

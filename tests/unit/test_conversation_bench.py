@@ -28,6 +28,7 @@ import conversation_client as cc
 import conversation_set as cs
 
 from duplexvoice.orchestrator.protocol import encode_binary_frame
+from duplexvoice.speech.wer import wer
 from tests.support import speech
 
 # -- pacing, with a fake clock -------------------------------------------------------
@@ -112,9 +113,9 @@ async def test_a_track_is_sent_in_order_padded_between_silence() -> None:
     ("Hold on, I have a question.", "Hold on I have question", 1 / 6),
     ("yes", "", 1.0),
 ])
-def test_wer_scores_what_whisper_writes_like_what_was_said(ref: str, hyp: str,
+def test_wer_the_bench_uses_scores_what_whisper_writes_like_what_was_said(ref: str, hyp: str,
                                                            expected: float) -> None:
-    assert conversation.wer(ref, hyp) == pytest.approx(expected)
+    assert wer(ref, hyp) == pytest.approx(expected)
 
 
 # -- figures from rows ---------------------------------------------------------------
@@ -386,6 +387,6 @@ def test_the_naive_pipeline_transcribes_and_speaks(reference: cs.ReferenceSet) -
     naive = conversation.Naive(500, beam=1, threads=0)
     item = reference.references[0]
     row = naive.run(item)
-    assert conversation.wer(item.text, row["text"]) <= 0.2, row["text"]
+    assert wer(item.text, row["text"]) <= 0.2, row["text"]
     assert row["asr_ms"] > 0 and row["tts_ms"] > 0
     assert row["total_ms"] == pytest.approx(500 + row["asr_ms"] + row["tts_ms"])

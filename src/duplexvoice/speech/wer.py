@@ -1,10 +1,13 @@
 """Word error rate, for benchmarks and tests that check what was recognized.
 
 Both texts are normalized first, so that only words count: lower case, punctuation
-dropped (apostrophes inside words kept: "that's"), hyphens split words, and numbers
-from 0 to 99 written as digits become words ("7" -> "seven", "14" -> "fourteen",
-"42" -> "forty two"), since Whisper writes either. Nothing else is rewritten (no
-spelling variants, no contractions), so the figure is slightly pessimistic.
+dropped (apostrophes inside words kept: "that's"), hyphens split words, fillers
+("um", "uh") dropped, and numbers written as digits become words, since Whisper writes
+either: "7" -> "seven", "42" -> "forty two", "200" -> "two hundred", "7:30" -> "seven
+thirty", "3:00" -> "three o'clock", "50%" -> "fifty percent", and four digits or more
+(or a leading zero) are read digit by digit, as codes are ("4729"). Nothing else is
+rewritten (no spelling variants, no contractions), so the figure is slightly
+pessimistic.
 
 WER = (substitutions + deletions + insertions) / words of the reference, by the
 Levenshtein alignment of words. Over a set of utterances, sum the errors and the
@@ -25,23 +28,34 @@ _UNITS = (
     "eighteen", "nineteen",
 )
 _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_FILLERS = frozenset({"um", "uh", "umm", "hmm", "mm", "er", "erm", "ah"})
 
 
 def _number_words(digits: str) -> list[str]:
+    if len(digits) >= 4 or (len(digits) > 1 and digits[0] == "0"):
+        return [_UNITS[int(d)] for d in digits]  # a code: read digit by digit
     value = int(digits)
-    if len(digits) > 2 or value >= 100:
-        return [digits]  # years, prices: left as they are
     if value < 20:
         return [_UNITS[value]]
-    tens, units = divmod(value, 10)
-    return [_TENS[tens - 2]] + ([_UNITS[units]] if units else [])
+    if value < 100:
+        tens, units = divmod(value, 10)
+        return [_TENS[tens - 2]] + ([_UNITS[units]] if units else [])
+    hundreds, rest = divmod(value, 100)
+    return [_UNITS[hundreds], "hundred"] + (_number_words(str(rest)) if rest else [])
 
 
 def normalize(text: str) -> list[str]:
     """The words of ``text`` as they are compared."""
+    text = text.lower().replace("’", "'").replace("-", " ").replace("%", " percent")
+    text = re.sub(r"(\d),(\d)", r"\1\2", text)  # 1,000
+    text = re.sub(r"(\d):00\b", r"\1 o'clock", text)
+    text = re.sub(r"(\d)[:.](\d)", r"\1 \2", text)  # 7:30, 3.5
     words: list[str] = []
-    for token in _TOKEN.findall(text.lower().replace("’", "'").replace("-", " ")):
-        words.extend(_number_words(token) if token.isdigit() else [token])
+    for token in _TOKEN.findall(text):
+        if token.isdigit():
+            words.extend(_number_words(token))
+        elif token not in _FILLERS:
+            words.append(token)
     return words
 
 
