@@ -10,6 +10,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from duplexvoice.orchestrator.turns import TurnConfig
+from duplexvoice.speech.vad_gate import GateConfig
+
+# One home for each default: the pure cores' own configs.
+_GATE = GateConfig()
+_TURNS = TurnConfig()
 
 
 class ConversationConfig(BaseModel):
@@ -21,35 +26,40 @@ class ConversationConfig(BaseModel):
     vad_aggressiveness: int = Field(
         2, ge=0, le=3, description="webrtc VAD: 0 quiet rooms ... 3 noisy rooms (2: general)")
     vad_threshold: float = Field(
-        0.5, gt=0, lt=1, description="speech probability that starts speech")
+        _GATE.threshold, gt=0, lt=1, description="speech probability that starts speech")
     vad_neg_threshold: float = Field(
-        0.35, gt=0, lt=1, description="speech probability under which speech stops")
+        _GATE.neg_threshold, gt=0, lt=1, description="speech probability under which speech stops")
     vad_speaking_threshold: float = Field(
-        0.5, gt=0, lt=1,
+        _GATE.speaking_threshold, gt=0, lt=1,
         description="onset threshold while the system speaks (its own voice is the echo "
         "canceller's job: no threshold rejects it)")
     vad_min_speech_ms: int = Field(
-        48, ge=0, le=1000, description="speech needed to confirm an onset")
+        int(_GATE.min_speech_ms), ge=0, le=1000, description="speech needed to confirm an onset")
     vad_speaking_min_speech_ms: int = Field(
-        32, ge=0, le=1000,
+        int(_GATE.speaking_min_speech_ms), ge=0, le=1000,
         description="speech needed to confirm an onset while the system speaks (barge-in)")
     vad_min_silence_ms: int = Field(
-        160, ge=0, le=2000, description="silence needed to confirm an offset (hangover)")
+        int(_GATE.min_silence_ms), ge=0, le=2000,
+        description="silence needed to confirm an offset (hangover)")
     vad_silero_hop: int = Field(
         256, ge=256, le=512, multiple_of=256,
         description="silero: new samples per probability (256: two interleaved model "
         "states, a 32 ms window every 16 ms, twice the CPU)")
     vad_fast_onset: bool = Field(
-        True, description="while the system speaks, pause at once on a sudden speech-like "
+        _GATE.fast_onset,
+        description="while the system speaks, pause at once on a sudden speech-like "
         "rise in level (the model then decides whether it was speech); backs off after "
         "pauses the model did not confirm")
     vad_fast_rise_db: float = Field(
-        12.0, ge=0, le=60, description="fast onset: rise over the tracked noise floor (dB)")
+        _GATE.fast_rise_db, ge=0, le=60,
+        description="fast onset: rise over the tracked noise floor (dB)")
     vad_fast_min_level_db: float = Field(
-        -42.0, ge=-120, le=0, description="fast onset: the least level that starts one (dBFS); "
+        _GATE.fast_min_level_db, ge=-120, le=0,
+        description="fast onset: the least level that starts one (dBFS); "
         "above what an echo canceller leaves of the system's own voice (-47 dBFS at worst)")
     vad_fast_backoff_ms: int = Field(
-        2000, ge=0, le=600_000, description="fast onset: off this long after a pause the "
+        int(_GATE.fast_backoff_ms), ge=0, le=600_000,
+        description="fast onset: off this long after a pause the "
         "model did not confirm, doubling for each in a row (to 60 s)")
 
     # -- speech recognition -------------------------------------------------------------
@@ -64,38 +74,44 @@ class ConversationConfig(BaseModel):
         "twice as fast as 5 with tiny.en, and as accurate on the reference set)")
     asr_max_queue: int = Field(
         16, ge=1, description="final transcriptions waiting before new ones are refused")
-    asr_preload: bool = Field(True, description="load the ASR model at start, not on first use")
     partial_interval_ms: int = Field(
         400, ge=0, description="partial transcripts while the user speaks, every this much "
         "new audio (0: none)")
 
     # -- turn-taking ---------------------------------------------------------------------
     end_of_turn_ms: int = Field(
-        500, ge=0, le=10_000, description="silence after speech that ends the user's turn")
+        _TURNS.end_of_turn_ms, ge=0, le=10_000,
+        description="silence after speech that ends the user's turn")
     adaptive_end_of_turn: bool = Field(
-        True, description="end sooner after a complete sentence, later after a trailing "
+        _TURNS.adaptive, description="end sooner after a complete sentence, later after a trailing "
         "'and'/'um' (see complete_end_ms, trailing_end_ms)")
     complete_end_ms: int = Field(
-        250, ge=0, le=10_000, description="adaptive: silence after a complete sentence")
+        _TURNS.complete_end_ms, ge=0, le=10_000,
+        description="adaptive: silence after a complete sentence")
     trailing_end_ms: int = Field(
-        1000, ge=0, le=10_000, description="adaptive: silence after a trailing conjunction")
+        _TURNS.trailing_end_ms, ge=0, le=10_000,
+        description="adaptive: silence after a trailing conjunction")
     min_turn_ms: int = Field(
-        150, ge=0, le=5000, description="speech shorter than this is noise, not a turn")
+        _TURNS.min_turn_ms, ge=0, le=5000,
+        description="speech shorter than this is noise, not a turn")
     max_turn_ms: int = Field(
-        30_000, ge=1000, le=300_000, description="a turn this long is ended by force")
+        _TURNS.max_turn_ms, ge=1000, le=300_000, description="a turn this long is ended by force")
     barge_in_min_speech_ms: int = Field(
-        400, ge=0, le=5000,
+        _TURNS.interrupt_after_ms, ge=0, le=5000,
         description="speech over the system this long is a real interruption")
     barge_in_words_ms: int = Field(
-        200, ge=0, le=5000, description="... or recognized words after this much speech")
+        _TURNS.words_after_ms, ge=0, le=5000,
+        description="... or recognized words after this much speech")
     barge_in_words_wait_ms: int = Field(
-        300, ge=0, le=5000, description="a short speech over the system waits up to this "
+        _TURNS.words_wait_ms, ge=0, le=5000,
+        description="a short speech over the system waits up to this "
         "much more for its words before playback resumes ('Wait,' is short)")
     false_interruption_resume_ms: int = Field(
-        250, ge=0, le=5000,
+        _TURNS.resume_after_ms, ge=0, le=5000,
         description="silence after a short noise before the held speech resumes")
     speculative_reply: bool = Field(
-        True, description="start the reply during the end-of-turn silence; heard only if "
+        _TURNS.speculative_reply,
+        description="start the reply during the end-of-turn silence; heard only if "
         "the turn really ended")
 
     # -- replies ---------------------------------------------------------------------------
