@@ -13,6 +13,7 @@ from duplexvoice.orchestrator.session import SessionConfig, State
 from duplexvoice.orchestrator.session_events import (
     Action,
     BeginSynthesis,
+    CancelReply,
     ClientDisconnected,
     Close,
     Connected,
@@ -161,6 +162,7 @@ def test_random_sequences_keep_invariants(seed: int) -> None:
     announced: set[int] = set()  # replies whose ``reply`` message went out
     paused: set[int] = set()  # held by a ``pause`` until ``resume`` or their end
     replying: set[int] = set()  # turns whose reply was asked for
+    cancelled: set[int] = set()  # reply utterances whose history was cut
     for step in range(401):
         event = _random_event(rng, d) if step < 400 else ServerShutdown()
         disconnected |= isinstance(event, ClientDisconnected) and not d.m.closed
@@ -177,6 +179,9 @@ def test_random_sequences_keep_invariants(seed: int) -> None:
                 begun.add(a.utterance_id)
             if isinstance(a, StartReply):
                 replying.add(a.turn)
+            if isinstance(a, CancelReply) and a.utterance_id is not None:
+                assert a.utterance_id not in cancelled  # one history cut per utterance
+                cancelled.add(a.utterance_id)
             if isinstance(a, SendAudio):
                 assert a.utterance_id not in ended  # no audio of a fenced utterance
                 assert a.utterance_id not in paused  # none while the client holds it

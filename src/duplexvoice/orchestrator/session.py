@@ -64,7 +64,6 @@ from duplexvoice.orchestrator.session_conversation import ConversationMixin
 from duplexvoice.orchestrator.session_events import (
     Action,
     BeginSynthesis,
-    CancelReply,
     ClientDisconnected,
     Close,
     Connected,
@@ -319,9 +318,7 @@ class SessionMachine(ConversationMixin):
             self._finish(SessionEndReason.IDLE_TIMEOUT, 1000)
 
     def _on_disconnected(self, _: ClientDisconnected) -> None:
-        if self._reply is not None:
-            self._actions.append(CancelReply(self._reply.turn))
-            self._reply = None
+        self._cancel_replies(heard_too=True)  # the engine stops; nothing to tell anyone
         self._live.clear()
         self._playout.clear()
         self._release_worker()
@@ -336,15 +333,7 @@ class SessionMachine(ConversationMixin):
     def _stop(self, reason: EndReason = EndReason.STOPPED) -> None:
         """STOP (or a real barge-in): end the current utterance and drop what is queued,
         including a reply still being generated."""
-        generating = self._reply.utterance if self._reply is not None else None
-        for utterance in self._live:
-            if (utterance.reply_turn is not None and not utterance.gated
-                    and utterance is not generating):
-                # A reply generated in full: its history is cut to what was heard.
-                self._actions.append(CancelReply(
-                    utterance.reply_turn, utterance.utterance_id, "".join(utterance.text),
-                    utterance.sent * 20.0))
-        self._cancel_reply()
+        self._cancel_replies(heard_too=True)
         if not self._live:
             return
         self._send(Interrupt(self._live[0].utterance_id, reason))

@@ -169,14 +169,7 @@ class ConversationMixin:
             elif isinstance(decision, turns.Transcribe):
                 self._actions.append(TranscribeTurn(decision.turn))
             elif isinstance(decision, turns.Abandon):
-                if self._reply is not None and not self._reply.confirmed:
-                    self._cancel_reply()
-                for utterance in [u for u in self._live if u.gated]:
-                    # Generated in full already, still unheard: gone as well.
-                    self._actions.append(CancelReply(
-                        utterance.reply_turn or decision.turn, utterance.utterance_id,
-                        "".join(utterance.text), 0.0, unheard=True))
-                    self._drop_gated(utterance)
+                self._cancel_replies(heard_too=False)
                 if decision.closed:
                     self._actions.append(TurnClosed(decision.turn))
             elif isinstance(decision, turns.Reply):
@@ -210,17 +203,36 @@ class ConversationMixin:
                 utterance.unannounced = []
 
     def _cancel_reply(self) -> None:
-        """Stop the reply being generated, and drop its utterance if never announced."""
+        """Stop the reply being generated (``CancelReply``), and drop its utterance if
+        it was never announced."""
         reply, self._reply = self._reply, None
         if reply is None:
             return
-        utterance = reply.utterance
-        if utterance is None:
+        if reply.utterance is None:
             self._actions.append(CancelReply(reply.turn, unheard=not reply.confirmed))
-            return
-        self._actions.append(CancelReply(reply.turn, utterance.utterance_id,
-                                         "".join(utterance.text), utterance.sent * 20.0,
-                                         unheard=utterance.gated))
+        else:
+            self._cancel_utterance(reply.utterance)
+
+    def _cancel_replies(self, *, heard_too: bool) -> None:
+        """Cancel every reply still live: the one being generated and those generated in
+        full but not done playing. Not ``heard_too`` (the user went on before the end of
+        turn): only the speculative ones, never announced."""
+        done = None
+        if self._reply is not None and (heard_too or not self._reply.confirmed):
+            done = self._reply.utterance
+            self._cancel_reply()
+        for utterance in list(self._live):
+            if (utterance.reply_turn is not None and utterance is not done
+                    and (heard_too or utterance.gated)):
+                self._cancel_utterance(utterance)
+
+    def _cancel_utterance(self, utterance: Utterance) -> None:
+        """The reply engine's history is cut to what was heard of it (nothing, for a
+        speculative reply: then it is gone without a trace for the client too)."""
+        assert utterance.reply_turn is not None
+        self._actions.append(CancelReply(
+            utterance.reply_turn, utterance.utterance_id, "".join(utterance.text),
+            utterance.sent * 20.0, unheard=utterance.gated))
         if utterance.gated:
             self._drop_gated(utterance)
 
