@@ -10,11 +10,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from duplexvoice.orchestrator.turns import TurnConfig
+from duplexvoice.replies import ReplyConfig
 from duplexvoice.speech.vad_gate import GateConfig
 
 # One home for each default: the pure cores' own configs.
 _GATE = GateConfig()
 _TURNS = TurnConfig()
+_REPLY = ReplyConfig()
 
 
 class ConversationConfig(BaseModel):
@@ -118,15 +120,15 @@ class ConversationConfig(BaseModel):
     reply_engine: Literal["echo", "openai"] = Field(
         "echo", description="echo (speaks back what it heard) or openai (any "
         "OpenAI-compatible chat endpoint)")
-    reply_base_url: str = Field(
-        "http://127.0.0.1:8000/v1", description="openai: API base URL")
+    reply_base_url: str = Field(_REPLY.base_url, description="openai: API base URL")
     reply_model: str = Field("gpt-4o-mini", description="openai: model name")
     reply_api_key_env: str = Field(
-        "OPENAI_API_KEY", description="openai: environment variable holding the API key")
+        _REPLY.api_key_env, description="openai: environment variable holding the API key")
     reply_system_prompt: str = Field(
-        "You are a helpful voice assistant. Answer in one to three short spoken sentences, "
-        "with no markdown, lists or emoji.", description="openai: system prompt")
-    reply_timeout_s: float = Field(30.0, gt=0, description="openai: request deadline")
+        _REPLY.system_prompt, description="openai: system prompt (the default asks for "
+        "short spoken answers and explains the '…' that marks a reply the user cut off)")
+    reply_timeout_s: float = Field(
+        _REPLY.timeout_s, gt=0, description="openai: longest time for a whole reply")
 
     # -- input limits ---------------------------------------------------------------------
     max_audio_rate: float = Field(
