@@ -71,7 +71,7 @@ class ConversationInput:
             return
         speaking = state in (State.SPEAKING, State.BARGED_IN, State.PAUSED)
         await listener.audio(message.pcm, message.sample_rate, speaking,
-                             holding=state is State.BARGED_IN)
+                             holding=state is State.BARGED_IN, now=now)
 
     def playback(self, utterance_id: int, played_ms: float) -> None:
         if self.listener is not None:

@@ -227,12 +227,12 @@ class Listener:
     # -- audio in ---------------------------------------------------------------------
 
     async def audio(self, pcm: bytes, sample_rate: int, system_speaking: bool,
-                    holding: bool = False) -> None:
+                    holding: bool = False, now: float | None = None) -> None:
         """Microphone audio (already validated by the protocol: even length, the
         session's rate). Runs inline: resampling and VAD cost microseconds a frame.
         ``holding``: the system's speech is held for a possible barge-in; words decide
         it, so partials come sooner, and at once when the speech stops."""
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         if not self._budget.take(len(pcm) / 2 / sample_rate, now):
             if now - self._last_error_at >= _ERROR_EVERY_S:
                 self._last_error_at = now
