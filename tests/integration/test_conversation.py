@@ -137,6 +137,33 @@ async def test_silence_and_noise_alone_get_no_reply(mic: MicClient) -> None:
         m for m in mic.messages("transcript") if m["final"]]
 
 
+async def test_a_typed_turn_is_answered_and_takes_the_floor(mic: MicClient) -> None:
+    await mic.ws.send_json({"type": "user_text", "text": LONG})
+    first = await mic.until(lambda m: m["type"] == "reply")
+    uid = first.message["utterance_id"]
+    await mic.until(lambda m: m["type"] == "transcript" and m["final"])
+    await mic.until(lambda m: len(mic.frames(uid)) >= 10)
+    # Typing while the system speaks interrupts it, and the typed turn is answered.
+    await mic.ws.send_json({"type": "user_text", "text": "Tell me something short."})
+    cut = await mic.until(lambda m: m["type"] == "interrupt")
+    assert cut.message["utterance_id"] == uid
+    final = await mic.until(lambda m: m["type"] == "transcript" and m["final"]
+                            and m["text"] == "Tell me something short.")
+    assert final.message["turn"] == 2
+    second = await mic.until(lambda m: m["type"] == "reply" and m["utterance_id"] > uid)
+    end = await mic.until(lambda m: m["type"] == "utterance_end"
+                          and m["utterance_id"] == second.message["utterance_id"])
+    assert end.message["reason"] == "completed" and end.message["frames"] > 10
+    assert all(f.at < cut.at for f in mic.frames(uid))  # nothing of the cut reply after
+
+
+async def test_typed_turns_need_conversation_mode(stack: OrchestratorProcess) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(stack.ws_url) as ws:
+        assert (await ws.receive_json(timeout=10))["type"] == "session_start"
+        await ws.send_json({"type": "user_text", "text": "hello"})
+        assert await _error(ws) == "INVALID_STATE"
+
+
 async def _error(ws: aiohttp.ClientWebSocketResponse) -> str:
     """The code of the next error (state changes skipped)."""
     while True:

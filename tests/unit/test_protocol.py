@@ -28,6 +28,7 @@ from duplexvoice.orchestrator.protocol import (
     ProtocolError,
     ProtocolLimits,
     TextMessage,
+    UserTextMessage,
     audio_message,
     decode_binary_frame,
     encode_binary_frame,
@@ -56,6 +57,7 @@ VALID: list[tuple[str | bytes, ClientMessage]] = [
     (j(type="text", text="hi", is_final=False), TextMessage("hi", False)),
     (j(type="text", text="x" * 100), TextMessage("x" * 100)),
     (j(type="text", text="héllo ☃", extra={"a": 1}), TextMessage("héllo ☃")),
+    (j(type="user_text", text="What time is it?"), UserTextMessage("What time is it?")),
     (j(type="control", command="PAUSE"), ControlMessage("PAUSE")),
     (j(type="control", command="RESUME"), ControlMessage("RESUME")),
     (j(type="control", command="STOP", why="x"), ControlMessage("STOP")),
@@ -106,6 +108,9 @@ INVALID: list[tuple[str, str | bytes, str]] = [
     ("too large binary", b"\x00" * 4098, MESSAGE_TOO_LARGE),
     # text
     ("text missing", j(type="text"), INVALID_MESSAGE),
+    ("user_text missing", j(type="user_text"), INVALID_MESSAGE),
+    ("user_text empty", j(type="user_text", text=""), INVALID_MESSAGE),
+    ("user_text not string", j(type="user_text", text=["a"]), INVALID_MESSAGE),
     ("text empty", j(type="text", text=""), INVALID_MESSAGE),
     ("text not string", j(type="text", text=5), INVALID_MESSAGE),
     ("text null", j(type="text", text=None), INVALID_MESSAGE),
@@ -352,7 +357,7 @@ def test_fuzz_never_raises() -> None:
             base[key] = rng.choice([None, True, 0, -1, 1.5, "", "x", [], {}, "STOP", 2**70])
             raw = json.dumps(base)
         got = parse(raw)
-        assert isinstance(got, TextMessage | ControlMessage | ConfigMessage | AudioInput
-                          | PlaybackMessage | ProtocolError)
+        assert isinstance(got, TextMessage | UserTextMessage | ControlMessage | ConfigMessage
+                          | AudioInput | PlaybackMessage | ProtocolError)
         seen.add(type(got))
     assert ProtocolError in seen and len(seen) >= 4  # the fuzz reached both outcomes

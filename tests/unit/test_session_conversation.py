@@ -23,6 +23,7 @@ from duplexvoice.orchestrator.session_events import (
     UserSpeechEnded,
     UserSpeechStarted,
     UserTranscript,
+    UserTyped,
     WorkerControl,
     WorkerFrame,
 )
@@ -226,3 +227,32 @@ def test_a_speculative_reply_generated_in_full_is_dropped_too_when_the_user_goes
     out = d(Tick(), at=4.1)
     assert [m["utterance_id"] for m in msgs(out, "reply")] == [2]
     assert {a.utterance_id for a in audio(d.log)} == {2}  # the shorter reply never plays
+
+
+def test_a_typed_turn_is_a_final_transcript_answered_by_a_reply() -> None:
+    d = session()
+    out = d(UserTyped("What is the time?"), at=1.0)
+    assert msgs(out, "transcript") == [{"type": "transcript", "text": "What is the time?",
+                                        "final": True, "turn": 1}]
+    assert StartReply(1, "What is the time?") in out
+    out = d(ReplyChunk(1, "It is noon.", final=True), at=1.1)
+    assert msgs(out, "reply")[0]["text"] == "It is noon."
+    assert audio(d.frames(1, 3))  # not gated: a typed turn is confirmed at once
+
+
+def test_a_typed_turn_over_the_system_interrupts_it() -> None:
+    d = session()
+    d(TextReceived("A long answer."), at=1.0)
+    d.frames(1, 20)
+    out = d(UserTyped("Stop."), at=1.2)
+    kinds = [m["type"] for m in msgs(out)]
+    assert kinds[0] == "interrupt" and kinds.index("transcript") > kinds.index("utterance_end")
+    assert Command.STOP in controls(out)
+    assert not audio(d.frames(1, 5))  # fenced
+    assert StartReply(1, "Stop.") in out
+
+
+def test_typed_text_without_words_is_refused() -> None:
+    d = session()
+    out = d(UserTyped("?!"), at=1.0)
+    assert errors(out) == ["INVALID_MESSAGE"] and not any(isinstance(a, StartReply) for a in out)

@@ -34,6 +34,7 @@ from duplexvoice.orchestrator.session_events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTyped,
     WorkerFrame,
 )
 from tests.support.session_script import (
@@ -60,7 +61,7 @@ EVENTS: list[Event] = [
     Tick(), ClientDisconnected(), ServerShutdown(),
     UserSpeechStarted(), UserSpeechEnded(), UserTranscript(1, "hi", False),
     UserSpeechPaused(0.05), UserSpeechResumed(),
-    ReplyChunk(1, "hi"), ReplyFailed(1, "x"),
+    ReplyChunk(1, "hi"), ReplyFailed(1, "x"), UserTyped("hi"),
 ]
 S = State
 RESTING_ = [S.INITIALIZING, S.LISTENING, S.SPEAKING, S.PAUSED]
@@ -97,6 +98,8 @@ EXPECTED: dict[str, tuple[State, State, State, State]] = {
     "UserSpeechResumed()": tuple(RESTING_),
     "UserTranscript(turn=1, text='hi', final=False)": tuple(RESTING_),
     "ReplyChunk(turn=1, text='hi', final=False)": tuple(RESTING_),
+    # A typed turn takes the floor (the system's speech is interrupted); its reply is due.
+    "UserTyped(text='hi')": (S.INITIALIZING, S.SPEAKING, S.SPEAKING, S.SPEAKING),
     "ReplyFailed(turn=1, message='x', code=<ErrorCode.REPLY_FAILED: 'REPLY_FAILED'>)":
         tuple(RESTING_),
 }
@@ -144,8 +147,8 @@ def _random_event(rng: random.Random, d: Driver) -> Event:
          rng.choice([UserSpeechPaused(0.05), UserSpeechResumed()]),
          UserTranscript(turn, rng.choice(["", "hello there.", "and"]), rng.random() < 0.6),
          ReplyChunk(turn, rng.choice(["Sure, ", "", "okay."]), rng.random() < 0.3),
-         ReplyFailed(turn, "x")],
-        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05, 3, 3, 2, 4, 5, 0.3],
+         ReplyFailed(turn, "x"), UserTyped(rng.choice(["hi", "?"]))],
+        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05, 3, 3, 2, 4, 5, 0.3, 0.5],
     )[0]
 
 

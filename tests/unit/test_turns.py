@@ -358,3 +358,58 @@ def test_no_words_resume_at_once_and_no_answer_resumes_at_the_cap() -> None:
     core2.speech_ended(10.36, silence_s=0.16, checking_words=True)
     assert core2.next_deadline == pytest.approx(10.75)
     assert core2.tick(10.75) == [Resume(), Abandon(1, closed=True)]
+
+
+# -- typed turns ---------------------------------------------------------------------------
+
+def test_a_typed_turn_is_answered_at_once() -> None:
+    core = taking()
+    assert core.typed(1.0, "What time is it?") == [Reply(1, "What time is it?", True)]
+    assert core.turn == 1 and core.next_deadline is None
+    # The next spoken turn is the next number.
+    core.speech_started(2.0)
+    assert core.turn == 2
+
+
+def test_a_typed_turn_takes_the_floor_from_the_system() -> None:
+    core = speaking()
+    assert core.typed(1.0, "Stop, tell me the weather.") == [
+        Interrupt(), Reply(1, "Stop, tell me the weather.", True)]
+    assert not core.holding
+
+
+def test_a_typed_turn_during_a_hold_interrupts_instead_of_resuming() -> None:
+    core = speaking()
+    assert core.speech_started(1.0) == [Hold()]
+    core.speech_ended(1.1)  # a short noise: would resume at 1.35
+    out = core.typed(1.2, "Go on.")
+    assert out == [Interrupt(), Abandon(1, closed=True), Reply(2, "Go on.", True)]
+    assert core.tick(2.0) == []  # no Resume after the floor was taken
+
+
+def test_a_typed_turn_drops_a_spoken_turn_waiting_for_its_end() -> None:
+    core = taking()
+    core.speech_started(1.0)
+    core.speech_ended(2.0)
+    assert core.transcript(1, "I want", True, 2.1) == [Reply(1, "I want", False)]
+    out = core.typed(2.2, "A coffee please.")
+    assert out == [Abandon(1, closed=True), Reply(2, "A coffee please.", True)]
+    assert core.tick(5.0) == []  # the spoken turn never ends on its own
+
+
+def test_speech_going_on_while_the_user_types_becomes_the_next_turn() -> None:
+    core = taking()
+    core.speech_started(1.0)
+    out = core.typed(1.5, "Hello.")
+    assert out == [Abandon(1, closed=True), Reply(2, "Hello.", True)]
+    assert core.turn == 3 and core.user_speaking
+    assert core.speech_ended(2.5) == [Transcribe(3)]
+
+
+def test_a_late_transcript_of_a_forced_turn_gets_no_reply_after_a_typed_turn() -> None:
+    core = taking(max_turn_ms=1000)
+    core.speech_started(0.0)
+    out = core.tick(1.0)
+    assert Confirm(1, None, forced=True) in out  # waiting for turn 1's transcript
+    core.typed(1.1, "Never mind.")
+    assert core.transcript(1, "A long story", True, 1.2) == []

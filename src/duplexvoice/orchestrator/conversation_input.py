@@ -42,6 +42,11 @@ class ConversationInput:
         self._refused_at = -1e9
 
     @property
+    def listening(self) -> bool:
+        """In conversation mode (the session has a listener)."""
+        return self.listener is not None
+
+    @property
     def offered_replies(self) -> set[str]:
         return set(self.services.replies) if self.services is not None else set()
 

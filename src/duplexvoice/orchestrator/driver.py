@@ -53,6 +53,7 @@ from duplexvoice.orchestrator.protocol import (
     ControlMessage,
     PlaybackMessage,
     TextMessage,
+    UserTextMessage,
     audio_message,
     encode_binary_frame,
     encode_json,
@@ -80,6 +81,7 @@ from duplexvoice.orchestrator.session_events import (
     Tick,
     TranscribeTurn,
     TurnClosed,
+    UserTyped,
     WorkerControl,
     WorkerFrame,
 )
@@ -192,6 +194,13 @@ class SessionDriver:
         """A parsed, valid client message (the server answers malformed ones itself)."""
         if isinstance(message, TextMessage):
             await self._inbox.put_input(TextReceived(message.text, message.is_final))
+        elif isinstance(message, UserTextMessage):
+            if not self._conversation.listening:
+                await self.send_message(Error(
+                    ErrorCode.INVALID_STATE, "user_text needs conversation mode: "
+                    'send {"type": "config", "mode": "conversation"} first'))
+                return
+            await self._inbox.put_input(UserTyped(message.text))
         elif isinstance(message, ControlMessage):
             if message.command is Command.STOP:
                 self._stop_at = time.perf_counter()

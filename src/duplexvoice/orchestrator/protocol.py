@@ -97,6 +97,13 @@ class TextMessage:
 
 
 @dataclass(frozen=True)
+class UserTextMessage:
+    """Conversation mode: words the user typed instead of speaking (a whole turn)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ControlMessage:
     command: Command
 
@@ -131,7 +138,8 @@ class PlaybackMessage:
     played_ms: float
 
 
-ClientMessage = TextMessage | ControlMessage | ConfigMessage | AudioInput | PlaybackMessage
+ClientMessage = (TextMessage | UserTextMessage | ControlMessage | ConfigMessage | AudioInput
+                 | PlaybackMessage)
 
 
 class _Refused(Exception):
@@ -189,6 +197,8 @@ def _parse_json(raw: str, limits: ProtocolLimits, input_sample_rate: int) -> Cli
         raise _Refused(INVALID_MESSAGE, "field 'type' must be a string")
     if kind == "text":
         return _parse_text(obj, limits)
+    if kind == "user_text":
+        return UserTextMessage(_parse_text(obj, limits).text)
     if kind == "control":
         command = _field(obj, "command", str, required=True)
         if command not in CONTROL_COMMANDS:

@@ -85,6 +85,7 @@ from duplexvoice.orchestrator.session_events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTyped,
     WorkerControl,
     WorkerFrame,
     speakable,
@@ -129,7 +130,7 @@ class SessionMachine(ConversationMixin):
             UserSpeechPaused: self._on_speech_paused,
             UserSpeechResumed: self._on_speech_resumed,
             UserTranscript: self._on_transcript, ReplyChunk: self._on_reply_chunk,
-            ReplyFailed: self._on_reply_failed,
+            ReplyFailed: self._on_reply_failed, UserTyped: self._on_typed,
         }
 
     # -- public surface ------------------------------------------------------------

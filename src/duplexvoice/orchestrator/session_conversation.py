@@ -47,10 +47,16 @@ from duplexvoice.orchestrator.session_events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTyped,
     WorkerControl,
     speakable,
 )
-from duplexvoice.orchestrator.session_types import PendingReply, SessionConfig, Utterance
+from duplexvoice.orchestrator.session_types import (
+    PendingReply,
+    SessionConfig,
+    State,
+    Utterance,
+)
 
 
 class ConversationMixin:
@@ -58,6 +64,7 @@ class ConversationMixin:
     config: SessionConfig
     _now: float
     _idle_since: float
+    _state: State
     _next_id: int
     _live: deque[Utterance]
     _stream: int | None
@@ -99,6 +106,16 @@ class ConversationMixin:
         if not event.final and event.turn == self._turns.turn and event.text.strip():
             self._send(Transcript(event.text, False, event.turn))
         self._decide(self._turns.transcript(event.turn, event.text, event.final, self._now))
+
+    def _on_typed(self, event: UserTyped) -> None:
+        self._idle_since = self._now
+        if self._state is State.INITIALIZING:
+            self._error(ErrorCode.INVALID_STATE, "the session has not started")
+            return
+        if not speakable(event.text):
+            self._error(ErrorCode.INVALID_MESSAGE, "user_text has no words")
+            return
+        self._decide(self._turns.typed(self._now, event.text))
 
     def _on_reply_chunk(self, event: ReplyChunk) -> None:
         reply = self._reply
@@ -183,9 +200,15 @@ class ConversationMixin:
     def _start_reply(self, decision: turns.Reply) -> None:
         if decision.confirmed:
             self._send(Transcript(decision.text, True, decision.turn))
-        if self._reply is not None and self._reply.confirmed:
-            # One reply generated at a time: a new confirmed turn replaces the old reply.
-            self._cancel_reply()
+        old = self._reply
+        if old is not None and old.confirmed:
+            # One reply generated at a time: a new confirmed turn (after a forced end)
+            # stops the old one's generation. What it generated is spoken to its end and
+            # stays in the history as said: it is cut only if it is interrupted later.
+            self._reply = None
+            self._actions.append(CancelReply(old.turn))
+            if old.utterance is not None and not old.utterance.text_final:
+                self._add_text(old.utterance, "", True)
         self._reply = PendingReply(decision.turn, decision.confirmed)
         self._actions.append(StartReply(decision.turn, decision.text))
 

@@ -34,6 +34,12 @@ class TextReceived(Event):
     is_final: bool = True
 
 @dataclass(frozen=True)
+class UserTyped(Event):
+    """Conversation mode: the user typed a turn instead of speaking it."""
+
+    text: str
+
+@dataclass(frozen=True)
 class ControlReceived(Event):
     command: Command
 

@@ -12,7 +12,8 @@ moves the deadline: a complete sentence ends the turn after ``complete_end_ms``;
 trailing conjunction or filler ("and", "so", "um") waits ``trailing_end_ms``. A turn
 whose speech is shorter than ``min_turn_ms`` is noise: ``Abandon``, never transcribed.
 A turn longer than ``max_turn_ms`` is ended by force, and the speech goes on as the
-next turn.
+next turn. A typed turn (``typed``) is a whole turn at once: it takes the floor as a
+real barge-in would, drops a spoken turn still open, and is answered at once.
 
 **Speculative replies.** When the transcript is ready before the turn is confirmed,
 ``Reply(confirmed=False)`` starts the reply at once; the machine keeps its audio back
@@ -296,6 +297,30 @@ class TurnTaking:
             self._replied = True
             out.append(Reply(turn, text, confirmed=False))
         return out + self.tick(now)
+
+    def typed(self, now: float, text: str) -> list[Decision]:
+        """The user typed ``text`` instead of speaking: a whole turn, confirmed now.
+        The system stops speaking (the user took the floor, as a real barge-in); a
+        spoken turn still open is dropped (its transcript and speculative reply);
+        speech still going on becomes the next turn, as after a forced end."""
+        out: list[Decision] = []
+        if self._system or self._held:
+            out += self._interrupt()
+        if self._open:
+            self._open = False
+            self._speech_end = None
+            out += self._forget(closed=True)
+        self._awaiting = None  # a spoken turn's late transcript no longer gets a reply
+        speaking = self._speaking_since is not None
+        self._open_turn(now)
+        self._open = False
+        self._replied = True
+        out.append(Reply(self.turn, text, confirmed=True))
+        if speaking:
+            self._open_turn(now)
+            self._speaking_since = now
+            self._quiet_since = None
+        return out
 
     def tick(self, now: float) -> list[Decision]:
         out: list[Decision] = []
