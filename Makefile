@@ -21,7 +21,9 @@ up: install
 	$(BIN)/duplexvoice up
 
 # pytest exits 5 when it collected nothing (e.g. a -m filter matched nothing).
+# The browser tests need Debian's chromium: installed first when we are root.
 test: install
+	@scripts/ensure-chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-unit: install

@@ -63,6 +63,7 @@ def banner(host: str, port: int) -> str:
     http, ws = urls(host, port)
     return (
         f"duplexvoice up: {http} (WebSocket {ws})\n"
+        f"  talk: open {http}/ in a browser (microphone, or type)\n"
         f'  try: duplexvoice say "Hello" --url {ws}\n'
         f"  or:  duplexvoice say -i --url {ws}   (interactive)\n"
         "  Ctrl-C to stop."
