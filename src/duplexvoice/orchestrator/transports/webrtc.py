@@ -503,10 +503,11 @@ class RtcPeer:
                 await driver.send_message(Error(ErrorCode.INVALID_MESSAGE, _AUDIO_ONLY))
                 continue
             parsed = parse_client_message(item, limits, driver.input_sample_rate)
-            if isinstance(parsed, ProtocolError):
-                await driver.send_message(parsed.to_message())
-            elif isinstance(parsed, AudioInput):
+            if isinstance(parsed, AudioInput) or (
+                    isinstance(parsed, ProtocolError) and parsed.code is ErrorCode.INVALID_AUDIO):
                 await driver.send_message(Error(ErrorCode.INVALID_MESSAGE, _AUDIO_ONLY))
+            elif isinstance(parsed, ProtocolError):
+                await driver.send_message(parsed.to_message())
             else:
                 await driver.client_message(parsed)
 
