@@ -55,6 +55,11 @@ class Server:
                 and await self.metric("webrtc_peers_active") == 0)
 
 
+def hosts(sdp: str) -> set[str]:
+    """The addresses of the host candidates in ``sdp``."""
+    return set(re.findall(r"^a=candidate:\S+ \d+ udp \d+ (\S+) \d+ typ host", sdp, re.M))
+
+
 @asynccontextmanager
 async def serve(worker: WorkerProcess, options: WebRtcOptions | None = None,
                 **overrides: Any) -> AsyncIterator[Server]:
@@ -92,6 +97,9 @@ async def test_text_is_spoken_on_the_track(server: Server) -> None:
     try:
         start = await client.until(lambda m: m["type"] == "session_start")
         assert start.message["session_id"] == client.session_id
+        # The server offers a loopback host candidate; this client offered only that.
+        assert hosts(client.pc.remoteDescription.sdp) >= {"127.0.0.1"}
+        assert hosts(client.pc.localDescription.sdp) == {"127.0.0.1"}
         client.send_json({"type": "text", "text": TEXT})
         first = await client.until(lambda m: m["type"] == "state" and m["state"] == "SPEAKING")
         end = await client.until(lambda m: m["type"] == "utterance_end")

@@ -465,10 +465,14 @@ class RtcPeer:
         channel.bufferedAmountLowThreshold = _HIGH_WATER // 2
         channel.on("bufferedamountlow", self._room.set)
         channel.on("message", self._on_message)
-        channel.on("close", lambda: self.end("data channel closed"))
+        channel.on("close", self._on_channel_close)
         pending, self._pending = self._pending, []
         for message in pending:
             channel.send(message)
+
+    def _on_channel_close(self) -> None:
+        self._room.set()  # a sender waiting for room stops waiting
+        self.end("data channel closed")
 
     def _on_message(self, data: str | bytes) -> None:
         verdict = self._limiter.allow(time.monotonic())
