@@ -161,6 +161,7 @@ def test_format_value(value: float, text: str) -> None:
 ORCHESTRATOR_METRICS = {
     "duplexvoice_sessions_active": "gauge",
     "duplexvoice_sessions_total": "counter",
+    "duplexvoice_webrtc_peers_active": "gauge",
     "duplexvoice_utterances_total": "counter",
     "duplexvoice_utterances_failed_total": "counter",
     "duplexvoice_first_audio_ms": "histogram",

@@ -2,6 +2,8 @@
 
 - ``/`` and ``/ws``: the WebSocket protocol (``docs/protocol.md``), one connection per
   session, checked (API key, Origin) before the upgrade;
+- ``POST /webrtc/offer``: the WebRTC transport's signalling (``transports/webrtc.py``),
+  one peer connection per session;
 - ``/health`` (alive), ``/ready`` (a worker is reachable and has a free session),
   ``/metrics`` (Prometheus),
   ``/models`` (voices across workers).
@@ -25,6 +27,7 @@ from duplexvoice.orchestrator.listener import ConversationServices, make_service
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.protocol import ProtocolLimits
 from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry, WorkerRegistry
+from duplexvoice.orchestrator.transports.webrtc import WebRtcOptions, WebRtcTransport
 from duplexvoice.orchestrator.transports.websocket import websocket
 from duplexvoice.orchestrator.worker_link import WorkerPool
 
@@ -94,9 +97,16 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"models": list(voices.values())})
 
 
-def build_app(orch: Orchestrator) -> web.Application:
+WEBRTC = web.AppKey("webrtc", WebRtcTransport)
+
+
+def build_app(orch: Orchestrator, webrtc: WebRtcOptions | None = None) -> web.Application:
     app = web.Application(client_max_size=orch.config.max_message_bytes)
     app["orch"] = orch
+    rtc = WebRtcTransport(orch, webrtc)
+    app[WEBRTC] = rtc
+    app.router.add_post("/webrtc/offer", rtc.offer)
+    app.on_shutdown.append(rtc.on_shutdown)  # runner.cleanup(): every peer closed
     app.router.add_get("/", websocket)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/health", health)
