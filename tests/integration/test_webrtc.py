@@ -199,7 +199,7 @@ async def _answered_then_gone(server: Server) -> None:
     """The offer answered, then nothing: the data channel never opens."""
     from aiortc import RTCPeerConnection
 
-    from duplexvoice.orchestrator.transports.webrtc import rtc_configuration
+    from duplexvoice.orchestrator.transports.rtc_ice import rtc_configuration
     pc = RTCPeerConnection(rtc_configuration())
     pc.createDataChannel("events")
     pc.addTransceiver("audio", direction="sendrecv")

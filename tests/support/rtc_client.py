@@ -32,7 +32,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from duplexvoice.orchestrator.transports.rtc_audio import frame_to_pcm16_mono
-from duplexvoice.orchestrator.transports.webrtc import (
+from duplexvoice.orchestrator.transports.rtc_ice import (
     HOST_ADDRESSES,
     LOOPBACK,
     add_loopback_candidate,

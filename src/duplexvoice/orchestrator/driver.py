@@ -194,7 +194,7 @@ class SessionDriver:
     def listening(self) -> bool:
         """Whether microphone audio is wanted now (conversation mode). A transport
         whose audio flows regardless (a WebRTC track) drops it silently otherwise."""
-        return self._conversation.listener is not None
+        return self._conversation.listening
 
     async def client_message(self, message: ClientMessage) -> None:
         """A parsed, valid client message (the server answers malformed ones itself)."""

@@ -34,13 +34,7 @@ counted on the transport, tells sooner); the data channel has not opened within
 ``open_timeout_s`` of the answer; or the driver ends the session itself (then the
 data channel is closed gracefully first, so ``session_end`` gets through).
 
-Loopback. aioice leaves 127.0.0.1 out of its host candidates, so on a machine whose
-only network is loopback no connection could form: :func:`add_loopback_candidate`
-(called before every negotiation) wraps ``aioice.ice.get_host_addresses`` to add it.
-That is harmless elsewhere (a remote peer's checks to it simply fail). No STUN or
-TURN server is used (aiortc's default would ask Google's STUN server).
-``HOST_ADDRESSES`` restricts the host candidates gathered in one asyncio context
-(tests, tools).
+Loopback and ICE: :mod:`.rtc_ice`.
 """
 
 from __future__ import annotations
@@ -48,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import contextvars
 import json
 import logging
 import time
@@ -57,10 +50,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aioice.ice
 from aiohttp import web
 from aiortc import (
-    RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
     RTCRtpSender,
@@ -84,6 +75,10 @@ from duplexvoice.orchestrator.transports.rtc_audio import (
     OutgoingQueue,
     read_pcm,
 )
+from duplexvoice.orchestrator.transports.rtc_ice import (
+    add_loopback_candidate,
+    rtc_configuration,
+)
 
 if TYPE_CHECKING:
     from duplexvoice.orchestrator.server import Orchestrator
@@ -94,38 +89,6 @@ _RATE_STRIKES = 20  # as the WebSocket's
 _HIGH_WATER = 64 * 1024  # bytes buffered on the data channel before the sender waits
 _PENDING = 64  # messages held until the data channel opens
 _AUDIO_ONLY = "audio goes on the media track, not on the data channel"
-LOOPBACK = "127.0.0.1"
-
-# Restricts the host candidates gathered in this context (``None``: all, plus
-# loopback). Tests use it to prove a loopback-only peer connects.
-HOST_ADDRESSES: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
-    "duplexvoice_host_addresses", default=None)
-
-
-def add_loopback_candidate() -> None:
-    """Make aioice gather a 127.0.0.1 host candidate (idempotent, process-wide)."""
-    current = aioice.ice.get_host_addresses
-    if getattr(current, "duplexvoice_loopback", False):
-        return
-
-    def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        only = HOST_ADDRESSES.get()
-        if only is not None:
-            return list(only)
-        addresses: list[str] = current(use_ipv4, use_ipv6)
-        if use_ipv4 and LOOPBACK not in addresses:
-            addresses.append(LOOPBACK)
-        return addresses
-
-    with_loopback.duplexvoice_loopback = True  # type: ignore[attr-defined]
-    aioice.ice.get_host_addresses = with_loopback
-
-
-def rtc_configuration() -> RTCConfiguration:
-    """No STUN/TURN: host candidates only (aiortc's default asks a public STUN server)."""
-    return RTCConfiguration(iceServers=[])
-
-
 @dataclass(frozen=True)
 class WebRtcOptions:
     open_timeout_s: float = 10.0  # the data channel must open this soon after the answer
