@@ -215,7 +215,7 @@ def _up(args: argparse.Namespace) -> int:
                   redis_url=args.redis, host=args.host, log_level=args.log_level)
 
 
-BENCHMARKS = ("worker", "orchestrator", "conversation")  # bench/<name>.py, in this order
+BENCHMARKS = ("worker", "orchestrator", "conversation", "browser")  # bench/<name>.py, in order
 
 
 def _bench(args: argparse.Namespace) -> int:
