@@ -1,7 +1,8 @@
 """The orchestrator process: HTTP and WebSocket on one port (aiohttp).
 
 - ``/`` and ``/ws``: the WebSocket protocol (``docs/protocol.md``), one connection per
-  session, checked (API key, Origin) before the upgrade;
+  session, checked (API key, Origin) before the upgrade; ``/`` without an upgrade is
+  the browser client (``web.py``: the page, ``/static/``, ``/client-config``);
 - ``/health`` (alive), ``/ready`` (a worker is reachable and has a free session),
   ``/metrics`` (Prometheus),
   ``/models`` (voices across workers).
@@ -26,6 +27,7 @@ from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.protocol import ProtocolLimits
 from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry, WorkerRegistry
 from duplexvoice.orchestrator.transports.websocket import websocket
+from duplexvoice.orchestrator.web import add_web_routes
 from duplexvoice.orchestrator.worker_link import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ async def models(request: web.Request) -> web.Response:
 def build_app(orch: Orchestrator) -> web.Application:
     app = web.Application(client_max_size=orch.config.max_message_bytes)
     app["orch"] = orch
-    app.router.add_get("/", websocket)
+    add_web_routes(app, websocket)  # "/": the page, or the WebSocket when upgraded
     app.router.add_get("/ws", websocket)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
