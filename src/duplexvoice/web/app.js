@@ -313,7 +313,9 @@ function onMessage(t, msg) {
         app.transport = null;
         t.close();
         setConnection("disconnected");
-      } // server_shutdown: the close that follows reconnects
+      } else {
+        onDrop(t, msg.reason === "server_shutdown" ? "the server is restarting" : `session ended: ${msg.reason}`);
+      }
       break;
     default: break;
   }

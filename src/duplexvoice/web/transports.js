@@ -138,8 +138,14 @@ export class WebRtcTransport {
     const connected = new Promise((resolve, reject) => {
       pc.onconnectionstatechange = () => {
         const s = pc.connectionState;
+        clearTimeout(this.lostTimer);
         if (s === "connected") resolve();
-        else if (s === "failed" || s === "closed") {
+        else if (s === "disconnected" && this.opened) {
+          // may recover by itself; a few seconds without it is a drop
+          this.lostTimer = setTimeout(() => {
+            if (pc.connectionState !== "connected" && !this.closing) this.onDrop("peer connection lost");
+          }, 4000);
+        } else if (s === "failed" || s === "closed") {
           reject(new ConnectError("webrtc", `the peer connection ${s}`));
           if (this.opened && !this.closing) this.onDrop(`peer connection ${s}`);
         }
@@ -207,6 +213,7 @@ export class WebRtcTransport {
 
   close() {
     this.closing = true;
+    clearTimeout(this.lostTimer);
     if (this.dc) this.dc.close();
     if (this.pc) this.pc.close();
   }
