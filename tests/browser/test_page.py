@@ -148,9 +148,9 @@ def test_a_refused_microphone_is_explained_and_the_session_still_works(
         notice = page.page.locator('[data-notice="mic"]')
         assert "refused" in notice.inner_text() and "type" in notice.inner_text()
         assert page.eval("dv.transport") == transport  # connected without a microphone
+        screenshot(page.page, f"mic-denied-{transport}-360px")
         # Readable at 360 px: nothing wider than the viewport.
         assert page.eval("document.documentElement.scrollWidth") <= 360
-        screenshot(page.page, f"mic-denied-{transport}-360px")
 
 
 @pytest.fixture
