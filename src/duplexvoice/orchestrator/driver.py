@@ -188,6 +188,12 @@ class SessionDriver:
     def input_sample_rate(self) -> int:
         return self.settings.input_sample_rate
 
+    @property
+    def listening(self) -> bool:
+        """Whether microphone audio is wanted now (conversation mode). A transport
+        whose audio flows regardless (a WebRTC track) drops it silently otherwise."""
+        return self._conversation.listener is not None
+
     async def client_message(self, message: ClientMessage) -> None:
         """A parsed, valid client message (the server answers malformed ones itself)."""
         if isinstance(message, TextMessage):

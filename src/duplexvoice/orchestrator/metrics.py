@@ -235,6 +235,9 @@ class OrchestratorMetrics:
         self.sessions_total = r.counter(
             "duplexvoice_sessions_total", "Client sessions opened since start."
         )
+        self.webrtc_peers_active = r.gauge(
+            "duplexvoice_webrtc_peers_active",
+            "WebRTC peer connections not yet closed (from the offer to their close).")
         self.utterances_total = r.counter(
             "duplexvoice_utterances_total",
             "Utterances ended, whatever the reason (not those of a client that left).")

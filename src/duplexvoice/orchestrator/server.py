@@ -3,6 +3,8 @@
 - ``/`` and ``/ws``: the WebSocket protocol (``docs/protocol.md``), one connection per
   session, checked (API key, Origin) before the upgrade; ``/`` without an upgrade is
   the browser client (``web.py``: the page, ``/static/``, ``/client-config``);
+- ``POST /webrtc/offer``: the WebRTC transport's signalling (``transports/webrtc.py``),
+  one peer connection per session;
 - ``/health`` (alive), ``/ready`` (a worker is reachable and has a free session),
   ``/metrics`` (Prometheus),
   ``/models`` (voices across workers).
@@ -26,6 +28,7 @@ from duplexvoice.orchestrator.listener import ConversationServices, make_service
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.protocol import ProtocolLimits
 from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry, WorkerRegistry
+from duplexvoice.orchestrator.transports.webrtc import WebRtcOptions, WebRtcTransport
 from duplexvoice.orchestrator.transports.websocket import websocket
 from duplexvoice.orchestrator.web import add_web_routes
 from duplexvoice.orchestrator.worker_link import WorkerPool
@@ -96,9 +99,16 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"models": list(voices.values())})
 
 
-def build_app(orch: Orchestrator) -> web.Application:
+WEBRTC = web.AppKey("webrtc", WebRtcTransport)
+
+
+def build_app(orch: Orchestrator, webrtc: WebRtcOptions | None = None) -> web.Application:
     app = web.Application(client_max_size=orch.config.max_message_bytes)
     app["orch"] = orch
+    rtc = WebRtcTransport(orch, webrtc)
+    app[WEBRTC] = rtc
+    app.router.add_post("/webrtc/offer", rtc.offer)
+    app.on_shutdown.append(rtc.on_shutdown)  # runner.cleanup(): every peer closed
     add_web_routes(app, websocket)  # "/": the page, or the WebSocket when upgraded
     app.router.add_get("/ws", websocket)
     app.router.add_get("/health", health)
