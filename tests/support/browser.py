@@ -65,6 +65,14 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
+def save_json(name: str, data: Any) -> Path:
+    """What a test measured, next to its screenshots (for a reader, not asserted)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / (re.sub(r"[^\w.-]+", "_", name) + ".json")
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
 class Page:
     """The client page, read through ``window.duplexvoice``."""
 
@@ -99,7 +107,24 @@ class Page:
         return handle.json_value()
 
     def eval(self, expression: str) -> Any:
-        return self.page.evaluate(f"() => {{ const dv = window.duplexvoice; return ({expression}); }}")
+        script = f"() => {{ const dv = window.duplexvoice; return ({expression}); }}"
+        return self.page.evaluate(script)
+
+    def message(self, kind: str, timeout_s: float, what: str, **fields: Any) -> dict[str, Any]:
+        """The first message of type ``kind`` from the server with these ``fields``."""
+        found: dict[str, Any] = self.wait(
+            "dv.events.find(e => e.dir === 'in' && e.msg.type === arg.kind &&"
+            " Object.entries(arg.fields).every(([k, v]) => e.msg[k] === v))",
+            timeout_s, what, {"kind": kind, "fields": fields})["msg"]
+        return found
+
+    def measured(self, kind: str, utterance_id: int, timeout_s: float,
+                 what: str) -> dict[str, Any]:
+        """The page's measurement record of ``kind`` for that utterance."""
+        found: dict[str, Any] = self.wait(
+            "dv.measurements.find(m => m.kind === arg.kind && m.utterance_id === arg.uid)",
+            timeout_s, what, {"kind": kind, "uid": utterance_id})
+        return found
 
     def events(self) -> list[dict[str, Any]]:
         return list(self.eval("dv.events"))
@@ -107,10 +132,10 @@ class Page:
     def summary(self) -> str:
         try:
             events = self.eval("dv.events.map(e => [Math.round(e.t), e.dir, e.msg])")
-            extra = self.eval("({state: dv.state, connection: dv.connection, transport: dv.transport,"
-                              " mic: dv.micState, micEnergy: dv.micEnergy, frames: dv.frames,"
-                              " notices: dv.notices, utterances: dv.utterances,"
-                              " measurements: dv.measurements})")
+            extra = self.eval("({state: dv.state, connection: dv.connection,"
+                              " transport: dv.transport, mic: dv.micState,"
+                              " micEnergy: dv.micEnergy, frames: dv.frames, notices: dv.notices,"
+                              " utterances: dv.utterances, measurements: dv.measurements})")
         except Exception as exc:
             return f"(page not readable: {exc})\n" + "\n".join(self.console[-30:])
         lines = [json.dumps(e)[:300] for e in events

@@ -267,13 +267,14 @@ function onMessage(t, msg) {
     case "reply": {
       const u = measure.utterance(uid);
       if (u.turn === null && typeof msg.turn === "number") u.turn = msg.turn;
+      if (u.reply_at === null) u.reply_at = performance.now();
       u.text = `${u.text} ${msg.text}`.replace(/\s+/g, " ").trim();
       audio.toPlayback({ type: "current", uid });
       showReply(uid, u.text);
       break;
     }
     case "pause":
-      measure.arrival("pause", uid, audio.now());
+      measure.arrival("pause", uid, audio.now(), audio.ctx ? audio.ctx.currentTime : 0);
       audio.toPlayback({ type: "pause", uid });
       measure.utterance(uid).paused += 1;
       break;
@@ -282,7 +283,7 @@ function onMessage(t, msg) {
       measure.utterance(uid).resumed += 1;
       break;
     case "interrupt":
-      measure.arrival("interrupt", uid, audio.now());
+      measure.arrival("interrupt", uid, audio.now(), audio.ctx ? audio.ctx.currentTime : 0);
       audio.toPlayback({ type: "interrupt", uid });
       app.interruptAt = performance.now();
       measure.utterance(uid).interrupted = true;
@@ -498,6 +499,13 @@ ui.connect.addEventListener("click", () => {
   else disconnect();
 });
 
+// Enter in the key field connects
+$("connect-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(KEY_STORE, ui.key.value.trim());
+  if (app.connection === "disconnected") connect(false);
+});
+
 ui.voice.addEventListener("change", () => {
   if (app.connection === "connected") send({ type: "config", voice: ui.voice.value || undefined });
 });
@@ -563,6 +571,10 @@ const api = Object.freeze({
   get turns() { return measure.snapshotTurns(); },
   get notices() {
     return Object.fromEntries([...ui.notices.querySelectorAll("[data-notice]")].map((el) => [el.dataset.notice, el.textContent]));
+  },
+  get outputLatencyMs() {
+    const c = audio.ctx;
+    return c ? ((c.baseLatency || 0) + (c.outputLatency || 0)) * 1000 : null;
   },
   audioTime() { return audio.ctx ? audio.ctx.currentTime : 0; },
   connect() { if (app.connection === "disconnected") return connect(false); return Promise.resolve(); },

@@ -7,11 +7,16 @@
 //                                                 (WebRTC: peer connected + remote track live)
 //   {kind: "voice_to_voice", utterance_id, turn, ms, voice_end_t, onset_t}
 //                                                 reply audio onset - last mic voice before it
-//   {kind: "hold", utterance_id, ms}              `pause` arrival -> first silent output block
-//   {kind: "interrupt", utterance_id, ms}         `interrupt` arrival -> first silent block
+//                                                 reply_to_onset_ms: first `reply` message -> onset
+//                                                 (performance.now(), the downlink's share)
+//   {kind: "hold", utterance_id, ms, render_ms}   `pause` arrival -> first silent output block
+//   {kind: "interrupt", utterance_id, ms, render_ms}  `interrupt` arrival -> first silent block
+//       ms: from the arrival on the output clock (what is heard now, getOutputTimestamp),
+//       so it includes the device's output latency; render_ms: from the render clock
+//       (ctx.currentTime at arrival), the page's own delay only
 //   {kind: "server", ...}                         the server's `metrics` message, as is
 // utterances: {uid: {turn, text, energy, energy_after_interrupt, played_ms, interrupted,
-//                    paused, resumed, onset_t, ended}}
+//                    paused, resumed, onset_t, ended, reply_at, onset_at}}
 
 const MAX_EVENTS = 2000;
 const MAX_RECORDS = 1000;
@@ -63,6 +68,7 @@ export class Measure {
       this.utterances.set(uid, {
         utterance_id: uid, turn: null, text: "", energy: 0, energy_after_interrupt: 0,
         played_ms: 0, interrupted: false, paused: 0, resumed: 0, onset_t: null, ended: null,
+        reply_at: null, onset_at: null,
       });
     }
     return this.utterances.get(uid);
@@ -79,8 +85,8 @@ export class Measure {
     }
   }
 
-  arrival(kind, uid, audioNow) {
-    this.pending.set(`${kind}:${uid}`, audioNow);
+  arrival(kind, uid, audioNow, renderNow) {
+    this.pending.set(`${kind}:${uid}`, { heard: audioNow, render: renderNow });
   }
 
   playback(m) {
@@ -93,13 +99,15 @@ export class Measure {
       const u = this.utterance(m.uid);
       if (u.onset_t !== null) return;
       u.onset_t = m.t;
+      u.onset_at = performance.now();
       if (u.turn === null) return; // not a reply to a spoken turn (typed text, say)
       const before = this.voiceEnds.filter((t) => t < m.t);
       if (this.lastVoice >= 0 && this.lastVoice < m.t) before.push(this.lastVoice);
       if (!before.length) return;
       const voice = Math.max(...before);
       this.record({ kind: "voice_to_voice", utterance_id: m.uid, turn: u.turn,
-        ms: (m.t - voice) * 1000, voice_end_t: voice, onset_t: m.t });
+        ms: (m.t - voice) * 1000, voice_end_t: voice, onset_t: m.t,
+        reply_to_onset_ms: u.reply_at === null ? null : u.onset_at - u.reply_at });
     } else if (m.type === "silent_after") {
       const key = `${m.kind}:${m.uid}`;
       const arrived = this.pending.get(key);
@@ -107,7 +115,8 @@ export class Measure {
       this.pending.delete(key);
       const u = this.utterance(m.uid);
       this.record({ kind: m.kind === "pause" ? "hold" : "interrupt", utterance_id: m.uid,
-        turn: u.turn === null ? undefined : u.turn, ms: Math.max(0, (m.t - arrived) * 1000) });
+        turn: u.turn === null ? undefined : u.turn, ms: Math.max(0, (m.t - arrived.heard) * 1000),
+        render_ms: Math.max(0, (m.t - arrived.render) * 1000) });
     }
   }
 
