@@ -15,7 +15,7 @@ import pytest
 
 from duplexvoice.ports import free_port
 from tests.support.browser import find_chromium
-from tests.support.up_process import BANNER, UpProcess
+from tests.support.up_process import BANNER, READY, UpProcess
 
 _INSTALL_TRIED: list[bool] = []
 
@@ -62,6 +62,7 @@ class System:
     def start(self) -> None:
         up = UpProcess("--port", str(self.port))
         self.up = up
+        self.worker_addr = up.wait_for(READY, timeout=180).group(1)
         up.wait_for(BANNER, timeout=180)
 
     def stop(self) -> None:

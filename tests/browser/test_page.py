@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from duplexvoice.launcher import OrchestratorProcess
 from tests.browser.conftest import System
 from tests.support.browser import Page, browser_page, mic_wav, save_json, screenshot
 from tests.support.speech import SPEAKERS, say, silence
@@ -155,6 +156,33 @@ def test_a_refused_microphone_is_explained_and_the_session_still_works(
         screenshot(page.page, f"mic-denied-{transport}-360px")
         # Readable at 360 px: nothing wider than the viewport.
         assert page.eval("document.documentElement.scrollWidth") <= 360
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_server_that_needs_a_key_gets_a_key_field(playwright: Any, system: System,
+                                                   tmp_path: Path, transport: str) -> None:
+    orch = OrchestratorProcess("--workers", system.worker_addr,
+                               env={"DUPLEXVOICE_ORCH_API_KEYS": "sekrit"}).start()
+    wav = mic_wav(tmp_path / "quiet.wav", silence(1.0))
+    try:
+        with browser_page(playwright, f"key-{transport}", wav) as page:
+            page.open(f"http://{orch.addr}/", transport)
+            page.wait("!document.getElementById('key-row').hidden", 5, "the key field")
+            assert page.page.get_attribute("#api-key", "type") == "password"
+            page.page.fill("#api-key", "wrong")
+            page.page.click("#connect")
+            page.wait("dv.notices.auth", 10, "the refusal")
+            assert "refused the API key" in page.eval("dv.notices.auth")
+            assert page.eval("dv.connection") == "disconnected"
+            assert page.eval("dv.transport") is None  # no fallback on a refused key
+            page.page.fill("#api-key", "sekrit")
+            page.page.press("#api-key", "Enter")  # Enter in the key field connects
+            page.wait("dv.connection === 'connected' && dv.state === 'LISTENING'", 20,
+                      "connected with the key")
+            assert page.eval("dv.transport") == transport
+            assert page.eval("sessionStorage.getItem('duplexvoice.apiKey')") == "sekrit"
+    finally:
+        orch.terminate()
 
 
 @pytest.fixture
