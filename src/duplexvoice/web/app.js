@@ -176,7 +176,7 @@ function scheduleRetry(why) {
   const delay = BACKOFF_S[Math.min(app.attempt, BACKOFF_S.length - 1)];
   app.attempt += 1;
   setConnection("reconnecting");
-  notice("conn", "warn", `Connection lost (${why}). Reconnecting in ${delay} s…`);
+  notice("conn", "warn", `Connection lost (${why.replace(/\.$/, "")}). Reconnecting in ${delay} s…`);
   app.retryTimer = setTimeout(() => { if (app.wanted) connect(true); }, delay * 1000);
 }
 
