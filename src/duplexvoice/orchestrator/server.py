@@ -1,7 +1,8 @@
 """The orchestrator process: HTTP and WebSocket on one port (aiohttp).
 
 - ``/`` and ``/ws``: the WebSocket protocol (``docs/protocol.md``), one connection per
-  session, checked (API key, Origin) before the upgrade;
+  session, checked (API key, Origin) before the upgrade; ``/`` without an upgrade is
+  the browser client (``web.py``: the page, ``/static/``, ``/client-config``);
 - ``POST /webrtc/offer``: the WebRTC transport's signalling (``transports/webrtc.py``),
   one peer connection per session;
 - ``/health`` (alive), ``/ready`` (a worker is reachable and has a free session),
@@ -29,6 +30,7 @@ from duplexvoice.orchestrator.protocol import ProtocolLimits
 from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry, WorkerRegistry
 from duplexvoice.orchestrator.transports.webrtc import WebRtcOptions, WebRtcTransport
 from duplexvoice.orchestrator.transports.websocket import websocket
+from duplexvoice.orchestrator.web import add_web_routes
 from duplexvoice.orchestrator.worker_link import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ def build_app(orch: Orchestrator, webrtc: WebRtcOptions | None = None) -> web.Ap
     app[WEBRTC] = rtc
     app.router.add_post("/webrtc/offer", rtc.offer)
     app.on_shutdown.append(rtc.on_shutdown)  # runner.cleanup(): every peer closed
-    app.router.add_get("/", websocket)
+    add_web_routes(app, websocket)  # "/": the page, or the WebSocket when upgraded
     app.router.add_get("/ws", websocket)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
