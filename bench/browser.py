@@ -45,10 +45,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tests.support
 
 from browser_load import measure_cpu  # noqa: E402
-from tests.support.browser import browser_page, find_chromium  # noqa: E402
 from worker import PIPER, machine, summary  # noqa: E402
 
 from duplexvoice.launcher import OrchestratorProcess, WorkerProcess  # noqa: E402
+from tests.support.browser import browser_page, find_chromium  # noqa: E402
 from tests.support.speech import SPEAKERS, noise, say, silence, write_wav  # noqa: E402
 
 PARTS = ("talk", "connect", "cpu")
