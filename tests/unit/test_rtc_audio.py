@@ -1,5 +1,5 @@
-"""The WebRTC outgoing audio queue (pure: hold, rewind, fence, bound) and the frame
-conversions of the tracks."""
+"""The WebRTC outgoing audio queue (pure: hold, rewind, fence, bound), the frame
+conversions of the tracks, and the receiving side's jitter buffer."""
 
 from __future__ import annotations
 
@@ -8,12 +8,22 @@ import asyncio
 import av
 import numpy as np
 import pytest
+from aiortc import (
+    RTCCertificate,
+    RTCDtlsTransport,
+    RTCIceGatherer,
+    RTCIceTransport,
+    RTCRtpReceiver,
+)
+from aiortc.rtp import RtpPacket
 
 from duplexvoice.orchestrator.transports.rtc_audio import (
     SILENCE,
+    ImmediateAudioBuffer,
     OutgoingAudioTrack,
     OutgoingQueue,
     frame_to_pcm16_mono,
+    hand_on_at_once,
     pcm_frame,
 )
 
@@ -212,3 +222,37 @@ async def test_track_paces_frames_and_plays_silence_when_empty() -> None:
     assert elapsed >= 0.059  # three frames after the first, each due 20 ms later
     assert track.frames_sent == 1
     track.stop()
+
+
+# -- the receiving side's jitter buffer ---------------------------------------------------
+
+def _packet(seq: int) -> RtpPacket:
+    packet = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960)
+    packet._data = bytes([seq % 256])  # type: ignore[attr-defined]  # as the receiver sets
+    return packet
+
+
+def test_each_audio_packet_is_handed_on_at_once() -> None:
+    buffer = ImmediateAudioBuffer()
+    for seq in (65534, 65535, 0, 1):  # across the wrap of the sequence number
+        pli, frame = buffer.add(_packet(seq))
+        assert not pli and frame is not None
+        assert frame.timestamp == seq * 960 and frame.data == bytes([seq % 256])
+
+
+def test_late_and_duplicate_packets_are_dropped() -> None:
+    buffer = ImmediateAudioBuffer()
+    assert buffer.add(_packet(10))[1] is not None
+    assert buffer.add(_packet(12))[1] is not None  # 11 lost: the decoder conceals it
+    assert buffer.add(_packet(11))[1] is None  # came after 12
+    assert buffer.add(_packet(12))[1] is None  # duplicate
+
+
+def test_the_receivers_buffer_is_replaced() -> None:
+    dtls = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()),
+                            [RTCCertificate.generateCertificate()])
+    receiver = RTCRtpReceiver("audio", dtls)
+    assert hand_on_at_once(receiver)
+    assert isinstance(receiver._RTCRtpReceiver__jitter_buffer,  # type: ignore[attr-defined]
+                      ImmediateAudioBuffer)
+    assert not hand_on_at_once(object())

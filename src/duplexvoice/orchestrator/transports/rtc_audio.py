@@ -29,7 +29,14 @@ driver holds its own output on ``pause`` too.
 The queue is pure (no asyncio, no clock: the time is a parameter); the track is a
 thin wrapper that reads the loop's clock.
 
-Incoming. aiortc's Opus decoder yields ``av.AudioFrame`` s16 stereo (packed) at
+Incoming. aiortc's receiver holds audio in a jitter buffer that releases a packet
+only once four later ones have come (``prefetch=4``): 80 ms added to everything the
+user says, before the VAD hears it (the end of a turn, a barge-in). Each Opus packet
+is a whole 20 ms frame, and the session's own audio path absorbs jitter, so
+:func:`hand_on_at_once` replaces it with :class:`ImmediateAudioBuffer`: each packet
+goes to the decoder on arrival; one older than the newest seen (reordered, or a
+duplicate) is dropped, which on a LAN is rare. aiortc's decoder conceals a gap.
+aiortc's Opus decoder yields ``av.AudioFrame`` s16 stereo (packed) at
 48 kHz; :func:`frame_to_pcm16_mono` folds any PyAV audio frame (packed or planar,
 integer or float, any channel count) into PCM16LE mono bytes at the frame's rate.
 """
@@ -43,7 +50,10 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
 
 from duplexvoice.orchestrator.protocol import FRAME_BYTES, FRAME_MS, OUTPUT_SAMPLE_RATE
 
@@ -225,3 +235,29 @@ async def read_pcm(track: MediaStreamTrack) -> tuple[bytes, int] | None:
     if not isinstance(frame, av.AudioFrame):
         return None
     return frame_to_pcm16_mono(frame), int(frame.sample_rate)
+
+
+class ImmediateAudioBuffer(JitterBuffer):
+    """aiortc's audio jitter buffer, without the wait: each packet is handed on at once."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._newest: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        newest = self._newest
+        if newest is not None and not 0 < uint16_add(packet.sequence_number, -newest) < 0x8000:
+            return False, None  # older than what went on already, or a duplicate
+        self._newest = packet.sequence_number
+        data: bytes = packet._data  # type: ignore[attr-defined]  # set by the receiver
+        return False, JitterFrame(data=data, timestamp=packet.timestamp)
+
+
+def hand_on_at_once(receiver: object) -> bool:
+    """Give an aiortc ``RTCRtpReceiver`` of audio an :class:`ImmediateAudioBuffer`.
+    False (and the receiver unchanged) if this aiortc keeps its buffer elsewhere."""
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if not isinstance(getattr(receiver, name, None), JitterBuffer):
+        return False
+    setattr(receiver, name, ImmediateAudioBuffer())
+    return True

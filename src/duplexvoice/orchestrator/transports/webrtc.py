@@ -73,6 +73,7 @@ from duplexvoice.orchestrator.protocol import (
 from duplexvoice.orchestrator.transports.rtc_audio import (
     OutgoingAudioTrack,
     OutgoingQueue,
+    hand_on_at_once,
     read_pcm,
 )
 from duplexvoice.orchestrator.transports.rtc_ice import (
@@ -272,6 +273,8 @@ class RtcPeer:
         opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs
                 if c.mimeType.lower() == "audio/opus"]
         transceiver.setCodecPreferences(opus)
+        if not hand_on_at_once(transceiver.receiver):
+            log.warning("aiortc's audio jitter buffer not found: the microphone is 80 ms late")
         self.pc.addTrack(self.output)
 
     def start(self) -> None:
