@@ -89,7 +89,8 @@ def talk_block(playwright: Any, url: str, transport: str, wav: Path, cycle_s: fl
         # Each cycle answers two turns (the sentence, then the barge-in).
         page.wait(f"dv.measurements.filter(r => r.kind === 'voice_to_voice').length >= "
                   f"{2 * cycles}", cycle_s * cycles + 30, "talk cycles")
-        out = {kind: records(page, kind) for kind in ("voice_to_voice", "hold", "interrupt")}
+        out = {kind: records(page, kind)
+               for kind in ("voice_to_voice", "hold", "interrupt", "server")}
         out["utterances"] = page.eval("dv.utterances")
         out["transport"] = page.eval("dv.transport")
     return out
@@ -99,7 +100,9 @@ def run_talk(playwright: Any, url: str, blocks: int, cycles: int) -> dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         wav, cycle_s = cycle_wav(Path(tmp) / "cycle.wav")
         got: dict[str, dict[str, list[float]]] = {
-            t: {"voice_to_voice": [], "hold": [], "interrupt": [], "after_interrupt": []}
+            t: {"voice_to_voice": [], "hold": [], "interrupt": [], "after_interrupt": [],
+                "reply_to_onset": [], "server_voice_to_voice": [], "hold_render": [],
+                "interrupt_render": []}
             for t in TRANSPORTS}
         fell_back = 0
         for b in range(blocks):
@@ -109,6 +112,15 @@ def run_talk(playwright: Any, url: str, blocks: int, cycles: int) -> dict[str, A
                 into = got[transport]
                 for kind in ("voice_to_voice", "hold", "interrupt"):
                     into[kind] += [float(r["ms"]) for r in block[kind]]
+                into["reply_to_onset"] += [float(r["reply_to_onset_ms"])
+                                           for r in block["voice_to_voice"]
+                                           if r.get("reply_to_onset_ms") is not None]
+                into["server_voice_to_voice"] += [float(r["voice_to_voice_ms"])
+                                                  for r in block["server"]
+                                                  if r.get("voice_to_voice_ms") is not None]
+                for kind in ("hold", "interrupt"):
+                    into[f"{kind}_render"] += [float(r["render_ms"]) for r in block[kind]
+                                               if r.get("render_ms") is not None]
                 into["after_interrupt"] += [
                     float(u.get("energy_after_interrupt") or 0.0)
                     for u in block["utterances"].values() if u.get("interrupted")]
@@ -149,8 +161,13 @@ def print_report(result: dict[str, Any]) -> None:
     if talk:
         print(f"\n{'figure (ms, in the page)':34s} {'transport':10s} {'n':>4s} {'p50':>7s} "
               f"{'p95':>7s} {'max':>7s}")
-        for kind, label in (("voice_to_voice", "voice-to-voice"), ("hold", "held after pause"),
-                            ("interrupt", "silent after interrupt")):
+        for kind, label in (("voice_to_voice", "voice-to-voice"),
+                            ("server_voice_to_voice", "  of it in the server"),
+                            ("reply_to_onset", "  `reply` message -> audio onset"),
+                            ("hold", "held after pause (as heard)"),
+                            ("hold_render", "  rendered by the page"),
+                            ("interrupt", "silent after interrupt (as heard)"),
+                            ("interrupt_render", "  rendered by the page")):
             for t in TRANSPORTS:
                 s = talk[t][kind]
                 print(f"{label:34s} {t:10s} {s['n']:4d} {s['p50']:7.1f} {s['p95']:7.1f} "

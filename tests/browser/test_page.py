@@ -11,6 +11,8 @@ the page recorded (``window.duplexvoice``), never on time.
 from __future__ import annotations
 
 import re
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,3 +215,96 @@ def test_a_dropped_connection_is_shown_and_reconnects(system: System,
         assert page.eval("dv.transport") == transport and page.eval("dv.reconnects") == 1
         assert "Reconnected" in page.page.locator('[data-notice="conn"]').inner_text()
         screenshot(page.page, f"drop-{transport}-reconnected")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_push_to_talk_sends_only_what_is_said_while_held(playwright: Any, system: System,
+                                                         tmp_path: Path, transport: str) -> None:
+    unheard, heard = "The secret code is banana.", "Please call the front desk."
+    wav = mic_wav(tmp_path / "ptt.wav", np.concatenate([
+        silence(2.0), say(unheard, SPEAKERS[0]), silence(3.0), say(heard, SPEAKERS[0])]))
+    with browser_page(playwright, f"ptt-{transport}", wav) as page:
+        page.open(system.url, transport)
+        page.page.check('input[name="mode"][value="ptt"]')
+        page.connect()
+        # The first sentence plays while the button is up: the server must not hear it.
+        page.wait("dv.micQuietMs !== null && dv.micQuietMs > 1000", 20,
+                  "the first sentence, said with the button up")
+        page.page.hover("#ptt")
+        page.page.mouse.down()  # held through the second sentence
+        assert page.page.get_attribute("#ptt", "aria-pressed") == "true"
+        page.wait("dv.micQuietMs !== null && dv.micQuietMs > 500 && dv.micQuietMs < 1000"
+                  " || dv.events.some(e => e.msg.type === 'transcript' && e.msg.final)", 20,
+                  "the second sentence")
+        page.wait("dv.micQuietMs > 600", 10, "silence after the second sentence")
+        page.page.mouse.up()
+        final = page.wait("dv.events.find(e => e.msg.type === 'transcript' && e.msg.final)",
+                          20, "the final transcript")["msg"]
+        assert "desk" in words(final["text"]), final
+        assert not set(words(final["text"])) & {"secret", "banana"}, final
+        assert len(find(page, "transcript", final=True)) == 1
+        assert not any("banana" in words(m["text"]) for m in find(page, "transcript"))
+
+
+def test_webrtc_falls_back_to_websocket_by_itself(playwright: Any, system: System,
+                                                  tmp_path: Path) -> None:
+    wav = mic_wav(tmp_path / "quiet.wav", silence(1.0))
+    with browser_page(playwright, "fallback", wav) as page:
+        page.page.route("**/webrtc/offer", lambda route: route.abort())  # WebRTC fails
+        page.open(system.url, "webrtc")
+        page.connect()
+        assert page.eval("dv.transport") == "websocket"
+        assert "WebSocket" in page.eval("dv.notices.transport || ''")
+        page.page.fill("#text-input", "Are you there")
+        page.page.press("#text-input", "Enter")
+        reply = page.wait("dv.events.find(e => e.msg.type === 'reply')", 20, "a reply")["msg"]
+        page.wait(f"(dv.utterances[{reply['utterance_id']}] || {{}}).energy > 5", 20,
+                  "the reply's audio over the fallback")
+        screenshot(page.page, "fallback-websocket")
+
+
+def test_no_worker_is_explained(playwright: Any, system: System, tmp_path: Path) -> None:
+    # An orchestrator whose only worker address answers nothing.
+    orch = OrchestratorProcess("--workers", "127.0.0.1:9").start()
+    wav = mic_wav(tmp_path / "quiet.wav", silence(1.0))
+    try:
+        with browser_page(playwright, "no-worker", wav) as page:
+            page.open(f"http://{orch.addr}/", "webrtc")
+            page.connect()  # the session itself needs no worker
+            page.page.fill("#text-input", "Hello")
+            page.page.press("#text-input", "Enter")
+            page.wait("dv.notices.worker", 30, "the no-worker message")
+            assert "worker" in page.eval("dv.notices.worker").lower()
+            assert page.eval("dv.connection") == "connected"  # the session goes on
+            screenshot(page.page, "no-worker")
+    finally:
+        orch.terminate()
+
+
+def _metric(base_url: str, name: str) -> float:
+    with urllib.request.urlopen(base_url + "metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def _until_no_peers(base_url: str) -> None:
+    deadline = time.monotonic() + 30
+    while _metric(base_url, "duplexvoice_webrtc_peers_active") != 0:
+        assert time.monotonic() < deadline, "peer connections were not freed within 30 s"
+        time.sleep(0.1)  # polling an observable figure, with a deadline
+
+
+def test_a_page_that_goes_away_frees_its_peer_connection(playwright: Any, system: System,
+                                                         tmp_path: Path) -> None:
+    wav = mic_wav(tmp_path / "quiet.wav", silence(1.0))
+    _until_no_peers(system.url)  # pages of earlier tests have gone too
+    with browser_page(playwright, "leaves", wav) as page:
+        page.open(system.url, "webrtc")
+        page.connect()
+        assert page.eval("dv.transport") == "webrtc"
+        assert _metric(system.url, "duplexvoice_webrtc_peers_active") == 1
+        page.page.close()  # the tab goes away without a word
+    _until_no_peers(system.url)
+    assert _metric(system.url, "duplexvoice_sessions_active") == 0

@@ -93,7 +93,9 @@ async function connect(reconnect = false) {
   }
   if (audio.ctx && app.micState !== "on") await openMic();
   checkWorkers();
-  let name = ui.transport.value;
+  const chosen = ui.transport.value;
+  let name = chosen;
+  let rtcFailure = null; // why WebRTC failed, once the page tries the WebSocket instead
   let openStarted = performance.now();
   for (;;) {
     try {
@@ -103,12 +105,14 @@ async function connect(reconnect = false) {
     } catch (err) {
       if (!app.wanted) return;
       const kind = err instanceof ConnectError ? err.kind : "network";
-      if (kind === "webrtc" && name === "webrtc") {
+      if (name === "webrtc" && kind !== "auth") {
+        // Any WebRTC failure (a blocked offer, no ICE path, a proxy): try the WebSocket.
+        rtcFailure = err.message || String(err);
         name = "websocket";
-        ui.transport.value = "websocket";
-        notice("transport", "warn", `WebRTC could not connect (${err.message}); switched to WebSocket.`);
         continue;
       }
+      // Both failed: the server itself is the problem; the retry starts from the choice.
+      if (rtcFailure !== null) ui.transport.value = chosen;
       if (kind === "auth") {
         showKey(true);
         notice("auth", "error", app.config.auth_required && !ui.key.value
@@ -122,6 +126,10 @@ async function connect(reconnect = false) {
       scheduleRetry(err.message || String(err));
       return;
     }
+  }
+  if (rtcFailure !== null) {
+    ui.transport.value = "websocket";
+    notice("transport", "warn", `WebRTC could not connect (${rtcFailure}); switched to WebSocket.`);
   }
   const wasRetry = app.attempt > 0 || reconnect;
   app.attempt = 0;
@@ -564,6 +572,10 @@ const api = Object.freeze({
   get micLevel() { return measure.micLevel; },
   get micEnergy() { return measure.micEnergy; },
   get frames() { return measure.frames; },
+  // How long the microphone has been quiet (ms), on the audio clock; null before any voice.
+  get micQuietMs() {
+    return audio.ctx && measure.lastVoice >= 0 ? (audio.ctx.currentTime - measure.lastVoice) * 1000 : null;
+  },
   get reconnects() { return app.reconnects; },
   get events() { return measure.events.slice(); },
   get measurements() { return measure.records.slice(); },

@@ -75,15 +75,17 @@ class Capture extends AudioWorkletProcessor {
   process(inputs) {
     const input = inputs[0] && inputs[0][0];
     const n = input ? input.length : 128;
+    // Muted (push-to-talk up): silence is sent, but the level and the voice times are
+    // the microphone's own (the meter still moves; measurements see the real speech).
     const muted = this.muted || !input;
     let sq = 0;
     let peak = 0;
     for (let i = 0; i < n; i++) {
-      const x = muted ? 0 : input[i];
+      const x = input ? input[i] : 0;
       sq += x * x;
       const a = x < 0 ? -x : x;
       if (a > peak) peak = a;
-      if (this.sending) this.resample(x);
+      if (this.sending) this.resample(muted ? 0 : x);
     }
     this.energy += sq;
     const rms = Math.sqrt(sq / n);

@@ -94,7 +94,9 @@ export class WebRtcTransport {
   constructor({ apiKey, micTrack, onMessage, onDrop, onRemoteStream }) {
     this.name = "webrtc";
     this.apiKey = apiKey;
-    this.micTrack = micTrack;
+    // A clone goes to the peer: push-to-talk disables it (silence is sent) while the
+    // page's own meter and measurements keep hearing the microphone.
+    this.micTrack = micTrack ? micTrack.clone() : null;
     this.onMessage = onMessage;
     this.onDrop = onDrop;
     this.onRemoteStream = onRemoteStream;
@@ -216,5 +218,6 @@ export class WebRtcTransport {
     clearTimeout(this.lostTimer);
     if (this.dc) this.dc.close();
     if (this.pc) this.pc.close();
+    if (this.micTrack) this.micTrack.stop();
   }
 }
