@@ -5,6 +5,7 @@
 import { AudioEngine, MicError } from "./audio.js";
 import { Measure } from "./measure.js";
 import { ConnectError, WebRtcTransport, WebSocketTransport } from "./transports.js";
+import { ConversationView } from "./view.js";
 
 const KEY_STORE = "duplexvoice.apiKey";
 const BACKOFF_S = [0.5, 1, 2, 4, 5];
@@ -21,6 +22,7 @@ const ui = {
 };
 
 const measure = new Measure();
+const view = new ConversationView(ui, () => app.session);
 const audio = new AudioEngine({
   capture: (m) => onCapture(m),
   playback: (m) => onPlayback(m),
@@ -271,14 +273,14 @@ function onMessage(t, msg) {
       setState(msg.state);
       if (msg.state === "SPEAKING") reopenGate();
       break;
-    case "transcript": showTranscript(msg); break;
+    case "transcript": view.showTranscript(msg); break;
     case "reply": {
       const u = measure.utterance(uid);
       if (u.turn === null && typeof msg.turn === "number") u.turn = msg.turn;
       if (u.reply_at === null) u.reply_at = performance.now();
       u.text = `${u.text} ${msg.text}`.replace(/\s+/g, " ").trim();
       audio.toPlayback({ type: "current", uid });
-      showReply(uid, u.text);
+      view.showReply(uid, u.text);
       break;
     }
     case "pause":
@@ -295,16 +297,16 @@ function onMessage(t, msg) {
       audio.toPlayback({ type: "interrupt", uid });
       app.interruptAt = performance.now();
       measure.utterance(uid).interrupted = true;
-      markInterrupted(uid);
+      view.markInterrupted(uid);
       break;
     case "utterance_end":
       audio.toPlayback({ type: "end", uid });
       measure.utterance(uid).ended = msg.reason;
-      if (msg.reason === "interrupted" || msg.reason === "stopped") markInterrupted(uid);
+      if (msg.reason === "interrupted" || msg.reason === "stopped") view.markInterrupted(uid);
       break;
     case "metrics": {
       const row = measure.server(msg);
-      if (row) showLatency(row);
+      if (row) view.showLatency(row);
       break;
     }
     case "error":
@@ -371,88 +373,11 @@ function onPlayback(m) {
   }
 }
 
-// -- conversation view -------------------------------------------------------------
-
-function bubble(key, cls, label) {
-  let li = ui.log.querySelector(`[data-key="${key}"]`);
-  if (!li) {
-    li = document.createElement("li");
-    li.dataset.key = key;
-    li.className = `msg ${cls}`;
-    const who = document.createElement("span");
-    who.className = "who";
-    who.textContent = label;
-    const body = document.createElement("span");
-    body.className = "text";
-    li.append(who, body);
-    ui.log.append(li);
-    ui.empty.hidden = true;
-  }
-  return li;
-}
-
-function scrollLog() {
-  ui.log.lastElementChild?.scrollIntoView({ block: "nearest" });
-}
-
-function showTranscript(msg) {
-  const typed = ui.log.querySelector(`[data-key="typed:${app.session}"]`);
-  if (typed && msg.final && typed.querySelector(".text").textContent.trim() === msg.text.trim()) {
-    typed.dataset.key = `s${app.session}:u${msg.turn}`; // the server's turn for what was typed
-    typed.classList.remove("partial");
-    return;
-  }
-  const li = bubble(`s${app.session}:u${msg.turn}`, "user", "You");
-  li.classList.toggle("partial", !msg.final);
-  li.querySelector(".text").textContent = msg.text;
-  scrollLog();
-}
-
-function showReply(uid, text) {
-  const li = bubble(`s${app.session}:r${uid}`, "bot", "Assistant");
-  li.dataset.utterance = String(uid);
-  li.querySelector(".text").textContent = text;
-  scrollLog();
-}
-
-function markInterrupted(uid) {
-  const li = ui.log.querySelector(`[data-key="s${app.session}:r${uid}"]`);
-  if (!li || li.classList.contains("interrupted")) return;
-  li.classList.add("interrupted");
-  const tag = document.createElement("span");
-  tag.className = "tag";
-  tag.textContent = "interrupted";
-  li.append(tag);
-}
-
-function fmt(ms) {
-  return typeof ms === "number" ? `${Math.round(ms)} ms` : "—";
-}
-
-function showLatency(row) {
-  const key = `s${app.session}:t${row.turn}`;
-  let tr = ui.latency.querySelector(`[data-key="${key}"]`);
-  if (!tr) {
-    tr = document.createElement("tr");
-    tr.dataset.key = key;
-    ui.latency.prepend(tr);
-    while (ui.latency.children.length > 8) ui.latency.lastElementChild.remove();
-  }
-  const cells = [row.turn, fmt(row.first_audio_ms), fmt(row.voice_to_voice_ms),
-    fmt(row.page_voice_to_voice_ms), fmt(row.barge_in_ms)];
-  tr.replaceChildren(...cells.map((c, i) => {
-    const td = document.createElement(i === 0 ? "th" : "td");
-    if (i === 0) td.scope = "row";
-    td.textContent = String(c);
-    return td;
-  }));
-}
-
 // page measurements arrive after the server's: refresh the rows now and then
 setInterval(() => {
   for (const row of measure.snapshotTurns()) {
-    if (ui.latency.querySelector(`[data-key="s${app.session}:t${row.turn}"]`) || row.first_audio_ms !== undefined
-      || row.voice_to_voice_ms !== undefined || row.page_voice_to_voice_ms !== undefined) showLatency(row);
+    if (view.hasLatencyRow(row.turn) || row.first_audio_ms !== undefined
+      || row.voice_to_voice_ms !== undefined || row.page_voice_to_voice_ms !== undefined) view.showLatency(row);
   }
 }, 1000);
 
@@ -528,12 +453,8 @@ ui.form.addEventListener("submit", (e) => {
     notice("error", "warn", "Connect first, then type.");
     return;
   }
-  const old = ui.log.querySelector(`[data-key="typed:${app.session}"]`);
-  if (old) old.dataset.key = `typed-done:${performance.now()}`;
-  const li = bubble(`typed:${app.session}`, "user typed", "You (typed)");
-  li.querySelector(".text").textContent = text;
+  view.showTyped(text);
   ui.text.value = "";
-  scrollLog();
 });
 
 function showKey(show) {
