@@ -92,6 +92,7 @@ def talk_block(playwright: Any, url: str, transport: str, wav: Path, cycle_s: fl
         out = {kind: records(page, kind)
                for kind in ("voice_to_voice", "hold", "interrupt", "server")}
         out["utterances"] = page.eval("dv.utterances")
+        out["rtc_delays"] = page.page.evaluate("() => window.duplexvoice.rtcDelays()")
         out["transport"] = page.eval("dv.transport")
     return out
 
@@ -105,6 +106,7 @@ def run_talk(playwright: Any, url: str, blocks: int, cycles: int) -> dict[str, A
                 "interrupt_render": []}
             for t in TRANSPORTS}
         fell_back = 0
+        rtc_delays: list[dict[str, float]] = []
         for b in range(blocks):
             for transport in (TRANSPORTS if b % 2 == 0 else TRANSPORTS[::-1]):
                 block = talk_block(playwright, url, transport, wav, cycle_s, cycles)
@@ -112,6 +114,8 @@ def run_talk(playwright: Any, url: str, blocks: int, cycles: int) -> dict[str, A
                 into = got[transport]
                 for kind in ("voice_to_voice", "hold", "interrupt"):
                     into[kind] += [float(r["ms"]) for r in block[kind]]
+                if block["rtc_delays"]:
+                    rtc_delays.append(block["rtc_delays"])
                 into["reply_to_onset"] += [float(r["reply_to_onset_ms"])
                                            for r in block["voice_to_voice"]
                                            if r.get("reply_to_onset_ms") is not None]
@@ -128,6 +132,10 @@ def run_talk(playwright: Any, url: str, blocks: int, cycles: int) -> dict[str, A
                     f"{summary(into['voice_to_voice'])['p50']:.0f} ms p50 so far, "
                     f"{len(block['hold'])} holds, {len(block['interrupt'])} interrupts")
     return {"cycle_s": cycle_s, "fell_back_to_websocket": fell_back,
+            "webrtc_browser_delays": {k: summary([float(d[k]) for d in rtc_delays
+                                                  if d.get(k) is not None])
+                                      for k in ("jitter_buffer_ms", "jitter_target_ms",
+                                                "playout_ms")},
             **{t: {k: summary(v) if k != "after_interrupt" else
                    {"n": len(v), "nonzero": sum(1 for e in v if e > 0)}
                    for k, v in got[t].items()} for t in TRANSPORTS},
@@ -180,6 +188,10 @@ def print_report(result: dict[str, Any]) -> None:
             a = talk[t]["after_interrupt"]
             print(f"interrupted utterances with audio after the interrupt ({t}): "
                   f"{a['nonzero']} of {a['n']}")
+        d = talk["webrtc_browser_delays"]
+        print("WebRTC voice in the browser (getStats, mean per block, p50 of blocks): "
+              f"jitter buffer {d['jitter_buffer_ms']['p50']:.1f} ms (target "
+              f"{d['jitter_target_ms']['p50']:.1f}), playout {d['playout_ms']['p50']:.1f} ms")
         if talk["fell_back_to_websocket"]:
             print(f"WebRTC blocks that fell back to WebSocket: {talk['fell_back_to_websocket']}")
     conn = result.get("connect")

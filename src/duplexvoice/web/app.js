@@ -510,6 +510,8 @@ const api = Object.freeze({
     return c ? ((c.baseLatency || 0) + (c.outputLatency || 0)) * 1000 : null;
   },
   audioTime() { return audio.ctx ? audio.ctx.currentTime : 0; },
+  // WebRTC only: the browser's jitter buffer and playout delays of the voice (ms).
+  rtcDelays() { return app.transport && app.transport.delays ? app.transport.delays() : Promise.resolve(null); },
   connect() { if (app.connection === "disconnected") return connect(false); return Promise.resolve(); },
   disconnect() { disconnect(); },
 });

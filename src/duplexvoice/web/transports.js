@@ -207,6 +207,22 @@ export class WebRtcTransport {
     if (this.dc && this.dc.readyState === "open") this.dc.send(JSON.stringify(obj));
   }
 
+  // Where the received voice waits in the browser (averages since the start, ms):
+  // WebRTC's jitter buffer, and the playout after it (getStats "media-playout").
+  async delays() {
+    if (!this.pc) return null;
+    const out = { jitter_buffer_ms: null, jitter_target_ms: null, playout_ms: null };
+    (await this.pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio" && s.jitterBufferEmittedCount) {
+        out.jitter_buffer_ms = (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount;
+        out.jitter_target_ms = (1000 * s.jitterBufferTargetDelay) / s.jitterBufferEmittedCount;
+      } else if (s.type === "media-playout" && s.totalSamplesCount) {
+        out.playout_ms = (1000 * s.totalPlayoutDelay) / s.totalSamplesCount;
+      }
+    });
+    return out;
+  }
+
   sendAudio() {} // the microphone track goes to the peer itself
 
   setMicOpen(open) {
