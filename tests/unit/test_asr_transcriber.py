@@ -5,7 +5,9 @@ finals, reuse, cancellation, errors, close."""
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -21,6 +23,7 @@ from duplexvoice.speech.asr import (
     Transcriber,
     Transcript,
 )
+from duplexvoice.speech.priority import lower_priority
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.unit
@@ -316,3 +319,24 @@ def test_config_is_validated() -> None:
         AsrConfig(unknown=1)  # type: ignore[call-arg]
     config = AsrConfig()
     assert config.model_path is None and config.device == "cpu" and config.beam_size == 5
+
+
+def test_the_recognizers_thread_runs_below_the_event_loop() -> None:
+    seen: list[int] = []
+
+    def probe() -> None:
+        lower_priority(5)
+        tid = threading.get_native_id()
+        seen.append(os.getpriority(os.PRIO_PROCESS, tid))
+        child = threading.Thread(target=lambda: seen.append(
+            os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        child.start()
+        child.join()
+
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    if sys.platform.startswith("linux"):
+        assert seen == [min(19, here + 5)] * 2  # and the threads it starts inherit it
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # untouched

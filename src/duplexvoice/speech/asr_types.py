@@ -53,6 +53,11 @@ class AsrConfig(BaseModel):
     speech_gate: bool = Field(
         True, description="decode only audio where Silero VAD hears speech (no words from noise)"
     )
+    nice: int = Field(
+        5, ge=0, le=19,
+        description="how much lower the recognizer's threads run than the rest of the process "
+        "(Linux; 0: the same): under load the event loop, which paces audio, goes first",
+    )
     max_queue: int = Field(
         8, ge=1, le=1000, description="finals waiting for the model before new ones are refused"
     )
