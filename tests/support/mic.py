@@ -15,6 +15,7 @@ import aiohttp
 import numpy as np
 
 from duplexvoice.orchestrator.protocol import decode_binary_frame
+from tests.support.aio import first_match
 from tests.support.speech import RATE, FloatAudio, pcm16
 
 FRAME_S = 0.02
@@ -79,20 +80,7 @@ class MicClient:
 
     async def until(self, predicate: Any, timeout: float = 30.0) -> Recorded:
         """The first recorded message (from the start) satisfying ``predicate``."""
-        deadline = time.monotonic() + timeout
-        checked = 0
-        while True:
-            for item in self.log[checked:]:
-                if predicate(item.message):
-                    return item
-            checked = len(self.log)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                kinds = [r.message.get("type") for r in self.log if r.message["type"] != "binary"]
-                raise AssertionError(f"not seen within {timeout} s; got {kinds}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
+        return await first_match(self.log, self._changed, predicate, timeout)
 
     def messages(self, kind: str) -> list[dict[str, Any]]:
         return [r.message for r in self.log if r.message["type"] == kind]

@@ -17,7 +17,6 @@ from Opus) is recorded frame by frame with its arrival time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import json
 import time
@@ -38,6 +37,7 @@ from duplexvoice.orchestrator.transports.rtc_ice import (
     add_loopback_candidate,
     rtc_configuration,
 )
+from tests.support.aio import first_match
 
 RATE = 48_000
 FRAME_SAMPLES = 960
@@ -160,20 +160,7 @@ class RtcClient:
 
     async def until(self, predicate: Any, timeout: float = 20.0) -> Event:
         """The first event (from the start) satisfying ``predicate``."""
-        deadline = time.monotonic() + timeout
-        checked = 0
-        while True:
-            for item in self.log[checked:]:
-                if predicate(item.message):
-                    return item
-            checked = len(self.log)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"not seen within {timeout} s; got "
-                                     f"{[e.message.get('type') for e in self.log]}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
+        return await first_match(self.log, self._changed, predicate, timeout)
 
     def messages(self, kind: str) -> list[dict[str, Any]]:
         return [e.message for e in self.log if e.message.get("type") == kind]

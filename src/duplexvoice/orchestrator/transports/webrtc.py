@@ -59,7 +59,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamTrack
 
-from duplexvoice.orchestrator.access import RateDecision, RateLimiter, check_access
+from duplexvoice.orchestrator.access import RateDecision, RateLimiter
 from duplexvoice.orchestrator.driver import SessionDriver
 from duplexvoice.orchestrator.messages import Error, ErrorCode
 from duplexvoice.orchestrator.protocol import (
@@ -70,6 +70,7 @@ from duplexvoice.orchestrator.protocol import (
     decode_binary_frame,
     parse_client_message,
 )
+from duplexvoice.orchestrator.transports import refusal
 from duplexvoice.orchestrator.transports.rtc_audio import (
     OutgoingAudioTrack,
     OutgoingQueue,
@@ -120,13 +121,9 @@ class WebRtcTransport:
 
     async def offer(self, request: web.Request) -> web.Response:
         orch = self.orch
-        config = orch.config
-        decision = check_access(request.headers, request.query, api_keys=config.api_keys,
-                                allowed_origins=config.allowed_origins)
-        if not decision.allowed:
-            orch.metrics.rejected_connections_total.inc()
-            log.info("refused WebRTC offer from %s: %s", request.remote, decision.reason)
-            return web.Response(status=decision.status)  # nothing else revealed
+        refused = refusal(request, orch, "a WebRTC offer")
+        if refused is not None:
+            return refused
         if not self._has_room():
             orch.metrics.rejected_connections_total.inc()
             return web.Response(status=503)

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
-from duplexvoice.orchestrator.access import RateDecision, RateLimiter, check_access
+from duplexvoice.orchestrator.access import RateDecision, RateLimiter
 from duplexvoice.orchestrator.driver import SessionDriver
 from duplexvoice.orchestrator.messages import Error, ErrorCode
 from duplexvoice.orchestrator.protocol import ProtocolError, parse_client_message
+from duplexvoice.orchestrator.transports import refusal
 from duplexvoice.orchestrator.transports.ws_output import ClientOutput
 
 if TYPE_CHECKING:
@@ -49,12 +50,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     config = orch.config
     if request.headers.get("Upgrade", "").lower() != "websocket":
         return web.Response(text="duplexvoice orchestrator: connect a WebSocket to /ws\n")
-    decision = check_access(request.headers, request.query, api_keys=config.api_keys,
-                            allowed_origins=config.allowed_origins)
-    if not decision.allowed:
-        orch.metrics.rejected_connections_total.inc()
-        log.info("refused %s: %s", request.remote, decision.reason)
-        return web.Response(status=decision.status)  # nothing else revealed
+    refused = refusal(request, orch, "a WebSocket")
+    if refused is not None:
+        return refused
     if not orch.accepting or len(orch.drivers) >= config.max_sessions:
         orch.metrics.rejected_connections_total.inc()
         return web.Response(status=503)
