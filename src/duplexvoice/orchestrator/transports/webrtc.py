@@ -70,7 +70,7 @@ from duplexvoice.orchestrator.protocol import (
     decode_binary_frame,
     parse_client_message,
 )
-from duplexvoice.orchestrator.transports import refusal
+from duplexvoice.orchestrator.transports import finish_session, refusal, start_session
 from duplexvoice.orchestrator.transports.rtc_audio import (
     OutgoingAudioTrack,
     OutgoingQueue,
@@ -276,14 +276,8 @@ class RtcPeer:
 
     def start(self) -> None:
         """The offer is answered: the session starts."""
-        orch = self.orch
-        orch.drivers.add(self.driver)
-        orch.metrics.sessions_total.inc()
-        orch.metrics.sessions_active.inc()
-        runner = asyncio.create_task(self.driver.run(), name=f"session-{self.session_id}")
+        runner = start_session(self.orch, self.driver)
         self._runner = runner
-        orch.runs.add(runner)
-        runner.add_done_callback(orch.runs.discard)
         runner.add_done_callback(self._runner_done)
         self._spawn(self._read_channel())
         self._spawn(self._watch_liveness())
@@ -329,16 +323,9 @@ class RtcPeer:
         await self._ended.wait()
         runner = self._runner
         if runner is not None:
-            self.driver.client_gone()
-            # The driver gives its worker session back on every exit; wait for it
-            # (bounded by the worker call deadline), as the WebSocket transport does.
-            await asyncio.wait((runner,), timeout=self.orch.config.worker_timeout_s + 1)
-            if not runner.done():
-                runner.cancel()
-            elif not runner.cancelled() and runner.exception() is not None:
+            await finish_session(self.orch, self.driver, runner)
+            if not runner.cancelled() and runner.exception() is not None:
                 log.info("session %s ended: %r", self.session_id, runner.exception())
-            self.orch.drivers.discard(self.driver)
-            self.orch.metrics.sessions_active.dec()
         channel = self.channel
         if self._graceful and channel is not None and channel.readyState == "open":
             # Closing the stream lets what was sent before it arrive (an SCTP reset

@@ -28,7 +28,7 @@ from duplexvoice.orchestrator.access import RateDecision, RateLimiter
 from duplexvoice.orchestrator.driver import SessionDriver
 from duplexvoice.orchestrator.messages import Error, ErrorCode
 from duplexvoice.orchestrator.protocol import ProtocolError, parse_client_message
-from duplexvoice.orchestrator.transports import refusal
+from duplexvoice.orchestrator.transports import finish_session, refusal, start_session
 from duplexvoice.orchestrator.transports.ws_output import ClientOutput
 
 if TYPE_CHECKING:
@@ -69,12 +69,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     output = ClientOutput(ws, request.transport, timeout_s=config.send_timeout_s)
     driver = SessionDriver(session_id, config, orch.registry, orch.pool, orch.metrics,
                            send=output.send, close=output.close, services=orch.services)
-    orch.drivers.add(driver)
-    orch.metrics.sessions_total.inc()
-    orch.metrics.sessions_active.inc()
-    runner = asyncio.create_task(driver.run(), name=f"session-{session_id}")
-    orch.runs.add(runner)
-    runner.add_done_callback(orch.runs.discard)
+    runner = start_session(orch, driver)
     limiters = (RateLimiter(config.rate_limit_per_s, config.rate_limit_burst,
                             strikes_to_close=_RATE_STRIKES),
                 RateLimiter(_AUDIO_MESSAGES_PER_S, _AUDIO_BURST, strikes_to_close=_RATE_STRIKES))
@@ -83,15 +78,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except ConnectionError as exc:  # the client left while we answered it
         log.debug("session %s: client gone: %s", session_id, exc)
     finally:
-        driver.client_gone()
-        # The driver gives its worker session back on every exit; wait for it (bounded
-        # by the worker call deadline) so capacity is free when this handler returns.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(runner), config.worker_timeout_s + 1)
-        if not runner.done():
-            runner.cancel()
-        orch.drivers.discard(driver)
-        orch.metrics.sessions_active.dec()
+        await finish_session(orch, driver, runner)
         with contextlib.suppress(ConnectionError):
             await output.close(1000, "")
     return ws
