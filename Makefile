@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-unit lint bench proto clean
+.PHONY: install up test test-unit lint bench proto clean worker-env
 
 install: $(STAMP)
 
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
+
+# One GPU voice family's own environment, .venv-$(FAMILY): csm, xtts or cosyvoice.
+FAMILY ?=
+worker-env:
+	@PYTHON=$(PYTHON) scripts/worker-env $(FAMILY)
 
 # The local stack: one TTS worker process and the orchestrator (embedded registry).
 up: install

@@ -17,9 +17,12 @@ import pytest
 
 from duplexvoice.worker.adapters import (
     ADAPTERS,
+    TORCH_FAMILIES,
     AdapterError,
+    FamilyNotInstalledError,
     adapter_for,
     capabilities_from_pack,
+    family_installed,
 )
 from duplexvoice.worker.adapters.base import FloatAudio, SynthesisOptions, TTSAdapter
 from duplexvoice.worker.adapters.mock import CHUNK_MS
@@ -96,7 +99,20 @@ def load_one(root: Path) -> VoicePack:
 
 
 def test_registry_names_each_family_by_its_class() -> None:
-    assert {name: cls.family for name, cls in ADAPTERS.items()} == {n: n for n in ADAPTERS}
+    installed = [name for name in ADAPTERS if family_installed(name)]
+    assert {"mock", "piper", "espeak"} <= set(installed)
+    assert {name: ADAPTERS[name].family for name in installed} == {n: n for n in installed}
+
+
+def test_a_family_whose_packages_are_missing_names_the_command_that_installs_it() -> None:
+    missing = [name for name in TORCH_FAMILIES if not family_installed(name)]
+    if not missing:
+        pytest.skip("every torch family is installed in this environment")
+    with pytest.raises(FamilyNotInstalledError) as err:
+        adapter_for(missing[0])
+    message = str(err.value)
+    assert f"make worker-env FAMILY={missing[0]}" in message
+    assert "\n" not in message
 
 
 def test_unknown_family_is_a_clear_adapter_error(tmp_path: Path) -> None:

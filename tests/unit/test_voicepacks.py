@@ -49,7 +49,7 @@ def test_valid_pack_with_defaults_and_version_as_text(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text,reason", [
     ("model_id: [broken\n", "cannot read"),
     ("- a list\n", "mapping"),
-    (GOOD.replace("family: mock", "family: cosyvoice"), "unknown family"),
+    (GOOD.replace("family: mock", "family: nosuchfamily"), "unknown family"),
     (GOOD.replace("model_id: mock-en-us-test", "model_id: Bad Id"), "model_id"),
     (GOOD.replace("languages: [en]", "languages: []"), "languages"),
     (GOOD.replace("name: Test\n", ""), "name"),

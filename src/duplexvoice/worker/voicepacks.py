@@ -72,6 +72,11 @@ class VoicePackMetadata(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict, description="family-specific settings (e.g. espeak voice name)"
     )
+    base_model: str | None = Field(
+        default=None,
+        pattern=MODEL_ID_PATTERN,
+        description="a LoRA voice: the model_id of the resident model its adapter goes over",
+    )
 
     @field_validator("version", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,11 +43,17 @@ class Capabilities:
 class SynthesisOptions:
     """Per-session options (StartSession ``options``), already validated.
 
-    ``speed`` > 1 speaks faster. Unknown option keys are ignored upstream.
+    ``speed`` > 1 speaks faster. Family-specific keys (a CSM ``speaker``, its
+    ``context``) are in ``extra``; a family ignores the keys it does not know.
+
+    ``memory`` is the session's own scratch space, one dict per session and never
+    shared: a family that carries state from one utterance to the next (CSM keeps the
+    session's last turns as context) keeps it there, not in the shared adapter.
     """
 
     speed: float = 1.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 class AdapterError(Exception):
@@ -79,6 +85,18 @@ class TTSAdapter(ABC):
         to call from several threads at once (serialize internally if the engine is
         not). Raise :class:`AdapterError` on failure.
         """
+
+    def load_lora(self, pack: VoicePack) -> TTSAdapter:
+        """Load the LoRA voice ``pack`` (its ``base_model`` is this voice) over this
+        resident model and return the adapter that speaks with it.
+
+        The returned adapter shares this model's weights; its :meth:`close` unloads
+        the LoRA weights only. The model manager keeps this base resident while the
+        LoRA voice is. Families without LoRA voices raise :class:`AdapterError`.
+        """
+        raise AdapterError(
+            f"voice pack {pack.model_id}: family {self.family!r} has no LoRA voices"
+        )
 
     def runs_inline(self, text: str) -> bool:
         """Whether synthesizing ``text`` is cheap enough to run on the event loop.
