@@ -17,6 +17,7 @@ Needs torch, transformers, tokenizers and onnx (torch.onnx export).
 from __future__ import annotations
 
 import sys
+import warnings
 import wave
 from pathlib import Path
 from typing import Any
@@ -290,11 +291,15 @@ def build_checkpoint(dest: Path) -> Path:
     _qwen(blank, vocab + 64)
     (dest / "cosyvoice2.yaml").write_text(YAML, encoding="utf-8")
     torch.manual_seed(0)
-    configs = load_config(dest / "cosyvoice2.yaml", blank)
+    with warnings.catch_warnings():  # the package's deprecations (diffusers, torch.amp)
+        warnings.simplefilter("ignore")
+        configs = load_config(dest / "cosyvoice2.yaml", blank)
     torch.save(configs["llm"].state_dict(), dest / "llm.pt")
     torch.save(configs["flow"].state_dict(), dest / "flow.pt")
     torch.save(configs["hift"].state_dict(), dest / "hift.pt")
-    _onnx_front_end(dest)
+    with warnings.catch_warnings():  # torch's legacy-exporter notice
+        warnings.simplefilter("ignore")
+        _onnx_front_end(dest)
     return dest
 
 
