@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip(
-    "cosyvoice", reason="the cosyvoice family is not installed: run `make worker-env FAMILY=cosyvoice`"
+    "cosyvoice",
+    reason="the cosyvoice family is not installed: run `make worker-env FAMILY=cosyvoice`",
 )
 
-from duplexvoice.client.worker_client import WorkerClient, synthesize_text  # noqa: E402
-from duplexvoice.launcher import WorkerProcess  # noqa: E402
-from duplexvoice.rpc import tts_pb2  # noqa: E402
-from tests.support.eventually import eventually  # noqa: E402
+from duplexvoice.client.worker_client import WorkerClient, synthesize_text
+from duplexvoice.launcher import WorkerProcess
+from duplexvoice.rpc import tts_pb2
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
 WAIT_S = 60.0

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip(
-    "cosyvoice", reason="the cosyvoice family is not installed: run `make worker-env FAMILY=cosyvoice`"
+    "cosyvoice",
+    reason="the cosyvoice family is not installed: run `make worker-env FAMILY=cosyvoice`",
 )
 
-from duplexvoice.worker.adapters.base import AdapterError, SynthesisOptions  # noqa: E402
-from duplexvoice.worker.voicepacks import load_pack  # noqa: E402
+from duplexvoice.worker.adapters.base import AdapterError, SynthesisOptions
+from duplexvoice.worker.voicepacks import load_pack
 
 pytestmark = [
     pytest.mark.integration,

@@ -211,7 +211,7 @@ def _tokenizer(dest: Path) -> int:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(SENTENCES + [PROMPT_TEXT], trainer)
+    tok.train_from_iterator([*SENTENCES, PROMPT_TEXT], trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )

@@ -155,7 +155,8 @@ class CosyVoiceAdapter(TTSAdapter):
         if params.threads:
             torch.set_num_threads(params.threads)
         try:
-            return cls._build(pack, params, folder, prompt_wav, dev, fp16, capabilities_from_pack(pack))
+            caps = capabilities_from_pack(pack)
+            return cls._build(pack, params, folder, prompt_wav, dev, fp16, caps)
         except AdapterError as exc:
             raise AdapterError(f"{where}: {exc}") from exc
 

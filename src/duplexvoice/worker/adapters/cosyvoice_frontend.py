@@ -116,7 +116,8 @@ def mel_filters(
     """librosa.filters.mel (Slaney scale and norm, librosa's defaults)."""
     top = sr / 2 if fmax is None else fmax
     fftfreqs = np.linspace(0, sr / 2, 1 + n_fft // 2)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array([fmin]))[0], _hz_to_mel(np.array([top]))[0], n_mels + 2))
+    low, high = _hz_to_mel(np.array([fmin, top], dtype=np.float64))
+    edges = _mel_to_hz(np.linspace(low, high, n_mels + 2))
     fdiff = np.diff(edges)
     ramps = np.subtract.outer(edges, fftfreqs)
     weights = np.zeros((n_mels, len(fftfreqs)))
@@ -271,7 +272,9 @@ class PromptFrontEnd:
             raise AdapterError(f"{self.campplus_path.name}: run failed: {exc}") from exc
         return torch.tensor([np.asarray(out, dtype=np.float32).flatten().tolist()])
 
-    def prompt(self, prompt_text: str, speech_16k: torch.Tensor, sample_rate: int) -> PromptFeatures:
+    def prompt(
+        self, prompt_text: str, speech_16k: torch.Tensor, sample_rate: int
+    ) -> PromptFeatures:
         """``frontend_zero_shot``'s prompt half, as the package computes it."""
         import torchaudio.functional
 
