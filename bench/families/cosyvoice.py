@@ -1,0 +1,118 @@
+"""CosyVoice 2 figures: load time, memory, first chunk latency and RTF, in-process.
+
+    python bench/families/cosyvoice.py [--pack DIR] [--device cpu] [--runs N] --json OUT
+
+Run in the family's environment (.venv-cosyvoice). Without ``--pack`` it builds the
+tiny random-weight checkpoint (tests/support/tiny/cosyvoice.py). Random weights never
+emit the end token, so an utterance is max length (20 speech tokens per text token):
+RTF and first chunk are the runtime's cost, not a real voice's. Family figure: the
+time from the first chunk to the second (the 25-token hop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+# This file is named like the package it measures: drop its folder from the path so
+# `import cosyvoice` finds the runtime, not this script.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parents[1]))
+
+TEXT = "Hello there."
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pack", type=Path, help="a cosyvoice voice pack folder")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+
+    import torch
+
+    from duplexvoice.worker.adapters.base import SynthesisOptions
+    from duplexvoice.worker.adapters.cosyvoice import CosyVoiceAdapter
+    from duplexvoice.worker.voicepacks import load_pack
+
+    pack_dir = args.pack
+    if pack_dir is None:
+        from tests.support.tiny.cosyvoice import build_checkpoint, write_pack
+
+        tmp = Path(tempfile.mkdtemp(prefix="cosy-bench-"))
+        checkpoint = build_checkpoint(tmp / "ckpt")
+        pack_dir = write_pack(tmp / "packs", "cosyvoice-en-tiny", checkpoint, threads=1)
+    pack = load_pack(pack_dir / "metadata.yaml", ["cosyvoice"])
+    before = rss_mb()
+    start = time.perf_counter()
+    adapter = CosyVoiceAdapter.load(pack, args.device)
+    load_s = time.perf_counter() - start
+    list(adapter.stream("Hi.", SynthesisOptions(), threading.Event()))  # warm-up
+    first: list[float] = []
+    hop: list[float] = []
+    rtf: list[float] = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        stamps: list[float] = []
+        samples = 0
+        for chunk in adapter.stream(TEXT, SynthesisOptions(), threading.Event()):
+            stamps.append(time.perf_counter() - t0)
+            samples += chunk.size
+        first.append(stamps[0] * 1000)
+        if len(stamps) > 1:
+            hop.append((stamps[1] - stamps[0]) * 1000)
+        rtf.append(stamps[-1] / (samples / adapter.sample_rate))
+    result: dict[str, Any] = {
+        "family": "cosyvoice",
+        "device": args.device,
+        "pack": str(pack_dir),
+        "runs": args.runs,
+        "load_s": round(load_s, 2),
+        "rss_delta_mb": round(rss_mb() - before, 1),
+        "cuda_max_allocated_mb": (
+            round(torch.cuda.max_memory_allocated() / 2**20, 1) if args.device != "cpu" else None
+        ),
+        "first_chunk_ms": {
+            "p50": pct(first, 0.5), "p95": pct(first, 0.95), "max": max(first), "count": len(first)
+        },
+        "second_chunk_gap_ms": (
+            {"p50": pct(hop, 0.5), "p95": pct(hop, 0.95), "count": len(hop)} if hop else None
+        ),
+        "rtf": {"p50": pct(rtf, 0.5), "p95": pct(rtf, 0.95), "max": max(rtf), "count": len(rtf)},
+        # TODO(lead): bench/families/common.py grpc_vs_inproc(...) once it is on main
+        "grpc_vs_inproc": None,
+    }
+    print(f"{'figure':<22} {'p50':>9} {'p95':>9}")
+    print(f"{'load s':<22} {load_s:>9.2f}")
+    print(f"{'first chunk ms':<22} {pct(first, .5):>9.0f} {pct(first, .95):>9.0f}")
+    print(f"{'rtf':<22} {pct(rtf, .5):>9.2f} {pct(rtf, .95):>9.2f}")
+    print(json.dumps(result))
+    args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    adapter.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
