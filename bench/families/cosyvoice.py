@@ -12,6 +12,7 @@ time from the first chunk to the second (the 25-token hop).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import sys
@@ -28,6 +29,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parents[1]))
 
 TEXT = "Hello there."
+
+
+def common() -> Any:
+    """bench/families/common.py, by path (this folder is off sys.path, see above)."""
+    spec = importlib.util.spec_from_file_location("bench_families_common", _HERE / "common.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pct(values: list[float], q: float) -> float:
@@ -101,8 +111,9 @@ def main() -> int:
             {"p50": pct(hop, 0.5), "p95": pct(hop, 0.95), "count": len(hop)} if hop else None
         ),
         "rtf": {"p50": pct(rtf, 0.5), "p95": pct(rtf, 0.95), "max": max(rtf), "count": len(rtf)},
-        # TODO(lead): bench/families/common.py grpc_vs_inproc(...) once it is on main
-        "grpc_vs_inproc": None,
+        "grpc_vs_inproc": common().grpc_vs_inproc(
+            pack_dir.parents[1], pack.model_id, adapter, TEXT, args.runs, args.device
+        ),
     }
     print(f"{'figure':<22} {'p50':>9} {'p95':>9}")
     print(f"{'load s':<22} {load_s:>9.2f}")
