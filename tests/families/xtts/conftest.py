@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 # Settings that make a random-weight model deterministic and quick: top_k 1 leaves
-# one token to sample, so every run of a text gives the same audio.
-FAST = {"stream_chunk_size": 4, "top_k": 1, "threads": 1}
+# one token to sample, so every run of a text gives the same audio; 6 tokens a chunk
+# gives 3 chunks per text chunk (17 tokens) and less of coqui's re-vocoding.
+FAST = {"stream_chunk_size": 6, "top_k": 1, "threads": 1}
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +24,9 @@ def xtts_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def wrong_shapes_checkpoint(xtts_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wrong_shapes_checkpoint(
+    xtts_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The tiny checkpoint's files, but config.json says 96 GPT channels (model.pth has 64)."""
     import json
     import shutil
@@ -38,7 +41,9 @@ def wrong_shapes_checkpoint(xtts_checkpoint: Path, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(scope="session")
-def missing_file_checkpoint(xtts_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def missing_file_checkpoint(
+    xtts_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The tiny checkpoint without model.pth (config, vocab and speakers only)."""
     import shutil
 

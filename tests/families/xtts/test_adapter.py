@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("TTS", reason="XTTS needs coqui-tts: run `make worker-env FAMILY=xtts`")
 
-from duplexvoice.worker.adapters.base import AdapterError, SynthesisOptions  # noqa: E402
-from duplexvoice.worker.voicepacks import VoicePack, load_pack  # noqa: E402
-from tests.families.xtts.conftest import FAST  # noqa: E402
+from duplexvoice.worker.adapters.base import AdapterError, SynthesisOptions
+from duplexvoice.worker.voicepacks import VoicePack, load_pack
+from tests.families.xtts.conftest import FAST
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,9 @@ def test_chunks_stream_before_the_generation_ends(loaded: Any) -> None:
     assert sum(c.size for c in chunks) / loaded.sample_rate > 0.5
 
 
-def test_conditioning_is_computed_once_at_load(loaded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_conditioning_is_computed_once_at_load(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert loaded.load_counts == (1, 1)  # one clip: one speaker vector, one GPT latent
     latents = Counter(loaded.model.get_gpt_cond_latents)
     speaker = Counter(loaded.model.get_speaker_embedding)

@@ -46,14 +46,16 @@ def supported_language(asked: str, languages: list[str]) -> str | None:
 
 
 def _state_dict_problem(exc: Exception) -> str:
-    """One line from torch's multi-line ``load_state_dict`` error."""
+    """One line from torch's multi-line ``load_state_dict`` error: the first size
+    mismatch if any (the telling one), else the first problem, cut short."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    problems = [line for line in lines[1:] if line] or lines or [repr(exc)]
-    first = problems[0]
-    if len(first) > 300:
-        first = first[:300] + "..."
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return first + more
+    problems = lines[1:] or lines or [repr(exc)]
+    mismatches = [line for line in problems if line.startswith("size mismatch")]
+    first = (mismatches or problems)[0]
+    if len(first) > 240:
+        first = first[:240] + "..."
+    more = len(mismatches or problems) - 1
+    return first + (f" (and {more} more)" if more else "")
 
 
 def load_model(pack: VoicePack, configured: str | None, device: torch.device) -> Any:
@@ -129,7 +131,7 @@ def builtin_speaker(pack: VoicePack, model: Any, name: str, device: torch.device
 
 def _read_clip(path: Path, max_seconds: float) -> torch.Tensor:
     """A clip as float32 mono [1, n] at 22.05 kHz, at most ``max_seconds`` long."""
-    import soundfile
+    import soundfile  # type: ignore[import-not-found, unused-ignore]
     import torchaudio
 
     info = soundfile.info(str(path))
