@@ -50,3 +50,23 @@ def missing_file_checkpoint(
     dest = tmp_path_factory.mktemp("xtts-missing") / "checkpoint"
     shutil.copytree(xtts_checkpoint, dest, ignore=shutil.ignore_patterns("model.pth"))
     return dest
+
+
+@pytest.fixture
+def legacy_checkpoint(xtts_checkpoint: Path, tmp_path: Path) -> Path:
+    """The tiny checkpoint with its config pickled into model.pth as an ``XttsConfig``
+    object under its old module path, as coqui's original XTTS checkpoints are."""
+    import shutil
+
+    import torch
+    from TTS.tts.configs.xtts_config import XttsConfig
+    from TTS.tts.models import xtts
+
+    dest = tmp_path / "legacy"
+    shutil.copytree(xtts_checkpoint, dest)
+    config = XttsConfig()
+    config.load_json(str(dest / "config.json"))
+    weights = torch.load(dest / "model.pth", weights_only=True)["model"]
+    with xtts._legacy_safe_globals():
+        torch.save({"model": weights, "config": config}, dest / "model.pth")
+    return dest

@@ -305,3 +305,18 @@ def test_bad_params_and_missing_voice_fail_before_loading(
 def test_text_too_long_is_a_clear_error(loaded: Any) -> None:
     with pytest.raises(AdapterError, match="XTTS takes fewer than"):
         speak(loaded, "word " * 500)
+
+
+def test_legacy_checkpoint_with_a_pickled_config_loads_the_same(
+    legacy_checkpoint: Path, tmp_path: Path, solo: dict[str, np.ndarray]
+) -> None:
+    """coqui converts such a model.pth in place on its first load (documented)."""
+    import torch
+
+    from duplexvoice.worker.adapters.xtts import XttsAdapter
+
+    pack = make_pack(tmp_path, "xtts-en-us-legacy", legacy_checkpoint)
+    adapter = XttsAdapter.load(pack, "cpu")
+    np.testing.assert_array_equal(speak(adapter, TEXT_A), solo[TEXT_A])
+    converted = torch.load(legacy_checkpoint / "model.pth", weights_only=True)
+    assert isinstance(converted["config"], dict)

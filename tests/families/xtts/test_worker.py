@@ -172,6 +172,7 @@ async def models(client: WorkerClient) -> dict[str, tts_pb2.ModelInfo]:
 async def test_streams_well_formed_frames(client: WorkerClient, reference: bytes) -> None:
     listed = await models(client)
     assert listed[DEFAULT].is_loaded and listed[DEFAULT].family == "xtts"
+    assert set(listed[DEFAULT].languages) == {"en", "de"}
     seconds = len(reference) / 2 / SAMPLE_RATE
     assert 1.0 < seconds < 4.0  # two sentences of up to 17 tokens each
 

@@ -94,6 +94,12 @@ def load_model(pack: VoicePack, configured: str | None, device: torch.device) ->
             f"{where}: {folder / 'model.pth'} does not match its config.json: "
             f"{_state_dict_problem(exc)}"
         ) from exc
+    except OSError as exc:
+        # coqui rewrites a legacy model.pth (pickled XttsConfig) in place on first load.
+        raise AdapterError(
+            f"{where}: cannot load {folder}: {exc!r} (coqui converts a legacy model.pth "
+            "in place on its first load: the folder must be writable once)"
+        ) from exc
     except Exception as exc:  # unreadable pickle, not a {"model": ...} dict, bad speakers
         raise AdapterError(f"{where}: cannot load {folder}: {exc!r}") from exc
     try:
