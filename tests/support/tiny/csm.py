@@ -21,6 +21,7 @@ the pack folder.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,9 @@ def build_lora(dest: Path, base_checkpoint: Path, seed: int, rank: int = 4) -> P
 
     base = CsmForConditionalGeneration.from_pretrained(base_checkpoint)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS)
-    peft_model = get_peft_model(base, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers deprecations inside PEFT
+        peft_model = get_peft_model(base, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

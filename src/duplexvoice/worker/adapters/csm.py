@@ -30,6 +30,7 @@ import math
 import queue
 import secrets
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -185,7 +186,9 @@ class CsmAdapter(TTSAdapter):
                 "(a PEFT adapter: save_pretrained of a PEFT or Unsloth LoRA)"
             )
         name = pack.model_id
-        with self.scheduler.exclusive() as sched:
+        with self.scheduler.exclusive() as sched, warnings.catch_warnings():
+            # PEFT and transformers warn about deprecations inside their own calls.
+            warnings.simplefilter("ignore")
             try:
                 if sched.peft is None:
                     from peft import PeftModel
@@ -357,7 +360,8 @@ class CsmLoraVoice(CsmAdapter):
             return
         self._closed = True
         name = self.adapter_name
-        with self.scheduler.exclusive() as sched:
+        with self.scheduler.exclusive() as sched, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PEFT warns that it re-activates another one
             peft = sched.peft
             if peft is None or name not in peft.peft_config:
                 return

@@ -65,7 +65,7 @@ class IncrementalMimiDecoder:
                 f"decoder returned {audio.size} samples for {window.shape[1]} frames; "
                 f"expected at least {wanted}"
             )
-        keep = self._context_frames
-        self._history = window[:, window.shape[1] - keep :] if keep else window[:, :0]
+        start = max(0, window.shape[1] - self._context_frames)
+        self._history = window[:, start:]
         self.frames_decoded += frames.shape[1]
         return audio[audio.size - wanted :]
