@@ -27,9 +27,12 @@ up: install
 
 # pytest exits 5 when it collected nothing (e.g. a -m filter matched nothing).
 # The browser tests need Debian's chromium: installed first when we are root.
+# Then each GPU voice family's tests run in its own environment, where one exists
+# (`make worker-env FAMILY=...`); the others are skipped with that hint.
 test: install
 	@scripts/ensure-chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	@scripts/test-families $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS) || [ $$? -eq 5 ]
@@ -47,4 +50,4 @@ proto: install
 		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. duplexvoice/rpc/tts.proto
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-csm .venv-xtts .venv-cosyvoice .pytest_cache .mypy_cache .ruff_cache

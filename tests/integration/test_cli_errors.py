@@ -56,6 +56,24 @@ def test_worker_with_an_unknown_default_model() -> None:
                    "mock-en-us-tone", "piper-en-us-joe-medium")
 
 
+@pytest.mark.parametrize("family", ["csm", "xtts", "cosyvoice"])
+def test_worker_on_a_gpu_family_this_environment_lacks(tmp_path: Path, family: str) -> None:
+    from duplexvoice.worker.adapters import family_installed
+
+    if family_installed(family):
+        pytest.skip(f"{family} is installed in this environment")
+    pack = tmp_path / family / f"{family}-en-test"
+    pack.mkdir(parents=True)
+    (pack / "metadata.yaml").write_text(
+        f"model_id: {family}-en-test\nname: Test\nfamily: {family}\nversion: 1\n"
+        "languages: [en]\n", encoding="utf-8")
+    result = run_cli("worker", "--port", "0", "--voicepack-dirs", str(tmp_path),
+                     "--default-model-id", f"{family}-en-test")
+    one_line_error(result, "default_model_id (from flag --default-model-id)",
+                   f"TTS family '{family}' needs packages this environment lacks",
+                   f"make worker-env FAMILY={family}", f".venv-{family}/bin/duplexvoice worker")
+
+
 def test_worker_with_a_missing_voicepack_folder(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-packs"
     result = run_cli("worker", "--port", "0", "--voicepack-dirs", str(missing))

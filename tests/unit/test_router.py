@@ -594,3 +594,43 @@ def test_sessions_opened_here_count_before_the_next_report() -> None:
     # A report above the local count stands (other orchestrators' sessions).
     busy = [w("a", qd=3), w("b", qd=0)]
     assert [x.queue_depth for x in with_local_load(busy, {"a": 1, "b": 2})] == [3, 2]
+
+
+# --- LoRA voices: a worker with the base resident -------------------------------
+
+CSM = "csm-en-tiny"
+LORA = "csm-en-tiny-warm"
+
+
+def lora_worker(name: str, resident: tuple[str, ...], qd: int = 0,
+                bases: object = None) -> WorkerInfo:
+    record = rec(name, resident=resident, available=(CSM, LORA), qd=qd, lora=True)
+    record["model_bases"] = {LORA: CSM} if bases is None else bases
+    info = WorkerInfo.from_record(record, NOW, TTL)
+    assert info is not None
+    return info
+
+
+def test_lora_mode_prefers_the_worker_with_the_base_resident() -> None:
+    cold = lora_worker("cold", resident=(PIPER,))
+    warm = lora_worker("warm", resident=(CSM,), qd=2)  # busier, but its base is resident
+    lora = default_routing_modes()["lora"]
+    decision = route([cold, warm], RouteRequest(model_id=LORA), lora)
+    assert chosen(decision) == "warm" and decision.load_model
+    assert warm.residency(LORA) == 1 and cold.residency(LORA) == 2 and warm.residency(CSM) == 0
+    # The adapter itself resident still beats a resident base.
+    hot = lora_worker("hot", resident=(CSM, LORA), qd=3)
+    decision = route([cold, warm, hot], RouteRequest(model_id=LORA), lora)
+    assert chosen(decision) == "hot" and not decision.load_model
+
+
+def test_lora_mode_requires_the_lora_capability() -> None:
+    plain = w("plain", resident=(CSM,), available=(CSM, LORA))
+    decision = route([plain], RouteRequest(model_id=LORA), default_routing_modes()["lora"])
+    assert decision.worker is None
+
+
+@pytest.mark.parametrize("bases", [["x"], {LORA: 3}, {"": CSM}, "csm"])
+def test_malformed_model_bases_read_as_absent(bases: object) -> None:
+    worker = lora_worker("w", resident=(CSM,), bases=bases)
+    assert dict(worker.model_bases) == {} and worker.residency(LORA) == 2

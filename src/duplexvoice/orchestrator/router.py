@@ -7,16 +7,18 @@ no event loop: the caller lists the registry, passes ``now``, and carries out th
 decision (dial the worker, ``LoadModel`` first when ``load_model`` is set).
 
 Order of preference among eligible workers: the session's current worker (affinity);
-then model resident; then lowest ``queue_depth``; then most ``prefer_tags``; then
-lowest ``rtf``, then lowest ``first_audio_ms``; then name. Unmeasured latencies (absent,
-``null`` or 0, which a fresh worker reports) sort after measured ones.
+then model resident, or for a LoRA voice its base model resident (the adapter loads
+in milliseconds over a resident base; extension ``model_bases``); then lowest
+``queue_depth``; then most ``prefer_tags``; then lowest ``rtf``, then lowest
+``first_audio_ms``; then name. Unmeasured latencies (absent, ``null`` or 0, which a
+fresh worker reports) sort after measured ones.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -86,6 +88,15 @@ class WorkerInfo:
     tags: frozenset[str] = frozenset()
     sample_rate: int | None = None  # extension ``audio.sr``; None: not advertised
     last_heartbeat_ts: float = 0.0
+    # Extension ``model_bases``: LoRA voice -> the base model its adapter goes over.
+    model_bases: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def residency(self, model_id: str) -> int:
+        """0: the model is resident here; 1: it is a LoRA voice whose base is; 2: neither."""
+        if model_id in self.resident_models:
+            return 0
+        base = self.model_bases.get(model_id)
+        return 1 if base is not None and base in self.resident_models else 2
 
     def capability(self, name: str) -> bool:
         """A boolean capability by its WIRE name (one of ``BOOL_CAPABILITIES``)."""
@@ -152,6 +163,7 @@ class WorkerInfo:
             tags=frozenset(_strings(record.get("tags")) or ()),
             sample_rate=int(sr) if sr is not None and sr > 0 and sr == int(sr) else None,
             last_heartbeat_ts=ts,
+            model_bases=_string_map(record.get("model_bases")),
         )
 
 
@@ -166,6 +178,15 @@ def _number(value: object) -> float | None:
 def _measured(value: object) -> float | None:
     number = _number(value)
     return number if number is not None and number > 0 else None
+
+
+def _string_map(value: object) -> dict[str, str]:
+    """A ``{str: str}`` extension; anything malformed reads as absent."""
+    if not isinstance(value, Mapping):
+        return {}
+    if not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()):
+        return {}
+    return dict(value)
 
 
 def _strings(value: object) -> tuple[str, ...] | None:
@@ -245,10 +266,10 @@ def _unmeasured_last(value: float | None) -> tuple[bool, float]:
 
 
 def _rank(
-    worker: WorkerInfo, resident: bool, mode: RoutingMode
+    worker: WorkerInfo, residency: int, mode: RoutingMode
 ) -> tuple[object, ...]:
     return (
-        not resident if mode.prefer_resident else False,
+        residency if mode.prefer_resident else 0,
         worker.queue_depth,
         -sum(1 for tag in mode.prefer_tags if tag in worker.tags),
         _unmeasured_last(worker.rtf),
@@ -271,9 +292,9 @@ def _pick(
         if not models:
             continue
         # On one worker a resident model beats one it would have to load.
-        model = min(models, key=lambda m: (m not in worker.resident_models, m))
+        model = min(models, key=lambda m: (worker.residency(m), m))
         resident = model in worker.resident_models
-        options.append((_rank(worker, resident, mode), worker, model, resident))
+        options.append((_rank(worker, worker.residency(model), mode), worker, model, resident))
     if not options:
         return None
     for _, worker, model, resident in options:

@@ -10,6 +10,10 @@ handed out (``acquire`` waits for the unload, then loads it again), and a load s
 only after the unloads in flight when it was planned, so memory never holds more
 than ``resident_cap`` models.
 
+A LoRA voice (``base_of`` names its base model) loads its base first and keeps it
+resident while it is (the policy's rule); at close the LoRA voices go before their
+bases.
+
 Releasing a model without a matching acquire is logged and ignored, not raised:
 ``release`` runs in session teardown (``finally`` blocks), where raising would hide
 the error that ended the session.
@@ -73,6 +77,7 @@ class ModelManager(Generic[T]):
         known_models: Callable[[], Collection[str]],
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] | None = None,
+        base_of: Callable[[str], str | None] = lambda _model_id: None,
     ) -> None:
         self.config = config
         self._policy = ModelPolicy(config)
@@ -81,6 +86,7 @@ class ModelManager(Generic[T]):
         self._known = known_models
         self._clock = clock
         self._on_change = on_change
+        self._base_of = base_of
         self._objects: dict[str, T] = {}
         self._loads: dict[str, asyncio.Task[_LoadOutcome]] = {}
         self._unloads: dict[str, asyncio.Task[None]] = {}
@@ -118,7 +124,9 @@ class ModelManager(Generic[T]):
             if n := self._policy.refcount(model_id):
                 log.warning("closing: unloading %s although refcount=%d", model_id, n)
         victims = self._policy.plan_shutdown()
-        await self._unload_all([self._start_unload(m) for m in victims])
+        lora = [m for m in victims if self._policy.base_of(m) is not None]
+        await self._unload_all([self._start_unload(m) for m in lora])
+        await self._unload_all([self._start_unload(m) for m in victims if m not in lora])
 
     # -- sessions ------------------------------------------------------------
 
@@ -178,12 +186,17 @@ class ModelManager(Generic[T]):
         if model_id not in self._known():
             raise UnknownModelError(f"no voice pack for model {model_id!r}")
         duration_ms = 0.0
+        base = self._base_of(model_id)
         # Plan again after every wait: whatever we waited for may have changed the state.
         while True:
             if self._closed:
                 raise ModelError("model manager is closed")
+            if base is not None and self._policy.state(model_id) is None:
+                # No await between the base's READY and the plan below: the base
+                # cannot be evicted in between, and once planned it has a dependent.
+                await self._ensure_resident(base, take_ref=False)
             now = self._clock()
-            plan = self._policy.plan_load(model_id, now)
+            plan = self._policy.plan_load(model_id, now, base=base)
             if plan.action is LoadAction.READY:
                 # No await between the READY decision and the reference: an eviction
                 # cannot slip in between.

@@ -15,6 +15,12 @@ Slots: ``LOADING`` and ``RESIDENT`` entries count against ``resident_cap``.
 unloads in flight that must finish before the load starts, so at most
 ``resident_cap`` models are ever in memory.
 
+LoRA voices: an entry with a ``base`` is a small adapter over another resident
+model. It loads, counts references and expires like a model, but counts against
+``lora_resident_cap`` instead of ``resident_cap`` (it shares its base's weights),
+needs its base resident to load, and keeps the base resident while it is: a base
+with adapters is never evicted, and unloading it is refused until they are gone.
+
 Errors::
 
     ModelError                  base of every model manager error
@@ -68,13 +74,19 @@ class ModelInUseError(ModelError):
 
     retryable = True
 
-    def __init__(self, model_id: str, refcount: int) -> None:
-        super().__init__(
-            f"model {model_id!r} is in use by {refcount} session(s) (refcount={refcount}); "
-            "not unloaded"
-        )
+    def __init__(self, model_id: str, refcount: int, lora_voices: Iterable[str] = ()) -> None:
+        lora = list(lora_voices)
+        if lora:
+            why = f"model {model_id!r} is in use as the base of LoRA voice(s) {', '.join(lora)}"
+            super().__init__(f"{why}; unload them first; not unloaded")
+        else:
+            super().__init__(
+                f"model {model_id!r} is in use by {refcount} session(s) "
+                f"(refcount={refcount}); not unloaded"
+            )
         self.model_id = model_id
         self.refcount = refcount
+        self.lora_voices = lora
 
 
 class ModelNotLoadedError(ModelError):
@@ -126,6 +138,12 @@ class ModelManagerConfig(BaseModel):
         min_length=1,
         description="Text of the warm-up utterance (used by the loader).",
     )
+    lora_resident_cap: int = Field(
+        default=16,
+        ge=1,
+        description="At most this many LoRA voices resident (they share their base "
+        "model's weights, so they do not count against resident_cap).",
+    )
     keep_default_resident: bool = Field(
         default=False,
         description="Never evict the default model automatically (TTL or cap); "
@@ -161,6 +179,7 @@ class ModelEntry:
     loaded_at: float | None = None
     refcount: int = 0
     pinned: bool = False
+    base: str | None = None  # a LoRA voice: the model its adapter goes over
 
 
 class LoadAction(enum.Enum):
@@ -212,30 +231,50 @@ class ModelPolicy:
     def unloading(self) -> list[str]:
         return sorted(m for m, e in self._entries.items() if e.state is ModelState.UNLOADING)
 
+    def dependents(self, model_id: str) -> list[str]:
+        """The LoRA voices (in any state) over ``model_id``."""
+        return sorted(m for m, e in self._entries.items() if e.base == model_id)
+
+    def base_of(self, model_id: str) -> str | None:
+        e = self._entries.get(model_id)
+        return e.base if e else None
+
     # -- decisions -----------------------------------------------------------
 
-    def plan_load(self, model_id: str, now: float) -> LoadPlan:
+    def plan_load(self, model_id: str, now: float, *, base: str | None = None) -> LoadPlan:
         """Decide how to make ``model_id`` resident; claim the load and its victims.
 
-        Raises CapacityError, changing nothing, when the cap is reached and too few
-        resident models are evictable.
+        ``base``: ``model_id`` is a LoRA voice over that model, which must be resident
+        (ModelNotLoadedError otherwise: the driver loads the base first, in the same
+        step as this plan). Raises CapacityError, changing nothing, when the cap is
+        reached and too few resident models are evictable.
         """
         e = self._entries.get(model_id)
         if e is not None:
             if e.state is ModelState.RESIDENT:
                 return LoadPlan(LoadAction.READY)
             return LoadPlan(LoadAction.WAIT)
-        occupied = sum(1 for x in self._entries.values() if x.state is not ModelState.UNLOADING)
-        need = occupied + 1 - self.config.resident_cap
+        if base is not None and self.state(base) is not ModelState.RESIDENT:
+            raise ModelNotLoadedError(
+                f"base model {base!r} of LoRA voice {model_id!r} is not resident"
+            )
+        is_lora = base is not None
+        cap = self.config.lora_resident_cap if is_lora else self.config.resident_cap
+        occupied = sum(
+            1
+            for x in self._entries.values()
+            if x.state is not ModelState.UNLOADING and (x.base is not None) == is_lora
+        )
+        need = occupied + 1 - cap
         victims: list[str] = []
         if need > 0:
-            candidates = self._evictable(now)
+            candidates = [c for c in self._evictable(now) if (c.base is not None) == is_lora]
             if len(candidates) < need:
-                raise CapacityError(self._capacity_message(model_id, now))
+                raise CapacityError(self._capacity_message(model_id, now, cap, is_lora))
             victims = [c.model_id for c in candidates[:need]]
         self._claim_unloads(victims)
         self._entries[model_id] = ModelEntry(
-            model_id, ModelState.LOADING, last_used=now, pinned=self._pins(model_id)
+            model_id, ModelState.LOADING, last_used=now, pinned=self._pins(model_id), base=base
         )
         return LoadPlan(LoadAction.LOAD, tuple(victims), tuple(self.unloading()))
 
@@ -266,12 +305,17 @@ class ModelPolicy:
             raise ModelNotLoadedError(f"model {model_id!r} is still loading")
         if e.refcount > 0:
             raise ModelInUseError(model_id, e.refcount)
+        if lora := self.dependents(model_id):
+            raise ModelInUseError(model_id, 0, lora_voices=lora)
         self._claim_unloads([model_id])
         return True
 
     def plan_shutdown(self) -> list[str]:
-        """Claim every resident model for unloading, references or not (closing)."""
-        victims = self.resident()
+        """Claim every resident model for unloading, references or not (closing).
+
+        LoRA voices come first in the list: the driver unloads them before their bases.
+        """
+        victims = sorted(self.resident(), key=lambda m: (self._entries[m].base is None, m))
         self._claim_unloads(victims)
         return victims
 
@@ -325,6 +369,7 @@ class ModelPolicy:
             and not e.pinned
             and e.loaded_at is not None
             and now - e.loaded_at >= min_res_s
+            and not self.dependents(e.model_id)
         ]
         out.sort(key=lambda e: (e.last_used, e.loaded_at or 0.0, e.model_id))
         return out
@@ -341,10 +386,12 @@ class ModelPolicy:
             raise RuntimeError(f"model {model_id!r} is {found}, expected {state.value}")
         return e
 
-    def _capacity_message(self, model_id: str, now: float) -> str:
+    def _capacity_message(self, model_id: str, now: float, cap: int, is_lora: bool) -> str:
         min_res_s = self.config.min_residency_ms / 1000.0
         reasons: list[str] = []
         for e in self.entries():
+            if (e.base is not None) != is_lora:
+                continue
             if e.state is ModelState.LOADING:
                 reasons.append(f"{e.model_id} (loading)")
             elif e.state is ModelState.RESIDENT:
@@ -352,11 +399,14 @@ class ModelPolicy:
                     reasons.append(f"{e.model_id} (in use, refcount={e.refcount})")
                 elif e.pinned:
                     reasons.append(f"{e.model_id} (pinned default)")
+                elif lora := self.dependents(e.model_id):
+                    reasons.append(f"{e.model_id} (base of {', '.join(lora)})")
                 elif e.loaded_at is not None and now - e.loaded_at < min_res_s:
                     reasons.append(f"{e.model_id} (loaded {now - e.loaded_at:.0f} s ago)")
                 else:
                     reasons.append(f"{e.model_id} (idle)")
+        name = "lora_resident_cap" if is_lora else "resident_cap"
         return (
-            f"cannot load {model_id!r}: resident_cap={self.config.resident_cap} reached and "
+            f"cannot load {model_id!r}: {name}={cap} reached and "
             f"no model can be evicted (min residency {min_res_s:.0f} s): " + ", ".join(reasons)
         )

@@ -16,7 +16,7 @@ from duplexvoice.audio import FRAME_MS, SAMPLE_RATE
 from duplexvoice.worker.adapters import ADAPTERS
 from duplexvoice.worker.adapters.base import TTSAdapter
 from duplexvoice.worker.config import WorkerConfig
-from duplexvoice.worker.model_manager import ModelManager
+from duplexvoice.worker.model_manager import ModelManager, ModelNotLoadedError, UnknownModelError
 from duplexvoice.worker.priority import call_at_low_priority, lower_thread_priority
 from duplexvoice.worker.registry import RegistryPublisher, build_record
 from duplexvoice.worker.session import WorkerSession
@@ -44,6 +44,7 @@ class WorkerRuntime:
             unload=lambda _model_id, voice: voice.close(),
             known_models=lambda: self.catalog.keys(),
             on_change=self.notify_changed,
+            base_of=self.base_of,
         )
         self.sessions: dict[str, WorkerSession] = {}
         self.executor = ThreadPoolExecutor(
@@ -72,15 +73,42 @@ class WorkerRuntime:
         self.scan_errors = result.errors
         return result
 
+    def base_of(self, model_id: str) -> str | None:
+        """The base model of a LoRA voice (None for a model), checked against the catalog:
+        the base must be a voice pack of the same family that is not itself a LoRA voice.
+        """
+        pack = self.catalog.get(model_id)
+        if pack is None or pack.metadata.base_model is None:
+            return None
+        base_id = pack.metadata.base_model
+        base = self.catalog.get(base_id)
+        if base is None:
+            raise UnknownModelError(
+                f"LoRA voice {model_id!r}: no voice pack for its base {base_id!r}"
+            )
+        if base.family != pack.family or base.metadata.base_model is not None:
+            raise UnknownModelError(
+                f"LoRA voice {model_id!r}: its base {base_id!r} must be a {pack.family} model, "
+                "not a LoRA voice nor another family"
+            )
+        return base_id
+
     def _load_voice(self, model_id: str) -> LoadedVoice:
         pack = self.catalog[model_id]
         models = self.config.models
         warmup = models.warmup_text if models.warmup_enabled else None
         start = time.perf_counter()
-        voice = call_at_low_priority(
-            lambda: LoadedVoice.load(pack, self.config.device, warmup, self.adapters),
-            self.config.synthesis_niceness,
-        )
+        base_id = self.base_of(model_id)
+
+        def load() -> LoadedVoice:
+            if base_id is None:
+                return LoadedVoice.load(pack, self.config.device, warmup, self.adapters)
+            base = self.models.get(base_id)
+            if base is None:  # the manager keeps the base resident while this loads
+                raise ModelNotLoadedError(f"base model {base_id!r} is not resident")
+            return LoadedVoice.load_lora(pack, base, warmup)
+
+        voice = call_at_low_priority(load, self.config.synthesis_niceness)
         log.info(
             "loaded %s in %.0f ms (warm-up %.0f ms, gain %+.1f dB)",
             model_id, (time.perf_counter() - start) * 1000, voice.warmup_ms,
@@ -203,6 +231,11 @@ class WorkerRuntime:
             now=time.time(),
             extra={
                 "available_models": sorted(self.catalog),
+                "model_bases": {
+                    m: p.metadata.base_model
+                    for m, p in sorted(self.catalog.items())
+                    if p.metadata.base_model is not None
+                },
                 "audio": {"sr": SAMPLE_RATE, "frame_ms": FRAME_MS},
                 "hardware": {"device": self.config.device},
                 "version": __version__,

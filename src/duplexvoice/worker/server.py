@@ -21,6 +21,7 @@ import grpc
 from duplexvoice.config import OptionError
 from duplexvoice.launcher import exit_with_parent, parent_to_follow
 from duplexvoice.rpc import tts_pb2_grpc
+from duplexvoice.worker.adapters import FamilyNotInstalledError, adapter_for
 from duplexvoice.worker.config import WorkerConfig
 from duplexvoice.worker.model_policy import ModelError
 from duplexvoice.worker.runtime import WorkerRuntime
@@ -65,6 +66,19 @@ def _bind(server: grpc.aio.Server, config: WorkerConfig) -> int:
     return port
 
 
+def check_families(runtime: WorkerRuntime) -> None:
+    """The default voice's family (and a LoRA voice's base's) must import here: a GPU
+    family lives in its own environment, and the error names the command that makes it."""
+    model_id = runtime.config.models.default_model_id
+    pack = runtime.catalog.get(model_id)
+    if pack is None:
+        return
+    try:
+        adapter_for(pack.family, runtime.adapters)
+    except FamilyNotInstalledError as exc:
+        raise OptionError("default_model_id", f"voice {model_id!r}: {exc}") from None
+
+
 async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives (or, when started by
     ``duplexvoice up``, its parent ends)."""
@@ -72,6 +86,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> None
     check_voicepack_dirs(config)
     runtime = WorkerRuntime(config)
     check_model_ids(config, set(runtime.catalog))
+    check_families(runtime)
     for problem in runtime.scan_errors:
         print(f"warning: voice pack skipped: {problem}", flush=True)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

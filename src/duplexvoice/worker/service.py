@@ -241,6 +241,8 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
             }
             if "sample_rate" in meta.audio:
                 info["native_sample_rate"] = str(meta.audio["sample_rate"])
+            if meta.base_model is not None:
+                info["base_model"] = meta.base_model  # a LoRA voice over this model
             models.append(tts_pb2.ModelInfo(
                 model_id=model_id, family=meta.family, is_loaded=model_id in resident,
                 languages=meta.languages, metadata=info,

@@ -63,7 +63,17 @@ class LoadedVoice:
     ) -> LoadedVoice:
         """Load the model with its family's adapter from ``adapters`` and, if asked,
         warm it up (slow: call on a thread)."""
-        voice = cls(pack, adapter_for(pack.family, adapters).load(pack, device))
+        return cls.warmed(pack, adapter_for(pack.family, adapters).load(pack, device), warmup_text)
+
+    @classmethod
+    def load_lora(cls, pack: VoicePack, base: LoadedVoice, warmup_text: str | None) -> LoadedVoice:
+        """Load the LoRA voice ``pack`` over the resident ``base`` (slow: on a thread)."""
+        return cls.warmed(pack, base.adapter.load_lora(pack), warmup_text)
+
+    @classmethod
+    def warmed(cls, pack: VoicePack, adapter: TTSAdapter, warmup_text: str | None) -> LoadedVoice:
+        """A voice around a loaded adapter, warmed up (and its loudness calibrated) if asked."""
+        voice = cls(pack, adapter)
         if warmup_text:
             start = time.perf_counter()
             chunks = list(voice.adapter.stream(warmup_text, SynthesisOptions(), threading.Event()))

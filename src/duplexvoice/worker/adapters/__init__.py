@@ -84,9 +84,10 @@ class _Families(Mapping[str, type[TTSAdapter]]):
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
+            missing = getattr(exc, "name", None) or str(exc)
             raise FamilyNotInstalledError(
                 f"TTS family {family!r} needs packages this environment lacks "
-                f"({exc}): {install_hint(family)}"
+                f"(no module {missing!r}): {install_hint(family)}"
             ) from exc
         cls: type[TTSAdapter] = getattr(module, class_name)
         self._loaded[family] = cls
