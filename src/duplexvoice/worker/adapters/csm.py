@@ -26,6 +26,8 @@ control).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import queue
 import secrets
@@ -71,6 +73,10 @@ LORA_TARGETS = (
 )
 _END = object()
 
+# CSM's generate logs "does not support EosTokenCriteria" on every call: it drops the
+# text EOS criterion by design (audio ends with an all-zero frame). Not news per utterance.
+logging.getLogger("transformers.models.csm.generation_csm").setLevel(logging.ERROR)
+
 
 class CsmParams(BaseModel):
     """``params`` of a CSM pack."""
@@ -101,6 +107,14 @@ class CsmLoraParams(BaseModel):
 
 
 REQUIRED = ["config.json", "tokenizer_config.json"]
+# transformers 5 saves processor_config.json; older conversions preprocessor_config.json.
+PROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _validate_checkpoint(pack: VoicePack, folder: Path) -> None:
@@ -110,7 +124,7 @@ def _validate_checkpoint(pack: VoicePack, folder: Path) -> None:
         missing.append("model*.safetensors")
     if not (folder / "tokenizer.json").exists():
         missing.append("tokenizer.json")
-    if not any((folder / n).exists() for n in ("preprocessor_config.json", "processor_config.json")):
+    if not any((folder / n).exists() for n in PROCESSOR_CONFIGS):
         missing.append("preprocessor_config.json")
     if missing:
         raise AdapterError(
@@ -160,10 +174,9 @@ class CsmAdapter(TTSAdapter):
             )
             processor = AutoProcessor.from_pretrained(folder)
         except Exception as exc:  # shape mismatch, corrupt file, bad config
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise AdapterError(
                 f"voice pack {pack.model_id}: cannot load CSM checkpoint {folder}: "
-                f"{type(exc).__name__}: {first}"
+                f"{_first_line(exc)}"
             ) from exc
         try:
             model.to(dev)
@@ -180,7 +193,7 @@ class CsmAdapter(TTSAdapter):
         params = parse_params(pack, CsmLoraParams)
         folder = ts.checkpoint_dir(pack, params.adapter_dir)
         ts.require_files(pack, folder, ["adapter_config.json"])
-        if not any((folder / n).exists() for n in ("adapter_model.safetensors", "adapter_model.bin")):
+        if not any((folder / n).exists() for n in ADAPTER_WEIGHTS):
             raise AdapterError(
                 f"voice pack {pack.model_id}: {folder} is missing adapter_model.safetensors "
                 "(a PEFT adapter: save_pretrained of a PEFT or Unsloth LoRA)"
@@ -201,15 +214,14 @@ class CsmAdapter(TTSAdapter):
             except Exception as exc:
                 raise AdapterError(
                     f"voice pack {pack.model_id}: cannot load LoRA adapter {folder}: "
-                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                    f"{_first_line(exc)}"
                 ) from exc
             if sched.active is None and len(sched.peft.peft_config) > 1:
                 # Adapters were disabled for a base session: keep the state we track.
                 sched.peft.base_model.enable_adapter_layers()
             sched.active = name
-        lora_params = self.params.model_copy(
-            update={"speaker": params.speaker if params.speaker is not None else self.params.speaker}
-        )
+        speaker = self.params.speaker if params.speaker is None else params.speaker
+        lora_params = self.params.model_copy(update={"speaker": speaker})
         return CsmLoraVoice(
             self.model, self.processor, self.device, capabilities_from_pack(pack),
             lora_params, adapter=name, scheduler=self.scheduler,
@@ -247,7 +259,9 @@ class CsmAdapter(TTSAdapter):
             tok.bos_token, tok.eos_token, audio_token, "<|audio_eos|>", context, speaker, text
         )
         try:
-            kwargs: dict[str, Any] = {"text": prompt, "add_special_tokens": False, "return_tensors": "pt"}
+            kwargs: dict[str, Any] = {
+                "text": prompt, "add_special_tokens": False, "return_tensors": "pt"
+            }
             if audios:
                 kwargs["audio"] = audios
                 kwargs["sampling_rate"] = SAMPLE_RATE
@@ -298,7 +312,7 @@ class CsmAdapter(TTSAdapter):
             except Exception as exc:  # handed to the consumer
                 _offer(frames, exc, stop)
             finally:
-                _offer(frames, _END, stop, force=True)
+                _offer(frames, _END, stop)
 
         thread = threading.Thread(target=run, name="csm-generate", daemon=True)
         decoder = IncrementalMimiDecoder(
@@ -332,10 +346,8 @@ class CsmAdapter(TTSAdapter):
         finally:
             stop.set()
             while thread.is_alive():  # drain so a blocked put() sees stop
-                try:
+                with contextlib.suppress(queue.Empty):
                     frames.get(timeout=WAIT_S)
-                except queue.Empty:
-                    pass
             thread.join()
 
     def _push(self, decoder: IncrementalMimiDecoder, pending: list[Any]) -> FloatAudio:
@@ -415,13 +427,11 @@ class _FrameStreamer:
         pass
 
 
-def _offer(q: queue.Queue[object], item: object, stop: threading.Event, force: bool = False) -> None:
-    while True:
+def _offer(q: queue.Queue[object], item: object, stop: threading.Event) -> None:
+    """Put ``item`` unless the consumer has gone (then nobody reads it)."""
+    while not stop.is_set():
         try:
             q.put(item, timeout=WAIT_S)
             return
         except queue.Full:
-            if stop.is_set() and not force:
-                return
-            if stop.is_set():
-                return  # the consumer is draining or gone
+            continue
