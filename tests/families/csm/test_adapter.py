@@ -17,12 +17,12 @@ pytest.importorskip(
     "transformers", reason="CSM family not installed: run `make worker-env FAMILY=csm`"
 )
 
-from duplexvoice.worker.adapters.base import AdapterError, SynthesisOptions  # noqa: E402
-from duplexvoice.worker.adapters.csm import CsmAdapter  # noqa: E402
-from duplexvoice.worker.adapters.csm_decode import IncrementalMimiDecoder  # noqa: E402
-from tests.families.csm.conftest import BASE, TinyCsm  # noqa: E402
-from tests.families.csm.helpers import audio, packs, speak  # noqa: E402
-from tests.support.tiny import csm as tiny  # noqa: E402
+from duplexvoice.worker.adapters.base import AdapterError, SynthesisOptions
+from duplexvoice.worker.adapters.csm import CsmAdapter
+from duplexvoice.worker.adapters.csm_decode import IncrementalMimiDecoder
+from tests.families.csm.conftest import BASE, TinyCsm
+from tests.families.csm.helpers import audio, packs, speak
+from tests.support.tiny import csm as tiny
 
 pytestmark = pytest.mark.integration
 

@@ -14,18 +14,18 @@ import pytest
 
 pytest.importorskip("peft", reason="CSM family not installed: run `make worker-env FAMILY=csm`")
 
-from duplexvoice.client.worker_client import WorkerClient, synthesize_text  # noqa: E402
-from duplexvoice.launcher import WorkerProcess  # noqa: E402
-from duplexvoice.rpc import tts_pb2  # noqa: E402
-from tests.families.csm.conftest import BASE, LORA_A, LORA_B, TinyCsm  # noqa: E402
-from tests.integration.test_worker_stream import (  # noqa: E402
+from duplexvoice.client.worker_client import WorkerClient, synthesize_text
+from duplexvoice.launcher import WorkerProcess
+from duplexvoice.rpc import tts_pb2
+from tests.families.csm.conftest import BASE, LORA_A, LORA_B, TinyCsm
+from tests.integration.test_worker_stream import (
     Receiver,
     check_frames,
     collect,
     same_audio,
 )
-from tests.support.eventually import eventually  # noqa: E402
-from tests.support.tiny import csm as tiny  # noqa: E402
+from tests.support.eventually import eventually
+from tests.support.tiny import csm as tiny
 
 pytestmark = pytest.mark.integration
 

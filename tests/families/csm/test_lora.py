@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("peft", reason="CSM family not installed: run `make worker-env FAMILY=csm`")
 
-from duplexvoice.worker.adapters.base import AdapterError, TTSAdapter  # noqa: E402
-from duplexvoice.worker.adapters.csm import CsmAdapter  # noqa: E402
-from tests.families.csm.conftest import BASE, LORA_A, LORA_B, TinyCsm  # noqa: E402
-from tests.families.csm.helpers import audio, packs, speak  # noqa: E402
+from duplexvoice.worker.adapters.base import AdapterError, TTSAdapter
+from duplexvoice.worker.adapters.csm import CsmAdapter
+from tests.families.csm.conftest import BASE, LORA_A, LORA_B, TinyCsm
+from tests.families.csm.helpers import audio, packs, speak
 
 pytestmark = pytest.mark.integration
 
@@ -110,5 +110,5 @@ def test_bad_adapter_folder(base: CsmAdapter, tiny_csm: TinyCsm) -> None:
     empty = tiny_csm.root / "empty-adapter"
     empty.mkdir(exist_ok=True)
     tiny.write_lora_pack(tiny_csm.root / "bad-lora", "csm-en-lora-empty", empty, BASE)
-    with pytest.raises(AdapterError, match="adapter_config.json"):
+    with pytest.raises(AdapterError, match=r"adapter_config\.json"):
         base.load_lora(packs(tiny_csm.root / "bad-lora")["csm-en-lora-empty"])
