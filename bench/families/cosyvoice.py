@@ -94,26 +94,31 @@ def main() -> int:
         if len(stamps) > 1:
             hop.append((stamps[1] - stamps[0]) * 1000)
         rtf.append(stamps[-1] / (samples / adapter.sample_rate))
+    grpc = common().grpc_vs_inproc(
+        pack_dir.parents[1], pack.model_id, adapter, TEXT, args.runs, args.device
+    )
     result: dict[str, Any] = {
         "family": "cosyvoice",
+        "checkpoint": "tiny (random weights)" if args.pack is None else str(pack_dir),
         "device": args.device,
-        "pack": str(pack_dir),
         "runs": args.runs,
         "load_s": round(load_s, 2),
-        "rss_delta_mb": round(rss_mb() - before, 1),
-        "cuda_max_allocated_mb": (
-            round(torch.cuda.max_memory_allocated() / 2**20, 1) if args.device != "cpu" else None
+        "rss_mb": round(rss_mb() - before, 1),
+        "gpu_mb": (
+            round(torch.cuda.max_memory_allocated() / 2**20, 1) if args.device != "cpu" else 0.0
         ),
         "first_chunk_ms": {
-            "p50": pct(first, 0.5), "p95": pct(first, 0.95), "max": max(first), "count": len(first)
+            "n": len(first), "p50": pct(first, 0.5), "p95": pct(first, 0.95), "max": max(first)
         },
-        "second_chunk_gap_ms": (
-            {"p50": pct(hop, 0.5), "p95": pct(hop, 0.95), "count": len(hop)} if hop else None
-        ),
-        "rtf": {"p50": pct(rtf, 0.5), "p95": pct(rtf, 0.95), "max": max(rtf), "count": len(rtf)},
-        "grpc_vs_inproc": common().grpc_vs_inproc(
-            pack_dir.parents[1], pack.model_id, adapter, TEXT, args.runs, args.device
-        ),
+        "rtf": pct(rtf, 0.5),
+        "rtf_summary": {"n": len(rtf), "p50": pct(rtf, 0.5), "p95": pct(rtf, 0.95),
+                        "max": max(rtf)},
+        "grpc": grpc,
+        "extra": {
+            "second_chunk_gap_ms": (
+                {"n": len(hop), "p50": pct(hop, 0.5), "p95": pct(hop, 0.95)} if hop else None
+            ),
+        },
     }
     print(f"{'figure':<22} {'p50':>9} {'p95':>9}")
     print(f"{'load s':<22} {load_s:>9.2f}")
