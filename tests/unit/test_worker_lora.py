@@ -118,3 +118,23 @@ async def test_a_lora_voice_whose_base_has_no_pack_is_refused(servicer: TTSServi
     assert err.value.code is grpc.StatusCode.NOT_FOUND
     assert "no voice pack for its base 'fake-en-us-missing'" in str(err.value)
     assert ORPHAN not in servicer.rt.models.resident_models()
+
+
+async def test_a_lora_voice_loads_without_a_warm_up_and_starts_at_its_base_loudness(
+    servicer: TTSServicer,
+) -> None:
+    import numpy as np
+
+    rt = servicer.rt
+    await rt.models.load(MODEL_ID)
+    base = rt.models.get(MODEL_ID)
+    assert base is not None
+    tone = 0.05 * np.sin(np.linspace(0, 2 * np.pi * 440, 48_000)).astype(np.float32)
+    base.loudness.calibrate(tone, 48_000)
+    assert base.loudness.calibrated
+    await start(servicer, "s1", LORA)
+    lora = rt.models.get(LORA)
+    assert lora is not None and lora.warmup_ms == 0.0
+    assert lora.adapter.texts() == []  # type: ignore[attr-defined]  # nothing synthesized
+    assert lora.loudness is not base.loudness  # its own, seeded from the base's
+    assert lora.loudness.gain_db == base.loudness.gain_db and lora.loudness.calibrated

@@ -240,6 +240,15 @@ class VoiceLoudness:
         with self._lock:
             return self._calibrated
 
+    def seeded_from(self, other: VoiceLoudness) -> VoiceLoudness:
+        """A new voice's loudness starting from ``other``'s calibration (a LoRA voice
+        from its base model): its own utterances then move it (``observe``)."""
+        seeded = VoiceLoudness(self._target, self._max_adjust, smoothing=self._smoothing)
+        with other._lock:
+            seeded._gain_db, seeded._makeup_db = other._gain_db, other._makeup_db
+            seeded._calibrated = other._calibrated
+        return seeded
+
     def _gain_for(self, raw_lufs: float) -> float:
         return min(MAX_VOICE_GAIN_DB, max(-MAX_VOICE_GAIN_DB, self._target - raw_lufs))
 

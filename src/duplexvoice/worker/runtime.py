@@ -106,7 +106,7 @@ class WorkerRuntime:
             base = self.models.get(base_id)
             if base is None:  # the manager keeps the base resident while this loads
                 raise ModelNotLoadedError(f"base model {base_id!r} is not resident")
-            return LoadedVoice.load_lora(pack, base, warmup)
+            return LoadedVoice.load_lora(pack, base)
 
         voice = call_at_low_priority(load, self.config.synthesis_niceness)
         log.info(

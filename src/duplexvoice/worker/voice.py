@@ -66,9 +66,17 @@ class LoadedVoice:
         return cls.warmed(pack, adapter_for(pack.family, adapters).load(pack, device), warmup_text)
 
     @classmethod
-    def load_lora(cls, pack: VoicePack, base: LoadedVoice, warmup_text: str | None) -> LoadedVoice:
-        """Load the LoRA voice ``pack`` over the resident ``base`` (slow: on a thread)."""
-        return cls.warmed(pack, base.adapter.load_lora(pack), warmup_text)
+    def load_lora(cls, pack: VoicePack, base: LoadedVoice) -> LoadedVoice:
+        """Load the LoRA voice ``pack`` over the resident, warm ``base`` (on a thread).
+
+        No warm-up: an adapter loads in tens of milliseconds and the base is warm, while
+        a warm-up utterance would cost a whole synthesis (and take turns from the
+        base's sessions). Loudness starts from the base's calibration and follows the
+        LoRA voice's own utterances from there.
+        """
+        voice = cls(pack, base.adapter.load_lora(pack))
+        voice.loudness = voice.loudness.seeded_from(base.loudness)
+        return voice
 
     @classmethod
     def warmed(cls, pack: VoicePack, adapter: TTSAdapter, warmup_text: str | None) -> LoadedVoice:

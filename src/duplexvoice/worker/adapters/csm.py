@@ -162,6 +162,7 @@ class CsmAdapter(TTSAdapter):
         from duplexvoice.worker.adapters import capabilities_from_pack, parse_params
 
         params = parse_params(pack, CsmParams)
+        ts.quiet_progress_bars()
         dev = ts.torch_device(device)
         dtype = ts.torch_dtype(dev, params.dtype)
         folder = ts.checkpoint_dir(pack, params.checkpoint_dir)

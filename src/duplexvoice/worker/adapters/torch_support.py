@@ -8,6 +8,7 @@ physical GPUs a worker sees, so ``cuda:0`` is the first GPU *it* sees.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,6 +21,20 @@ if TYPE_CHECKING:
     from duplexvoice.worker.voicepacks import VoicePack
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+# Checkpoints are local folders: a worker never fetches from a model hub, even when a
+# config names a hub repository (set before any family imports transformers).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def quiet_progress_bars() -> None:
+    """transformers draws a progress bar per checkpoint load: noise in a worker's log."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
 
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 
