@@ -17,13 +17,9 @@ from duplexvoice.launcher import WorkerProcess
 from duplexvoice.rpc import tts_pb2
 from duplexvoice.worker.config import BUNDLED_VOICEPACKS
 from tests.support.eventually import eventually
+from tests.support.grpc_stream import models
 
 pytestmark = pytest.mark.integration
-
-
-async def models(client: WorkerClient) -> dict[str, tts_pb2.ModelInfo]:
-    reply = await client.stub.ListModels(tts_pb2.ListModelsRequest())
-    return {m.model_id: m for m in reply.models}
 
 
 async def capabilities(client: WorkerClient) -> tts_pb2.GetCapabilitiesResponse:

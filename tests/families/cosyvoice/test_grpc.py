@@ -18,6 +18,7 @@ from duplexvoice.client.worker_client import WorkerClient, synthesize_text
 from duplexvoice.launcher import WorkerProcess
 from duplexvoice.rpc import tts_pb2
 from tests.support.eventually import eventually
+from tests.support.grpc_stream import models
 
 pytestmark = pytest.mark.integration
 WAIT_S = 60.0
@@ -42,11 +43,6 @@ async def client(worker: WorkerProcess) -> AsyncIterator[WorkerClient]:
     async with WorkerClient(worker.addr) as c:
         await c.wait_ready(within_s=120)
         yield c
-
-
-async def models(client: WorkerClient) -> dict[str, tts_pb2.ModelInfo]:
-    reply = await client.stub.ListModels(tts_pb2.ListModelsRequest())
-    return {m.model_id: m for m in reply.models}
 
 
 async def test_streams_stop_and_pause(client: WorkerClient) -> None:

@@ -25,6 +25,7 @@ from tests.integration.test_worker_stream import (
     same_audio,
 )
 from tests.support.eventually import eventually
+from tests.support.grpc_stream import models
 from tests.support.tiny import csm as tiny
 
 pytestmark = pytest.mark.integration
@@ -78,11 +79,6 @@ async def client(worker: WorkerProcess) -> AsyncIterator[WorkerClient]:
     async with WorkerClient(worker.addr) as c:
         await c.wait_ready()
         yield c
-
-
-async def models(client: WorkerClient) -> dict[str, tts_pb2.ModelInfo]:
-    reply = await client.stub.ListModels(tts_pb2.ListModelsRequest())
-    return {m.model_id: m for m in reply.models}
 
 
 async def test_streams_frames(client: WorkerClient) -> None:

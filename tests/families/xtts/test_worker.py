@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("TTS", reason="XTTS needs coqui-tts: run `make worker-env FAMILY=xtts`")
 
-from duplexvoice.audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+from duplexvoice.audio import SAMPLE_RATE
 from duplexvoice.client.worker_client import WorkerClient, synthesize_text
 from duplexvoice.launcher import WorkerProcess
 from duplexvoice.rpc import tts_pb2
 from tests.families.xtts.conftest import FAST
 from tests.support.eventually import eventually
+from tests.support.grpc_stream import Receiver, check_frames, models, same_audio, within
 
 pytestmark = pytest.mark.integration
 
@@ -36,76 +36,9 @@ SHAPES = "xtts-en-us-shapes"
 TEXT = "Hello, this is a warm-up. The quick brown fox jumps."
 WAIT_S = 90.0
 
-T = TypeVar("T")
-
-
-async def within(awaitable: Awaitable[T], what: str) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, WAIT_S)
-    except TimeoutError:
-        raise AssertionError(f"not within {WAIT_S:.0f} s: {what}") from None
-
 
 def new_id() -> str:
     return f"x-{uuid.uuid4().hex[:10]}"
-
-
-class Receiver:
-    """Reads one stream on its own task; tests wait for frame counts."""
-
-    def __init__(self, call: AsyncIterator[tts_pb2.AudioFrame], name: str) -> None:
-        self.name = name
-        self.frames: list[tts_pb2.AudioFrame] = []
-        self._arrived = asyncio.Event()
-        self.task = asyncio.create_task(self._read(call))
-
-    async def _read(self, call: AsyncIterator[tts_pb2.AudioFrame]) -> None:
-        try:
-            async for frame in call:
-                self.frames.append(frame)
-                self._arrived.set()
-        finally:
-            self._arrived.set()
-
-    async def wait_for_count(self, n: int) -> None:
-        async def arrived() -> None:
-            while len(self.frames) < n:
-                if self.task.done():
-                    raise AssertionError(f"{self.name}: ended after {len(self.frames)} frames")
-                self._arrived.clear()
-                await self._arrived.wait()
-
-        await within(arrived(), f"{self.name}: {n} frames")
-
-    async def end(self) -> list[tts_pb2.AudioFrame]:
-        await within(asyncio.shield(self.task), f"{self.name}: end of the stream")
-        return self.frames
-
-
-def check_frames(frames: list[tts_pb2.AudioFrame]) -> bytes:
-    """WIRE §2: numbered 20 ms frames at 48 kHz, then exactly one final marker."""
-    assert frames, "no frames"
-    assert [f.sequence_number for f in frames] == list(range(1, len(frames) + 1))
-    assert [f.is_final for f in frames].count(True) == 1 and frames[-1].is_final
-    for f in frames:
-        assert f.sample_rate == SAMPLE_RATE and f.frame_duration_ms == FRAME_MS
-        assert len(f.audio_data) == FRAME_BYTES or (f.is_final and not f.audio_data)
-    return b"".join(f.audio_data for f in frames)
-
-
-def same_audio(a: bytes, b: bytes) -> bool:
-    """Same samples frame by frame, up to a gain."""
-    if len(a) != len(b):
-        return False
-    x = np.frombuffer(a, dtype="<i2").astype(np.float64).reshape(-1, FRAME_BYTES // 2)
-    y = np.frombuffer(b, dtype="<i2").astype(np.float64).reshape(-1, FRAME_BYTES // 2)
-    for fx, fy in zip(x, y, strict=True):
-        nx, ny = np.linalg.norm(fx), np.linalg.norm(fy)
-        if nx < 30 and ny < 30:
-            continue
-        if float(np.dot(fx, fy)) / (nx * ny + 1e-9) < 0.99:
-            return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -162,11 +95,6 @@ async def collect(client: WorkerClient, text: str, model: str = DEFAULT) -> list
         return [frame async for frame in client.synthesize(sid, text)]
     finally:
         await client.end_session(sid)
-
-
-async def models(client: WorkerClient) -> dict[str, tts_pb2.ModelInfo]:
-    reply = await client.stub.ListModels(tts_pb2.ListModelsRequest())
-    return {m.model_id: m for m in reply.models}
 
 
 async def test_streams_well_formed_frames(client: WorkerClient, reference: bytes) -> None:
