@@ -18,14 +18,9 @@ from duplexvoice.client.worker_client import WorkerClient, synthesize_text
 from duplexvoice.launcher import WorkerProcess
 from duplexvoice.rpc import tts_pb2
 from tests.families.csm.conftest import BASE, LORA_A, LORA_B, TinyCsm
-from tests.integration.test_worker_stream import (
-    Receiver,
-    check_frames,
-    collect,
-    same_audio,
-)
+from tests.integration.test_worker_stream import collect
 from tests.support.eventually import eventually
-from tests.support.grpc_stream import models
+from tests.support.grpc_stream import Receiver, check_frames, models, same_audio
 from tests.support.tiny import csm as tiny
 
 pytestmark = pytest.mark.integration
