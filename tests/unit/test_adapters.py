@@ -386,3 +386,11 @@ def test_mock_render_is_independent_of_chunking(rate: int, speed: float) -> None
         assert np.array_equal(np.concatenate(pieces), whole)
     # Tapered: every word starts from silence.
     assert all(whole[word.start] == 0.0 for word in words)
+
+
+def test_knowing_a_family_imports_nothing() -> None:
+    import sys
+
+    before = set(sys.modules)
+    assert "csm" in ADAPTERS and "cosyvoice" in ADAPTERS and "nope" not in ADAPTERS
+    assert not {m for m in set(sys.modules) - before if m.startswith("duplexvoice.worker")}

@@ -9,6 +9,8 @@ frame, so ``tags(frames) == adapter.tags()`` says: every chunk arrived, once, in
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,12 +19,12 @@ import pytest
 
 from duplexvoice.audio import FRAME_BYTES
 from duplexvoice.rpc import tts_pb2
-from duplexvoice.worker.adapters.base import AdapterError, SynthesisOptions
+from duplexvoice.worker.adapters.base import AdapterError, FloatAudio, SynthesisOptions
 from duplexvoice.worker.session import WorkerSession
 from duplexvoice.worker.synthesis import StreamError, Utterance
 from duplexvoice.worker.textchunk import ChunkingConfig, split_text
 from duplexvoice.worker.voice import LoadedVoice
-from tests.support.fake_tts import FakeAdapter, fake_pack, tag_of
+from tests.support.fake_tts import FakeAdapter, chunk_for, fake_pack, tag_of
 
 pytestmark = pytest.mark.unit
 
@@ -322,3 +324,40 @@ async def test_a_chunk_for_another_session_is_refused(start: Start) -> None:
         await run.rest()
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert adapter.calls == []
+
+
+class EndlessAdapter(FakeAdapter):
+    """Yields chunks until cancelled; records on which thread its generator is closed
+    (a model adapter joins its generation thread there)."""
+
+    def __init__(self) -> None:
+        super().__init__(inline=False)
+        self.closed_on: list[str] = []
+        self.closed_event = threading.Event()
+
+    def stream(self, text: str, options: SynthesisOptions,
+               cancel: threading.Event) -> Iterator[FloatAudio]:
+        try:
+            for tag in itertools.count(1):
+                yield chunk_for(tag % 60000 + 1)
+        finally:
+            self.closed_on.append(threading.current_thread().name)
+            self.closed_event.set()
+
+
+async def test_a_stopped_model_stream_is_closed_on_a_synthesis_thread(
+    executor: ThreadPoolExecutor, runs: list[Run]
+) -> None:
+    adapter = EndlessAdapter()
+    run = Run(new_session(adapter), executor, buffer_frames=4)
+    runs.append(run)
+    await run.say("Talk until I stop you.")
+    assert await run.next_frame() is not None
+    run.session.stop()  # STOP: the producer leaves while the generator is still open
+    assert await run.rest() == []
+    await asyncio.wait_for(asyncio.shield(run.producer), WAIT_S)
+    assert await asyncio.to_thread(adapter.closed_event.wait, WAIT_S)
+    # Closed once, on a synthesis thread: never on the event loop, where an adapter's
+    # clean-up (joining its generation thread) would hold every session's frames.
+    assert len(adapter.closed_on) == 1
+    assert adapter.closed_on[0].startswith("test-synth"), adapter.closed_on

@@ -28,6 +28,7 @@ from duplexvoice.worker.adapters.base import AdapterError
 from duplexvoice.worker.channel import Channel, ChannelAborted
 from duplexvoice.worker.session import WorkerSession
 from duplexvoice.worker.textchunk import ChunkingConfig, TextChunker
+from duplexvoice.worker.voice import UtteranceRenderer
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,29 @@ class Utterance:
         except Exception as exc:
             log.exception("session %s: synthesis crashed", self.session.session_id)
             self._fail(grpc.StatusCode.INTERNAL, f"synthesis failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._close(renderer)
+
+    def _close(self, renderer: UtteranceRenderer) -> None:
+        """Close a stopped segment's generator off the event loop: a model adapter's
+        clean-up (joining its generation thread) must not hold up other sessions'
+        frames. Runs after a step still in flight (the renderer serializes them)."""
+        if not renderer.open:
+            return
+        if renderer.inline:
+            self._close_now(renderer)
+            return
+        try:
+            self._executor.submit(self._close_now, renderer)
+        except RuntimeError:  # the executor is shutting down with the worker
+            self._close_now(renderer)
+
+    def _close_now(self, renderer: UtteranceRenderer) -> None:
+        try:
+            renderer.close()
+        except Exception:
+            log.exception("session %s: closing a stopped synthesis failed",
+                          self.session.session_id)
 
     async def frames_out(self) -> AsyncIterator[bytes]:
         """Frames in order; pauses hold here. Raises StreamError if the stream failed."""

@@ -114,6 +114,9 @@ class UtteranceRenderer:
         self._cancel = cancel
         self._pipeline = AudioPipeline(voice.adapter.sample_rate, voice.loudness)
         self._chunks: Iterator[FloatAudio] | None = None
+        # Held while the segment's generator runs (step) or is closed: a stopped
+        # utterance's close may be handed to another thread while a step is in flight.
+        self._generator_lock = threading.Lock()
         self.busy_s = 0.0
         self.inline = False  # the current segment may be stepped on the event loop
 
@@ -122,19 +125,38 @@ class UtteranceRenderer:
         self._chunks = self._voice.adapter.stream(text, self._options, self._cancel)
         self.inline = self._voice.adapter.runs_inline(text)
 
+    @property
+    def open(self) -> bool:
+        """A segment's generator is still open (stopped or failed before its end)."""
+        return self._chunks is not None
+
     def step(self) -> list[bytes] | None:
         """Synthesize the next chunk of the current segment: frames, or None at its end."""
-        if self._chunks is None:
-            return None
         start = time.perf_counter()
         try:
-            chunk = next(self._chunks, None)
-            if chunk is None or self._cancel.is_set():
-                self._chunks = None
-                return None
+            with self._generator_lock:
+                if self._chunks is None:
+                    return None
+                chunk = next(self._chunks, None)
+                if chunk is None or self._cancel.is_set():
+                    self._close_locked()
+                    return None
             return self._pipeline.push(chunk)
         finally:
             self.busy_s += time.perf_counter() - start
+
+    def close(self) -> None:
+        """Close the current segment's generator, so the adapter stops its engine and
+        cleans up (joins a generation thread, frees a request's state). Model adapters
+        may block here for up to one model step: call it on a synthesis thread."""
+        with self._generator_lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        chunks, self._chunks = self._chunks, None
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
     def finish(self) -> list[bytes]:
         """The utterance's last frames (the final one padded); records its RTF."""

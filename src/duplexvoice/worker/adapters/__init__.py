@@ -89,9 +89,18 @@ class _Families(Mapping[str, type[TTSAdapter]]):
                 f"TTS family {family!r} needs packages this environment lacks "
                 f"(no module {missing!r}): {install_hint(family)}"
             ) from exc
+        except OSError as exc:  # e.g. a CUDA library torch links against is missing
+            raise FamilyNotInstalledError(
+                f"TTS family {family!r}: its packages are installed but do not load "
+                f"({exc}): reinstall with `make worker-env FAMILY={family}`"
+            ) from exc
         cls: type[TTSAdapter] = getattr(module, class_name)
         self._loaded[family] = cls
         return cls
+
+    def __contains__(self, family: object) -> bool:
+        # By name only: asking whether a family exists must not import torch.
+        return family in self._builtin or family in TORCH_FAMILIES
 
     def __iter__(self) -> Iterator[str]:
         yield from self._builtin
