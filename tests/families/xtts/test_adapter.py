@@ -4,6 +4,7 @@ STOP, concurrency, languages, built-in speakers, bad packs."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,131 @@ def test_legacy_checkpoint_with_a_pickled_config_loads_the_same(
     np.testing.assert_array_equal(speak(adapter, TEXT_A), solo[TEXT_A])
     converted = torch.load(legacy_checkpoint / "model.pth", weights_only=True)
     assert isinstance(converted["config"], dict)
+
+
+def wait_for(check: Callable[[], bool], what: str) -> None:
+    """Poll ``check`` until it holds; fail after DEADLINE_S (bounds a failure only)."""
+    deadline = time.monotonic() + DEADLINE_S
+    pause = threading.Event()
+    while not check():
+        assert time.monotonic() < deadline, f"not within {DEADLINE_S:.0f} s: {what}"
+        pause.wait(0.01)
+
+
+def record_chunks(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Names of the threads whose chunks coqui computes, in compute order (each
+    ``next`` of coqui's generator runs under the adapter's lock)."""
+    order: list[str] = []
+    inference_stream = loaded.model.inference_stream
+
+    def spy(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        chunks = inference_stream(*args, **kwargs)
+        try:
+            while True:
+                order.append(threading.current_thread().name)
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    return
+                yield chunk
+        finally:
+            chunks.close()
+
+    monkeypatch.setattr(loaded.model, "inference_stream", spy)
+    return order
+
+
+def test_waiting_sessions_take_turns_in_order(
+    loaded: Any, solo: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIFO: B queued while A waits; once A has computed a chunk, B computes before A's
+    next one (a plain Lock lets the releasing stream take it straight back)."""
+    order = record_chunks(loaded, monkeypatch)
+    lock = loaded._lock
+    results: dict[str, np.ndarray] = {}
+
+    def run(text: str) -> None:
+        results[threading.current_thread().name] = speak(loaded, text)
+
+    lock.acquire(lambda: False)  # the test holds the model: both sessions queue
+    mine = lock._next_ticket - 1  # tickets after the test's are the sessions'
+    threads = [
+        threading.Thread(target=run, args=(text,), name=name, daemon=True)
+        for name, text in (("A", TEXT_A), ("B", TEXT_B))
+    ]
+    try:
+        for queued, thread in enumerate(threads, start=2):
+            thread.start()
+            wait_for(lambda q=queued: lock._next_ticket == mine + q, f"{thread.name} queued")
+    finally:
+        lock.release()
+    for thread in threads:
+        thread.join(DEADLINE_S)
+        assert not thread.is_alive(), f"{thread.name} not done within {DEADLINE_S:.0f} s"
+    assert order[:2] == ["A", "B"]  # FIFO; and B ran before A's second chunk
+    assert order.count("A") >= 3 and order.count("B") >= 3
+    np.testing.assert_array_equal(results["A"], solo[TEXT_A])
+    np.testing.assert_array_equal(results["B"], solo[TEXT_B])
+
+
+def test_stop_while_waiting_for_the_model_computes_nothing(
+    loaded: Any, solo: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order = record_chunks(loaded, monkeypatch)
+    lock = loaded._lock
+    cancel = threading.Event()
+    got: list[list[np.ndarray]] = []
+    lock.acquire(lambda: False)  # another session computing: this one must wait
+    mine = lock._next_ticket - 1
+    try:
+        waiter = threading.Thread(
+            target=lambda: got.append(list(loaded.stream(TEXT_A, SynthesisOptions(), cancel))),
+            name="stopped",
+            daemon=True,
+        )
+        waiter.start()
+        wait_for(lambda: lock._next_ticket == mine + 2, "the session queued")
+        cancel.set()  # STOP while queued: leaves without the lock
+        waiter.join(DEADLINE_S)
+        assert not waiter.is_alive(), "a stopped session waited for the lock"
+    finally:
+        lock.release()
+    assert got == [[]] and order == []  # no chunk computed, none yielded
+    # a stream cancelled before it starts does not queue at all
+    cancel_first = threading.Event()
+    cancel_first.set()
+    assert list(loaded.stream(TEXT_A, SynthesisOptions(), cancel_first)) == []
+    assert order == []
+    # the abandoned ticket is skipped: the model still serves
+    np.testing.assert_array_equal(in_thread(lambda: speak(loaded, TEXT_A)), solo[TEXT_A])
+
+
+def test_close_frees_the_model_and_later_streams_fail_clearly(
+    xtts_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    import torch
+
+    from duplexvoice.worker.adapters.xtts import XttsAdapter
+
+    adapter = XttsAdapter.load(make_pack(tmp_path, "xtts-en-us-close", xtts_checkpoint), "cpu")
+    assert speak(adapter, TEXT_A).size > 0
+    assert adapter.conditioning is not None
+    refs = [
+        weakref.ref(adapter.model),
+        weakref.ref(adapter.model.gpt),
+        weakref.ref(adapter.conditioning.gpt_cond_latent),
+    ]
+    emptied: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    adapter.device = torch.device("cuda")  # as loaded on a GPU: the cache goes back too
+    adapter.close()
+    assert [ref() for ref in refs] == [None, None, None]  # collected, not just unreferenced
+    assert emptied == [True]
+    adapter.close()  # idempotent
+    assert emptied == [True]
+    with pytest.raises(AdapterError, match="voice is closed"):
+        speak(adapter, TEXT_A)

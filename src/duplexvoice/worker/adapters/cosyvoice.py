@@ -17,18 +17,31 @@ stream=True)`` with two changes. The package's generator polls with
 ``time.sleep(0.1)`` and, when closed early, never joins its LLM thread nor pops the
 request's entries from its per-uuid dicts (the thread keeps generating up to 20
 tokens per text token). Here the LLM thread appends tokens under a condition variable
-(the consumer wakes on each token instead of every 100 ms), checks a stop event
-between tokens, and a ``finally`` stops and joins it and pops the request's
-``hift_cache_dict`` entry, whether the request ends, fails or is cancelled. The chunk
+(the consumer wakes on each token instead of every 100 ms), and a ``finally`` stops and
+joins it and pops the request's ``hift_cache_dict`` entry, whether the request ends,
+fails or is cancelled. The stop event is checked before EVERY forward step of the LLM
+backbone (a forward pre-hook, which knows its request through a thread-local), not
+only between yielded tokens: the package's loop runs steps that yield nothing (fill
+tokens, up to ``max_len`` of them), so a per-token check alone could leave the join
+waiting for many steps. With the hook the join waits for at most the step in flight.
+The adapter keeps its live requests in ``_requests`` (uuid -> request and its thread),
+emptied by the same ``finally``. The chunk
 schedule (``token_hop_len`` 25, ``pre_lookahead_len`` lookahead, the first hop padded
 to the prompt) and every ``token2wav`` call are the package's.
 
 Concurrency: the model object holds no per-request state besides those uuid-keyed
 dicts (guarded by ``model.lock``); the LLM passes its KV cache explicitly, the flow's
 noise is a fixed buffer, HiFT's cache is passed in. So requests run concurrently
-without a lock of ours (tested: two at once, same lengths as one at a time).
+without a lock of ours (tested: two streams each yield a chunk before either ends, and
+each gets the same speech tokens and mel as alone).
 ``speed != 1`` is only supported by the package without streaming (it stretches the
 whole mel): such a request is rendered in one chunk.
+
+Unload: :meth:`CosyVoiceAdapter.close` stops live requests, drops the model, front end
+(ONNX sessions) and prompt features, then ``gc.collect()`` and, on CUDA,
+``torch.cuda.empty_cache()`` so the memory goes back to the device for other workers.
+A stream still running keeps its own references until it ends; a new stream raises
+:class:`AdapterError`.
 
 Unproven without the real files: see :mod:`.cosyvoice_frontend` (real ONNX front-end
 I/O, text normalisation quality) and docs/voicepacks/cosyvoice/README.md.
@@ -37,6 +50,7 @@ I/O, text normalisation quality) and docs/voicepacks/cosyvoice/README.md.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 import uuid
@@ -75,7 +89,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LLM_JOIN_S = 30.0  # one LLM step is far shorter; a stuck thread is logged, not waited on
+# The join waits for the LLM step in flight (the stop hook refuses the next one); this
+# bound only guards against a step that never returns (logged, not waited on further).
+LLM_JOIN_S = 30.0
+
+_current = threading.local()  # .req: the _Request whose LLM job runs on this thread
+
+
+class _Stopped(Exception):
+    """Raised by the stop hook in the LLM thread: the request was stopped."""
 
 
 class CosyVoiceParams(BaseModel):
@@ -108,6 +130,14 @@ class _Request:
         self.error: BaseException | None = None
         self.cond = threading.Condition()
         self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+
+def _stop_hook(_module: Any, _args: Any) -> None:
+    """Forward pre-hook of the LLM backbone: refuse the next step of a stopped request."""
+    req: _Request | None = getattr(_current, "req", None)
+    if req is not None and req.stop.is_set():
+        raise _Stopped
 
 
 class CosyVoiceAdapter(TTSAdapter):
@@ -127,10 +157,14 @@ class CosyVoiceAdapter(TTSAdapter):
     ) -> None:
         super().__init__(sample_rate, capabilities)
         self.model: Any = model
-        self.frontend = frontend
-        self.prompt = prompt
+        self.frontend: PromptFrontEnd | None = frontend
+        self.prompt: PromptFeatures | None = prompt
         self.params = params
         self.device = device
+        self._requests: dict[str, _Request] = {}  # live requests, by uuid
+        self._requests_lock = threading.Lock()
+        backbone = getattr(model.llm.llm, "model", model.llm.llm)  # called once per step
+        self._hook: Any = backbone.register_forward_pre_hook(_stop_hook)
 
     @classmethod
     def load(cls, pack: VoicePack, device: str) -> CosyVoiceAdapter:
@@ -197,29 +231,43 @@ class CosyVoiceAdapter(TTSAdapter):
     def stream(
         self, text: str, options: SynthesisOptions, cancel: threading.Event
     ) -> Iterator[FloatAudio]:
-        if self.model is None:
+        # Local references: a close() during the stream cannot pull them away mid-chunk.
+        model, frontend, prompt = self.model, self.frontend, self.prompt
+        if model is None or frontend is None or prompt is None:
             raise AdapterError("cosyvoice: voice is closed")
         if options.speed <= 0:
             raise AdapterError(f"cosyvoice: speed must be > 0, got {options.speed}")
         speed = self.params.speed * options.speed
-        for segment in split_text(text, self.frontend.tokenizer.encode, self.params.text_frontend):
+        for segment in split_text(text, frontend.tokenizer.encode, self.params.text_frontend):
             if cancel.is_set():
                 return
-            text_token = self.frontend.text_token(segment)
+            if self.model is None:
+                raise AdapterError("cosyvoice: voice was closed during the stream")
+            text_token = frontend.text_token(segment)
             if text_token.shape[1] == 0:
                 continue
-            yield from self._segment(text_token, speed, cancel)
+            yield from self._segment(model, prompt, text_token, speed, cancel)
 
     def _segment(
-        self, text_token: torch.Tensor, speed: float, cancel: threading.Event
+        self,
+        model: Any,
+        prompt: PromptFeatures,
+        text_token: torch.Tensor,
+        speed: float,
+        cancel: threading.Event,
     ) -> Iterator[FloatAudio]:
-        model, prompt = self.model, self.prompt
         req = _Request()
         with model.lock:
             model.hift_cache_dict[req.uuid] = None
         thread = threading.Thread(
-            target=self._llm_job, args=(req, text_token), name="cosyvoice-llm", daemon=True
+            target=self._llm_job,
+            args=(model, prompt, req, text_token),
+            name="cosyvoice-llm",
+            daemon=True,
         )
+        req.thread = thread
+        with self._requests_lock:
+            self._requests[req.uuid] = req
         thread.start()
         flow_args = {
             "prompt_token": prompt.speech_token,
@@ -242,7 +290,9 @@ class CosyVoiceAdapter(TTSAdapter):
                     return
                 if len(tokens) < need:
                     break  # the LLM ended: the rest goes out as the final chunk
-                speech = self._token2wav(tokens[:need], offset, flow_args, stream=True, final=False)
+                speech = _token2wav(
+                    model, tokens[:need], offset, flow_args, stream=True, final=False
+                )
                 offset += hop
                 if cancel.is_set():
                     return
@@ -250,14 +300,18 @@ class CosyVoiceAdapter(TTSAdapter):
             tokens = self._wait(req, None, cancel)
             if tokens is None:
                 return
-            yield self._token2wav(tokens, offset, flow_args, stream=False, final=True, speed=speed)
+            yield _token2wav(
+                model, tokens, offset, flow_args, stream=False, final=True, speed=speed
+            )
         finally:
             req.stop.set()
-            thread.join(LLM_JOIN_S)
+            thread.join(LLM_JOIN_S)  # the step in flight: the hook refuses the next one
             if thread.is_alive():
                 log.warning("cosyvoice: LLM thread of %s still running after stop", req.uuid)
             with model.lock:
                 model.hift_cache_dict.pop(req.uuid, None)
+            with self._requests_lock:
+                self._requests.pop(req.uuid, None)
 
     def _wait(self, req: _Request, need: int | None, cancel: threading.Event) -> list[int] | None:
         """Tokens so far once ``need`` are there (None: all) or the LLM ended; None if
@@ -272,8 +326,11 @@ class CosyVoiceAdapter(TTSAdapter):
                 req.cond.wait(0.02)
         return None
 
-    def _llm_job(self, req: _Request, text_token: torch.Tensor) -> None:
-        model, prompt, dev = self.model, self.prompt, self.device
+    def _llm_job(
+        self, model: Any, prompt: PromptFeatures, req: _Request, text_token: torch.Tensor
+    ) -> None:
+        dev = self.device
+        _current.req = req  # for the stop hook, which runs on this thread
         try:
             autocast = torch.autocast(dev.type, enabled=bool(model.fp16) and dev.type == "cuda")
             with model.llm_context, autocast:
@@ -300,39 +357,58 @@ class CosyVoiceAdapter(TTSAdapter):
                             req.cond.notify_all()
                 finally:
                     gen.close()
+        except _Stopped:
+            pass  # stopped by the hook before a step: the consumer has gone
         except BaseException as exc:  # reported to the consumer, never lost
             req.error = exc
         finally:
+            _current.req = None
             with req.cond:
                 req.done = True
                 req.cond.notify_all()
 
-    def _token2wav(
-        self,
-        tokens: list[int],
-        offset: int,
-        flow_args: dict[str, Any],
-        stream: bool,
-        final: bool,
-        speed: float = 1.0,
-    ) -> FloatAudio:
-        try:
-            with torch.inference_mode():
-                speech = self.model.token2wav(
-                    token=torch.tensor([tokens], dtype=torch.int32),
-                    token_offset=offset,
-                    stream=stream,
-                    finalize=final,
-                    speed=speed,
-                    **flow_args,
-                )
-        except Exception as exc:  # torch raises many kinds
-            raise AdapterError(f"cosyvoice: token2wav failed: {exc!r}") from exc
-        audio: FloatAudio = speech.detach().float().cpu().numpy().reshape(-1).astype(np.float32)
-        return audio
-
     def close(self) -> None:
-        self.model = None  # weights go with the last reference
+        """Stop live requests, drop the model and front end, give the memory back.
+        Idempotent; a later stream raises AdapterError."""
+        model = self.model
+        if model is None:
+            return
+        with self._requests_lock:
+            for req in self._requests.values():
+                req.stop.set()  # their LLM threads end at the next step
+        self._hook.remove()
+        self.model = None
+        self.frontend = None
+        self.prompt = None
+        del model
+        gc.collect()  # the model graph has cycles: free it now, not at some later collection
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the cached blocks back to other processes
+
+
+def _token2wav(
+    model: Any,
+    tokens: list[int],
+    offset: int,
+    flow_args: dict[str, Any],
+    stream: bool,
+    final: bool,
+    speed: float = 1.0,
+) -> FloatAudio:
+    try:
+        with torch.inference_mode():
+            speech = model.token2wav(
+                token=torch.tensor([tokens], dtype=torch.int32),
+                token_offset=offset,
+                stream=stream,
+                finalize=final,
+                speed=speed,
+                **flow_args,
+            )
+    except Exception as exc:  # torch raises many kinds
+        raise AdapterError(f"cosyvoice: token2wav failed: {exc!r}") from exc
+    audio: FloatAudio = speech.detach().float().cpu().numpy().reshape(-1).astype(np.float32)
+    return audio
 
 
 def _check_prompt(prompt: PromptFeatures, model: Any) -> None:

@@ -35,12 +35,15 @@ the audio position embedding). Two interleaved streams on one model would each
 generate from the other's text. Everything else (KV cache, logits processors,
 HiFi-GAN) is per call. So each adapter holds a lock around each chunk's work, not
 around the whole utterance, and puts its own stream's prefix back before resuming
-it. Cost: chunks of concurrent sessions on one model run one at a time (a second
-session waits at most for the first's current chunk, ~``stream_chunk_size`` tokens,
-not its whole text; total throughput is that of one stream). A paused session holds
-no lock. Sampling draws from torch's global RNG, so concurrent sampling sessions are
-as random as sequential ones but not reproducible per session; with ``top_k: 1``
-output is deterministic.
+it. The lock is FIFO (``FairLock``, a ticket lock, from :mod:`.csm_sched`): a plain
+``threading.Lock`` hands no turn over, so a stream that releases and re-acquires at
+once could run chunk after chunk while another waits. With tickets, a session that
+asks while another computes waits at most for that one chunk (~``stream_chunk_size``
+tokens, not its whole text); total throughput is that of one stream. A STOPped
+session leaves the queue (its wait polls ``cancel``), and one cancelled while waiting
+gets no chunk computed. A paused session holds no lock. Sampling draws from torch's
+global RNG, so concurrent sampling sessions are as random as sequential ones but not
+reproducible per session; with ``top_k: 1`` output is deterministic.
 
 Precision: float32 on every device (``dtype: auto`` or ``float32``). coqui has no
 half-precision path for XTTS (only DeepSpeed's kernel injection of the GPT): its
@@ -49,12 +52,18 @@ speaker encoder are not validated in fp16/bf16 by coqui. The model is ~470 M
 parameters (~1.9 GB in float32), small for a GPU, so ``float16`` / ``bfloat16`` are
 refused with a clear error rather than risk degraded audio.
 
+Unload: :meth:`XttsAdapter.close` drops the model and the conditioning, then runs
+``gc.collect()`` and, on CUDA, ``torch.cuda.empty_cache()`` so the memory goes back to
+the device (other families' workers may share it). A stream running at that moment
+keeps its own references until it ends; a new stream raises :class:`AdapterError`.
+
 ``params`` (:class:`XttsParams`); session option ``language`` (any of the
 checkpoint's ``config.json`` languages) overrides ``params.language``.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
@@ -70,6 +79,7 @@ from duplexvoice.worker.adapters.base import (
     SynthesisOptions,
     TTSAdapter,
 )
+from duplexvoice.worker.adapters.csm_sched import Cancelled, FairLock
 from duplexvoice.worker.adapters.torch_support import DType, torch_device
 from duplexvoice.worker.adapters.xtts_files import (
     Conditioning,
@@ -129,11 +139,12 @@ class XttsAdapter(TTSAdapter):
     ) -> None:
         super().__init__(int(model.args.output_sample_rate), capabilities)
         self.model: Any = model
-        self.conditioning = conditioning
+        self.conditioning: Conditioning | None = conditioning
+        self.device: torch.device = conditioning.speaker_embedding.device
         self.params = params
         self.languages: tuple[str, ...] = tuple(model.config.languages)
-        # One lock per model: coqui's GPT holds the current request's prefix embedding.
-        self._lock = threading.Lock()
+        # One FIFO lock per model: coqui's GPT holds the current request's prefix embedding.
+        self._lock = FairLock()
         config = model.config
         self._sampling: dict[str, float | int] = {
             "temperature": _pick(params.temperature, config.temperature),
@@ -208,8 +219,8 @@ class XttsAdapter(TTSAdapter):
     def stream(
         self, text: str, options: SynthesisOptions, cancel: threading.Event
     ) -> Iterator[FloatAudio]:
-        model = self.model
-        if model is None:
+        model, conditioning = self.model, self.conditioning  # close() may drop them meanwhile
+        if model is None or conditioning is None:
             raise AdapterError("xtts: voice is closed")
         if options.speed <= 0:
             raise AdapterError(f"xtts: speed must be > 0, got {options.speed}")
@@ -222,8 +233,8 @@ class XttsAdapter(TTSAdapter):
         chunks = model.inference_stream(
             text,
             language,
-            self.conditioning.gpt_cond_latent,
-            self.conditioning.speaker_embedding,
+            conditioning.gpt_cond_latent,
+            conditioning.speaker_embedding,
             stream_chunk_size=self.params.stream_chunk_size,
             overlap_wav_len=self.params.overlap_wav_len,
             speed=options.speed,
@@ -234,7 +245,13 @@ class XttsAdapter(TTSAdapter):
         prefix: Any = None  # this stream's prefix embedding, once coqui has made it
         try:
             while not cancel.is_set():
-                with self._lock:
+                try:
+                    self._lock.acquire(cancel.is_set)  # FIFO; gives up its place on STOP
+                except Cancelled:
+                    return
+                try:
+                    if cancel.is_set():
+                        return  # stopped while waiting for the turn: compute nothing
                     if prefix is not None:
                         gpt_inference.cached_prefix_emb = prefix
                     try:
@@ -244,6 +261,8 @@ class XttsAdapter(TTSAdapter):
                     except Exception as exc:  # torch / coqui failure mid-utterance
                         raise AdapterError(f"xtts: synthesis failed: {exc!r}") from exc
                     prefix = gpt_inference.cached_prefix_emb
+                finally:
+                    self._lock.release()
                 audio = chunk.detach().to(torch.float32).cpu().numpy().reshape(-1)
                 if audio.size and not cancel.is_set():
                     yield np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
@@ -252,7 +271,15 @@ class XttsAdapter(TTSAdapter):
             chunks.close()
 
     def close(self) -> None:
-        self.model = None  # frees the weights with the last reference
+        """Drop the model and the voice, give the memory back. Idempotent; a later
+        stream raises AdapterError."""
+        if self.model is None:
+            return
+        self.model = None
+        self.conditioning = None
+        gc.collect()  # the model graph has cycles: free it now, not at some later collection
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the cached blocks back to other processes
 
 
 def _pick(value: float | int | None, default: Any) -> float:
