@@ -252,7 +252,7 @@ class CsmAdapter(TTSAdapter):
         speaker = self.params.speaker if speaker is None else speaker
         seed = parse_int(extra, "seed", 0, 2**63 - 1)
         context = bounded([*session_context(extra, options.memory), *own_turns(options.memory)])
-        inputs = self._inputs(model, processor, context, speaker, text)
+        inputs = self._prompt(model, processor, context, speaker, text)
         max_frames = min(
             self.params.max_audio_frames, 10 + math.ceil(len(text) * self.params.frames_per_char)
         )
@@ -264,7 +264,10 @@ class CsmAdapter(TTSAdapter):
             audio = np.concatenate(codes)
             remember(options.memory, ContextTurn(speaker, text, audio), self.params.context_turns)
 
-    def _inputs(
+    def _inputs(self, context: list[ContextTurn], speaker: int, text: str) -> dict[str, Any]:
+        return self._prompt(*self._parts(), context, speaker, text)
+
+    def _prompt(
         self, model: Any, processor: Any, context: list[ContextTurn], speaker: int, text: str
     ) -> dict[str, Any]:
         tok = processor.tokenizer
@@ -331,7 +334,7 @@ class CsmAdapter(TTSAdapter):
         thread = threading.Thread(target=run, name="csm-generate", daemon=True)
         codec = model.codec_model
         decoder = IncrementalMimiDecoder(
-            lambda codes: self._decode(codec, codes), self.num_codebooks,
+            lambda codes: self._decode_with(codec, codes), self.num_codebooks,
             self.params.decode_context_frames,
         )
         thread.start()
@@ -370,7 +373,10 @@ class CsmAdapter(TTSAdapter):
         audio = decoder.push(np.stack(pending, axis=1))
         return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
-    def _decode(self, codec: Any, codes: np.ndarray[Any, Any]) -> FloatAudio:
+    def _decode(self, codes: np.ndarray[Any, Any]) -> FloatAudio:
+        return self._decode_with(self._parts()[0].codec_model, codes)
+
+    def _decode_with(self, codec: Any, codes: np.ndarray[Any, Any]) -> FloatAudio:
         # Outside the model lock: no adapter may wrap Mimi (ModelScheduler.add_adapter).
         tensor = torch.from_numpy(codes).to(self.device).unsqueeze(0)
         with torch.inference_mode():
