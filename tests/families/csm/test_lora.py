@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,7 +214,9 @@ def test_a_closed_voice_lets_go_of_the_model(base: CsmAdapter, tiny_csm: TinyCsm
     assert a.model is None and a.processor is None
     assert base.model is not None  # a LoRA voice's close leaves its base
     assert audio(speak(base, TEXT, seed=1)).size > 0
+    model = weakref.ref(base.model)
     base.close()
     assert base.model is None and base.processor is None
+    assert model() is None  # nothing else kept it: its memory went back
     with pytest.raises(AdapterError, match="closed"):
         speak(base, TEXT)
