@@ -30,9 +30,6 @@ import yaml
 FAMILY = "csm"
 NUM_CODEBOOKS = 4
 CODEBOOK_SIZE = 64
-LORA_TARGETS = (
-    r".*(backbone_model|depth_decoder).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-)
 
 _SENTENCES = [
     "Hello there, how are you today?",
@@ -161,16 +158,23 @@ def build_checkpoint(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
-def build_lora(dest: Path, base_checkpoint: Path, seed: int, rank: int = 4) -> Path:
+def build_lora(
+    dest: Path, base_checkpoint: Path, seed: int, rank: int = 4,
+    targets: str | list[str] | None = None,
+) -> Path:
     """A PEFT LoRA adapter over the tiny base, with random non-zero B so it changes
     the output; saved with ``save_pretrained`` (adapter_config.json +
-    adapter_model.safetensors), as PEFT or Unsloth training leaves it."""
+    adapter_model.safetensors), as PEFT or Unsloth training leaves it. ``targets``:
+    PEFT ``target_modules`` (default: the adapter's ``LORA_TARGETS``)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import CsmForConditionalGeneration
 
+    from duplexvoice.worker.adapters.csm_sched import LORA_TARGETS
+
     base = CsmForConditionalGeneration.from_pretrained(base_checkpoint)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS)
+    target_modules = LORA_TARGETS if targets is None else targets
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_modules)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # transformers deprecations inside PEFT
         peft_model = get_peft_model(base, config)

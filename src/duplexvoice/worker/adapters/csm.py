@@ -20,6 +20,15 @@ every frame; adapter and RNG restored per session): see :mod:`.csm_sched`. LoRA 
 same model; adapters trained with PEFT or Unsloth are the same PEFT format
 (``adapter_config.json`` + ``adapter_model.safetensors``).
 
+Loading a LoRA voice is all or nothing (:meth:`ModelScheduler.add_adapter`): a corrupt,
+mismatched or Mimi-wrapping adapter is an :class:`AdapterError` and leaves the base
+model as it was. ``close`` drops the voice's references to the model (a LoRA voice's
+close deletes only its adapter), collects, and empties the CUDA cache.
+
+Seeded reproducibility holds per model: each model's scheduler restores torch's global
+RNG per turn under its own lock, so two CSM base models generating at once in one
+worker interleave their draws (see :mod:`.csm_sched`).
+
 Session options: :mod:`.csm_options`. ``options.speed`` is ignored (CSM has no rate
 control).
 """
@@ -27,6 +36,7 @@ control).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import queue
@@ -68,9 +78,6 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 24000
 QUEUE_FRAMES = 64  # frames a generating thread may run ahead of its consumer
 WAIT_S = 0.05
-LORA_TARGETS = (
-    r".*(backbone_model|depth_decoder).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-)
 _END = object()
 
 # CSM's generate logs "does not support EosTokenCriteria" on every call: it drops the
@@ -113,8 +120,13 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    """One line of reason; a heading ending in ':' ("Error(s) in loading state_dict
+    for PeftModel:") takes its first detail along ("size mismatch for ...")."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1][:300]}"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _validate_checkpoint(pack: VoicePack, folder: Path) -> None:
@@ -200,40 +212,39 @@ class CsmAdapter(TTSAdapter):
                 "(a PEFT adapter: save_pretrained of a PEFT or Unsloth LoRA)"
             )
         name = pack.model_id
+        model, processor = self._parts()
         with self.scheduler.exclusive() as sched, warnings.catch_warnings():
             # PEFT and transformers warn about deprecations inside their own calls.
             warnings.simplefilter("ignore")
+            if sched.peft is not None and name in sched.peft.peft_config:
+                raise AdapterError(f"voice pack {pack.model_id}: adapter already loaded")
             try:
-                if sched.peft is None:
-                    from peft import PeftModel
-
-                    sched.peft = PeftModel.from_pretrained(self.model, folder, adapter_name=name)
-                    sched.peft.eval()
-                else:
-                    sched.peft.load_adapter(folder, adapter_name=name)
-                    sched.peft.set_adapter(name)
+                sched.add_adapter(model, folder, name)  # all or nothing
             except Exception as exc:
                 raise AdapterError(
                     f"voice pack {pack.model_id}: cannot load LoRA adapter {folder}: "
                     f"{_first_line(exc)}"
                 ) from exc
-            if sched.active is None and len(sched.peft.peft_config) > 1:
-                # Adapters were disabled for a base session: keep the state we track.
-                sched.peft.base_model.enable_adapter_layers()
-            sched.active = name
         speaker = self.params.speaker if params.speaker is None else params.speaker
         lora_params = self.params.model_copy(update={"speaker": speaker})
         return CsmLoraVoice(
-            self.model, self.processor, self.device, capabilities_from_pack(pack),
+            model, processor, self.device, capabilities_from_pack(pack),
             lora_params, adapter=name, scheduler=self.scheduler,
         )
+
+    def _parts(self) -> tuple[Any, Any]:
+        """The model and processor; taken once per call so ``close`` cannot pull them
+        from under a running utterance."""
+        model, processor = self.model, self.processor
+        if self._closed or model is None:
+            raise AdapterError(f"csm: voice {self.adapter_name or 'base'} is closed")
+        return model, processor
 
     # -- synthesis ---------------------------------------------------------------------
     def stream(
         self, text: str, options: SynthesisOptions, cancel: threading.Event
     ) -> Iterator[FloatAudio]:
-        if self._closed:
-            raise AdapterError(f"csm: voice {self.adapter_name or 'base'} is closed")
+        model, processor = self._parts()
         if not text.strip():
             return
         extra = dict(options.extra)
@@ -241,12 +252,12 @@ class CsmAdapter(TTSAdapter):
         speaker = self.params.speaker if speaker is None else speaker
         seed = parse_int(extra, "seed", 0, 2**63 - 1)
         context = bounded([*session_context(extra, options.memory), *own_turns(options.memory)])
-        inputs = self._inputs(context, speaker, text)
+        inputs = self._prompt(model, processor, context, speaker, text)
         max_frames = min(
             self.params.max_audio_frames, 10 + math.ceil(len(text) * self.params.frames_per_char)
         )
         codes: list[FloatAudio] = []
-        for chunk in self._generate(inputs, max_frames, seed, cancel):
+        for chunk in self._generate(model, inputs, max_frames, seed, cancel):
             codes.append(chunk)
             yield chunk
         if codes and not cancel.is_set() and self.params.context_turns > 0:
@@ -254,8 +265,13 @@ class CsmAdapter(TTSAdapter):
             remember(options.memory, ContextTurn(speaker, text, audio), self.params.context_turns)
 
     def _inputs(self, context: list[ContextTurn], speaker: int, text: str) -> dict[str, Any]:
-        tok = self.processor.tokenizer
-        audio_token = getattr(self.processor, "audio_token", "<|AUDIO|>")
+        return self._prompt(*self._parts(), context, speaker, text)
+
+    def _prompt(
+        self, model: Any, processor: Any, context: list[ContextTurn], speaker: int, text: str
+    ) -> dict[str, Any]:
+        tok = processor.tokenizer
+        audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
         prompt, audios = render_prompt(
             tok.bos_token, tok.eos_token, audio_token, "<|audio_eos|>", context, speaker, text
         )
@@ -266,7 +282,7 @@ class CsmAdapter(TTSAdapter):
             if audios:
                 kwargs["audio"] = audios
                 kwargs["sampling_rate"] = SAMPLE_RATE
-            batch = self.processor(**kwargs)
+            batch = processor(**kwargs)
         except Exception as exc:
             raise AdapterError(f"csm: cannot build the prompt: {exc}") from exc
         out: dict[str, Any] = {}
@@ -274,12 +290,12 @@ class CsmAdapter(TTSAdapter):
             if isinstance(value, torch.Tensor):
                 value = value.to(self.device)
                 if value.is_floating_point():
-                    value = value.to(self.model.dtype)
+                    value = value.to(model.dtype)
             out[key] = value
         return out
 
     def _generate(
-        self, inputs: dict[str, Any], max_frames: int, seed: int | None,
+        self, model: Any, inputs: dict[str, Any], max_frames: int, seed: int | None,
         cancel: threading.Event,
     ) -> Iterator[FloatAudio]:
         stop = threading.Event()  # also set when the consumer goes away
@@ -305,7 +321,7 @@ class CsmAdapter(TTSAdapter):
                 self.scheduler.acquire(turn)
                 try:
                     with torch.inference_mode():
-                        self.model.generate(**inputs, **kwargs)
+                        model.generate(**inputs, **kwargs)
                 finally:
                     self.scheduler.release(turn)
             except Cancelled:
@@ -316,8 +332,10 @@ class CsmAdapter(TTSAdapter):
                 _offer(frames, _END, stop)
 
         thread = threading.Thread(target=run, name="csm-generate", daemon=True)
+        codec = model.codec_model
         decoder = IncrementalMimiDecoder(
-            self._decode, self.num_codebooks, self.params.decode_context_frames
+            lambda codes: self._decode_with(codec, codes), self.num_codebooks,
+            self.params.decode_context_frames,
         )
         thread.start()
         pending: list[np.ndarray[Any, Any]] = []
@@ -356,13 +374,29 @@ class CsmAdapter(TTSAdapter):
         return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
     def _decode(self, codes: np.ndarray[Any, Any]) -> FloatAudio:
+        return self._decode_with(self._parts()[0].codec_model, codes)
+
+    def _decode_with(self, codec: Any, codes: np.ndarray[Any, Any]) -> FloatAudio:
+        # Outside the model lock: no adapter may wrap Mimi (ModelScheduler.add_adapter).
         tensor = torch.from_numpy(codes).to(self.device).unsqueeze(0)
         with torch.inference_mode():
-            audio = self.model.codec_model.decode(tensor).audio_values
+            audio = codec.decode(tensor).audio_values
         return cast(FloatAudio, audio[0, 0].float().cpu().numpy())
 
     def close(self) -> None:
+        """Drop this voice's references to the model so its memory can go back (a
+        base's LoRA voices are closed before it: the manager refuses otherwise)."""
+        if self._closed:
+            return
         self._closed = True
+        self._release_model()
+
+    def _release_model(self) -> None:
+        self.model = None
+        self.processor = None
+        gc.collect()  # the model's modules hold reference cycles
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand cached blocks back to the driver
 
 
 class CsmLoraVoice(CsmAdapter):
@@ -373,25 +407,14 @@ class CsmLoraVoice(CsmAdapter):
             return
         self._closed = True
         name = self.adapter_name
-        with self.scheduler.exclusive() as sched, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PEFT warns that it re-activates another one
-            peft = sched.peft
-            if peft is None or name not in peft.peft_config:
-                return
-            if len(peft.peft_config) == 1:
-                peft.unload()  # last adapter: the base model's layers come back as they were
-                sched.peft = None
-                sched.active = None
-                return
-            enabled = sched.active is not None
-            peft.delete_adapter(name)
-            if sched.active == name or not enabled:
-                # PEFT activated another one; the next session re-activates its own.
-                remaining = next(iter(peft.peft_config))
-                peft.set_adapter(remaining)
-                sched.active = remaining
-                if not enabled:
-                    peft.base_model.enable_adapter_layers()
+        try:
+            with self.scheduler.exclusive() as sched, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PEFT warns that it re-activates another one
+                if name is not None:
+                    # Only its adapter: the base model stays (the last one leaves it plain).
+                    sched.remove_adapter(name)
+        finally:
+            self._release_model()
 
 
 class _FrameStreamer:

@@ -125,9 +125,10 @@ def own_turns(memory: dict[str, Any]) -> list[ContextTurn]:
 
 
 def remember(memory: dict[str, Any], turn: ContextTurn, keep: int) -> None:
-    """Keep the session's last ``keep`` turns (text and the audio it spoke)."""
+    """Keep the session's last ``keep`` turns (text and the audio it spoke), no more
+    audio than :func:`bounded` would ever feed back (30 s in all, not 30 s a turn)."""
     turns = [*own_turns(memory), turn]
-    memory[MEMORY_KEY] = turns[-keep:] if keep > 0 else []
+    memory[MEMORY_KEY] = bounded(turns[-keep:]) if keep > 0 else []
 
 
 def bounded(turns: list[ContextTurn]) -> list[ContextTurn]:
