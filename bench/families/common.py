@@ -5,7 +5,9 @@ adapter's own first chunk in this process, interleaved (A B A B) in one run so t
 machine noise hits both alike. The text is one short sentence, so the worker's text
 chunking hands the model the same text as the in-process call.
 
-Each utterance runs to its end on both sides (no STOP): a stopped model may still be
+The gRPC client runs in its own process (``grpc_probe.py``): in the measuring process
+its threads slowed the in-process model. Each utterance runs to its end on both sides
+(no STOP): a stopped model may still be
 finishing its current chunk while the other side is measured. The worker's model
 threads run at the bench's own CPU priority (``--synthesis-niceness 0``): the figure
 compares the paths (gRPC, 48 kHz pipeline, framing), not a scheduling choice that
@@ -14,11 +16,11 @@ only matters when other programs load the machine.
 
 from __future__ import annotations
 
-import asyncio
+import json
+import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,6 @@ for folder in (BENCH, REPO):
 
 from worker import machine, rss_mb, summary  # noqa: E402  (bench/worker.py)
 
-from duplexvoice.client.worker_client import WorkerClient  # noqa: E402
 from duplexvoice.launcher import WorkerProcess  # noqa: E402
 from duplexvoice.worker.adapters.base import SynthesisOptions, TTSAdapter  # noqa: E402
 
@@ -56,45 +57,39 @@ def inproc_first_chunk_ms(
     return first
 
 
-async def _grpc_first_frame_ms(client: WorkerClient, session_id: str, text: str) -> float:
-    await asyncio.sleep(SETTLE_S)
-    call = client.synthesize(session_id, text)
-    start = time.perf_counter()
-    first: float | None = None
-    async for frame in call:
-        if first is None and frame.audio_data:
-            first = (time.perf_counter() - start) * 1000.0
-    if first is None:
-        raise RuntimeError("the worker sent no audio")
-    return first
+class _Probe:
+    """``grpc_probe.py`` in a child process: one first-frame figure per text sent."""
 
+    def __init__(self, addr: str, model_id: str, options: Mapping[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("grpc_probe.py")), addr, model_id,
+             json.dumps(dict(options))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        if self._line() != "ready":
+            raise RuntimeError("the gRPC probe did not start")
 
-async def _compare(addr: str, model_id: str, adapter: TTSAdapter, text: str, runs: int,
-                   options: Mapping[str, str]) -> dict[str, Any]:
-    inproc: list[float] = []
-    remote: list[float] = []
-    async with WorkerClient(addr) as client:
-        await client.wait_ready(60.0)
-        session_id = f"bench-{uuid.uuid4().hex[:8]}"
-        reply = await client.start_session(session_id, model_id, options)
-        if not reply.success:
-            raise RuntimeError(f"StartSession refused: {reply.message}")
-        local_options = SynthesisOptions(extra=dict(options))
-        for i in range(runs + 1):  # run 0 warms both paths and is dropped
-            a = await asyncio.to_thread(inproc_first_chunk_ms, adapter, text, local_options)
-            b = await _grpc_first_frame_ms(client, session_id, text)
-            if i:
-                inproc.append(a)
-                remote.append(b)
-        await client.end_session(session_id)
-    a_sum, b_sum = summary(inproc), summary(remote)
-    return {
-        "text": text,
-        "inproc_first_chunk_ms": a_sum,
-        "grpc_first_frame_ms": b_sum,
-        "ratio_p50": b_sum["p50"] / a_sum["p50"],
-        "ratio_p95": b_sum["p95"] / a_sum["p95"],
-    }
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the gRPC probe ended ({self.proc.wait()})")
+        return line.strip()
+
+    def first_frame_ms(self, text: str) -> float:
+        assert self.proc.stdin is not None
+        time.sleep(SETTLE_S)
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        ms = float(self._line())
+        if ms < 0:
+            raise RuntimeError("the gRPC probe failed (see its stderr)")
+        return ms
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(60)
 
 
 def grpc_vs_inproc(pack_root: Path, model_id: str, adapter: TTSAdapter, text: str = SHORT_TEXT,
@@ -107,10 +102,28 @@ def grpc_vs_inproc(pack_root: Path, model_id: str, adapter: TTSAdapter, text: st
         "--device", device, "--synthesis-niceness", "0", name=f"bench-{model_id}",
     ).start(timeout=600.0)
     try:
-        result = asyncio.run(_compare(worker.addr, model_id, adapter, text, runs,
-                                      dict(options or {})))
+        probe = _Probe(worker.addr, model_id, options or {})
+        inproc: list[float] = []
+        remote: list[float] = []
+        local_options = SynthesisOptions(extra=dict(options or {}))
+        try:
+            for i in range(runs + 1):  # run 0 warms both paths and is dropped
+                a = inproc_first_chunk_ms(adapter, text, local_options)
+                b = probe.first_frame_ms(text)
+                if i:
+                    inproc.append(a)
+                    remote.append(b)
+        finally:
+            probe.close()
+        a_sum, b_sum = summary(inproc), summary(remote)
         assert worker.proc is not None
-        result["worker_peak_rss_mb"] = rss_mb(worker.proc.pid)
-        return result
+        return {
+            "text": text,
+            "inproc_first_chunk_ms": a_sum,
+            "grpc_first_frame_ms": b_sum,
+            "ratio_p50": b_sum["p50"] / a_sum["p50"],
+            "ratio_p95": b_sum["p95"] / a_sum["p95"],
+            "worker_peak_rss_mb": rss_mb(worker.proc.pid),
+        }
     finally:
         worker.terminate()
