@@ -29,8 +29,9 @@ from duplexvoice.worker.service import TTSServicer
 
 log = logging.getLogger(__name__)
 
-# A TextChunk is small; anything near this is a client bug or an attack.
-MAX_MESSAGE_BYTES = 1 << 20
+# A TextChunk is small, but a StartSession may carry a CSM conversation context: up to
+# 30 s of 24 kHz PCM16 as base64 (~1.9 MB). Anything beyond is a client bug or an attack.
+MAX_MESSAGE_BYTES = 4 << 20
 
 # Synthesis threads run Python between model calls (phonemes, the audio pipeline) and
 # hold the GIL meanwhile; the event loop waits up to the switch interval (5 ms by

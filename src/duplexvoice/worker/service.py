@@ -20,6 +20,7 @@ import grpc
 
 from duplexvoice.audio import FRAME_MS, SAMPLE_RATE
 from duplexvoice.rpc import tts_pb2, tts_pb2_grpc
+from duplexvoice.worker.adapters.base import AdapterError
 from duplexvoice.worker.model_manager import (
     CapacityError,
     ModelError,
@@ -95,6 +96,11 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
             voice = await rt.models.acquire(model_id)
         except ModelError as exc:
             await _abort(context, _model_status(exc), str(exc))
+        try:
+            voice.adapter.check_options(options)
+        except AdapterError as exc:
+            rt.models.release(model_id)
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if sid in rt.sessions or not rt.accepting:  # raced while the model loaded
             rt.models.release(model_id)
             await _abort(context, grpc.StatusCode.ALREADY_EXISTS if rt.accepting

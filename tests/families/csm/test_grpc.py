@@ -205,3 +205,22 @@ async def test_lora_sessions_and_refused_unloads(client: WorkerClient) -> None:
         await client.end_session(sid)
     listed = await models(client)
     assert listed[LORA_A].is_loaded and listed[BASE].is_loaded
+
+
+@pytest.mark.parametrize(("options", "reason"), [
+    ({"context": "not json"}, "option context is not JSON"),
+    ({"speaker": "-5"}, "option speaker=-5 out of range"),
+    ({"seed": "abc"}, "option seed='abc' is not an integer"),
+])
+async def test_bad_session_options_are_refused_at_start(
+    client: WorkerClient, options: dict[str, str], reason: str
+) -> None:
+    import grpc
+
+    sid = new_id()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.start_session(sid, LORA_A, options)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert reason in (err.value.details() or "")
+    again = await synthesize_text(client, SHORT, LORA_A, SEED)  # the worker is unharmed
+    assert len(again.frames) > 1 and again.first_audio_ms is not None

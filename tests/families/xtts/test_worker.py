@@ -199,3 +199,12 @@ async def test_bad_checkpoint_is_a_clear_error_and_the_worker_stays_up(
     assert not (await models(client))[model_id].is_loaded
     result = await within(synthesize_text(client, "Still here."), "the default voice")
     assert result.frames
+
+
+async def test_an_unknown_language_is_refused_at_start(client: WorkerClient) -> None:
+    import grpc
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.start_session(new_id(), DEFAULT, {"language": "xx"})
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "language 'xx' is not supported" in (err.value.details() or "")

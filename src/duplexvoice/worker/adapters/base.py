@@ -98,6 +98,11 @@ class TTSAdapter(ABC):
             f"voice pack {pack.model_id}: family {self.family!r} has no LoRA voices"
         )
 
+    def check_options(self, options: SynthesisOptions) -> None:  # noqa: B027 - optional hook
+        """Validate a session's family-specific options at StartSession, so a bad one
+        is refused there (INVALID_ARGUMENT) rather than failing its first utterance.
+        Raise :class:`AdapterError` with the reason; cheap, runs on the event loop."""
+
     def runs_inline(self, text: str) -> bool:
         """Whether synthesizing ``text`` is cheap enough to run on the event loop.
 

@@ -241,6 +241,12 @@ class CsmAdapter(TTSAdapter):
         return model, processor
 
     # -- synthesis ---------------------------------------------------------------------
+    def check_options(self, options: SynthesisOptions) -> None:
+        extra = dict(options.extra)
+        parse_int(extra, "speaker", 0, MAX_SPEAKER)
+        parse_int(extra, "seed", 0, 2**63 - 1)
+        session_context(extra, options.memory)
+
     def stream(
         self, text: str, options: SynthesisOptions, cancel: threading.Event
     ) -> Iterator[FloatAudio]:

@@ -192,6 +192,9 @@ class XttsAdapter(TTSAdapter):
             conditioning = builtin_speaker(pack, model, cast(str, params.speaker), dev)
         return cls(model, conditioning, capabilities_from_pack(pack), params)
 
+    def check_options(self, options: SynthesisOptions) -> None:
+        self.language_for(options)
+
     def language_for(self, options: SynthesisOptions) -> str:
         """The session's ``language`` option, else the pack's; AdapterError if unknown."""
         asked = options.extra.get("language") or self.params.language
