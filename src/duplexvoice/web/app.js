@@ -32,6 +32,7 @@ const app = {
   connection: "disconnected", // disconnected | connecting | connected | reconnecting
   state: "DISCONNECTED",
   transport: null, // the transport object in use
+  configuredTransport: null, // the transport whose session got its config (mic audio may flow)
   wanted: false,
   attempt: 0,
   retryTimer: null,
@@ -255,6 +256,9 @@ function sendConfig() {
   }
   if (ui.voice.value) config.voice = ui.voice.value;
   send(config);
+  // Microphone audio only after this: before it the session is in text mode, and the
+  // server refuses audio there (INVALID_STATE) — a WebSocket opens before session_start.
+  app.configuredTransport = app.transport;
 }
 
 function onMessage(t, msg) {
@@ -354,7 +358,7 @@ function onFrame(t, buf) {
 
 function onCapture(m) {
   if (m.type === "pcm") {
-    if (app.transport) app.transport.sendAudio(m.pcm);
+    if (app.transport && app.configuredTransport === app.transport) app.transport.sendAudio(m.pcm);
     return;
   }
   measure.capture(m);
