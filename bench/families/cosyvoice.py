@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import resource
+import os
 import sys
 import tempfile
 import threading
@@ -40,19 +40,6 @@ def common() -> Any:
     return module
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pack", type=Path, help="a cosyvoice voice pack folder")
@@ -75,7 +62,8 @@ def main() -> int:
         checkpoint = build_checkpoint(tmp / "ckpt")
         pack_dir = write_pack(tmp / "packs", "cosyvoice-en-tiny", checkpoint, threads=1)
     pack = load_pack(pack_dir / "metadata.yaml", ["cosyvoice"])
-    before = rss_mb()
+    bench = common()
+    before = bench.rss_mb(os.getpid(), "VmRSS")
     start = time.perf_counter()
     adapter = CosyVoiceAdapter.load(pack, args.device)
     load_s = time.perf_counter() - start
@@ -94,7 +82,7 @@ def main() -> int:
         if len(stamps) > 1:
             hop.append((stamps[1] - stamps[0]) * 1000)
         rtf.append(stamps[-1] / (samples / adapter.sample_rate))
-    grpc = common().grpc_vs_inproc(
+    grpc = bench.grpc_vs_inproc(
         pack_dir.parents[1], pack.model_id, adapter, TEXT, args.runs, args.device
     )
     result: dict[str, Any] = {
@@ -103,27 +91,25 @@ def main() -> int:
         "device": args.device,
         "runs": args.runs,
         "load_s": round(load_s, 2),
-        "rss_mb": round(rss_mb() - before, 1),
+        "rss_mb": round(bench.rss_mb(os.getpid(), "VmRSS") - before, 1),
         "gpu_mb": (
             round(torch.cuda.max_memory_allocated() / 2**20, 1) if args.device != "cpu" else 0.0
         ),
-        "first_chunk_ms": {
-            "n": len(first), "p50": pct(first, 0.5), "p95": pct(first, 0.95), "max": max(first)
-        },
-        "rtf": pct(rtf, 0.5),
-        "rtf_summary": {"n": len(rtf), "p50": pct(rtf, 0.5), "p95": pct(rtf, 0.95),
-                        "max": max(rtf)},
+        "first_chunk_ms": bench.summary(first),
+        "rtf": bench.summary(rtf)["p50"],
+        "rtf_summary": bench.summary(rtf),
         "grpc": grpc,
         "extra": {
             "second_chunk_gap_ms": (
-                {"n": len(hop), "p50": pct(hop, 0.5), "p95": pct(hop, 0.95)} if hop else None
+                bench.summary(hop) if hop else None
             ),
         },
     }
     print(f"{'figure':<22} {'p50':>9} {'p95':>9}")
     print(f"{'load s':<22} {load_s:>9.2f}")
-    print(f"{'first chunk ms':<22} {pct(first, .5):>9.0f} {pct(first, .95):>9.0f}")
-    print(f"{'rtf':<22} {pct(rtf, .5):>9.2f} {pct(rtf, .95):>9.2f}")
+    first_sum, rtf_sum = bench.summary(first), bench.summary(rtf)
+    print(f"{'first chunk ms':<22} {first_sum['p50']:>9.0f} {first_sum['p95']:>9.0f}")
+    print(f"{'rtf':<22} {rtf_sum['p50']:>9.2f} {rtf_sum['p95']:>9.2f}")
     print(json.dumps(result))
     args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
     adapter.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,13 @@ for folder in (BENCH / "families", BENCH, REPO, REPO / "src"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from common import grpc_vs_inproc, inproc_first_chunk_ms, machine, summary  # noqa: E402
+from common import (  # noqa: E402
+    grpc_vs_inproc,
+    inproc_first_chunk_ms,
+    machine,
+    rss_mb,
+    summary,
+)
 
 from duplexvoice.worker.adapters.base import SynthesisOptions  # noqa: E402
 from duplexvoice.worker.adapters.csm import CsmAdapter  # noqa: E402
@@ -43,13 +50,6 @@ from duplexvoice.worker.adapters.csm_decode import IncrementalMimiDecoder  # noq
 from duplexvoice.worker.voicepacks import VoicePack, scan_voicepacks  # noqa: E402
 
 TEXT = "Hello there, how are you doing today?"
-
-
-def vm_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one_pack(folder: Path) -> VoicePack:
@@ -165,11 +165,11 @@ def main() -> None:
 
     import torch
 
-    rss0 = vm_rss_mb()
+    rss0 = rss_mb(os.getpid(), "VmRSS")
     started = time.perf_counter()
     adapter = CsmAdapter.load(pack, args.device)
     load_s = time.perf_counter() - started
-    rss = vm_rss_mb() - rss0
+    rss = rss_mb(os.getpid(), "VmRSS") - rss0
     def fresh() -> SynthesisOptions:  # a new session: no turns of its own as context yet
         return SynthesisOptions(extra={"seed": "1"})
 

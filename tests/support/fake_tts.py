@@ -184,13 +184,16 @@ def fake_pack(model_id: str = MODEL_ID, root: Path | None = None) -> VoicePack:
     return VoicePack(meta, root or Path("."))
 
 
-def write_fake_pack(packs_dir: Path, model_id: str = MODEL_ID, *, inline: bool = True) -> Path:
-    """A voice pack of the fake family on disk, for a real WorkerRuntime to scan."""
+def write_fake_pack(packs_dir: Path, model_id: str = MODEL_ID, *, inline: bool = True,
+                    base_model: str | None = None) -> Path:
+    """A voice pack of the fake family on disk, for a real WorkerRuntime to scan;
+    with ``base_model``, a LoRA voice over that model."""
     folder = packs_dir / FAMILY / model_id
     folder.mkdir(parents=True)
+    lora = f"base_model: {base_model}\ncapabilities: {{lora: true}}\n" if base_model else ""
     (folder / "metadata.yaml").write_text(
         f"model_id: {model_id}\nname: Fake\nfamily: {FAMILY}\nversion: '1'\n"
-        f"languages: [en]\nparams:\n  inline: {'true' if inline else 'false'}\n",
+        f"languages: [en]\n{lora}params:\n  inline: {'true' if inline else 'false'}\n",
         encoding="utf-8",
     )
     return folder

@@ -40,22 +40,12 @@ class LoraFake(FakeAdapter):
         return voice
 
 
-def write_lora_pack(packs: Path, model_id: str, base: str) -> None:
-    folder = packs / FAMILY / model_id
-    folder.mkdir(parents=True)
-    (folder / "metadata.yaml").write_text(
-        f"model_id: {model_id}\nname: Warm\nfamily: {FAMILY}\nversion: '1'\n"
-        f"languages: [en]\nbase_model: {base}\ncapabilities: {{lora: true}}\n",
-        encoding="utf-8",
-    )
-
-
 @pytest.fixture
 async def servicer(tmp_path: Path) -> AsyncIterator[TTSServicer]:
     write_fake_pack(tmp_path, MODEL_ID)
     write_fake_pack(tmp_path, "fake-en-us-other")
-    write_lora_pack(tmp_path, LORA, MODEL_ID)
-    write_lora_pack(tmp_path, ORPHAN, "fake-en-us-missing")
+    write_fake_pack(tmp_path, LORA, base_model=MODEL_ID)
+    write_fake_pack(tmp_path, ORPHAN, base_model="fake-en-us-missing")
     config = WorkerConfig(
         name="tts-worker-lora", voicepack_dirs=[tmp_path], synthesis_niceness=0,
         models=ModelManagerConfig(default_model_id="fake-en-us-other", warmup_enabled=False),

@@ -188,42 +188,38 @@ def build_lora(
     return dest
 
 
-def write_pack(packs_dir: Path, model_id: str, checkpoint: Path, **params: Any) -> Path:
-    """A voice pack folder ``packs_dir/csm/<model_id>/`` whose checkpoint is ``checkpoint``."""
+def _write(packs_dir: Path, model_id: str, name: str, params: dict[str, Any],
+           base_model: str | None = None) -> Path:
     folder = packs_dir / FAMILY / model_id
     folder.mkdir(parents=True, exist_ok=True)
-    metadata = {
+    metadata: dict[str, Any] = {
         "model_id": model_id,
-        "name": f"Tiny CSM ({model_id})",
+        "name": name,
         "family": FAMILY,
         "version": "0.0.1",
         "languages": ["en"],
-        "capabilities": {"streaming": True, "lora": False, "cpu_ok": True},
+        "capabilities": {"streaming": True, "lora": base_model is not None, "cpu_ok": True},
         "description": "random-weight test checkpoint",
-        "params": {"checkpoint_dir": str(checkpoint), **params},
+        "params": params,
     }
+    if base_model is not None:
+        metadata["base_model"] = base_model
     (folder / "metadata.yaml").write_text(yaml.safe_dump(metadata), encoding="utf-8")
     return folder
+
+
+def write_pack(packs_dir: Path, model_id: str, checkpoint: Path, **params: Any) -> Path:
+    """A voice pack folder ``packs_dir/csm/<model_id>/`` whose checkpoint is ``checkpoint``."""
+    return _write(packs_dir, model_id, f"Tiny CSM ({model_id})",
+                  {"checkpoint_dir": str(checkpoint), **params})
 
 
 def write_lora_pack(
     packs_dir: Path, model_id: str, adapter_dir: Path, base_model_id: str, **params: Any
 ) -> Path:
     """A LoRA voice pack ``packs_dir/csm/<model_id>/`` over ``base_model_id``."""
-    folder = packs_dir / FAMILY / model_id
-    folder.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "model_id": model_id,
-        "name": f"Tiny CSM LoRA ({model_id})",
-        "family": FAMILY,
-        "version": "0.0.1",
-        "languages": ["en"],
-        "base_model": base_model_id,
-        "capabilities": {"streaming": True, "lora": True, "cpu_ok": True},
-        "params": {"adapter_dir": str(adapter_dir), **params},
-    }
-    (folder / "metadata.yaml").write_text(yaml.safe_dump(metadata), encoding="utf-8")
-    return folder
+    return _write(packs_dir, model_id, f"Tiny CSM LoRA ({model_id})",
+                  {"adapter_dir": str(adapter_dir), **params}, base_model=base_model_id)
 
 
 def main(argv: list[str]) -> int:
