@@ -40,6 +40,7 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/python scripts/check-imports
 
 bench: install
 	$(BIN)/duplexvoice bench

@@ -27,7 +27,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from av import AudioFrame
 
-from duplexvoice.orchestrator.protocol import decode_binary_frame
+from duplexvoice.wire.protocol import decode_binary_frame
 
 TEXT = ("The quick brown fox jumps over the lazy dog, and then it runs far away into the "
         "woods, where it waits until the evening comes and the stars are out again.")

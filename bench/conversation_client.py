@@ -40,7 +40,7 @@ from typing import Any
 
 import aiohttp
 
-from duplexvoice.orchestrator.protocol import decode_binary_frame
+from duplexvoice.wire.protocol import decode_binary_frame
 
 FRAME_S = 0.02
 Clock = Callable[[], float]

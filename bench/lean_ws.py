@@ -21,7 +21,7 @@ import struct
 import time
 from urllib.parse import urlsplit
 
-from duplexvoice.orchestrator.protocol import BINARY_FRAME_BYTES, BINARY_MAGIC
+from duplexvoice.wire.protocol import BINARY_FRAME_BYTES, BINARY_MAGIC
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA

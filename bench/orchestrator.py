@@ -48,7 +48,7 @@ from worker import MOCK, PIPER, SETTLE_S, machine, rss_mb, summary
 
 from duplexvoice.client.worker_client import WorkerClient
 from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
-from duplexvoice.orchestrator.protocol import decode_binary_frame
+from duplexvoice.wire.protocol import decode_binary_frame
 from duplexvoice.worker.config import BUNDLED_VOICEPACKS
 
 # The concurrency figure is about the orchestrator: its source is a mock pack that

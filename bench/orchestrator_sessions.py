@@ -40,8 +40,8 @@ from worker import MOCK, machine, rss_mb, summary
 
 from duplexvoice.client.worker_client import WorkerClient
 from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
-from duplexvoice.ports import free_port
 from duplexvoice.rpc import tts_pb2
+from duplexvoice.wire.ports import free_port
 
 WORKER_SESSIONS = 32  # the worker's default max_sessions
 SHORT = "Hello there."

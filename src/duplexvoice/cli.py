@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine
@@ -25,6 +24,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from duplexvoice.client.paths import out_path_error
 from duplexvoice.config import (
     ConfigError,
     OptionError,
@@ -32,7 +32,7 @@ from duplexvoice.config import (
     load_config_with_origins,
     one_line,
 )
-from duplexvoice.ports import bind_error, in_use_message
+from duplexvoice.wire.ports import bind_error, in_use_message
 
 ServiceConfig = TypeVar("ServiceConfig", bound=BaseModel)
 
@@ -89,18 +89,6 @@ def _orchestrator(args: argparse.Namespace) -> int:
     from duplexvoice.orchestrator.server import serve
 
     return _run_service("orchestrator", OrchestratorConfig, ENV_PREFIX, serve, args)
-
-
-def out_path_error(out: Path) -> str | None:
-    """Why a file cannot be written at ``out``, or None; checked before any work."""
-    if out.is_dir():
-        return f"{out} is a folder"
-    parent = out.parent
-    if not parent.is_dir():
-        return f"no such folder: {parent}"
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        return f"{out} is not writable"
-    return None
 
 
 def _synth(args: argparse.Namespace) -> int:

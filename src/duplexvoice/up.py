@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from duplexvoice.config import one_line
 from duplexvoice.launcher import NotReadyError, ServiceProcess, WorkerProcess, describe_exit
-from duplexvoice.ports import bind_error, free_port, in_use_message
+from duplexvoice.wire.ports import bind_error, free_port, in_use_message
 
 if TYPE_CHECKING:
     from duplexvoice.orchestrator.config import OrchestratorConfig

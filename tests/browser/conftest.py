@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from duplexvoice.ports import free_port
+from duplexvoice.wire.ports import free_port
 from tests.support.browser import find_chromium
 from tests.support.up_process import BANNER, READY, UpProcess
 

@@ -15,14 +15,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from duplexvoice.launcher import WorkerProcess
-from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry
+from duplexvoice.orchestrator.workers.registry import EmbeddedRegistry, RedisRegistry
 from duplexvoice.worker.registry import build_record
 from tests.support.eventually import eventually
 from tests.support.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
-LOGGER = "duplexvoice.orchestrator.registry"
+LOGGER = "duplexvoice.orchestrator.workers.registry"
 CAPS: dict[str, object] = {
     "streaming": True, "zero_shot": False, "lora": False, "cpu_ok": True,
     "languages": ["en-US"], "emotive_zero_prompt": False, "max_concurrent_sessions": 8,

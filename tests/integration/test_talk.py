@@ -30,8 +30,8 @@ from duplexvoice.client.echo_cancel import (
 )
 from duplexvoice.client.talk import TalkClient, TalkOptions, TalkResult
 from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
-from duplexvoice.ports import free_port
 from duplexvoice.speech.wer import wer
+from duplexvoice.wire.ports import free_port
 from tests.support.speech import SPEAKERS, say, silence, write_wav
 
 pytestmark = pytest.mark.integration

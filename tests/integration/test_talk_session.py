@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 from duplexvoice.client.audio_io import NullSpeaker, TrackMicrophone
 from duplexvoice.client.echo_cancel import NoEchoCanceller
 from duplexvoice.client.talk import TalkClient, TalkOptions, TalkResult
-from duplexvoice.orchestrator.protocol import encode_binary_frame
+from duplexvoice.wire.protocol import encode_binary_frame
 from tests.support.speech import silence
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from duplexvoice.client.worker_client import WorkerClient
-from duplexvoice.ports import bind_error
 from duplexvoice.rpc import tts_pb2
+from duplexvoice.wire.ports import bind_error
 from tests.support.eventually import eventually, eventually_sync
 from tests.support.up_process import BANNER, READY, UpProcess, alive, speaks
 

@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from duplexvoice.orchestrator.config import OrchestratorConfig
-from duplexvoice.orchestrator.registry import EmbeddedRegistry
 from duplexvoice.orchestrator.server import Orchestrator, build_app
+from duplexvoice.orchestrator.workers.registry import EmbeddedRegistry
 
 pytestmark = [pytest.mark.integration,
               # server.py keys its app with a plain string (aiohttp warns; not ours here)

@@ -23,7 +23,7 @@ from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.server import WEBRTC, Orchestrator, build_app, make_registry
 from duplexvoice.orchestrator.transports.webrtc import WebRtcOptions, WebRtcTransport
-from duplexvoice.orchestrator.worker_link import WorkerPool
+from duplexvoice.orchestrator.workers.link import WorkerPool
 from duplexvoice.speech.wer import wer
 from tests.support.eventually import eventually
 from tests.support.rtc_client import OfferRefused, connect

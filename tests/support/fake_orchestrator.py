@@ -25,11 +25,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from duplexvoice.orchestrator.messages import Command
-from duplexvoice.orchestrator.protocol import FRAME_BYTES, decode_binary_frame
-from duplexvoice.orchestrator.router import WorkerInfo, with_local_load
-from duplexvoice.orchestrator.worker_link import WorkerError, WorkerUnavailable
-from duplexvoice.registry_record import build_record
+from duplexvoice.audio import FRAME_BYTES
+from duplexvoice.orchestrator.workers.link import WorkerError, WorkerUnavailable
+from duplexvoice.orchestrator.workers.router import WorkerInfo, with_local_load
+from duplexvoice.wire.messages import Command
+from duplexvoice.wire.protocol import decode_binary_frame
+from duplexvoice.wire.registry_record import build_record
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from duplexvoice.orchestrator.protocol import decode_binary_frame
+from duplexvoice.wire.protocol import decode_binary_frame
 from tests.support.aio import first_match
 from tests.support.speech import RATE, FloatAudio, pcm16
 

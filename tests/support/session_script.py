@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from duplexvoice.orchestrator.messages import Command
-from duplexvoice.orchestrator.playout import PlayoutConfig
-from duplexvoice.orchestrator.session import SessionConfig, SessionMachine, State
-from duplexvoice.orchestrator.session_events import (
+from duplexvoice.orchestrator.sessions.events import (
     Action,
     Connected,
     ControlReceived,
@@ -19,6 +16,9 @@ from duplexvoice.orchestrator.session_events import (
     TextReceived,
     WorkerFrame,
 )
+from duplexvoice.orchestrator.sessions.machine import SessionConfig, SessionMachine, State
+from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
+from duplexvoice.wire.messages import Command
 
 PCM = b"\x01\x00" * 960
 CFG = SessionConfig("s1", idle_timeout_s=30.0, max_queued_utterances=2, max_pending_chars=100)

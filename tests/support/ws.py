@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from duplexvoice.orchestrator.protocol import decode_binary_frame
+from duplexvoice.wire.protocol import decode_binary_frame
 
 
 class Client:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from duplexvoice.cli import BENCHMARKS, build_parser, main, out_path_error
+from duplexvoice.cli import BENCHMARKS, build_parser, main
+from duplexvoice.client.paths import out_path_error
 from duplexvoice.config import iter_leaves, yaml_only
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.worker.config import WorkerConfig

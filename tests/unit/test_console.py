@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from duplexvoice.audio import FRAME_BYTES
 from duplexvoice.client.console import find_player, stdin_lines
 from duplexvoice.client.console_view import ConsoleView, Output, Play, Print, WriteWav
 from duplexvoice.client.interactive import parse_command
-from duplexvoice.orchestrator.protocol import FRAME_BYTES, encode_binary_frame
+from duplexvoice.wire.protocol import encode_binary_frame
 
 pytestmark = pytest.mark.unit
 

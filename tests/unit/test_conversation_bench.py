@@ -27,8 +27,8 @@ import conversation
 import conversation_client as cc
 import conversation_set as cs
 
-from duplexvoice.orchestrator.protocol import encode_binary_frame
 from duplexvoice.speech.wer import wer
+from duplexvoice.wire.protocol import encode_binary_frame
 from tests.support import speech
 
 # -- pacing, with a fake clock -------------------------------------------------------

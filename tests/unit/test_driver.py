@@ -17,23 +17,23 @@ from typing import Any
 import pytest
 
 from duplexvoice.orchestrator.config import OrchestratorConfig
-from duplexvoice.orchestrator.driver import SessionDriver
-from duplexvoice.orchestrator.messages import Command, Error, ErrorCode
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
-from duplexvoice.orchestrator.protocol import (
+from duplexvoice.orchestrator.sessions.driver import SessionDriver
+from duplexvoice.orchestrator.workers.link import (
+    WorkerBusy,
+    WorkerError,
+    WorkerRejected,
+    WorkerUnavailable,
+)
+from duplexvoice.orchestrator.workers.router import WorkerInfo
+from duplexvoice.wire.messages import Command, Error, ErrorCode
+from duplexvoice.wire.protocol import (
     AudioInput,
     ClientMessage,
     ConfigMessage,
     ControlMessage,
     PlaybackMessage,
     TextMessage,
-)
-from duplexvoice.orchestrator.router import WorkerInfo
-from duplexvoice.orchestrator.worker_link import (
-    WorkerBusy,
-    WorkerError,
-    WorkerRejected,
-    WorkerUnavailable,
 )
 from tests.support.eventually import eventually
 from tests.support.fake_orchestrator import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from duplexvoice.orchestrator.health import WorkerHealth
+from duplexvoice.orchestrator.workers.health import WorkerHealth
 from tests.support.fake_orchestrator import NOW, worker_info
 
 pytestmark = pytest.mark.unit

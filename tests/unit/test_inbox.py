@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from duplexvoice.orchestrator.inbox import Inbox
+from duplexvoice.orchestrator.sessions.inbox import Inbox
 
 pytestmark = pytest.mark.unit
 

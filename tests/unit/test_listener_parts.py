@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from duplexvoice.orchestrator.listener import AudioBudget, AudioRing
+from duplexvoice.orchestrator.sessions.listener import AudioBudget, AudioRing
 
 pytestmark = pytest.mark.unit
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from duplexvoice.orchestrator.registry import (
+from duplexvoice.orchestrator.workers.registry import (
     parse_address,
     record_from_capabilities,
     retry_delay,
 )
-from duplexvoice.orchestrator.router import WorkerInfo
+from duplexvoice.orchestrator.workers.router import WorkerInfo
 from duplexvoice.rpc import tts_pb2
 
 pytestmark = pytest.mark.unit

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from duplexvoice.orchestrator.playout import Playout, PlayoutConfig, Released
+from duplexvoice.orchestrator.sessions.playout import Playout, PlayoutConfig, Released
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from duplexvoice.orchestrator.protocol import (
+from duplexvoice.wire.protocol import (
     BINARY_FRAME_BYTES,
     BINARY_HEADER_BYTES,
     FLAG_LAST,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from duplexvoice.orchestrator.router import (
+from duplexvoice.orchestrator.workers.router import (
     RouteDecision,
     RouteRequest,
     RoutingMode,

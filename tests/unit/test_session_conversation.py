@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from duplexvoice.orchestrator.messages import Command
-from duplexvoice.orchestrator.session import SessionConfig, State
-from duplexvoice.orchestrator.session_events import (
+from duplexvoice.orchestrator.sessions.events import (
     BeginSynthesis,
     CancelReply,
     Connected,
@@ -27,6 +25,8 @@ from duplexvoice.orchestrator.session_events import (
     WorkerControl,
     WorkerFrame,
 )
+from duplexvoice.orchestrator.sessions.machine import SessionConfig, State
+from duplexvoice.wire.messages import Command
 from tests.support.session_script import PCM, Driver, audio, errors, msgs, states
 
 pytestmark = pytest.mark.unit

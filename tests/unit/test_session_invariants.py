@@ -7,10 +7,7 @@ import random
 
 import pytest
 
-from duplexvoice.orchestrator.messages import UtteranceEnd
-from duplexvoice.orchestrator.playout import PlayoutConfig
-from duplexvoice.orchestrator.session import SessionConfig, State
-from duplexvoice.orchestrator.session_events import (
+from duplexvoice.orchestrator.sessions.events import (
     Action,
     BeginSynthesis,
     CancelReply,
@@ -37,6 +34,9 @@ from duplexvoice.orchestrator.session_events import (
     UserTyped,
     WorkerFrame,
 )
+from duplexvoice.orchestrator.sessions.machine import SessionConfig, State
+from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
+from duplexvoice.wire.messages import UtteranceEnd
 from tests.support.session_script import (
     PAUSE,
     PCM,

@@ -6,10 +6,7 @@ from typing import Any
 
 import pytest
 
-from duplexvoice.orchestrator.messages import Command, ErrorCode
-from duplexvoice.orchestrator.playout import PlayoutConfig
-from duplexvoice.orchestrator.session import SessionConfig, State, speakable
-from duplexvoice.orchestrator.session_events import (
+from duplexvoice.orchestrator.sessions.events import (
     BeginSynthesis,
     ClientDisconnected,
     Close,
@@ -26,6 +23,9 @@ from duplexvoice.orchestrator.session_events import (
     WorkerControl,
     WorkerFrame,
 )
+from duplexvoice.orchestrator.sessions.machine import SessionConfig, State, speakable
+from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
+from duplexvoice.wire.messages import Command, ErrorCode
 from tests.support.session_script import (
     PAUSE,
     PCM,

@@ -7,9 +7,9 @@ from copy import deepcopy
 
 import pytest
 
-from duplexvoice.orchestrator.messages import ErrorCode
-from duplexvoice.orchestrator.protocol import DEFAULT_INPUT_SAMPLE_RATE, ConfigMessage
-from duplexvoice.orchestrator.settings import SessionSettings
+from duplexvoice.orchestrator.sessions.settings import SessionSettings
+from duplexvoice.wire.messages import ErrorCode
+from duplexvoice.wire.protocol import DEFAULT_INPUT_SAMPLE_RATE, ConfigMessage
 
 pytestmark = pytest.mark.unit
 

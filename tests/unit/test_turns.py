@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from duplexvoice.orchestrator.turns import (
+from duplexvoice.orchestrator.sessions.turns import (
     Abandon,
     Confirm,
     Decision,

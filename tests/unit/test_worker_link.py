@@ -11,19 +11,19 @@ from typing import Any
 import grpc
 import pytest
 
-from duplexvoice.orchestrator.messages import Command
-from duplexvoice.orchestrator.router import WorkerInfo
-from duplexvoice.orchestrator.worker_link import (
+from duplexvoice.orchestrator.workers.link import (
     WorkerBusy,
     WorkerError,
     WorkerPool,
     WorkerRejected,
     WorkerSession,
     WorkerUnavailable,
-    grpc_target,
     translate,
 )
+from duplexvoice.orchestrator.workers.router import WorkerInfo
 from duplexvoice.rpc import tts_pb2
+from duplexvoice.wire.channels import grpc_target
+from duplexvoice.wire.messages import Command
 from tests.support.eventually import eventually
 from tests.support.fake_orchestrator import NOW, TIMEOUT_S, wait_until, worker_info
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from duplexvoice.audio import FRAME_BYTES
 from duplexvoice.client.messages import (
     PROBE,
     AudioCollector,
@@ -25,12 +26,7 @@ from duplexvoice.client.messages import (
 )
 from duplexvoice.client.worker_client import write_wav
 from duplexvoice.client.ws_client import Incoming, converse, models_url
-from duplexvoice.orchestrator.protocol import (
-    FLAG_LAST,
-    FRAME_BYTES,
-    audio_message,
-    encode_binary_frame,
-)
+from duplexvoice.wire.protocol import FLAG_LAST, audio_message, encode_binary_frame
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from duplexvoice.orchestrator.protocol import OUTPUT_SAMPLE_RATE
+from duplexvoice.wire.protocol import OUTPUT_SAMPLE_RATE
 
 # -- playback ------------------------------------------------------------------------
 

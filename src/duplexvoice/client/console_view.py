@@ -20,7 +20,7 @@ from duplexvoice.client.messages import (
     parse_audio,
     probe_verdict,
 )
-from duplexvoice.orchestrator.protocol import OUTPUT_SAMPLE_RATE
+from duplexvoice.wire.protocol import OUTPUT_SAMPLE_RATE
 
 _PLAYING: Final = ("SPEAKING", "PAUSED")
 

@@ -41,7 +41,7 @@ from duplexvoice.client.ws_client import (
     list_voices,
     sender,
 )
-from duplexvoice.orchestrator.protocol import encode_json
+from duplexvoice.wire.protocol import encode_json
 
 if TYPE_CHECKING:
     import aiohttp

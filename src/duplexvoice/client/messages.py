@@ -25,11 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from duplexvoice.orchestrator.protocol import (
-    FRAME_BYTES,
-    OUTPUT_SAMPLE_RATE,
-    decode_binary_frame,
-)
+from duplexvoice.audio import FRAME_BYTES
+from duplexvoice.wire.protocol import OUTPUT_SAMPLE_RATE, decode_binary_frame
 
 # Errors that refuse the text itself: no utterance will follow, stop waiting.
 TEXT_REFUSED_CODES: Final = frozenset(

@@ -34,7 +34,6 @@ from duplexvoice.client.audio_io import MIC_FRAME, MIC_RATE, OUT_RATE, Captured,
 
 _MIC_QUEUE: Final = 50  # blocks (1 s) between the card's thread and the loop
 _SPEAKER_QUEUE: Final = 25  # frames (0.5 s) queued for the card
-_OUT_FRAME_BYTES: Final = 1920
 
 
 class SoundCardUnavailable(Exception):

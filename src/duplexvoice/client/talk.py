@@ -55,7 +55,7 @@ from duplexvoice.client.talk_playback import PlaybackBuffer, PlaybackStats
 from duplexvoice.client.talk_state import ConversationTracker, Latency, SpeechEnd
 from duplexvoice.client.talk_view import TalkView, describe_latency
 from duplexvoice.client.ws_client import DEFAULT_URL, connect
-from duplexvoice.orchestrator.protocol import decode_binary_frame
+from duplexvoice.wire.protocol import decode_binary_frame
 
 if TYPE_CHECKING:
     import aiohttp

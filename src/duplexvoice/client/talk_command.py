@@ -27,6 +27,7 @@ from duplexvoice.client.audio_io import (
     WavSpeaker,
 )
 from duplexvoice.client.echo_cancel import AecUnavailable, make_echo_canceller
+from duplexvoice.client.paths import out_path_error
 from duplexvoice.client.talk import TalkClient, TalkError, TalkOptions
 from duplexvoice.client.ws_client import ConnectFailed
 
@@ -146,8 +147,6 @@ async def _talk(args: argparse.Namespace) -> int:
 
 def run_talk(args: argparse.Namespace) -> int:
     """``duplexvoice talk``: the exit code (0 ok, 1 error, 130 Ctrl-C)."""
-    from duplexvoice.cli import out_path_error
-
     if not args.linger >= 0:  # also NaN
         print("duplexvoice talk: --linger must be >= 0", file=sys.stderr)
         return 1

@@ -35,8 +35,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-FRAME_MS: Final = 20
-FRAME_BYTES: Final = 1920  # 960 samples of PCM16 mono at 48 kHz
+from duplexvoice.audio import FRAME_BYTES, FRAME_MS
+
 SILENCE: Final = bytes(FRAME_BYTES)
 _FENCE_MEMORY = 64  # interrupted ids remembered (ids only grow; old ones never return)
 

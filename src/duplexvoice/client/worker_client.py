@@ -17,8 +17,8 @@ from pathlib import Path
 import grpc
 
 from duplexvoice.audio import SAMPLE_RATE
-from duplexvoice.orchestrator.worker_link import channel_options, grpc_target
 from duplexvoice.rpc import tts_pb2, tts_pb2_grpc
+from duplexvoice.wire.channels import channel_options, grpc_target
 
 __all__ = ["DEFAULT_WINDOW_BYTES", "SynthesisResult", "WorkerClient", "channel_options",
            "grpc_target", "synthesize_text", "write_wav"]

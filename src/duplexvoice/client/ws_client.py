@@ -28,7 +28,7 @@ from duplexvoice.client.messages import (
     config_message,
     load_message,
 )
-from duplexvoice.orchestrator.protocol import encode_json
+from duplexvoice.wire.protocol import encode_json
 
 if TYPE_CHECKING:
     import aiohttp

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from duplexvoice.orchestrator.conversation_config import ConversationConfig
-from duplexvoice.orchestrator.router import RoutingMode, default_routing_modes
+from duplexvoice.orchestrator.workers.router import RoutingMode, default_routing_modes
 
 ENV_PREFIX = "DUPLEXVOICE_ORCH"
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from duplexvoice.orchestrator.turns import TurnConfig
+from duplexvoice.orchestrator.sessions.turns import TurnConfig
 from duplexvoice.replies import ReplyConfig
 from duplexvoice.speech.vad_gate import GateConfig
 

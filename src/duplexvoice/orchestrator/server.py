@@ -23,15 +23,19 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from duplexvoice.orchestrator.config import OrchestratorConfig
-from duplexvoice.orchestrator.driver import SessionDriver
-from duplexvoice.orchestrator.listener import ConversationServices, make_services
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
-from duplexvoice.orchestrator.protocol import ProtocolLimits
-from duplexvoice.orchestrator.registry import EmbeddedRegistry, RedisRegistry, WorkerRegistry
+from duplexvoice.orchestrator.sessions.driver import SessionDriver
+from duplexvoice.orchestrator.sessions.listener import ConversationServices, make_services
 from duplexvoice.orchestrator.transports.webrtc import WebRtcOptions, WebRtcTransport
 from duplexvoice.orchestrator.transports.websocket import websocket
 from duplexvoice.orchestrator.web import add_web_routes
-from duplexvoice.orchestrator.worker_link import WorkerPool
+from duplexvoice.orchestrator.workers.link import WorkerPool
+from duplexvoice.orchestrator.workers.registry import (
+    EmbeddedRegistry,
+    RedisRegistry,
+    WorkerRegistry,
+)
+from duplexvoice.wire.protocol import ProtocolLimits
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from duplexvoice.registry_record import (  # re-exported: the worker's side of WIRE §3
+from duplexvoice.wire.registry_record import (  # re-exported: the worker's side of WIRE §3
     CAPABILITY_FIELDS,
     CONTRACT_FIELDS,
     DEFAULT_PREFIX,

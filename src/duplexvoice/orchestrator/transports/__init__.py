@@ -17,8 +17,8 @@ from aiohttp import web
 from duplexvoice.orchestrator.access import check_access
 
 if TYPE_CHECKING:
-    from duplexvoice.orchestrator.driver import SessionDriver
     from duplexvoice.orchestrator.server import Orchestrator
+    from duplexvoice.orchestrator.sessions.driver import SessionDriver
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
 
-from duplexvoice.orchestrator.protocol import FRAME_BYTES, FRAME_MS, OUTPUT_SAMPLE_RATE
+from duplexvoice.audio import FRAME_BYTES, FRAME_MS
+from duplexvoice.wire.protocol import OUTPUT_SAMPLE_RATE
 
 SAMPLES_PER_FRAME = OUTPUT_SAMPLE_RATE * FRAME_MS // 1000  # 960
 SILENCE = bytes(FRAME_BYTES)

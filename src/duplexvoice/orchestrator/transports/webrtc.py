@@ -60,16 +60,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 
 from duplexvoice.orchestrator.access import RateDecision, RateLimiter
-from duplexvoice.orchestrator.driver import SessionDriver
-from duplexvoice.orchestrator.messages import Error, ErrorCode
-from duplexvoice.orchestrator.protocol import (
-    MAX_INPUT_SAMPLE_RATE,
-    MIN_INPUT_SAMPLE_RATE,
-    AudioInput,
-    ProtocolError,
-    decode_binary_frame,
-    parse_client_message,
-)
+from duplexvoice.orchestrator.sessions.driver import SessionDriver
 from duplexvoice.orchestrator.transports import finish_session, refusal, start_session
 from duplexvoice.orchestrator.transports.rtc_audio import (
     OutgoingAudioTrack,
@@ -80,6 +71,15 @@ from duplexvoice.orchestrator.transports.rtc_audio import (
 from duplexvoice.orchestrator.transports.rtc_ice import (
     add_loopback_candidate,
     rtc_configuration,
+)
+from duplexvoice.wire.messages import Error, ErrorCode
+from duplexvoice.wire.protocol import (
+    MAX_INPUT_SAMPLE_RATE,
+    MIN_INPUT_SAMPLE_RATE,
+    AudioInput,
+    ProtocolError,
+    decode_binary_frame,
+    parse_client_message,
 )
 
 if TYPE_CHECKING:

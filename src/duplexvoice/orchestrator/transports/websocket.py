@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from duplexvoice.orchestrator.access import RateDecision, RateLimiter
-from duplexvoice.orchestrator.driver import SessionDriver
-from duplexvoice.orchestrator.messages import Error, ErrorCode
-from duplexvoice.orchestrator.protocol import ProtocolError, parse_client_message
+from duplexvoice.orchestrator.sessions.driver import SessionDriver
 from duplexvoice.orchestrator.transports import finish_session, refusal, start_session
 from duplexvoice.orchestrator.transports.ws_output import ClientOutput
+from duplexvoice.wire.messages import Error, ErrorCode
+from duplexvoice.wire.protocol import ProtocolError, parse_client_message
 
 if TYPE_CHECKING:
     from duplexvoice.orchestrator.server import Orchestrator

@@ -168,7 +168,7 @@ class CosyVoiceAdapter(TTSAdapter):
 
     @classmethod
     def load(cls, pack: VoicePack, device: str) -> CosyVoiceAdapter:
-        from duplexvoice.worker.adapters import capabilities_from_pack, parse_params
+        from duplexvoice.worker.adapters.packs import capabilities_from_pack, parse_params
 
         params = parse_params(pack, CosyVoiceParams)
         where = f"voice pack {pack.model_id}"

@@ -171,7 +171,7 @@ class CsmAdapter(TTSAdapter):
     def load(cls, pack: VoicePack, device: str) -> CsmAdapter:
         from transformers import AutoProcessor, CsmForConditionalGeneration
 
-        from duplexvoice.worker.adapters import capabilities_from_pack, parse_params
+        from duplexvoice.worker.adapters.packs import capabilities_from_pack, parse_params
 
         params = parse_params(pack, CsmParams)
         ts.quiet_progress_bars()
@@ -199,7 +199,7 @@ class CsmAdapter(TTSAdapter):
         return cls(model, processor, dev, capabilities_from_pack(pack), params)
 
     def load_lora(self, pack: VoicePack) -> CsmLoraVoice:
-        from duplexvoice.worker.adapters import capabilities_from_pack, parse_params
+        from duplexvoice.worker.adapters.packs import capabilities_from_pack, parse_params
 
         if self.adapter_name is not None:
             raise AdapterError(f"voice pack {pack.model_id}: a LoRA voice cannot be a base")

@@ -172,7 +172,7 @@ class EspeakAdapter(TTSAdapter):
 
     @classmethod
     def load(cls, pack: VoicePack, device: str) -> EspeakAdapter:
-        from duplexvoice.worker.adapters import capabilities_from_pack, parse_params
+        from duplexvoice.worker.adapters.packs import capabilities_from_pack, parse_params
 
         # eSpeak runs on the CPU whatever ``device`` says: it has no GPU path.
         params = parse_params(pack, EspeakParams)

@@ -196,7 +196,7 @@ class MockAdapter(TTSAdapter):
 
     @classmethod
     def load(cls, pack: VoicePack, device: str) -> MockAdapter:
-        from duplexvoice.worker.adapters import capabilities_from_pack, parse_params
+        from duplexvoice.worker.adapters.packs import capabilities_from_pack, parse_params
 
         rate = pack.metadata.audio.get("sample_rate", DEFAULT_SAMPLE_RATE)
         if not isinstance(rate, int) or rate < 8000:

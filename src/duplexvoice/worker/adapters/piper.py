@@ -156,7 +156,7 @@ class PiperAdapter(TTSAdapter):
 
     @classmethod
     def load(cls, pack: VoicePack, device: str) -> PiperAdapter:
-        from duplexvoice.worker.adapters import capabilities_from_pack, parse_params
+        from duplexvoice.worker.adapters.packs import capabilities_from_pack, parse_params
 
         params = parse_params(pack, PiperParams)
         model, config_path = model_files(pack)

@@ -156,7 +156,7 @@ class XttsAdapter(TTSAdapter):
 
     @classmethod
     def load(cls, pack: VoicePack, device: str) -> XttsAdapter:
-        from duplexvoice.worker.adapters import capabilities_from_pack, parse_params
+        from duplexvoice.worker.adapters.packs import capabilities_from_pack, parse_params
 
         params = parse_params(pack, XttsParams)
         where = f"voice pack {pack.model_id}"

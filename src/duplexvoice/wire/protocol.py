@@ -33,7 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from duplexvoice.orchestrator.messages import Command, Error, ErrorCode
+from duplexvoice.audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+from duplexvoice.wire.messages import Command, Error, ErrorCode
 
 # -- error codes ---------------------------------------------------------------------
 
@@ -45,9 +46,8 @@ INVALID_AUDIO: Final = ErrorCode.INVALID_AUDIO
 
 # -- audio constants (WIRE §1.1) -----------------------------------------------------
 
-OUTPUT_SAMPLE_RATE: Final = 48_000
-FRAME_MS: Final = 20
-FRAME_BYTES: Final = 1920  # 960 samples of PCM16 mono
+# The frame itself is the audio package's (one definition for every part).
+OUTPUT_SAMPLE_RATE: Final = SAMPLE_RATE
 MIN_INPUT_SAMPLE_RATE: Final = 8_000
 MAX_INPUT_SAMPLE_RATE: Final = 48_000
 DEFAULT_INPUT_SAMPLE_RATE: Final = 16_000

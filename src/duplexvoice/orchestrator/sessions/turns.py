@@ -37,7 +37,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from duplexvoice.orchestrator.session_events import speakable
+from duplexvoice.orchestrator.sessions.events import speakable
 
 _EPS = 1e-6
 

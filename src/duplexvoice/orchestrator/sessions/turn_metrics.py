@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 
-from duplexvoice.orchestrator.listener import Listener
-from duplexvoice.orchestrator.messages import Pause, ReplyText, Resume, Transcript, TurnMetrics
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
+from duplexvoice.orchestrator.sessions.listener import Listener
+from duplexvoice.wire.messages import Pause, ReplyText, Resume, Transcript, TurnMetrics
 
 _KEEP = 4  # turns remembered: only the last one or two are ever still open
 

@@ -1,5 +1,5 @@
 """The conversation half of the session machine: microphone speech, the user's
-turns, replies and barge-in (WIRE §1.2). Pure, like :mod:`.session`, of which it is a
+turns, replies and barge-in (WIRE §1.2). Pure, like :mod:`.machine`, of which it is a
 part (a mixin of :class:`~.session.SessionMachine`, split only to keep files small).
 
 What to do is decided by the turn-taking core (:mod:`.turns`); this carries its
@@ -22,19 +22,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from duplexvoice.orchestrator import turns
-from duplexvoice.orchestrator.messages import (
-    Command,
-    EndReason,
-    ErrorCode,
-    Outbound,
-    Pause,
-    ReplyText,
-    Resume,
-    Transcript,
-)
-from duplexvoice.orchestrator.playout import Playout
-from duplexvoice.orchestrator.session_events import (
+from duplexvoice.audio import FRAME_MS
+from duplexvoice.orchestrator.sessions import turns
+from duplexvoice.orchestrator.sessions.events import (
     Action,
     CancelReply,
     ReplyChunk,
@@ -51,11 +41,22 @@ from duplexvoice.orchestrator.session_events import (
     WorkerControl,
     speakable,
 )
-from duplexvoice.orchestrator.session_types import (
+from duplexvoice.orchestrator.sessions.playout import Playout
+from duplexvoice.orchestrator.sessions.state import (
     PendingReply,
     SessionConfig,
     State,
     Utterance,
+)
+from duplexvoice.wire.messages import (
+    Command,
+    EndReason,
+    ErrorCode,
+    Outbound,
+    Pause,
+    ReplyText,
+    Resume,
+    Transcript,
 )
 
 
@@ -255,7 +256,7 @@ class ConversationMixin:
         assert utterance.reply_turn is not None
         self._actions.append(CancelReply(
             utterance.reply_turn, utterance.utterance_id, "".join(utterance.text),
-            utterance.sent * 20.0, unheard=utterance.gated))
+            float(utterance.sent * FRAME_MS), unheard=utterance.gated))
         if utterance.gated:
             self._drop_gated(utterance)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from duplexvoice.orchestrator.listener import ConversationServices, Listener
-from duplexvoice.orchestrator.messages import Error, ErrorCode
-from duplexvoice.orchestrator.protocol import AudioInput
-from duplexvoice.orchestrator.session import State
-from duplexvoice.orchestrator.session_events import Action, Event, UserSpeechEnded
+from duplexvoice.orchestrator.sessions.events import Action, Event, UserSpeechEnded
+from duplexvoice.orchestrator.sessions.listener import ConversationServices, Listener
+from duplexvoice.orchestrator.sessions.machine import State
+from duplexvoice.wire.messages import Error, ErrorCode
+from duplexvoice.wire.protocol import AudioInput
 
 _REFUSED_EVERY_S = 1.0
 

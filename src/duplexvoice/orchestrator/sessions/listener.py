@@ -34,8 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from duplexvoice.orchestrator.conversation_config import ConversationConfig
-from duplexvoice.orchestrator.messages import Error, ErrorCode
-from duplexvoice.orchestrator.session_events import (
+from duplexvoice.orchestrator.sessions.events import (
     Action,
     CancelReply,
     Event,
@@ -64,6 +63,7 @@ from duplexvoice.speech.asr_types import AsrBusy, AsrConfig, AsrError
 from duplexvoice.speech.audio_in import MicResampler
 from duplexvoice.speech.vad import VadConfig, VoiceDetector
 from duplexvoice.speech.vad_gate import SpeechOffset, SpeechOnset
+from duplexvoice.wire.messages import Error, ErrorCode
 
 log = logging.getLogger(__name__)
 

@@ -46,22 +46,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from duplexvoice.orchestrator.messages import (
-    Command,
-    EndReason,
-    Error,
-    ErrorCode,
-    Interrupt,
-    Outbound,
-    SessionEnd,
-    SessionEndReason,
-    SessionStart,
-    StateChanged,
-    UtteranceEnd,
-)
-from duplexvoice.orchestrator.playout import Playout
-from duplexvoice.orchestrator.session_conversation import ConversationMixin
-from duplexvoice.orchestrator.session_events import (
+from duplexvoice.orchestrator.sessions.conversation import ConversationMixin
+from duplexvoice.orchestrator.sessions.events import (
     Action,
     BeginSynthesis,
     ClientDisconnected,
@@ -90,13 +76,27 @@ from duplexvoice.orchestrator.session_events import (
     WorkerFrame,
     speakable,
 )
-from duplexvoice.orchestrator.session_types import (
+from duplexvoice.orchestrator.sessions.playout import Playout
+from duplexvoice.orchestrator.sessions.state import (
     PendingReply,
     SessionConfig,
     State,
     Utterance,
 )
-from duplexvoice.orchestrator.turns import TurnTaking
+from duplexvoice.orchestrator.sessions.turns import TurnTaking
+from duplexvoice.wire.messages import (
+    Command,
+    EndReason,
+    Error,
+    ErrorCode,
+    Interrupt,
+    Outbound,
+    SessionEnd,
+    SessionEndReason,
+    SessionStart,
+    StateChanged,
+    UtteranceEnd,
+)
 
 __all__ = ["SessionConfig", "SessionMachine", "State", "speakable"]
 

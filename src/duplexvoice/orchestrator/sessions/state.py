@@ -1,7 +1,7 @@
 """The session machine's plain data: its states, its settings, its utterances.
 
-Split from :mod:`.session` (which re-exports ``State`` and ``SessionConfig``) so the
-conversation half of the machine (:mod:`.session_conversation`) can share them.
+Split from :mod:`.machine` (which re-exports ``State`` and ``SessionConfig``) so the
+conversation half of the machine (:mod:`.conversation`) can share them.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from duplexvoice.orchestrator.playout import PlayoutConfig
-from duplexvoice.orchestrator.turns import TurnConfig
+from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
+from duplexvoice.orchestrator.sessions.turns import TurnConfig
 
 
 class State(enum.StrEnum):

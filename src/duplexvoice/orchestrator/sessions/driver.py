@@ -1,17 +1,17 @@
 """The asyncio driver of one client session.
 
-It feeds the pure :class:`~duplexvoice.orchestrator.session.SessionMachine` with events
+It feeds the pure :class:`~duplexvoice.orchestrator.sessions.machine.SessionMachine` with events
 (client messages, worker frames, timer ticks) through an :class:`~.inbox.Inbox`
 (inputs before audio) and carries out the actions it returns: messages to the client,
 worker calls. Decisions are the machine's (and the router's, and the settings'); this
 module does I/O and measures time.
 
-Worker side, through :mod:`.worker_link` only: a worker session is taken when an
+Worker side, through :mod:`..workers.link` only: a worker session is taken when an
 utterance starts and none is held (routed over the registry's workers, minus those
 down), kept while the machine keeps it, and ended on ``ReleaseWorker``, on every
 exit of the session, including a StartSession still in flight. A worker that fails
 is routed around by every session until it answers again; the next utterance takes
-a new worker session wherever one can be had (:mod:`.placement`). In conversation
+a new worker session wherever one can be had (:mod:`..workers.placement`). In conversation
 mode, microphone audio and the listening actions go to :mod:`.conversation_input`.
 """
 
@@ -24,43 +24,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from duplexvoice.audio import FRAME_MS
 from duplexvoice.orchestrator.config import OrchestratorConfig
-from duplexvoice.orchestrator.conversation_input import ConversationInput
-from duplexvoice.orchestrator.inbox import Inbox
-from duplexvoice.orchestrator.listener import ConversationServices
-from duplexvoice.orchestrator.messages import (
-    Command,
-    EndReason,
-    Error,
-    ErrorCode,
-    Interrupt,
-    Outbound,
-    Pause,
-    ReplyText,
-    Resume,
-    Transcript,
-    UtteranceEnd,
-    UtteranceMetrics,
-)
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
-from duplexvoice.orchestrator.placement import open_worker_session
-from duplexvoice.orchestrator.playout import PlayoutConfig
-from duplexvoice.orchestrator.protocol import (
-    FRAME_MS,
-    AudioInput,
-    ClientMessage,
-    ConfigMessage,
-    ControlMessage,
-    PlaybackMessage,
-    TextMessage,
-    UserTextMessage,
-    audio_message,
-    encode_binary_frame,
-    encode_json,
-)
-from duplexvoice.orchestrator.registry import WorkerRegistry
-from duplexvoice.orchestrator.session import SessionConfig, SessionMachine
-from duplexvoice.orchestrator.session_events import (
+from duplexvoice.orchestrator.sessions.conversation_input import ConversationInput
+from duplexvoice.orchestrator.sessions.events import (
     Action,
     BeginSynthesis,
     CancelReply,
@@ -85,12 +53,44 @@ from duplexvoice.orchestrator.session_events import (
     WorkerControl,
     WorkerFrame,
 )
-from duplexvoice.orchestrator.settings import SessionSettings
-from duplexvoice.orchestrator.turn_metrics import TurnFigures
-from duplexvoice.orchestrator.worker_link import (
+from duplexvoice.orchestrator.sessions.inbox import Inbox
+from duplexvoice.orchestrator.sessions.listener import ConversationServices
+from duplexvoice.orchestrator.sessions.machine import SessionConfig, SessionMachine
+from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
+from duplexvoice.orchestrator.sessions.settings import SessionSettings
+from duplexvoice.orchestrator.sessions.turn_metrics import TurnFigures
+from duplexvoice.orchestrator.workers.link import (
     WorkerError,
     WorkerPool,
     WorkerSession,
+)
+from duplexvoice.orchestrator.workers.placement import open_worker_session
+from duplexvoice.orchestrator.workers.registry import WorkerRegistry
+from duplexvoice.wire.messages import (
+    Command,
+    EndReason,
+    Error,
+    ErrorCode,
+    Interrupt,
+    Outbound,
+    Pause,
+    ReplyText,
+    Resume,
+    Transcript,
+    UtteranceEnd,
+    UtteranceMetrics,
+)
+from duplexvoice.wire.protocol import (
+    AudioInput,
+    ClientMessage,
+    ConfigMessage,
+    ControlMessage,
+    PlaybackMessage,
+    TextMessage,
+    UserTextMessage,
+    audio_message,
+    encode_binary_frame,
+    encode_json,
 )
 
 log = logging.getLogger(__name__)

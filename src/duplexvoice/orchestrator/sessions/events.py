@@ -1,6 +1,6 @@
 """Events (driver -> machine) and actions (machine -> driver) of the session machine.
 
-Plain frozen dataclasses, no behaviour: see :mod:`duplexvoice.orchestrator.session`.
+Plain frozen dataclasses, no behaviour: see :mod:`duplexvoice.orchestrator.sessions.machine`.
 A new input (microphone frames, VAD edges, transcripts) is a new ``Event`` subclass
 and a new handler in the machine; a new effect is a new ``Action``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
-from duplexvoice.orchestrator.messages import Command, ErrorCode, Outbound
+from duplexvoice.wire.messages import Command, ErrorCode, Outbound
 
 
 def speakable(text: str) -> bool:

@@ -36,27 +36,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 
 import grpc
 
-from duplexvoice.orchestrator.health import WorkerHealth
-from duplexvoice.orchestrator.messages import Command
-from duplexvoice.orchestrator.router import WorkerInfo, with_local_load
+from duplexvoice.orchestrator.workers.health import WorkerHealth
+from duplexvoice.orchestrator.workers.router import WorkerInfo, with_local_load
 from duplexvoice.rpc import tts_pb2, tts_pb2_grpc
+from duplexvoice.wire.channels import STREAM_WINDOW_BYTES, channel_options, grpc_target
+from duplexvoice.wire.messages import Command
 
 log = logging.getLogger(__name__)
 
-# The orchestrator pauses and stops audio in its own buffer, so the HTTP/2 window per
-# worker stream need not be tiny; at 64 KiB (about 33 frames) the window updates are
-# 4x rarer than a 16 KiB window, which costs both processes less CPU.
-STREAM_WINDOW_BYTES = 64 * 1024
-# gRPC's default reconnect back-off grows to 120 s: a worker restarted on the same
-# address would be unreachable for minutes. Cap it near the probe interval.
-_RECONNECT_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # Channels to one address otherwise share a global subchannel, back-off included:
-    # a fresh channel (``WorkerPool.reset``) must really connect afresh.
-    ("grpc.use_local_subchannel_pool", 1),
-)
 _PROBE_FIRST_S = 0.2
 _PROBE_MAX_S = 2.0
 _PROBE_GIVE_UP_S = 600.0  # then only a fresh heartbeat brings the worker back
@@ -91,17 +78,6 @@ class WorkerBusy(WorkerError):
 
 class WorkerRejected(WorkerError):
     retryable = False
-
-
-def grpc_target(addr: str) -> str:
-    """``grpc://host:port`` (the registry's form) or ``host:port`` -> ``host:port``."""
-    return addr.removeprefix("grpc://")
-
-
-def channel_options(window_bytes: int) -> tuple[tuple[str, int], ...]:
-    """A fixed HTTP/2 window per stream (no BDP probing) and a short reconnect back-off."""
-    return (("grpc.http2.lookahead_bytes", window_bytes), ("grpc.http2.bdp_probe", 0),
-            *_RECONNECT_OPTIONS)
 
 
 def translate(worker: str, exc: grpc.aio.AioRpcError) -> WorkerError:

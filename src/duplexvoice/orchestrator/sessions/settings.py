@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from duplexvoice.orchestrator.messages import Error, ErrorCode
-from duplexvoice.orchestrator.protocol import DEFAULT_INPUT_SAMPLE_RATE, ConfigMessage
+from duplexvoice.wire.messages import Error, ErrorCode
+from duplexvoice.wire.protocol import DEFAULT_INPUT_SAMPLE_RATE, ConfigMessage
 
 
 @dataclass

@@ -1,21 +1,21 @@
 """Where an utterance is spoken: route over the registry's workers and open a worker
 session there, trying the next best worker when one cannot be reached or is full.
 
-I/O over :mod:`.worker_link` and the registry; the choice itself is the pure router's
+I/O over :mod:`.link` and the registry; the choice itself is the pure router's
 (:func:`~.router.route`).
 """
 
 from __future__ import annotations
 
-from duplexvoice.orchestrator.registry import WorkerRegistry
-from duplexvoice.orchestrator.router import RouteRequest, RoutingMode, route
-from duplexvoice.orchestrator.worker_link import (
+from duplexvoice.orchestrator.workers.link import (
     WorkerBusy,
     WorkerError,
     WorkerPool,
     WorkerSession,
     WorkerUnavailable,
 )
+from duplexvoice.orchestrator.workers.registry import WorkerRegistry
+from duplexvoice.orchestrator.workers.router import RouteRequest, RoutingMode, route
 
 ATTEMPTS = 3  # workers tried for one utterance
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from duplexvoice.orchestrator.router import WorkerInfo
+from duplexvoice.orchestrator.workers.router import WorkerInfo
 
 
 class WorkerHealth:

@@ -36,15 +36,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from duplexvoice.orchestrator.router import WorkerInfo
-from duplexvoice.orchestrator.worker_link import WorkerError, WorkerPool, describe, grpc_target
-from duplexvoice.registry_record import (
+from duplexvoice.orchestrator.workers.link import WorkerError, WorkerPool, describe
+from duplexvoice.orchestrator.workers.router import WorkerInfo
+from duplexvoice.rpc import tts_pb2
+from duplexvoice.wire.channels import grpc_target
+from duplexvoice.wire.registry_record import (
     CAPABILITY_FIELDS,
     DEFAULT_PREFIX,
     build_record,
     list_workers,
 )
-from duplexvoice.rpc import tts_pb2
 
 log = logging.getLogger(__name__)
 
