@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from duplexvoice.worker.session import OptionError, parse_options
+from duplexvoice.worker.session import SessionOptionError, parse_options
 
 pytestmark = pytest.mark.unit
 
@@ -15,5 +15,5 @@ def test_speed_and_unknown_options() -> None:
 
 @pytest.mark.parametrize("value", ["fast", "0", "-1", "4.5", "nan"])
 def test_bad_speed(value: str) -> None:
-    with pytest.raises(OptionError, match="speed"):
+    with pytest.raises(SessionOptionError, match="speed"):
         parse_options({"speed": value})

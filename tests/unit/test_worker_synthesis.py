@@ -20,8 +20,8 @@ import pytest
 from duplexvoice.audio import FRAME_BYTES
 from duplexvoice.rpc import tts_pb2
 from duplexvoice.worker.adapters.base import AdapterError, FloatAudio, SynthesisOptions
-from duplexvoice.worker.session import WorkerSession
-from duplexvoice.worker.synthesis import StreamError, Utterance
+from duplexvoice.worker.session import SynthesisSession
+from duplexvoice.worker.synthesis import StreamError, UtteranceStream
 from duplexvoice.worker.textchunk import ChunkingConfig, split_text
 from duplexvoice.worker.voice import LoadedVoice
 from tests.support.fake_tts import FakeAdapter, chunk_for, fake_pack, tag_of
@@ -46,19 +46,19 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 def new_session(adapter: FakeAdapter, session_id: str = "s1",
-                voice: LoadedVoice | None = None) -> WorkerSession:
-    return WorkerSession(session_id, voice or LoadedVoice(fake_pack(), adapter),
+                voice: LoadedVoice | None = None) -> SynthesisSession:
+    return SynthesisSession(session_id, voice or LoadedVoice(fake_pack(), adapter),
                          SynthesisOptions())
 
 
 class Run:
-    """Drives one Utterance the way the servicer does: text in through ``say``, the
+    """Drives one UtteranceStream the way the servicer does: text in through ``say``, the
     producer on its own task, frames out through ``next_frame`` / ``rest``."""
 
-    def __init__(self, session: WorkerSession, executor: ThreadPoolExecutor, *,
+    def __init__(self, session: SynthesisSession, executor: ThreadPoolExecutor, *,
                  max_text_chars: int = 5000, buffer_frames: int = 250) -> None:
         self.session = session
-        self.utterance = Utterance(
+        self.utterance = UtteranceStream(
             session, chunking=ChunkingConfig(), max_text_chars=max_text_chars,
             buffer_frames=buffer_frames, executor=executor,
         )
@@ -118,7 +118,7 @@ Start = Callable[..., Run]
 
 @pytest.fixture
 def start(runs: list[Run], executor: ThreadPoolExecutor) -> Start:
-    def make(session: WorkerSession, **kwargs: int) -> Run:
+    def make(session: SynthesisSession, **kwargs: int) -> Run:
         runs.append(Run(session, executor, **kwargs))
         return runs[-1]
 

@@ -19,7 +19,7 @@ from duplexvoice.worker.config import WorkerConfig
 from duplexvoice.worker.model_manager import ModelManager, ModelNotLoadedError, UnknownModelError
 from duplexvoice.worker.priority import call_at_low_priority, lower_thread_priority
 from duplexvoice.worker.registry import RegistryPublisher, build_record
-from duplexvoice.worker.session import WorkerSession
+from duplexvoice.worker.session import SynthesisSession
 from duplexvoice.worker.voice import LoadedVoice
 from duplexvoice.worker.voicepacks import ScanResult, VoicePack, scan_voicepacks
 
@@ -46,7 +46,7 @@ class WorkerRuntime:
             on_change=self.notify_changed,
             base_of=self.base_of,
         )
-        self.sessions: dict[str, WorkerSession] = {}
+        self.sessions: dict[str, SynthesisSession] = {}
         self.executor = ThreadPoolExecutor(
             config.synthesis_threads,
             thread_name_prefix="synth",

@@ -32,11 +32,11 @@ from duplexvoice.worker.model_manager import (
 from duplexvoice.worker.runtime import WorkerRuntime
 from duplexvoice.worker.session import (
     MAX_SESSION_ID_CHARS,
-    OptionError,
-    WorkerSession,
+    SessionOptionError,
+    SynthesisSession,
     parse_options,
 )
-from duplexvoice.worker.synthesis import StreamError, Utterance
+from duplexvoice.worker.synthesis import StreamError, UtteranceStream
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
                          f"worker is full ({rt.config.max_sessions} sessions)")
         try:
             options = parse_options(dict(request.options))
-        except OptionError as exc:
+        except SessionOptionError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         model_id = request.model_id or rt.config.models.default_model_id
         try:
@@ -105,7 +105,7 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
             rt.models.release(model_id)
             await _abort(context, grpc.StatusCode.ALREADY_EXISTS if rt.accepting
                          else grpc.StatusCode.UNAVAILABLE, f"session {sid!r} not started")
-        rt.sessions[sid] = WorkerSession(sid, voice, options)
+        rt.sessions[sid] = SynthesisSession(sid, voice, options)
         rt.notify_changed()
         return tts_pb2.StartSessionResponse(success=True, message=f"session started on {model_id}")
 
@@ -142,7 +142,7 @@ class TTSServicer(tts_pb2_grpc.TTSServiceServicer):
         if session.utterance is not None:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"session {sid!r} already has a Synthesize stream")
-        utterance = Utterance(
+        utterance = UtteranceStream(
             session,
             chunking=rt.chunking,
             max_text_chars=rt.config.max_text_chars,

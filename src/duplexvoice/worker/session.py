@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 from duplexvoice.worker.adapters.base import SynthesisOptions
 
 if TYPE_CHECKING:
-    from duplexvoice.worker.synthesis import Utterance
+    from duplexvoice.worker.synthesis import UtteranceStream
     from duplexvoice.worker.voice import LoadedVoice
 
 MAX_SESSION_ID_CHARS = 128
 _SPEED_RANGE = (0.25, 4.0)
 
 
-class OptionError(ValueError):
+class SessionOptionError(ValueError):
     """A StartSession option has a value we cannot use."""
 
 
@@ -33,21 +33,21 @@ def parse_options(raw: dict[str, str]) -> SynthesisOptions:
         try:
             speed = float(raw["speed"])
         except ValueError:
-            raise OptionError(f"option speed={raw['speed']!r} is not a number") from None
+            raise SessionOptionError(f"option speed={raw['speed']!r} is not a number") from None
         low, high = _SPEED_RANGE
         if not low <= speed <= high:
-            raise OptionError(f"option speed={speed} is outside [{low}, {high}]")
+            raise SessionOptionError(f"option speed={speed} is outside [{low}, {high}]")
     extra = {k: v for k, v in raw.items() if k != "speed"}
     return SynthesisOptions(speed=speed, extra=extra)
 
 
 @dataclass
-class WorkerSession:
+class SynthesisSession:
     session_id: str
     voice: LoadedVoice
     options: SynthesisOptions
     last_active: float = field(default_factory=time.monotonic)
-    utterance: Utterance | None = None
+    utterance: UtteranceStream | None = None
     utterances: int = 0
     # Set while not paused: the sender waits on it before each frame.
     _playing: asyncio.Event = field(default_factory=asyncio.Event)

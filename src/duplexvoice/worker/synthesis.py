@@ -6,7 +6,7 @@ Three cooperating parts, joined by bounded channels:
   they are complete (streamed text is synthesized incrementally);
 - ``produce``: renders segments on a synthesis thread, chunk by chunk, and queues
   frames (at most ``frame_buffer_frames`` ahead of the sender: bounded memory);
-- the sender (:meth:`Utterance.frames_out`): yields frames, holding before each
+- the sender (:meth:`UtteranceStream.frames_out`): yields frames, holding before each
   one while the session is paused, so PAUSE takes effect within one frame.
 
 STOP aborts both channels and the adapter's cancel flag at once.
@@ -26,7 +26,7 @@ import grpc
 from duplexvoice.rpc import tts_pb2
 from duplexvoice.worker.adapters.base import AdapterError
 from duplexvoice.worker.channel import Channel, ChannelAborted
-from duplexvoice.worker.session import WorkerSession
+from duplexvoice.worker.session import SynthesisSession
 from duplexvoice.worker.textchunk import ChunkingConfig, TextChunker
 from duplexvoice.worker.voice import UtteranceRenderer
 
@@ -47,10 +47,10 @@ class StreamError(Exception):
         self.message = message
 
 
-class Utterance:
+class UtteranceStream:
     def __init__(
         self,
-        session: WorkerSession,
+        session: SynthesisSession,
         *,
         chunking: ChunkingConfig,
         max_text_chars: int,

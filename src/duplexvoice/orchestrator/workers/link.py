@@ -253,7 +253,7 @@ class WorkerPool:
         except _Orphaned:
             raise asyncio.CancelledError from None  # the orphan's clean-up owns the count
         except BaseException:
-            self._dropped(name)
+            self.released(name)
             raise
 
     async def _ended(self, name: str) -> None:
@@ -275,13 +275,13 @@ class WorkerPool:
             start.add_done_callback(lambda f: self._end_orphan(f, session))
             raise _Orphaned from None
         except grpc.aio.AioRpcError as exc:
-            raise self._failed(worker, exc) from None
+            raise self.failed(worker, exc) from None
         return session
 
     def _end_orphan(self, start: asyncio.Future[tts_pb2.StartSessionResponse],
                     session: WorkerSession) -> None:
         if start.cancelled() or start.exception() is not None:
-            self._dropped(session.worker.name)
+            self.released(session.worker.name)
             return
         self.spawn(session.end())
 
@@ -291,12 +291,20 @@ class WorkerPool:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _dropped(self, name: str) -> None:
+    def released(self, name: str) -> None:
+        """A worker session on ``name`` was given back: it counts here no more."""
         self.sessions[name] -= 1
         if self.sessions[name] <= 0:
             del self.sessions[name]
 
-    def _failed(self, worker: WorkerInfo, exc: grpc.aio.AioRpcError) -> WorkerError:
+    def ending(self, call: asyncio.Task[None]) -> None:
+        """An EndSession call in flight (named by its worker): until it is answered the
+        worker's capacity is not back, and capacity checks count it."""
+        self._ending.add(call)
+        call.add_done_callback(self._ending.discard)
+
+    def failed(self, worker: WorkerInfo, exc: grpc.aio.AioRpcError) -> WorkerError:
+        """Our error for ``exc``; a worker that is unreachable is routed around."""
         error = translate(worker.name, exc)
         if isinstance(error, WorkerUnavailable):
             self.mark_down(worker)
@@ -378,13 +386,12 @@ class WorkerSession:
             return None
         self.ended = True
         self._pool.set_idle(self, False)
-        self._pool._dropped(self.worker.name)
+        self._pool.released(self.worker.name)
         if self.broken:
             return None
         call = asyncio.ensure_future(self._end())
         call.set_name(self.worker.name)
-        self._pool._ending.add(call)
-        call.add_done_callback(self._pool._ending.discard)
+        self._pool.ending(call)
         return call
 
     async def _end(self) -> None:
@@ -399,7 +406,7 @@ class WorkerSession:
         return self._pool.stub(self.worker.addr)  # the current channel (see ``reset``)
 
     def _failed(self, exc: grpc.aio.AioRpcError) -> WorkerError:
-        error = self._pool._failed(self.worker, exc)
+        error = self._pool.failed(self.worker, exc)
         if isinstance(error, WorkerUnavailable):
             self.broken = True
         return error
