@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic.dataclasses import is_pydantic_dataclass
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -85,7 +86,16 @@ def one_line(text: str) -> str:
 
 
 def _is_model(annotation: object) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    """A section: a pydantic model, or a pydantic dataclass (fields read faster)."""
+    return isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel) or is_pydantic_dataclass(annotation))
+
+
+def _fields(model: type) -> dict[str, Any]:
+    if is_pydantic_dataclass(model):
+        return dict(model.__pydantic_fields__)
+    assert issubclass(model, BaseModel)
+    return dict(model.model_fields)
 
 
 def _members(annotation: object) -> tuple[object, ...]:
@@ -119,7 +129,7 @@ def iter_leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterato
     tuple[tuple[str, ...], Any]
 ]:
     """(path, FieldInfo) for every leaf option, depth first."""
-    for name, info in model.model_fields.items():
+    for name, info in _fields(model).items():
         if _is_model(info.annotation):
             assert isinstance(info.annotation, type)
             yield from iter_leaves(info.annotation, (*prefix, name))
@@ -151,12 +161,12 @@ def _section_prefix(info: Any) -> str:
     return f"{prefix}_" if isinstance(prefix, str) and prefix else ""
 
 
-def _walk(model: type[BaseModel], path: tuple[str, ...], prefix: str,
+def _walk(model: type, path: tuple[str, ...], prefix: str,
           found: list[tuple[str, tuple[str, ...], Any]],
           old: list[tuple[str, tuple[str, ...], tuple[str, ...]]]) -> None:
     """Collect (name, path, info) of every leaf and (old name, old path, new path) of
     every old name, depth first."""
-    for name, info in model.model_fields.items():
+    for name, info in _fields(model).items():
         if _is_model(info.annotation):
             assert isinstance(info.annotation, type)
             _walk(info.annotation, (*path, name), prefix + _section_prefix(info), found, old)
@@ -431,7 +441,7 @@ def _describe(err: Any, opts: Mapping[str, Option], origins: Origins) -> str:
         shown = (f" = {value!r}" if isinstance(value, str | int | float)
                  and not _is_secret(opt.info) else "")
         return f"{opt.key}{shown} (from {origins.of(opt.name)}): {message}"
-    if names and err["type"] == "extra_forbidden":
+    if names and err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         source = origins.yaml_path or "the configuration"
         return f"{'.'.join(names)} (in {source}): unknown option"
     # A check across options (a model validator): name where each one mentioned came

@@ -5,11 +5,13 @@ the configured values reaching the cores."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from duplexvoice.config import ConfigError, add_flags, flag_name, load_config, options
 from duplexvoice.orchestrator.config import ENV_PREFIX, OrchestratorConfig
@@ -176,6 +178,29 @@ def test_the_defaults_are_what_they_were() -> None:
         500, 400)
     assert (c.reply.engine, c.reply.model, c.reply.timeout_s) == ("echo", "gpt-4o-mini", 60)
     assert (c.partial_interval_ms, c.max_audio_rate, c.max_audio_burst_s) == (400, 2, 5)
+
+
+@pytest.mark.parametrize("fields", [
+    {"end_of_turn_ms": -1}, {"max_turn_ms": 500}, {"interrupt_after_ms": 6000},
+    {"adaptive": "maybe"}, {"barge_in_min_speech_ms": 400},
+])
+def test_turn_settings_are_validated(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        TurnConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_turn_settings_are_frozen() -> None:
+    turns = TurnConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        turns.max_turn_ms = 1  # type: ignore[misc]
+
+
+def test_an_old_name_inside_its_new_section_is_an_unknown_option(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "orchestrator.yaml"
+    yaml_file.write_text("conversation:\n  turns:\n    barge_in_min_speech_ms: 400\n")
+    with pytest.raises(ConfigError, match=r"conversation\.turns\.barge_in_min_speech_ms "
+                       r"\(in .*orchestrator\.yaml\): unknown option"):
+        load(yaml_file=yaml_file)
 
 
 def test_the_listener_reads_its_old_names_from_the_sections() -> None:

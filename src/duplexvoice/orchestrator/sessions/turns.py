@@ -37,46 +37,47 @@ import enum
 import re
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from duplexvoice.orchestrator.sessions.events import speakable
 
 _EPS = 1e-6
 
 
-class TurnConfig(BaseModel):
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class TurnConfig:
     """The turn-taking settings: ``conversation.turns`` of the orchestrator's config
-    (flags ``--turns-<option>``), validated on creation, frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    (flags ``--turns-<option>``), validated on creation, frozen. A dataclass, not a
+    model: its fields are read on every event, and a model's attributes cost more."""
 
     end_of_turn_ms: int = Field(
-        500, ge=0, le=10_000, description="silence after speech that ends the user's turn")
+        default=500, ge=0, le=10_000, description="silence after speech that ends the user's turn")
     adaptive: bool = Field(
-        True, description="end sooner after a complete sentence, later after a trailing "
+        default=True, description="end sooner after a complete sentence, later after a trailing "
         "'and'/'um' (see complete_end_ms, trailing_end_ms)")
     complete_end_ms: int = Field(
-        250, ge=0, le=10_000, description="adaptive: silence after a complete sentence")
+        default=250, ge=0, le=10_000, description="adaptive: silence after a complete sentence")
     trailing_end_ms: int = Field(
-        1000, ge=0, le=10_000, description="adaptive: silence after a trailing conjunction "
+        default=1000, ge=0, le=10_000, description="adaptive: silence after a trailing conjunction "
         "or filler ('and', 'um', ...)")
     min_turn_ms: int = Field(
-        150, ge=0, le=5000, description="speech shorter than this is noise, not a turn")
+        default=150, ge=0, le=5000, description="speech shorter than this is noise, not a turn")
     max_turn_ms: int = Field(
-        30_000, ge=1000, le=300_000, description="a turn this long is ended by force")
+        default=30_000, ge=1000, le=300_000, description="a turn this long is ended by force")
     interrupt_after_ms: int = Field(
-        400, ge=0, le=5000,
+        default=400, ge=0, le=5000,
         description="speech over the system this long is a real interruption (barge-in)")
     words_after_ms: int = Field(
-        200, ge=0, le=5000, description="... or recognized words after this much speech")
+        default=200, ge=0, le=5000, description="... or recognized words after this much speech")
     resume_after_ms: int = Field(
-        250, ge=0, le=5000,
+        default=250, ge=0, le=5000,
         description="silence after a short noise before the held speech resumes")
     words_wait_ms: int = Field(
-        300, ge=0, le=5000, description="a short speech over the system waits up to this "
+        default=300, ge=0, le=5000, description="a short speech over the system waits up to this "
         "much more for its words before playback resumes ('Wait,' is short)")
     speculative_reply: bool = Field(
-        True, description="start the reply during the end-of-turn silence; heard only if "
+        default=True, description="start the reply during the end-of-turn silence; heard only if "
         "the turn really ended")
 
 
