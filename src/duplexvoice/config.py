@@ -3,14 +3,14 @@ environment variables, then command-line flags (later wins).
 
 Every leaf option of a config model gets, from the model itself, a flat name, an
 environment variable ``<PREFIX>_<NAME>`` and a flag ``--<name>`` (underscores become
-dashes), so the option list exists once. A nested model is a section of its parent:
-its leaves keep their own names (the worker's ``models``), or, when the field says
-``json_schema_extra={"option_prefix": "vad"}``, are named ``vad_<leaf>`` (the
-orchestrator's ``conversation.vad.threshold`` is ``--vad-threshold``). Flat names are
-unique within a model tree. Lists are given comma-separated on the command line and
-in the environment; ``none`` (or an empty value) is the empty list, or no value for an
-optional option. Options whose values are mappings (e.g. the orchestrator's
-``routing_modes``) are YAML-only.
+dashes), so the option list exists once. A nested model (or pydantic dataclass) is a
+section of its parent: its leaves keep their own names (the worker's ``models``), or,
+when the field says ``json_schema_extra={"option_prefix": "vad"}``, are named
+``vad_<leaf>`` (the orchestrator's ``conversation.vad.threshold`` is
+``--vad-threshold``). Flat names are unique within a model tree. Lists are given
+comma-separated on the command line and in the environment; ``none`` (or an empty
+value) is the empty list, or no value for an optional option. Options whose values are
+mappings (e.g. the orchestrator's ``routing_modes``) are YAML-only.
 
 Old names: a model may map the names its options had before they moved into a
 section (``old_names``, a class variable: old name -> new dotted path below the
