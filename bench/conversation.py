@@ -71,7 +71,8 @@ from duplexvoice.speech.wer import corpus_wer
 
 EOT_SILENCE_MS = 500  # the orchestrator's default end-of-turn silence
 BARGE_IN_MIN_MS = 400  # its default barge-in minimum speech (interrupt target)
-# Its options for these, as `duplexvoice orchestrator --help` lists them.
+# Its options for these, by their old names (--turns-adaptive, --turns-end-of-turn-ms
+# now): older builds know only these, and the new ones take them as aliases.
 ADAPTIVE_FLAG = "--adaptive-end-of-turn"
 EOT_FLAG = "--end-of-turn-ms"
 LEVELS = (1, 2, 4, 6, 8)

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from duplexvoice.client.paths import out_path_error
 from duplexvoice.config import (
     ConfigError,
+    HelpFormatter,
     OptionError,
     add_flags,
     load_config_with_origins,
@@ -244,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = sub.add_parser("worker", help="run a TTS worker (gRPC)",
-                            description="Run a TTS worker: the gRPC TTS service (WIRE §2).")
+                            description="Run a TTS worker: the gRPC TTS service (WIRE §2).",
+                            formatter_class=HelpFormatter)
     worker.add_argument("--config", type=Path, default=None, metavar="FILE",
                         help="YAML file (e.g. configs/worker.yaml)")
     add_flags(worker, WorkerConfig)
@@ -253,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     orchestrator = sub.add_parser(
         "orchestrator", help="run the orchestrator (HTTP + WebSocket)",
         description="Run the orchestrator: WebSocket sessions, /health /ready /metrics "
-        "/models, routing over TTS workers (a list of addresses, or Redis).")
+        "/models, routing over TTS workers (a list of addresses, or Redis).",
+        formatter_class=HelpFormatter)
     orchestrator.add_argument("--config", type=Path, default=None, metavar="FILE",
                               help="YAML file (e.g. configs/orchestrator.yaml)")
     add_flags(orchestrator, OrchestratorConfig)

@@ -1,12 +1,23 @@
 """Typed configuration: one pydantic model per component, read from YAML, then
 environment variables, then command-line flags (later wins).
 
-Every leaf option of a config model gets, from the model itself, an environment
-variable ``<PREFIX>_<LEAF>`` and a flag ``--<leaf>`` (underscores become dashes), so
-the option list exists once. Leaf names are unique within a model tree. Lists are
-given comma-separated on the command line and in the environment; ``none`` (or an
-empty value) is the empty list, or no value for an optional option. Options whose
-values are mappings (e.g. the orchestrator's ``routing_modes``) are YAML-only.
+Every leaf option of a config model gets, from the model itself, a flat name, an
+environment variable ``<PREFIX>_<NAME>`` and a flag ``--<name>`` (underscores become
+dashes), so the option list exists once. A nested model (or pydantic dataclass) is a
+section of its parent: its leaves keep their own names (the worker's ``models``), or,
+when the field says ``json_schema_extra={"option_prefix": "vad"}``, are named
+``vad_<leaf>`` (the orchestrator's ``conversation.vad.threshold`` is
+``--vad-threshold``). Flat names are unique within a model tree. Lists are given
+comma-separated on the command line and in the environment; ``none`` (or an empty
+value) is the empty list, or no value for an optional option. Options whose values are
+mappings (e.g. the orchestrator's ``routing_modes``) are YAML-only.
+
+Old names: a model may map the names its options had before they moved into a
+section (``old_names``, a class variable: old name -> new dotted path below the
+model). The old flag, environment variable and YAML key set the new option; the help
+mentions the old flag. Sources keep their order (a flag beats an environment variable
+whatever name each uses); one source giving an option under two names with two
+different values is an error.
 
 Errors name the option and where its value came from (the YAML file, the
 environment variable or the flag)::
@@ -21,15 +32,17 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import textwrap
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic.dataclasses import is_pydantic_dataclass
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -51,17 +64,17 @@ class OptionError(ConfigError):
 
 @dataclass(frozen=True)
 class Origins:
-    """Where each option's value came from: leaf name -> a phrase naming the source."""
+    """Where each option's value came from: option name -> a phrase naming the source."""
 
     by_leaf: dict[str, str] = field(default_factory=dict)
     yaml_path: Path | None = None
 
-    def of(self, leaf: str) -> str:
-        return self.by_leaf.get(leaf, "default")
+    def of(self, name: str) -> str:
+        return self.by_leaf.get(name, "default")
 
-    def label(self, leaf: str) -> str:
+    def label(self, name: str) -> str:
         """``port (from flag --port)``: the option and its source, for an error line."""
-        return f"{leaf} (from {self.of(leaf)})"
+        return f"{name} (from {self.of(name)})"
 
 
 def one_line(text: str) -> str:
@@ -73,7 +86,16 @@ def one_line(text: str) -> str:
 
 
 def _is_model(annotation: object) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    """A section: a pydantic model, or a pydantic dataclass (fields read faster)."""
+    return isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel) or is_pydantic_dataclass(annotation))
+
+
+def _fields(model: type) -> dict[str, Any]:
+    if is_pydantic_dataclass(model):
+        return dict(model.__pydantic_fields__)
+    assert issubclass(model, BaseModel)
+    return dict(model.model_fields)
 
 
 def _members(annotation: object) -> tuple[object, ...]:
@@ -107,7 +129,7 @@ def iter_leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterato
     tuple[tuple[str, ...], Any]
 ]:
     """(path, FieldInfo) for every leaf option, depth first."""
-    for name, info in model.model_fields.items():
+    for name, info in _fields(model).items():
         if _is_model(info.annotation):
             assert isinstance(info.annotation, type)
             yield from iter_leaves(info.annotation, (*prefix, name))
@@ -115,13 +137,70 @@ def iter_leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterato
             yield (*prefix, name), info
 
 
-def _leaf_index(model: type[BaseModel]) -> dict[str, tuple[tuple[str, ...], Any]]:
-    index: dict[str, tuple[tuple[str, ...], Any]] = {}
-    for path, info in iter_leaves(model):
-        if path[-1] in index:
-            raise ConfigError(f"option name {path[-1]!r} is not unique in {model.__name__}")
-        index[path[-1]] = (path, info)
-    return index
+@dataclass(frozen=True)
+class Option:
+    """One settable leaf: its flat ``name`` (flag ``--name``, variable
+    ``<PREFIX>_NAME``), its ``path`` in the model tree, its field, and the old names
+    that still set it: ``old_names`` as flags and variables, ``old_paths`` as YAML keys."""
+
+    name: str
+    path: tuple[str, ...]
+    info: Any
+    old_names: tuple[str, ...] = ()
+    old_paths: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The YAML key, dotted: ``conversation.turns.end_of_turn_ms``."""
+        return ".".join(self.path)
+
+
+def _section_prefix(info: Any) -> str:
+    extra = info.json_schema_extra
+    prefix = extra.get("option_prefix", "") if isinstance(extra, dict) else ""
+    return f"{prefix}_" if isinstance(prefix, str) and prefix else ""
+
+
+def _walk(model: type, path: tuple[str, ...], prefix: str,
+          found: list[tuple[str, tuple[str, ...], Any]],
+          old: list[tuple[str, tuple[str, ...], tuple[str, ...]]]) -> None:
+    """Collect (name, path, info) of every leaf and (old name, old path, new path) of
+    every old name, depth first."""
+    for name, info in _fields(model).items():
+        if _is_model(info.annotation):
+            assert isinstance(info.annotation, type)
+            _walk(info.annotation, (*path, name), prefix + _section_prefix(info), found, old)
+        else:
+            found.append((prefix + name, (*path, name), info))
+    renamed: Mapping[str, str] = getattr(model, "old_names", {})
+    for old_name, new_path in renamed.items():
+        old.append((prefix + old_name, (*path, old_name), (*path, *new_path.split("."))))
+
+
+def options(model: type[BaseModel]) -> dict[str, Option]:
+    """Every option of a model tree by its flat name, with its old names."""
+    found: list[tuple[str, tuple[str, ...], Any]] = []
+    old: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+    _walk(model, (), "", found, old)
+    seen = [name for name, _path, _info in found]
+    if twice := next((name for name in seen if seen.count(name) > 1), None):
+        raise ConfigError(f"option name {twice!r} is not unique in {model.__name__}")
+    by_path = {path: name for name, path, _info in found}
+    old_names: dict[str, list[str]] = {name: [] for name in seen}
+    old_paths: dict[str, list[tuple[str, ...]]] = {name: [] for name in seen}
+    for old_name, old_path, new_path in old:
+        target = by_path.get(new_path)
+        if target is None:
+            raise ConfigError(f"old name {old_name!r} of {model.__name__}: no option "
+                              f"{'.'.join(new_path)}")
+        old_paths[target].append(old_path)
+        if old_name == target:
+            continue  # the flag and the variable kept their name: only the YAML key moved
+        if old_name in old_names or any(old_name in names for names in old_names.values()):
+            raise ConfigError(f"old name {old_name!r} is not unique in {model.__name__}")
+        old_names[target].append(old_name)
+    return {name: Option(name, path, info, tuple(old_names[name]), tuple(old_paths[name]))
+            for name, path, info in found}
 
 
 def flag_name(leaf: str) -> str:
@@ -132,7 +211,8 @@ def flag_name(leaf: str) -> str:
 
 _LIST_ITEMS = {"_dirs": "DIR", "_ids": "ID", "_keys": "KEY", "_origins": "ORIGIN"}
 _TEXT_NAMES = {"name": "NAME", "device": "DEVICE", "_prefix": "PREFIX", "_mode": "MODE",
-               "_voice": "ID", "_id": "ID", "_url": "URL", "host": "HOST"}
+               "_voice": "ID", "_id": "ID", "_url": "URL", "host": "HOST", "_path": "PATH",
+               "_key": "KEY"}
 _SHELL_SAFE = re.compile(r"[\w@%+=:,./-]+")
 
 
@@ -160,7 +240,7 @@ def metavar(leaf: str, info: Any) -> str:
             return "BYTES"
         return "S" if timed else "N"
     if kind is float:
-        return "S" if timed else "NUMBER"
+        return "S" if timed else "MS" if leaf.endswith("_ms") else "NUMBER"
     if kind is Path:
         return "PATH"
     return next((v for k, v in _TEXT_NAMES.items() if leaf.endswith(k)), "TEXT")
@@ -184,28 +264,39 @@ def show_value(value: object) -> str:
 
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help lines that never break a flag's name at a hyphen."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """Add ``--<leaf>`` for every option; values stay strings until validation."""
-    index = _leaf_index(model)
-    only_yaml = [leaf for leaf, (_p, info) in index.items() if yaml_only(info.annotation)]
+    """Add ``--<name>`` for every option, and its old names hidden (the help of the
+    option names them); values stay strings until validation."""
+    opts = options(model)
+    only_yaml = [name for name, opt in opts.items() if yaml_only(opt.info.annotation)]
     description = "Also settable in the YAML file (--config) and the environment."
     if only_yaml:
         description += f" YAML only: {', '.join(only_yaml)}."
     group = parser.add_argument_group(f"{model.__name__} options", description)
-    for leaf, (_path, info) in index.items():
-        if leaf in only_yaml:
+    for name, opt in opts.items():
+        if name in only_yaml:
             continue
+        info, value_name = opt.info, metavar(opt.path[-1], opt.info)
         help_text = (info.description or "").rstrip(".")
+        notes = []
         if "default:" not in help_text:  # else the description explains the default
-            default = show_value(info.get_default(call_default_factory=True))
-            help_text += f" (default: {default})"
-        group.add_argument(
-            flag_name(leaf),
-            dest=f"cfg__{leaf}",
-            default=None,
-            metavar=metavar(leaf, info),
-            help=help_text.replace("%", "%%"),
-        )
+            notes.append(f"default: {show_value(info.get_default(call_default_factory=True))}")
+        if opt.old_names:
+            notes.append(f"old name: {', '.join(flag_name(old) for old in opt.old_names)}")
+        if notes:
+            help_text += f" ({'; '.join(notes)})"
+        group.add_argument(flag_name(name), dest=f"cfg__{name}", default=None,
+                           metavar=value_name, help=help_text.replace("%", "%%"))
+        for old in opt.old_names:
+            group.add_argument(flag_name(old), dest=f"cfg__{old}", default=None,
+                               metavar=value_name, help=argparse.SUPPRESS)
 
 
 # -- loading --------------------------------------------------------------------------
@@ -222,13 +313,33 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: object) -> Non
     node[path[-1]] = value
 
 
-def _has_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+_MISSING = object()
+
+
+def _get_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> object:
+    """The value at ``path``, or ``_MISSING``."""
     node: object = tree
     for key in path:
         if not isinstance(node, Mapping) or key not in node:
-            return False
+            return _MISSING
         node = node[key]
-    return True
+    return node
+
+
+def _pop_path(tree: dict[str, Any], path: tuple[str, ...]) -> None:
+    parent = _get_path(tree, path[:-1])
+    if isinstance(parent, dict):
+        parent.pop(path[-1], None)
+
+
+def _one_value(opt: Option, given: Sequence[tuple[str, object]]) -> tuple[str, object] | None:
+    """(where, value) of the first name one source gives an option under; an error
+    if two of its names there disagree."""
+    if len(given) > 1 and any(value != given[0][1] for _where, value in given[1:]):
+        wheres = " and as ".join(where for where, _value in given)
+        raise ConfigError(f"{opt.key}: given twice with different values, as {wheres} "
+                          "(an old name); give one")
+    return given[0] if given else None
 
 
 def _convert(raw: str, info: Any) -> object:
@@ -238,6 +349,10 @@ def _convert(raw: str, info: Any) -> object:
         return [part.strip() for part in raw.split(",") if part.strip()]
     if _is_optional(info.annotation) and raw.strip().lower() in NONE_WORDS:
         return None
+    kind = _members(info.annotation)[0]
+    if typing.get_origin(kind) is typing.Literal and re.fullmatch(r"\s*-?\d+\s*", raw) and all(
+            type(a) is int for a in typing.get_args(kind)):
+        return int(raw)  # a choice of numbers (pydantic takes no text for them)
     return raw
 
 
@@ -281,43 +396,62 @@ def load_config_with_origins(
     """``load_config``, plus where each option came from (for later error messages)."""
     environ = os.environ if environ is None else environ
     tree: dict[str, Any] = _read_yaml(yaml_path) if yaml_path is not None else {}
-    index = _leaf_index(model)
+    opts = options(model)
     origins = Origins(yaml_path=yaml_path)
-    for leaf, (path, info) in index.items():
-        if yaml_path is not None and _has_path(tree, path):
-            origins.by_leaf[leaf] = str(yaml_path)
-        if yaml_only(info.annotation):
+    for name, opt in opts.items():
+        if yaml_path is not None:
+            in_yaml = [(p, v) for p in (opt.path, *opt.old_paths)
+                       if (v := _get_path(tree, p)) is not _MISSING]
+            picked = _one_value(opt, [(f"{yaml_path} key {'.'.join(p)}", v) for p, v in in_yaml])
+            if picked is not None:
+                for old_path in opt.old_paths:
+                    _pop_path(tree, old_path)
+                _set_path(tree, opt.path, picked[1])
+                old_key = in_yaml[0][0] != opt.path
+                origins.by_leaf[name] = picked[0] if old_key else str(yaml_path)
+        if yaml_only(opt.info.annotation):
             continue
-        env_name = f"{env_prefix}_{leaf.upper()}"
-        env_value = environ.get(env_name)
-        if env_value is not None:
-            _set_path(tree, path, _convert(env_value, info))
-            origins.by_leaf[leaf] = f"environment variable {env_name}"
-        flag_value = getattr(flags, f"cfg__{leaf}", None) if flags is not None else None
-        if flag_value is not None:
-            _set_path(tree, path, _convert(flag_value, info))
-            origins.by_leaf[leaf] = f"flag {flag_name(leaf)}"
+        names = (name, *opt.old_names)
+        in_env = [(f"environment variable {env_prefix}_{n.upper()}", v) for n in names
+                  if (v := environ.get(f"{env_prefix}_{n.upper()}")) is not None]
+        in_flags = [(f"flag {flag_name(n)}", v) for n in names
+                    if flags is not None and (v := getattr(flags, f"cfg__{n}", None)) is not None]
+        for given in (in_env, in_flags):  # the flags last: they win
+            if (picked := _one_value(opt, given)) is not None:
+                _set_path(tree, opt.path, _convert(str(picked[1]), opt.info))
+                origins.by_leaf[name] = picked[0]
     try:
         return model.model_validate(tree), origins
     except ValidationError as exc:
-        problems = "; ".join(_describe(err, index, origins) for err in exc.errors())
+        problems = "; ".join(_describe(err, opts, origins) for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from exc
 
 
-def _describe(err: Any, index: Mapping[str, Any], origins: Origins) -> str:
+def _is_secret(info: Any) -> bool:
+    return any(isinstance(a, type) and issubclass(a, SecretStr) for a in _members(info.annotation))
+
+
+def _describe(err: Any, opts: Mapping[str, Option], origins: Origins) -> str:
     """One validation error: the option, its value and source, and pydantic's reason."""
-    names = [str(p) for p in err["loc"] if isinstance(p, str)]
+    names = tuple(str(p) for p in err["loc"] if isinstance(p, str))
     message = str(err["msg"]).removeprefix("Value error, ")
-    if names and names[-1] in index:
-        leaf = names[-1]
+    by_path = {opt.path: opt for opt in opts.values()}
+    if (opt := by_path.get(names)) is not None:
         value = err.get("input")
-        shown = f" = {value!r}" if isinstance(value, str | int | float) else ""
-        return f"{'.'.join(names)}{shown} (from {origins.of(leaf)}): {message}"
-    if names and err["type"] == "extra_forbidden":
+        shown = (f" = {value!r}" if isinstance(value, str | int | float)
+                 and not _is_secret(opt.info) else "")
+        return f"{opt.key}{shown} (from {origins.of(opt.name)}): {message}"
+    if names and err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         source = origins.yaml_path or "the configuration"
         return f"{'.'.join(names)} (in {source}): unknown option"
-    # A check across options (a model validator): name where each one mentioned came from.
-    mentioned = [leaf for leaf in index if re.search(rf"\b{leaf}\b", message)]
-    sources = "; ".join(f"{leaf} from {origins.of(leaf)}" for leaf in mentioned)
+    # A check across options (a model validator): name where each one mentioned came
+    # from, among the options below the model that made the check (the nearest one of
+    # a name).
+    nearest: dict[str, Option] = {}
+    for opt in sorted(opts.values(), key=lambda opt: len(opt.path)):
+        if opt.path[:len(names)] == names and re.search(rf"\b{opt.path[-1]}\b", message):
+            nearest.setdefault(opt.path[-1], opt)
+    mentioned = list(nearest.values())
+    sources = "; ".join(f"{opt.name} from {origins.of(opt.name)}" for opt in mentioned)
     where = ".".join(names)
     return f"{where + ': ' if where else ''}{message}{f' ({sources})' if sources else ''}"

@@ -103,6 +103,22 @@ def test_orchestrator_on_a_busy_port(busy_port: int) -> None:
     one_line_error(result, "port (from environment variable DUPLEXVOICE_ORCH_PORT)", "in use")
 
 
+@pytest.mark.parametrize("args,env,fragment", [
+    (("--barge-in-min-speech-ms", "9000"), {},  # an old name of a nested option
+     "conversation.turns.interrupt_after_ms = '9000' (from flag --barge-in-min-speech-ms)"),
+    ((), {"DUPLEXVOICE_ORCH_VAD_THRESHOLD": "2"},
+     "conversation.vad.threshold = '2' (from environment variable "
+     "DUPLEXVOICE_ORCH_VAD_THRESHOLD)"),
+    (("--end-of-turn-ms", "700", "--turns-end-of-turn-ms", "800"), {},
+     "conversation.turns.end_of_turn_ms: given twice with different values"),
+])
+def test_orchestrator_with_a_bad_conversation_setting(
+        args: tuple[str, ...], env: dict[str, str], fragment: str) -> None:
+    result = run_cli("orchestrator", "--port", "0", *args, env=env)
+    one_line_error(result, "duplexvoice orchestrator: ", fragment)
+    assert result.returncode == 2
+
+
 def test_synth_into_a_missing_folder(tmp_path: Path) -> None:
     out = tmp_path / "missing" / "hello.wav"
     result = run_cli("synth", "Hello.", "--out", str(out))

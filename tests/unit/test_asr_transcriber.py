@@ -318,7 +318,10 @@ def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         AsrConfig(unknown=1)  # type: ignore[call-arg]
     config = AsrConfig()
-    assert config.model_path is None and config.device == "cpu" and config.beam_size == 5
+    assert config.model_path is None and config.device == "cpu" and config.beam_size == 1
+    assert (config.max_queue, config.partial_min_interval_ms) == (16, 0)
+    assert AsrConfig(model_path="").model_path is None  # empty: the packaged model
+    assert 1 <= config.threads <= 4 and AsrConfig(cpu_threads=7).threads == 7
 
 
 def test_the_recognizers_thread_runs_below_the_event_loop() -> None:

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from duplexvoice.cli import BENCHMARKS, build_parser, main
 from duplexvoice.client.paths import out_path_error
-from duplexvoice.config import iter_leaves, yaml_only
+from duplexvoice.config import flag_name, iter_leaves, options, yaml_only
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.worker.config import WorkerConfig
 
@@ -77,12 +77,15 @@ def test_every_option_is_a_flag_or_documented_as_yaml_only(
         command: str, model: type[BaseModel], capsys: pytest.CaptureFixture[str]) -> None:
     flat = " ".join(help_of(command, capsys=capsys).split())
     yaml_line = flat.split("YAML only:", 1)[1].split(".")[0] if "YAML only:" in flat else ""
-    for path, info in iter_leaves(model):
-        leaf = path[-1]
-        if yaml_only(info.annotation):
-            assert leaf in yaml_line and "--" + leaf.replace("_", "-") + " " not in flat
+    opts = options(model)
+    assert sorted(opt.path for opt in opts.values()) == sorted(p for p, _ in iter_leaves(model))
+    for name, opt in opts.items():
+        if yaml_only(opt.info.annotation):
+            assert name in yaml_line and flag_name(name) + " " not in flat
         else:
-            assert "--" + leaf.replace("_", "-") + " " in flat, leaf
+            assert flag_name(name) + " " in flat, name
+        for old in opt.old_names:  # hidden, but named in the help of the new one
+            assert f"[{flag_name(old)} " not in flat and f"old name: {flag_name(old)}" in flat
 
 
 def test_up_log_level_is_case_insensitive() -> None:

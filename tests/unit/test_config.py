@@ -16,6 +16,7 @@ from duplexvoice.config import (
     load_config,
     load_config_with_origins,
     metavar,
+    options,
     show_value,
     yaml_only,
 )
@@ -234,14 +235,13 @@ def test_every_shown_default_typed_back_gives_the_default(
     parser = argparse.ArgumentParser()
     add_flags(parser, model)
     defaults = load_config(model, yaml_path=None, env_prefix=prefix, environ={})
-    for _path, info in iter_leaves(model):
-        leaf = _path[-1]
-        if yaml_only(info.annotation):
+    for name, opt in options(model).items():
+        if yaml_only(opt.info.annotation):
             continue
-        typed = shlex.split(show_value(info.get_default(call_default_factory=True)))
-        flags = parser.parse_args([flag_name(leaf), typed[0] if typed else ""])
+        typed = shlex.split(show_value(opt.info.get_default(call_default_factory=True)))
+        flags = parser.parse_args([flag_name(name), typed[0] if typed else ""])
         config = load_config(model, yaml_path=None, env_prefix=prefix, environ={}, flags=flags)
-        assert config == defaults, leaf
+        assert config == defaults, name
 
 
 def test_a_mapping_option_is_yaml_only() -> None:

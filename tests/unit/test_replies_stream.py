@@ -247,6 +247,7 @@ async def test_echo_prefix_and_blank_input() -> None:
 def test_default_config_is_echo() -> None:
     config = ReplyConfig()
     assert isinstance(make_engine(config), EchoEngine)
+    assert ReplyConfig(engine="openai").model == "gpt-4o-mini"  # the model has a default
     assert config.system_prompt == DEFAULT_SYSTEM_PROMPT
     history = new_history(config)
     assert (history.max_turns, history.max_chars) == (20, 8000)
@@ -261,7 +262,7 @@ def test_every_field_is_documented() -> None:
     "fields",
     [
         {"engine": "gpt"},
-        {"engine": "openai"},  # no model
+        {"engine": "openai", "model": ""},  # no model
         {"engine": "openai", "model": "  "},
         {"base_url": "ftp://host/v1"},
         {"base_url": "localhost:8000"},

@@ -182,13 +182,21 @@ def test_vad_config_defaults_and_gate() -> None:
         {"fast_aggressiveness": 5},
         {"fast_rise_db": -1},
         {"fast_min_level_db": 1},
-        {"fast_backoff_ms": 90_000},  # above the maximum back-off
+        {"fast_backoff_ms": 90_000, "fast_backoff_max_ms": 60_000},  # above the maximum
         {"unknown": 1},
     ],
 )
 def test_vad_config_is_validated(kw: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         VadConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_an_unset_longest_backoff_follows_a_longer_first_one() -> None:
+    assert VadConfig().fast_backoff_max_ms == 60_000
+    assert VadConfig(fast_backoff_ms=90_000).fast_backoff_max_ms == 90_000
+    assert VadConfig.model_validate({"fast_backoff_ms": "90000"}).fast_backoff_max_ms == 90_000
+    assert VadConfig(fast_backoff_ms=500).fast_backoff_max_ms == 60_000
+    assert VadConfig(fast_backoff_ms=5000, fast_backoff_max_ms=8000).fast_backoff_max_ms == 8000
 
 
 class Scripted:

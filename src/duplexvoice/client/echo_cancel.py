@@ -4,7 +4,7 @@ With a loudspeaker and a microphone in one room, what the client plays comes bac
 into its microphone a few tens of milliseconds later (gain typically -6 to -20 dB).
 The server hears the microphone, not the speaker: without help it takes the echo of
 its own reply for a user talking over it, pauses (``pause``), and after
-``barge_in_min_speech_ms`` of it interrupts itself. Two defences, in this order:
+``turns.interrupt_after_ms`` of it interrupts itself. Two defences, in this order:
 
 1. **A real echo canceller in the client** (this module): WebRTC's audio processing
    module (AEC3, through the ``aec-audio-processing`` package). It is given the *far

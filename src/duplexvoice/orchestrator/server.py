@@ -25,7 +25,7 @@ from aiohttp import web
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.sessions.driver import SessionDriver
-from duplexvoice.orchestrator.sessions.listener import ConversationServices, make_services
+from duplexvoice.orchestrator.sessions.shared import ConversationServices, make_services
 from duplexvoice.orchestrator.transports.webrtc import WebRtcOptions, WebRtcTransport
 from duplexvoice.orchestrator.transports.websocket import websocket
 from duplexvoice.orchestrator.web import add_web_routes

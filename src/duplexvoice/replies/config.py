@@ -27,7 +27,8 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 class ReplyConfig(BaseModel):
-    """How the system answers the user in conversation mode."""
+    """How the system answers the user in conversation mode: ``conversation.reply`` of
+    the orchestrator's config (flags ``--reply-<option>``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -44,7 +45,7 @@ class ReplyConfig(BaseModel):
         description="openai engine: API base URL; requests go to {base_url}/chat/completions",
     )
     model: str = Field(
-        "", max_length=200, description="openai engine: model name (required for openai)"
+        "gpt-4o-mini", max_length=200, description="openai engine: model name"
     )
     api_key: SecretStr | None = Field(
         None, description="openai engine: API key (none: read from api_key_env)"

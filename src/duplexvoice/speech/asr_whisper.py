@@ -120,7 +120,7 @@ class WhisperEngine:
             try:
                 loaded.append(WhisperModel(
                     path, device=config.device, compute_type=config.compute_type,
-                    cpu_threads=config.cpu_threads, local_files_only=True,
+                    cpu_threads=config.threads, local_files_only=True,
                 ))
             except Exception as exc:  # ctranslate2 and the hub client raise many kinds
                 failed.append(exc)

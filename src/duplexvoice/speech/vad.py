@@ -374,73 +374,94 @@ _GATE = GateConfig()
 
 
 class VadConfig(BaseModel):
-    """Voice activity settings of a conversation session (one engine per session)."""
+    """Voice activity settings of a conversation session (one engine per session):
+    ``conversation.vad`` of the orchestrator's config (flags ``--vad-<option>``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     engine: Literal["silero", "webrtc"] = Field(
-        "silero", description="VAD engine: silero (neural, robust to noise) or webrtc (GMM)"
+        "silero", description="voice activity detector: silero (ONNX, robust to noise) or "
+        "webrtc (GMM, fires on noise)"
     )
     aggressiveness: int = Field(
-        2, ge=0, le=3, description="WebRTC only: 0 quiet rooms .. 3 noisy; 2 general use"
+        2, ge=0, le=3, description="webrtc VAD: 0 quiet rooms ... 3 noisy rooms (2: general)"
     )
-    webrtc_frame_ms: Literal[10, 20, 30] = Field(20, description="WebRTC only: frame length")
+    webrtc_frame_ms: Literal[10, 20, 30] = Field(20, description="webrtc VAD: frame length")
     silero_hop: int = Field(
         256, ge=256, le=512, multiple_of=256,
-        description="Silero only: new samples per probability (256: two interleaved "
-        "model states, a fresh 32 ms window every 16 ms)",
+        description="silero: new samples per probability (256: two interleaved model "
+        "states, a 32 ms window every 16 ms, twice the CPU)",
     )
     silero_quiet_reset_s: float = Field(
-        2.0, ge=0.0, le=3600.0, description="Silero only: fresh model states after this "
+        2.0, ge=0.0, le=3600.0, description="silero: fresh model states after this "
         "much quiet (0: never); carried through long quiet, the state grows deaf to onsets",
     )
     threshold: float = Field(
-        _GATE.threshold, ge=0.0, le=1.0, description="a frame is speech if p >= this"
+        _GATE.threshold, gt=0.0, lt=1.0, description="speech probability that starts speech"
     )
     neg_threshold: float = Field(
-        _GATE.neg_threshold, ge=0.0, le=1.0,
-        description="a frame is silence if p < this; in between keeps the current state",
+        _GATE.neg_threshold, gt=0.0, lt=1.0,
+        description="speech probability under which speech stops (in between keeps the "
+        "current state)",
     )
     speaking_threshold: float = Field(
-        _GATE.speaking_threshold, ge=0.0, le=1.0,
-        description="onset threshold while the system itself speaks",
+        _GATE.speaking_threshold, gt=0.0, lt=1.0,
+        description="onset threshold while the system speaks (its own voice is the echo "
+        "canceller's job: no threshold rejects it)",
     )
     min_speech_ms: float = Field(
-        _GATE.min_speech_ms, ge=0.0, le=2000.0,
-        description="voiced time that confirms an onset",
+        _GATE.min_speech_ms, ge=0.0, le=1000.0, description="speech needed to confirm an onset"
     )
     speaking_min_speech_ms: float = Field(
-        _GATE.speaking_min_speech_ms, ge=0.0, le=2000.0,
-        description="voiced time that confirms an onset while the system speaks",
+        _GATE.speaking_min_speech_ms, ge=0.0, le=1000.0,
+        description="speech needed to confirm an onset while the system speaks (barge-in)",
     )
     min_silence_ms: float = Field(
-        _GATE.min_silence_ms, ge=0.0, le=10_000.0,
-        description="unvoiced time that confirms an offset (the end-of-turn wait adds to it)",
+        _GATE.min_silence_ms, ge=0.0, le=2000.0,
+        description="silence needed to confirm an offset (hangover; the end-of-turn wait "
+        "adds to it)",
     )
     fast_onset: bool = Field(
-        _GATE.fast_onset, description="while the system speaks, a sudden speech-like rise "
-        "in level starts the barge-in at once (the model then decides whether it goes on)",
+        _GATE.fast_onset, description="while the system speaks, pause at once on a sudden "
+        "speech-like rise in level (the model then decides whether it was speech); backs "
+        "off after pauses the model did not confirm",
     )
     fast_aggressiveness: int = Field(
         1, ge=0, le=3, description="fast onset: WebRTC VAD aggressiveness of its speech cue",
     )
     fast_rise_db: float = Field(
         _GATE.fast_rise_db, ge=0.0, le=60.0,
-        description="fast onset: level rise over the tracked noise floor (dB)",
+        description="fast onset: rise over the tracked noise floor (dB)",
     )
     fast_min_level_db: float = Field(
         _GATE.fast_min_level_db, ge=-120.0, le=0.0,
-        description="fast onset: the least level that can start one (dBFS)",
+        description="fast onset: the least level that starts one (dBFS); above what an "
+        "echo canceller leaves of the system's own voice (-47 dBFS at worst)",
     )
     fast_backoff_ms: float = Field(
         _GATE.fast_backoff_ms, ge=0.0, le=600_000.0,
-        description="fast onset: off this long after one the model did not confirm "
-        "(doubling for each in a row, up to fast_backoff_max_ms)",
+        description="fast onset: off this long after a pause the model did not confirm, "
+        "doubling for each in a row (up to fast_backoff_max_ms)",
     )
     fast_backoff_max_ms: float = Field(
         _GATE.fast_backoff_max_ms, ge=0.0, le=3_600_000.0,
-        description="fast onset: the longest back-off",
+        description="fast onset: the longest back-off (unset: 60 s, or fast_backoff_ms "
+        "if longer)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _longest_backoff_follows(cls, data: Any) -> Any:
+        """An unset longest back-off is at least the first one."""
+        if not isinstance(data, dict) or "fast_backoff_max_ms" in data:
+            return data
+        try:
+            first = float(data.get("fast_backoff_ms", 0.0))
+        except (TypeError, ValueError):
+            return data  # the field's own check reports it
+        if first > _GATE.fast_backoff_max_ms:
+            return {**data, "fast_backoff_max_ms": first}
+        return data
 
     @model_validator(mode="after")
     def _gate_is_valid(self) -> VadConfig:

@@ -13,8 +13,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from duplexvoice.orchestrator.sessions.events import Action, Event, UserSpeechEnded
-from duplexvoice.orchestrator.sessions.listener import ConversationServices, Listener
+from duplexvoice.orchestrator.sessions.listener import Listener
 from duplexvoice.orchestrator.sessions.machine import State
+from duplexvoice.orchestrator.sessions.shared import ConversationServices
 from duplexvoice.wire.messages import Error, ErrorCode
 from duplexvoice.wire.protocol import AudioInput
 

@@ -54,10 +54,10 @@ from duplexvoice.orchestrator.sessions.events import (
     WorkerFrame,
 )
 from duplexvoice.orchestrator.sessions.inbox import Inbox
-from duplexvoice.orchestrator.sessions.listener import ConversationServices
 from duplexvoice.orchestrator.sessions.machine import SessionConfig, SessionMachine
 from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
 from duplexvoice.orchestrator.sessions.settings import SessionSettings
+from duplexvoice.orchestrator.sessions.shared import ConversationServices
 from duplexvoice.orchestrator.sessions.turn_metrics import TurnFigures
 from duplexvoice.orchestrator.workers.link import (
     WorkerError,
@@ -147,7 +147,7 @@ class SessionDriver:
                     lead_ms=config.lead_ms, send_quantum_ms=config.send_quantum_ms,
                     max_frames=max(1, config.buffer_ms // FRAME_MS),
                 ),
-                turns=config.conversation.turn_config(),
+                turns=config.conversation.turns,
             ),
             now=time.monotonic(),
         )

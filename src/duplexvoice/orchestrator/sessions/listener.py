@@ -24,16 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from duplexvoice.orchestrator.conversation_config import ConversationConfig
 from duplexvoice.orchestrator.sessions.events import (
     Action,
     CancelReply,
@@ -49,19 +46,16 @@ from duplexvoice.orchestrator.sessions.events import (
     UserSpeechStarted,
     UserTranscript,
 )
+from duplexvoice.orchestrator.sessions.shared import ConversationServices
 from duplexvoice.replies import (
     History,
-    ReplyConfig,
-    ReplyEngine,
     ReplyError,
     heard_prefix,
-    make_engine,
 )
 from duplexvoice.speech import SPEECH_RATE
-from duplexvoice.speech.asr import Transcriber
-from duplexvoice.speech.asr_types import AsrBusy, AsrConfig, AsrError
+from duplexvoice.speech.asr_types import AsrBusy, AsrError
 from duplexvoice.speech.audio_in import MicResampler
-from duplexvoice.speech.vad import VadConfig, VoiceDetector
+from duplexvoice.speech.vad import VoiceDetector
 from duplexvoice.speech.vad_gate import SpeechOffset, SpeechOnset
 from duplexvoice.wire.messages import Error, ErrorCode
 
@@ -71,65 +65,6 @@ FloatAudio = npt.NDArray[np.float32]
 PREROLL_S = 0.3  # audio kept before an onset: the VAD confirms speech after it began
 _ERROR_EVERY_S = 1.0
 _QUIET_S = 0.048  # no voice this long within speech: a pause (not yet an offset)
-
-
-@dataclass
-class ConversationServices:
-    """What all conversation sessions share: one recognizer, one reply engine per
-    name, the VAD settings. The recognizer loads in the background from the start:
-    the first turn waits for it only if it comes within the first second or so."""
-
-    config: ConversationConfig
-    transcriber: Transcriber
-    replies: dict[str, ReplyEngine]
-    vad: VadConfig = field(init=False)
-
-    def __post_init__(self) -> None:
-        c = self.config
-        self.vad = VadConfig(
-            engine=c.vad_engine, aggressiveness=c.vad_aggressiveness,
-            silero_hop=c.vad_silero_hop,
-            threshold=c.vad_threshold, neg_threshold=c.vad_neg_threshold,
-            speaking_threshold=c.vad_speaking_threshold, min_speech_ms=c.vad_min_speech_ms,
-            speaking_min_speech_ms=c.vad_speaking_min_speech_ms,
-            min_silence_ms=c.vad_min_silence_ms,
-            fast_onset=c.vad_fast_onset, fast_rise_db=c.vad_fast_rise_db,
-            fast_min_level_db=c.vad_fast_min_level_db, fast_backoff_ms=c.vad_fast_backoff_ms,
-            fast_backoff_max_ms=max(60_000, c.vad_fast_backoff_ms))
-
-    async def close(self) -> None:
-        for engine in self.replies.values():
-            await engine.close()
-        await asyncio.to_thread(self.transcriber.close)
-
-
-def asr_config(config: ConversationConfig) -> AsrConfig:
-    # The library's default is 4 threads: more than a small machine has.
-    threads = config.asr_threads or min(4, os.cpu_count() or 1)
-    return AsrConfig(model_path=config.asr_model or None,
-                     device=config.asr_device,
-                     compute_type=config.asr_compute_type, cpu_threads=threads,
-                     beam_size=config.asr_beam_size,
-                     # The listener paces partials itself (one at a time, an interval,
-                     # and a words check at once when a held speech stops).
-                     partial_min_interval_ms=0,
-                     max_queue=config.asr_max_queue)
-
-
-def reply_config(config: ConversationConfig, engine: str) -> ReplyConfig:
-    return ReplyConfig(engine=engine, base_url=config.reply_base_url, model=config.reply_model,
-                       api_key_env=config.reply_api_key_env,
-                       system_prompt=config.reply_system_prompt, timeout_s=config.reply_timeout_s)
-
-
-async def make_services(config: ConversationConfig) -> ConversationServices:
-    """The shared parts of conversation mode. Raises ``ValueError`` for settings that
-    cannot work (a model directory that does not exist)."""
-    transcriber = await asyncio.to_thread(Transcriber, asr_config(config))
-    replies = {"echo": make_engine(reply_config(config, "echo"))}
-    if config.reply_engine != "echo":
-        replies[config.reply_engine] = make_engine(reply_config(config, config.reply_engine))
-    return ConversationServices(config, transcriber, replies)
 
 
 class AudioRing:

@@ -37,35 +37,48 @@ import enum
 import re
 from dataclasses import dataclass
 
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
 from duplexvoice.orchestrator.sessions.events import speakable
 
 _EPS = 1e-6
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class TurnConfig:
-    """The turn-taking settings (documented for users in ``configs/orchestrator.yaml``)."""
+    """The turn-taking settings: ``conversation.turns`` of the orchestrator's config
+    (flags ``--turns-<option>``), validated on creation, frozen. A dataclass, not a
+    model: its fields are read on every event, and a model's attributes cost more."""
 
-    end_of_turn_ms: int = 500  # silence after speech that ends the user's turn
-    adaptive: bool = True  # let the transcript move the end of turn (below)
-    complete_end_ms: int = 250  # adaptive: silence after a complete sentence
-    trailing_end_ms: int = 1000  # adaptive: silence after a trailing "and", "um", ...
-    min_turn_ms: int = 150  # speech shorter than this in a turn is noise
-    max_turn_ms: int = 30_000  # a turn this long is ended by force
-    interrupt_after_ms: int = 400  # speech over the system this long is a real barge-in
-    words_after_ms: int = 200  # ... or words heard after this much speech
-    resume_after_ms: int = 250  # silence after a false interruption before resuming
-    words_wait_ms: int = 300  # ... longer by up to this while its words are being checked
-    speculative_reply: bool = True  # start the reply before the end of turn is confirmed
-
-    def __post_init__(self) -> None:
-        for name in ("end_of_turn_ms", "complete_end_ms", "trailing_end_ms", "min_turn_ms",
-                     "interrupt_after_ms", "words_after_ms", "resume_after_ms",
-                     "words_wait_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        if self.max_turn_ms <= 0:
-            raise ValueError("max_turn_ms must be positive")
+    end_of_turn_ms: int = Field(
+        default=500, ge=0, le=10_000, description="silence after speech that ends the user's turn")
+    adaptive: bool = Field(
+        default=True, description="end sooner after a complete sentence, later after a trailing "
+        "'and'/'um' (see complete_end_ms, trailing_end_ms)")
+    complete_end_ms: int = Field(
+        default=250, ge=0, le=10_000, description="adaptive: silence after a complete sentence")
+    trailing_end_ms: int = Field(
+        default=1000, ge=0, le=10_000, description="adaptive: silence after a trailing conjunction "
+        "or filler ('and', 'um', ...)")
+    min_turn_ms: int = Field(
+        default=150, ge=0, le=5000, description="speech shorter than this is noise, not a turn")
+    max_turn_ms: int = Field(
+        default=30_000, ge=1000, le=300_000, description="a turn this long is ended by force")
+    interrupt_after_ms: int = Field(
+        default=400, ge=0, le=5000,
+        description="speech over the system this long is a real interruption (barge-in)")
+    words_after_ms: int = Field(
+        default=200, ge=0, le=5000, description="... or recognized words after this much speech")
+    resume_after_ms: int = Field(
+        default=250, ge=0, le=5000,
+        description="silence after a short noise before the held speech resumes")
+    words_wait_ms: int = Field(
+        default=300, ge=0, le=5000, description="a short speech over the system waits up to this "
+        "much more for its words before playback resumes ('Wait,' is short)")
+    speculative_reply: bool = Field(
+        default=True, description="start the reply during the end-of-turn silence; heard only if "
+        "the turn really ended")
 
 
 class Ending(enum.Enum):

@@ -1,0 +1,48 @@
+"""What all conversation sessions share: one recognizer, one reply engine per name, the
+VAD settings. Built once at start from ``conversation`` (each core gets its own section
+of the config as it is: no settings are copied here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from duplexvoice.orchestrator.conversation_config import ConversationConfig
+from duplexvoice.replies import ReplyConfig, ReplyEngine, make_engine
+from duplexvoice.speech.asr import Transcriber
+from duplexvoice.speech.vad import VadConfig
+
+
+@dataclass
+class ConversationServices:
+    """The recognizer loads in the background from the start: the first turn waits for
+    it only if it comes within the first second or so."""
+
+    config: ConversationConfig
+    transcriber: Transcriber
+    replies: dict[str, ReplyEngine]
+
+    @property
+    def vad(self) -> VadConfig:
+        return self.config.vad
+
+    async def close(self) -> None:
+        for engine in self.replies.values():
+            await engine.close()
+        await asyncio.to_thread(self.transcriber.close)
+
+
+def make_replies(config: ReplyConfig) -> dict[str, ReplyEngine]:
+    """The configured engine, and echo (a session may ask for it) with the same settings."""
+    replies = {"echo": make_engine(config.model_copy(update={"engine": "echo"}))}
+    if config.engine != "echo":
+        replies[config.engine] = make_engine(config)
+    return replies
+
+
+async def make_services(config: ConversationConfig) -> ConversationServices:
+    """The shared parts of conversation mode. Raises ``ValueError`` for settings that
+    cannot work (a model directory that does not exist)."""
+    transcriber = await asyncio.to_thread(Transcriber, config.asr)
+    return ConversationServices(config, transcriber, make_replies(config.reply))
