@@ -37,7 +37,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from duplexvoice.orchestrator.sessions.events import speakable
+from duplexvoice.text import speakable
 
 _EPS = 1e-6
 
@@ -420,4 +420,5 @@ class TurnTaking:
 
 
 def _has_words(text: str) -> bool:
+    """Not ``speakable``: barge-in evidence, so a real word, not a stray "a" or "5"."""
     return any(len(w) >= 2 for w in _WORD.findall(text))
