@@ -48,6 +48,7 @@ from typing import Final
 from duplexvoice.text import CLOSERS, OPENERS, TERMINALS, WAIT, Wait, first_speakable, sentence_end
 
 _WHITESPACE: Final = re.compile(r"\s+")
+_TERMINAL: Final = re.compile("[" + re.escape("".join(sorted(TERMINALS))) + "]")
 _CLAUSE_PUNCT: Final = frozenset(",;:")
 _DASHES: Final = frozenset({"-", "--", "–", "—"})
 _WORD_CHARS_EXTRA: Final = frozenset("'’")
@@ -129,13 +130,9 @@ def _token_before(t: str, end: int) -> tuple[int, str]:
 
 def _sentence_end(t: str, p: int, final: bool) -> int | None:
     """End (exclusive) of the first certain sentence holding ``t[p]``, or None."""
-    n = len(t)
     i = p  # a terminal run before p ends before it: t[p] is speakable
-    while i < n:
-        if t[i] not in TERMINALS:
-            i += 1
-            continue
-        end, i = sentence_end(t, i, p, final)
+    while (found := _TERMINAL.search(t, i)) is not None:
+        end, i = sentence_end(t, found.start(), p, final)
         if isinstance(end, Wait):
             return None  # only whitespace or closers follow: no later end to find
         if end is not None:
