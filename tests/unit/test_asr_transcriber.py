@@ -23,7 +23,6 @@ from duplexvoice.speech.asr import (
     Transcriber,
     Transcript,
 )
-from duplexvoice.speech.priority import lower_priority
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.unit
@@ -40,6 +39,7 @@ class FakeEngine:
         self.started: queue.Queue[tuple[int, bool]] = queue.Queue()
         self.calls: list[tuple[int, bool]] = []
         self.threads: set[str] = set()
+        self.niceness: list[int] = []
         self._gate = threading.Event()
         self._gate.set()
         self.fail_with: Exception | None = None
@@ -52,6 +52,7 @@ class FakeEngine:
 
     def run(self, audio: np.ndarray, final: bool) -> Transcript:
         self.threads.add(threading.current_thread().name)
+        self.niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         self.calls.append((audio.size, final))
         self.started.put((audio.size, final))
         if not self._gate.wait(WAIT_S):
@@ -324,22 +325,13 @@ def test_config_is_validated() -> None:
     assert 1 <= config.threads <= 4 and AsrConfig(cpu_threads=7).threads == 7
 
 
-def test_the_recognizers_thread_runs_below_the_event_loop() -> None:
-    seen: list[int] = []
-
-    def probe() -> None:
-        lower_priority(5)
-        tid = threading.get_native_id()
-        seen.append(os.getpriority(os.PRIO_PROCESS, tid))
-        child = threading.Thread(target=lambda: seen.append(
-            os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-        child.start()
-        child.join()
-
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness")
+async def test_the_recognizers_thread_runs_below_the_event_loop(engine: FakeEngine) -> None:
     here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    thread = threading.Thread(target=probe)
-    thread.start()
-    thread.join()
-    if sys.platform.startswith("linux"):
-        assert seen == [min(19, here + 5)] * 2  # and the threads it starts inherit it
+    t = Transcriber(AsrConfig(nice=5), engine=engine)
+    try:
+        assert await asyncio.wait_for(t.transcribe(speech(1600), final=True), WAIT_S)
+    finally:
+        t.close()
+    assert engine.niceness == [min(19, here + 5)]  # the decode ran lowered
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # untouched

@@ -23,7 +23,7 @@ from duplexvoice.orchestrator.sessions.events import (
     WorkerControl,
     WorkerFrame,
 )
-from duplexvoice.orchestrator.sessions.machine import SessionConfig, State, speakable
+from duplexvoice.orchestrator.sessions.machine import SessionConfig, State
 from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
 from duplexvoice.wire.messages import Command, ErrorCode
 from tests.support.session_script import (
@@ -203,6 +203,12 @@ def test_text_with_nothing_to_speak_is_refused_and_takes_no_id(text: str) -> Non
     assert BeginSynthesis(1) in d(TextReceived("Now words."))  # the id was not used
 
 
+def test_a_symbol_a_voice_reads_is_something_to_say() -> None:
+    d = in_state(State.LISTENING)
+    out = d(TextReceived("%"))  # "percent": the worker speaks it too
+    assert errors(out) == [] and BeginSynthesis(1) in out
+
+
 def test_streamed_text_may_carry_punctuation_pieces() -> None:
     d = in_state(State.SPEAKING)  # utterance 1 playing: utterance 2's text is held
     assert errors(d(TextReceived("Well", is_final=False))) == []
@@ -216,13 +222,6 @@ def test_a_streamed_utterance_that_never_had_words_ends_without_synthesis() -> N
     out = d(TextReceived("!"))
     assert errors(out) == ["INVALID_MESSAGE"] and ends(out) == [(2, "completed", 0)]
     assert d.m.queued_utterances == []
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("Hi", True), ("42", True), ("été", True), ("日本", True), ("...", False),
-    ("\U0001f600", False), ("", False), (" \t\n", False), ("-- !", False)])
-def test_speakable(text: str, expected: bool) -> None:
-    assert speakable(text) is expected
 
 
 # -- controls ------------------------------------------------------------------------

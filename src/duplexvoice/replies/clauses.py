@@ -13,13 +13,9 @@ Rules (on normalized text: whitespace runs become one space, or one newline if t
 run holds one; ``*`` and backticks are dropped, and ``#`` at the start of a line,
 so a stray markdown habit of the model is not read aloud):
 
-- Sentence end: a run of ``. ! ? … ‽`` plus closing quotes/brackets, followed by
-  whitespace (or the end of the reply). Always a cut, whatever the length. A lone
-  "." after an abbreviation ("Mr."; not "etc." or "No.", which usually end a
-  sentence), a dotted acronym ("U.S.", "e.g."), a capital initial ("J."; not "I")
-  or a one- or two-digit list number at the start of a clause ("1.") is not an
-  end; nor is a "." inside a word or number ("3.5", "example.com"): those hold no
-  whitespace after the ".".
+- Sentence end: the shared rule of :mod:`duplexvoice.text.sentences` ("." ends a
+  sentence when whitespace follows, unless after "Mr.", "U.S.", "J.", a list number
+  "1." at the start of a clause...). Always a cut, whatever the length.
 - Line break: always a cut (list items, paragraphs).
 - Clause end: ``, ; : — –`` (plus closers) followed by whitespace, a spaced hyphen
   (" - ", " -- "), or an em dash between two letters ("so—if"), but only once the
@@ -31,9 +27,10 @@ so a stray markdown habit of the model is not read aloud):
   re-chunks what it gets and picks its own best first cut within it) with no cut is
   cut at its last space (a word boundary) at or before that length; one huge
   "word" is cut hard.
-- Pronounceable: a clause holds a letter, digit or a symbol a voice reads. Leading
-  text with none ("...", "- ") is kept at the start of the next clause (at most
-  16 characters of it); such a tail at the end of the reply is dropped.
+- Speakable (:func:`duplexvoice.text.speakable`): a clause holds something a voice
+  says. Leading text with nothing to say ("...", "- ") is kept at the start of the
+  next clause (at most 16 characters of it); such a tail at the end of the reply is
+  dropped.
 """
 
 from __future__ import annotations
@@ -42,25 +39,12 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-_TERMINALS: Final = frozenset(".!?…‽")
-_CLOSERS: Final = frozenset("\"'”’»›)]}")
-_OPENERS: Final = "\"'“‘«‹([{"
+from duplexvoice.text import CLOSERS, SPACES, TERMINALS, WAIT, Wait, first_speakable, sentence_end
+
 _CLAUSE_PUNCT: Final = frozenset(",;:—–")
-_SYMBOLS: Final = frozenset("$€£¥%&@+=#")
 _DROPPED: Final = frozenset("*`")  # markdown emphasis and code marks
-_SPACES: Final = frozenset(" \n")
 _MAX_JUNK: Final = 16  # unpronounceable characters kept before a clause
 _FIRST_MAX_CHARS: Final = 80  # the worker's first-chunk window is 20-60 characters
-# Lower-case, without the final dot. Words that often end a sentence ("etc", "no",
-# "inc") are left out: a missed cut costs a little latency, a wrong one prosody.
-_ABBREVIATIONS: Final = frozenset(
-    {
-        "mr", "mrs", "ms", "mx", "dr", "prof", "st", "sr", "jr", "mt", "ft", "rev",
-        "gen", "col", "lt", "sgt", "capt", "hon", "vs", "approx", "cf", "al", "fig",
-        "nos", "vol", "pp", "dept", "ave", "blvd",
-    }
-)  # fmt: skip
-_DOTTED_ACRONYM: Final = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
 # A word: letters/digits, joined by inner punctuation ("3.5", "don't", "well-known").
 _WORD: Final = re.compile(r"[^\W_]+(?:[.,'’:\-][^\W_]+)*")
 
@@ -96,76 +80,26 @@ def count_words(text: str) -> int:
     return len(_WORD.findall(text))
 
 
-def is_pronounceable(text: str) -> bool:
-    """True if a voice would say something for ``text`` (a letter, digit or symbol)."""
-    return _first_pronounceable(text) is not None
-
-
-def _first_pronounceable(text: str) -> int | None:
-    for i, ch in enumerate(text):
-        if ch.isalnum() or ch in _SYMBOLS:
-            return i
-    return None
-
-
-def _period_continues(t: str, i: int, p: int) -> bool:
-    """True if the lone "." at ``i`` ends an abbreviation, initial or list number."""
-    start = max(t.rfind(" ", 0, i), t.rfind("\n", 0, i)) + 1
-    raw = t[start:i]
-    token = raw.lstrip(_OPENERS)
-    if not token:
-        return False
-    return (
-        token.lower() in _ABBREVIATIONS
-        or (len(token) == 1 and token.isalpha() and token.isupper() and token != "I")
-        or _DOTTED_ACRONYM.fullmatch(token) is not None
-        or (token.isdigit() and len(token) <= 2 and start + len(raw) - len(token) == p)
-    )
-
-
-class _Wait:
-    """Marker: whether there is a cut here depends on text not received yet."""
-
-
-_WAIT: Final = _Wait()
-
-
-def _end_after(t: str, k: int, final: bool) -> int | _Wait | None:
+def _end_after(t: str, k: int, final: bool) -> int | Wait | None:
     """A cut at ``k`` if whitespace (or the end of the reply) follows, else None."""
     if k == len(t):
-        return k if final else _WAIT
-    return k if t[k] in _SPACES else None
+        return k if final else WAIT
+    return k if t[k] in SPACES else None
 
 
-def _sentence_cut(t: str, i: int, p: int, final: bool) -> tuple[int | _Wait | None, int]:
-    """The cut for the terminal run starting at ``i``, and where scanning resumes."""
-    n = len(t)
-    j = i
-    while j < n and t[j] in _TERMINALS:
-        j += 1
-    k = j
-    while k < n and t[k] in _CLOSERS:
-        k += 1
-    if j == n and not final:
-        return _WAIT, k  # more terminals may come ("." then "..")
-    if j - i == 1 and t[i] == "." and _period_continues(t, i, p):
-        return None, k
-    return _end_after(t, k, final), k
-
-
-def _clause_cut(t: str, i: int, final: bool, min_words: int) -> tuple[int | _Wait | None, int]:
+def _clause_cut(t: str, i: int, final: bool, min_words: int) -> tuple[int | Wait | None, int]:
     """The cut for clause punctuation or a spaced hyphen at ``i``; where scanning resumes."""
     n = len(t)
     ch = t[i]
     if ch == "-":
-        if i == 0 or t[i - 1] not in _SPACES:
+        if i == 0 or t[i - 1] not in SPACES:
             return None, i + 1  # "well-known", "-5"
         k = i
         while k < n and t[k] == "-":
             k += 1
     else:
         k = i + 1
-        while k < n and t[k] in _CLOSERS:
+        while k < n and t[k] in CLOSERS:
             k += 1
     if count_words(t[:k]) < min_words:
         return None, k
@@ -197,8 +131,8 @@ def next_cut(t: str, p: int, final: bool, min_words: int, max_chars: int) -> int
         ch = t[i]
         if ch == "\n":
             return i
-        if ch in _TERMINALS:
-            cut, resume = _sentence_cut(t, i, p, final)
+        if ch in TERMINALS:
+            cut, resume = sentence_end(t, i, p, final)
         elif ch in _CLAUSE_PUNCT or ch == "-":
             cut, resume = _clause_cut(t, i, final, min_words)
         else:
@@ -206,7 +140,7 @@ def next_cut(t: str, p: int, final: bool, min_words: int, max_chars: int) -> int
             continue
         if resume > max_chars:
             break  # the clause would be too long: forced below
-        if isinstance(cut, _Wait):
+        if isinstance(cut, Wait):
             return None
         if cut is not None:
             return cut
@@ -278,7 +212,7 @@ class ClauseCutter:
         rules = self._rules
         while self._buffer:
             t = self._buffer
-            p = _first_pronounceable(t)
+            p = first_speakable(t)
             if p is None:
                 self._buffer = "" if final else t[-_MAX_JUNK:]
                 break

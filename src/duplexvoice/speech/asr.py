@@ -61,7 +61,7 @@ from duplexvoice.speech.asr_types import (
     FloatAudio,
     Transcript,
 )
-from duplexvoice.speech.priority import lower_priority
+from duplexvoice.threads import lower_thread_priority
 
 __all__ = [
     "AsrBusy",
@@ -230,7 +230,7 @@ class Transcriber:
     # -- serving (the model thread) -------------------------------------------------
 
     def _work(self) -> None:
-        lower_priority(self.config.nice)  # the decodes run here (and on the model's threads)
+        lower_thread_priority(self.config.nice)  # the decodes run here (and on the model's threads)
         while True:
             with self._cond:
                 job = self._next_job()

@@ -72,7 +72,7 @@ from duplexvoice.speech.asr_rules import (
     words_of,
 )
 from duplexvoice.speech.asr_types import AsrConfig, AsrModelError, FloatAudio, Transcript
-from duplexvoice.speech.priority import lower_priority
+from duplexvoice.threads import call_at_low_priority
 
 MAX_LENGTH = 448  # Whisper's decoder context, prompt included
 VAD_CHUNK = 512  # Silero's chunk at 16 kHz
@@ -111,30 +111,21 @@ class WhisperEngine:
 
         self.config = config
         path = config.model_path or default_model_path()
-        loaded: list[Any] = []
-        failed: list[Exception] = []
 
-        def load() -> None:
-            # CTranslate2 computes on threads it starts here: they inherit the priority.
-            lower_priority(config.nice)
-            try:
-                loaded.append(WhisperModel(
-                    path, device=config.device, compute_type=config.compute_type,
-                    cpu_threads=config.threads, local_files_only=True,
-                ))
-            except Exception as exc:  # ctranslate2 and the hub client raise many kinds
-                failed.append(exc)
+        def load() -> Any:
+            return WhisperModel(
+                path, device=config.device, compute_type=config.compute_type,
+                cpu_threads=config.threads, local_files_only=True,
+            )
 
-        loader = threading.Thread(target=load, name="asr-load")
-        loader.start()
-        loader.join()
-        if not loaded:
-            exc = failed[0] if failed else RuntimeError("the loader thread died")
+        try:
+            # CTranslate2 computes on threads it starts while loading: lowered too.
+            self._whisper = call_at_low_priority(load, config.nice, name="asr-load")
+        except Exception as exc:  # ctranslate2 and the hub client raise many kinds
             raise AsrModelError(
                 f"cannot load the Whisper model from {path!r} (device {config.device}, "
                 f"compute type {config.compute_type}): {exc}"
             ) from exc
-        self._whisper = loaded[0]
         model = self._whisper.model
         self._model: Any = model
         language = config.language if model.is_multilingual else "en"

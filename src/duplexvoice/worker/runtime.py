@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from duplexvoice import __version__
 from duplexvoice.audio import FRAME_MS, SAMPLE_RATE
+from duplexvoice.threads import call_at_low_priority, lower_thread_priority
 from duplexvoice.worker.adapters import ADAPTERS
 from duplexvoice.worker.adapters.base import TTSAdapter
 from duplexvoice.worker.config import WorkerConfig
 from duplexvoice.worker.model_manager import ModelManager, ModelNotLoadedError, UnknownModelError
-from duplexvoice.worker.priority import call_at_low_priority, lower_thread_priority
 from duplexvoice.worker.registry import RegistryPublisher, build_record
 from duplexvoice.worker.session import SynthesisSession
 from duplexvoice.worker.voice import LoadedVoice

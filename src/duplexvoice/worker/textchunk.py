@@ -13,10 +13,9 @@ change it (a trailing "." waits for the next character, "3." waits to see whethe
 
 Rules (on whitespace-normalized text: each run of whitespace becomes one space):
 
-- Sentence end: a run of ``. ! ? … ‽`` plus any closing quotes/brackets, followed by
-  a space or the end of the text. A lone "." after an abbreviation ("Dr.", "etc."),
-  a dotted acronym ("U.S.", "e.g."), a single capital initial ("J.") or a one- or
-  two-digit list number at the start of a chunk ("1.") does not end a sentence.
+- Sentence end: the shared rule of :mod:`duplexvoice.text.sentences` ("." ends a
+  sentence when a space follows, unless after "Dr.", "U.S.", "J.", a list number
+  "1." at the start of a chunk...).
 - Clause boundary: ``, ; :`` (plus closers) followed by a space, or a spaced dash
   (" - ", " -- ", " – ", " — ") which stays with the text before it.
 - First chunk: a first sentence longer than ``first_max_chars`` is cut at the
@@ -31,10 +30,10 @@ Rules (on whitespace-normalized text: each run of whitespace becomes one space):
   last clause boundary in the second half of that limit, else at the best word cut.
 - Numbers are never split: "1,000", "3.14", "10:30" hold no space, and a word cut
   between two digits ("1 000") is never chosen.
-- Pronounceable: a chunk is emitted only if it holds a letter, a digit or a symbol
-  a voice reads aloud (``$ € £ ¥ % & @ + = #``). Unpronounceable text (a lone "...",
-  an emoji) before such a chunk is kept at its start; at the end of an utterance it
-  is dropped, so "..." alone yields no chunk at all (the worker rejects that).
+- Speakable (:func:`duplexvoice.text.speakable`): a chunk is emitted only if a voice
+  says something for it. Text with nothing to say (a lone "...", an emoji) before
+  such a chunk is kept at its start; at the end of an utterance it is dropped, so
+  "..." alone yields no chunk at all (the worker rejects that).
   Consequently ``" ".join(chunks)`` equals the normalized input, less such a tail.
 - A single "word" longer than ``max_chunk_chars`` (no space at all) is cut hard at
   that length: the bound wins over "never inside a word" for such garbage.
@@ -46,24 +45,13 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from duplexvoice.text import CLOSERS, OPENERS, TERMINALS, WAIT, Wait, first_speakable, sentence_end
+
 _WHITESPACE: Final = re.compile(r"\s+")
-_TERMINALS: Final = frozenset(".!?…‽")
-_CLOSERS: Final = frozenset("\"'”’»›)]}")
-_OPENERS: Final = "\"'“‘«‹([{"
+_TERMINAL: Final = re.compile("[" + re.escape("".join(sorted(TERMINALS))) + "]")
 _CLAUSE_PUNCT: Final = frozenset(",;:")
 _DASHES: Final = frozenset({"-", "--", "–", "—"})
-_SYMBOLS: Final = frozenset("$€£¥%&@+=#")
 _WORD_CHARS_EXTRA: Final = frozenset("'’")
-# Lower-case, without the final dot. Words that often end a sentence ("no", "inc",
-# "co") are left out: a missed split costs latency, a wrong one costs prosody.
-_ABBREVIATIONS: Final = frozenset(
-    {
-        "mr", "mrs", "ms", "mx", "dr", "prof", "st", "sr", "jr", "mt", "ft", "rev",
-        "gen", "col", "lt", "sgt", "capt", "hon", "vs", "etc", "approx", "cf", "al",
-        "ph.d", "fig",
-    }
-)  # fmt: skip
-_DOTTED_ACRONYM: Final = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
 # A word cut just before one of these sounds natural ("... the station | because ...").
 _CONJUNCTIONS: Final = frozenset(
     {
@@ -132,73 +120,30 @@ def normalize_whitespace(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-def is_pronounceable(text: str) -> bool:
-    """True if a voice would say something for ``text`` (a letter, digit or symbol)."""
-    return _first_pronounceable(text) is not None
-
-
-def _first_pronounceable(text: str) -> int | None:
-    for i, ch in enumerate(text):
-        if ch.isalnum() or ch in _SYMBOLS:
-            return i
-    return None
-
-
-class _Wait:
-    """Marker: the decision depends on text that has not arrived yet."""
-
-
-_WAIT: Final = _Wait()
-
-
 def _token_before(t: str, end: int) -> tuple[int, str]:
     """The space-delimited token ending at ``end``, less leading opening quotes."""
     start = t.rfind(" ", 0, end) + 1
     token = t[start:end]
-    stripped = token.lstrip(_OPENERS)
+    stripped = token.lstrip(OPENERS)
     return start + len(token) - len(stripped), stripped
-
-
-def _period_continues(t: str, i: int, p: int) -> bool:
-    """True if the lone "." at ``i`` belongs to an abbreviation, initial or list number."""
-    start, token = _token_before(t, i)
-    if not token:
-        return False
-    low = token.lower()
-    return (
-        low in _ABBREVIATIONS
-        or (len(token) == 1 and token.isalpha() and token.isupper())
-        or _DOTTED_ACRONYM.fullmatch(token) is not None
-        or (token.isdigit() and len(token) <= 2 and start == p)
-    )
 
 
 def _sentence_end(t: str, p: int, final: bool) -> int | None:
     """End (exclusive) of the first certain sentence holding ``t[p]``, or None."""
-    n = len(t)
-    i = 0
-    while i < n:
-        if t[i] not in _TERMINALS:
-            i += 1
-            continue
-        j = i
-        while j < n and t[j] in _TERMINALS:
-            j += 1
-        k = j
-        while k < n and t[k] in _CLOSERS:
-            k += 1
-        confirmed = (k < n and t[k] == " ") or (k == n and final)
-        lone_period = j - i == 1 and t[i] == "."
-        if k > p and confirmed and not (lone_period and _period_continues(t, i, p)):
-            return k
-        i = k
+    i = p  # a terminal run before p ends before it: t[p] is speakable
+    while (found := _TERMINAL.search(t, i)) is not None:
+        end, i = sentence_end(t, found.start(), p, final)
+        if isinstance(end, Wait):
+            return None  # only whitespace or closers follow: no later end to find
+        if end is not None:
+            return end
     return None
 
 
 def _is_clause_end(t: str, c: int) -> bool:
     """True if ``t[c]`` is a space right after ``, ; :`` (plus closers) or a spaced dash."""
     k = c
-    while k > 0 and t[k - 1] in _CLOSERS:
+    while k > 0 and t[k - 1] in CLOSERS:
         k -= 1
     if k > 0 and t[k - 1] in _CLAUSE_PUNCT:
         return True
@@ -216,7 +161,7 @@ def _next_word(t: str, start: int, final: bool) -> str | None:
     return t[start:end].lower()
 
 
-def _cut_penalty(t: str, w: int, final: bool) -> int | _Wait | None:
+def _cut_penalty(t: str, w: int, final: bool) -> int | Wait | None:
     """Penalty of cutting at the space ``t[w]``; None if that cut is not allowed there."""
     if _is_clause_end(t, w):
         return 0
@@ -231,13 +176,13 @@ def _cut_penalty(t: str, w: int, final: bool) -> int | _Wait | None:
     if word is None:
         word = t[w + 1 :].lower()
         if any(known.startswith(word) for known in _KNOWN_WORDS):
-            return _WAIT  # "wh" may become "which"
+            return WAIT  # "wh" may become "which"
     penalty = _COST_WORD
     if word not in _CONJUNCTIONS:
         penalty += _COST_NOT_CONJUNCTION
         if word not in _PHRASE_STARTS:
             penalty += _COST_NOT_PHRASE_START
-    if before.rstrip("".join(_CLOSERS)).lower() in _FUNCTION_WORDS or word in _BINDS_BACKWARD:
+    if before.rstrip("".join(CLOSERS)).lower() in _FUNCTION_WORDS or word in _BINDS_BACKWARD:
         penalty += _COST_BROKEN
     return penalty
 
@@ -250,7 +195,7 @@ def _lateness(chars: int) -> int:
 
 def _best_cut(
     t: str, lo: int, hi: int, p: int, final: bool, target: int, clauses_only: bool = False
-) -> int | _Wait | None:
+) -> int | Wait | None:
     """The cheapest allowed cut at a space in [lo, hi], or None if there is none.
 
     Cost: the penalty of the cut plus its distance from ``target``; each character
@@ -262,10 +207,10 @@ def _best_cut(
         if t[w] != " ":
             continue
         if clauses_only:
-            penalty: int | _Wait | None = 0 if _is_clause_end(t, w) else None
+            penalty: int | Wait | None = 0 if _is_clause_end(t, w) else None
         else:
             penalty = _cut_penalty(t, w, final)
-        if isinstance(penalty, _Wait):
+        if isinstance(penalty, Wait):
             return penalty
         if penalty is None:
             continue
@@ -275,13 +220,13 @@ def _best_cut(
     return None if best is None else best[1]
 
 
-def _first_cut(t: str, p: int, final: bool, cfg: ChunkingConfig) -> int | _Wait | None:
+def _first_cut(t: str, p: int, final: bool, cfg: ChunkingConfig) -> int | Wait | None:
     """Cut for the first chunk of a long sentence; None if the window holds no boundary."""
     lo, hi = cfg.first_min_chars, cfg.first_max_chars
     return _best_cut(t, lo, hi, p, final, cfg.target_chars)
 
 
-def _oversize_cut(t: str, p: int, final: bool, cfg: ChunkingConfig) -> int | _Wait:
+def _oversize_cut(t: str, p: int, final: bool, cfg: ChunkingConfig) -> int | Wait:
     """Cut for a sentence longer than ``max_chunk_chars``: as late as possible.
 
     The latest clause boundary in the second half of the limit, else the best word
@@ -308,7 +253,7 @@ def _next_cut(t: str, p: int, final: bool, first: bool, cfg: ChunkingConfig) -> 
         if end is None and solid <= cfg.first_max_chars:
             return None
         cut = _first_cut(t, p, final, cfg)
-        if isinstance(cut, _Wait):
+        if isinstance(cut, Wait):
             return None
         if cut is not None:
             return cut
@@ -317,7 +262,7 @@ def _next_cut(t: str, p: int, final: bool, first: bool, cfg: ChunkingConfig) -> 
     if end is None and solid <= cfg.max_chunk_chars:
         return None
     over = _oversize_cut(t, p, final, cfg)
-    return None if isinstance(over, _Wait) else over
+    return None if isinstance(over, Wait) else over
 
 
 class TextChunker:
@@ -354,7 +299,7 @@ class TextChunker:
         limit = self._config.max_chunk_chars
         while self._buffer:
             t = self._buffer
-            p = _first_pronounceable(t)
+            p = first_speakable(t)
             if p is None or p >= limit:
                 if p is None and final:
                     self._buffer = ""  # an unpronounceable tail: nothing to say

@@ -39,7 +39,6 @@ from duplexvoice.orchestrator.sessions.events import (
     UserTranscript,
     UserTyped,
     WorkerControl,
-    speakable,
 )
 from duplexvoice.orchestrator.sessions.playout import Playout
 from duplexvoice.orchestrator.sessions.state import (
@@ -48,6 +47,7 @@ from duplexvoice.orchestrator.sessions.state import (
     State,
     Utterance,
 )
+from duplexvoice.text import speakable
 from duplexvoice.wire.messages import (
     Command,
     EndReason,

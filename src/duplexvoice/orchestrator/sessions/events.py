@@ -7,16 +7,9 @@ and a new handler in the machine; a new effect is a new ``Action``.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 
 from duplexvoice.wire.messages import Command, ErrorCode, Outbound
-
-
-def speakable(text: str) -> bool:
-    """Whether ``text`` has anything a voice can say: a letter or a digit."""
-    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
-
 
 # -- events (driver -> machine) -------------------------------------------------------
 

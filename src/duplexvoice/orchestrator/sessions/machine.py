@@ -32,8 +32,9 @@ Decisions (WIRE §1 and the seed's state machine, reconciled):
   while SPEAKING are no-ops (already so). PAUSE/RESUME with nothing playing get
   ``error INVALID_STATE`` and change nothing: a PAUSE that silently did nothing could
   let a client believe the next utterance will start paused.
-- Text with nothing speakable (no letter or digit) is refused with
-  ``INVALID_MESSAGE``; it is not a failed utterance.
+- Text with nothing speakable (:func:`duplexvoice.text.speakable`: no letter, digit
+  or symbol read aloud) is refused with ``INVALID_MESSAGE``; it is not a failed
+  utterance.
 - Idle timeout: only while LISTENING, counted from the later of the last client
   message and the moment LISTENING was entered.
 - Events that make no sense in the current state are ignored (stale worker events) or
@@ -74,7 +75,6 @@ from duplexvoice.orchestrator.sessions.events import (
     UserTyped,
     WorkerControl,
     WorkerFrame,
-    speakable,
 )
 from duplexvoice.orchestrator.sessions.playout import Playout
 from duplexvoice.orchestrator.sessions.state import (
@@ -84,6 +84,7 @@ from duplexvoice.orchestrator.sessions.state import (
     Utterance,
 )
 from duplexvoice.orchestrator.sessions.turns import TurnTaking
+from duplexvoice.text import speakable
 from duplexvoice.wire.messages import (
     Command,
     EndReason,
@@ -98,7 +99,7 @@ from duplexvoice.wire.messages import (
     UtteranceEnd,
 )
 
-__all__ = ["SessionConfig", "SessionMachine", "State", "speakable"]
+__all__ = ["SessionConfig", "SessionMachine", "State"]
 
 _EPS = 1e-6  # seconds; absorbs float error when a Tick lands exactly on a deadline
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from duplexvoice.orchestrator.sessions.events import speakable
+from duplexvoice.text import speakable
 
 _EPS = 1e-6
 
@@ -433,4 +433,5 @@ class TurnTaking:
 
 
 def _has_words(text: str) -> bool:
+    """Not ``speakable``: barge-in evidence, so a real word, not a stray "a" or "5"."""
     return any(len(w) >= 2 for w in _WORD.findall(text))
