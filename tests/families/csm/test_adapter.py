@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -192,3 +193,20 @@ def test_cuda_without_a_gpu_is_a_clear_error(tiny_csm: TinyCsm) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(AdapterError, match="CUDA"):
         CsmAdapter.load(packs(tiny_csm.packs)[BASE], "cuda:0")
+
+
+def test_a_code_outside_the_codec_fails_each_utterance_naming_the_cause(
+    bad_codes_checkpoint: Path, tmp_path: Path
+) -> None:
+    tiny.write_pack(tmp_path, "csm-en-bad-codes", bad_codes_checkpoint, threads=1)
+    adapter = CsmAdapter.load(packs(tmp_path)["csm-en-bad-codes"], "cpu")
+    try:
+        for seed in (1, 2):
+            with pytest.raises(AdapterError) as err:
+                speak(adapter, TEXT, seed=seed)
+            message = str(err.value)
+            assert "outside the codec's 0..63 range" in message, message
+            assert "vocab_size 128, codec_config.codebook_size 64" in message
+            assert int(message.split("audio code ")[1].split()[0]) >= 64
+    finally:
+        adapter.close()

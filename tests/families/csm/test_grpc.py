@@ -31,6 +31,8 @@ LONG = (
 )
 SHORT = "Hello there."
 SEED = {"seed": "11"}
+BAD_CODES = "csm-en-bad-codes"
+CODEC_RANGE = "outside the codec's 0..63 range"
 
 
 def new_id() -> str:
@@ -38,7 +40,7 @@ def new_id() -> str:
 
 
 @pytest.fixture(scope="module")
-def packs_dir(tiny_csm: TinyCsm) -> Path:
+def packs_dir(tiny_csm: TinyCsm, bad_codes_checkpoint: Path) -> Path:
     folder = tiny_csm.root / f"grpc-packs-{uuid.uuid4().hex[:6]}"
     tiny.write_pack(folder, BASE, tiny_csm.checkpoint, threads=1, frames_per_char=1.0)
     for model_id, seed in ((LORA_A, 1), (LORA_B, 2)):
@@ -53,6 +55,7 @@ def packs_dir(tiny_csm: TinyCsm) -> Path:
     config["intermediate_size"] = 96  # the weights were saved for 128
     (wrong / "config.json").write_text(json.dumps(config))
     tiny.write_pack(folder, "csm-en-shapes", wrong)
+    tiny.write_pack(folder, BAD_CODES, bad_codes_checkpoint, threads=1, frames_per_char=1.0)
     return folder
 
 
@@ -170,6 +173,21 @@ async def test_load_unload_and_ttl(client: WorkerClient) -> None:
 
     await eventually(expired, what="the idle LoRA voice expired", timeout=30)
     assert (await models(client))[BASE].is_loaded  # the default stays
+
+
+async def test_a_checkpoint_emitting_codes_the_codec_lacks_fails_with_the_reason(
+    client: WorkerClient,
+) -> None:
+    import grpc
+
+    # The warm-up is the first utterance: it fails, and so does the load, with the reason.
+    reply = await client.stub.LoadModel(tts_pb2.LoadModelRequest(model_id=BAD_CODES))
+    assert not reply.success and CODEC_RANGE in reply.message, reply.message
+    assert "IndexError" not in reply.message
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.start_session(new_id(), BAD_CODES, SEED)
+    assert err.value.code() is grpc.StatusCode.INTERNAL
+    assert CODEC_RANGE in (err.value.details() or "")
 
 
 # LoRA voices through the model manager (the lead's runtime): the adapter voice holds
