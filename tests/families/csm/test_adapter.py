@@ -1,5 +1,5 @@
 """CsmAdapter in process on a tiny random checkpoint: streaming, incremental decoding,
-STOP, session options, bad checkpoints."""
+STOP, session options, the seeded warm-up, bad checkpoints."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ pytest.importorskip(
     "transformers", reason="CSM family not installed: run `make worker-env FAMILY=csm`"
 )
 
+from duplexvoice.audio.loudness import VoiceLoudness
 from duplexvoice.worker.adapters.base import AdapterError, SynthesisOptions
 from duplexvoice.worker.adapters.csm import CsmAdapter
 from duplexvoice.worker.adapters.csm_decode import IncrementalMimiDecoder
+from duplexvoice.worker.voice import LoadedVoice
 from tests.families.csm.conftest import BASE, TinyCsm
 from tests.families.csm.helpers import audio, packs, speak
 from tests.support.tiny import csm as tiny
@@ -193,6 +195,25 @@ def test_cuda_without_a_gpu_is_a_clear_error(tiny_csm: TinyCsm) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(AdapterError, match="CUDA"):
         CsmAdapter.load(packs(tiny_csm.packs)[BASE], "cuda:0")
+
+
+def test_the_warm_up_is_seeded_so_every_load_calibrates_the_same_gain(
+    tiny_csm: TinyCsm, base: CsmAdapter
+) -> None:
+    """The loudness gain is calibrated on the warm-up: unseeded, each load of the same
+    checkpoint would get another gain, and seeded sessions would not repeat."""
+    pack = packs(tiny_csm.packs)[BASE]
+    loads = [LoadedVoice.warmed(pack, base, "Hello there.") for _ in range(2)]
+    assert all(v.loudness.calibrated for v in loads)
+    assert loads[0].loudness.gain_db == loads[1].loudness.gain_db
+    assert loads[0].loudness.makeup_db == loads[1].loudness.makeup_db
+    # What the seed prevents: two other seeds calibrate differently.
+    gains = set()
+    for seed in (1, 2):
+        voice = VoiceLoudness()
+        voice.calibrate(audio(speak(base, "Hello there.", seed=seed)), base.sample_rate)
+        gains.add(voice.gain_db)
+    assert len(gains) == 2
 
 
 def test_a_code_outside_the_codec_fails_each_utterance_naming_the_cause(

@@ -1,6 +1,7 @@
 """The CSM family over real gRPC: a worker process in this environment serving tiny
 CSM packs (and LoRA voices over them): streaming frames, STOP, PAUSE/RESUME,
-load/unload/TTL, bad checkpoints, and LoRA voices through the model manager."""
+load/unload/TTL, bad checkpoints, LoRA voices through the model manager, and seeded
+sessions that repeat bit for bit with warm-up on."""
 
 from __future__ import annotations
 
@@ -173,6 +174,21 @@ async def test_load_unload_and_ttl(client: WorkerClient) -> None:
 
     await eventually(expired, what="the idle LoRA voice expired", timeout=30)
     assert (await models(client))[BASE].is_loaded  # the default stays
+
+
+async def test_fresh_seeded_sessions_repeat_bit_for_bit_with_warm_up_on(
+    client: WorkerClient,
+) -> None:
+    """The worker warms up (and calibrates loudness) as by default; sessions of other
+    texts and seeds in between must not change a fresh seeded session's PCM at all."""
+    text, seed = "Hello there, how are you today?", {"seed": "7"}
+    for model_id in (BASE, LORA_A):
+        first = await synthesize_text(client, text, model_id, seed)
+        await synthesize_text(client, LONG, model_id, {"seed": "8"})
+        await synthesize_text(client, "Please say that again.", model_id)
+        again = await synthesize_text(client, text, model_id, seed)
+        assert len(first.frames) > 25, model_id  # over 400 ms: loudness learns from it
+        assert again.pcm == first.pcm, model_id
 
 
 async def test_a_checkpoint_emitting_codes_the_codec_lacks_fails_with_the_reason(

@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 24000
 QUEUE_FRAMES = 64  # frames a generating thread may run ahead of its consumer
 WAIT_S = 0.05
+WARMUP_SEED = 0
 _END = object()
 
 # CSM's generate logs "does not support EosTokenCriteria" on every call: it drops the
@@ -242,6 +243,11 @@ class CsmAdapter(TTSAdapter):
         return model, processor
 
     # -- synthesis ---------------------------------------------------------------------
+    def warmup_options(self) -> SynthesisOptions:
+        # Seeded: an unseeded warm-up would calibrate a different loudness gain on
+        # every load, and seeded sessions would not repeat across loads.
+        return SynthesisOptions(extra={"seed": str(WARMUP_SEED)})
+
     def check_options(self, options: SynthesisOptions) -> None:
         extra = dict(options.extra)
         parse_int(extra, "speaker", 0, MAX_SPEAKER)
