@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from duplexvoice.worker.adapters.base import FloatAudio, SynthesisOptions
+from duplexvoice.worker.adapters.base import AdapterError, FloatAudio, SynthesisOptions
 from duplexvoice.worker.session import WorkerSession
 from duplexvoice.worker.voice import LoadedVoice
 from tests.support.fake_tts import FakeAdapter, fake_pack
@@ -42,6 +42,14 @@ def test_the_warm_up_uses_the_adapters_warm_up_options_and_calibrates() -> None:
     voice = LoadedVoice.warmed(fake_pack(), adapter, WORDS)
     assert [dict(o.extra) for o in adapter.options] == [{"seed": "0"}]
     assert voice.loudness.calibrated
+
+
+def test_a_failed_warm_up_closes_the_model() -> None:
+    adapter = FakeAdapter()
+    adapter.fail_on("broken", after=2)
+    with pytest.raises(AdapterError, match="broken"):
+        LoadedVoice.warmed(fake_pack(), adapter, "a broken warm-up")
+    assert adapter.closed
 
 
 def _speak(session: WorkerSession, text: str) -> None:

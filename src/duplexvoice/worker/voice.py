@@ -85,7 +85,11 @@ class LoadedVoice:
         if warmup_text:
             start = time.perf_counter()
             options = voice.adapter.warmup_options()
-            chunks = list(voice.adapter.stream(warmup_text, options, threading.Event()))
+            try:
+                chunks = list(voice.adapter.stream(warmup_text, options, threading.Event()))
+            except BaseException:
+                adapter.close()  # the load fails: nobody else would free the model
+                raise
             voice.warmup_ms = (time.perf_counter() - start) * 1000
             if chunks:
                 voice.loudness.calibrate(np.concatenate(chunks), voice.adapter.sample_rate)
