@@ -1,4 +1,4 @@
-"""BS.1770 measurement, the voice's gain, the peak limiter and its make-up."""
+"""BS.1770 measurement, the voice's and each session's gain, the peak limiter and its make-up."""
 
 from __future__ import annotations
 
@@ -131,44 +131,56 @@ def test_voice_calibrate_ignores_what_it_cannot_measure() -> None:
     assert voice.gain_db == 0.0
 
 
-def test_voice_observe_moves_the_gain_smoothly_and_ignores_minus_inf() -> None:
-    voice = VoiceLoudness(target_lufs=-16.0, smoothing=0.5)
-    voice.observe(-26.0, makeup_db=2.0)  # first observation: taken as is
-    assert voice.gain_db == pytest.approx(10.0)
-    assert voice.makeup_db == pytest.approx(2.0)
-    voice.observe(-22.0, makeup_db=0.0)
-    assert voice.gain_db == pytest.approx(8.0)
-    assert voice.makeup_db == pytest.approx(1.0)
-    voice.observe(float("-inf"))
-    voice.observe(float("nan"))
-    voice.observe(-90.0)  # below the absolute gate: silence, not a level
-    assert voice.gain_db == pytest.approx(8.0)
+def test_session_observe_moves_its_gain_smoothly_and_ignores_minus_inf() -> None:
+    session = VoiceLoudness(target_lufs=-16.0, smoothing=0.5).session()
+    session.observe(-26.0, makeup_db=2.0)  # uncalibrated: the first observation as is
+    assert session.gain_db == pytest.approx(10.0)
+    assert session.makeup_db == pytest.approx(2.0)
+    session.observe(-22.0, makeup_db=0.0)
+    assert session.gain_db == pytest.approx(8.0)
+    assert session.makeup_db == pytest.approx(1.0)
+    session.observe(float("-inf"))
+    session.observe(float("nan"))
+    session.observe(-90.0)  # below the absolute gate: silence, not a level
+    assert session.gain_db == pytest.approx(8.0)
 
 
-def test_voice_clamp_keeps_chunk_gains_near_the_voice_gain() -> None:
-    voice = VoiceLoudness(max_adjust_db=6.0)
-    voice.observe(-20.0)  # gain 4 dB
-    assert voice.clamp(30.0) == pytest.approx(10.0)
-    assert voice.clamp(-30.0) == pytest.approx(-2.0)
-    assert voice.clamp(5.0) == pytest.approx(5.0)
+def test_a_session_starts_from_the_calibration_and_never_moves_the_voice() -> None:
+    voice = VoiceLoudness(smoothing=0.5)
+    voice.calibrate(_sine(997, 0.1, 2.0, 22050), 22050)  # -23 LUFS: gain +7 dB
+    calibrated = voice.gain_db
+    first = voice.session()
+    assert first.gain_db == calibrated and first.makeup_db == voice.makeup_db
+    first.observe(-30.0)  # a quiet utterance: this session turns up
+    assert first.gain_db == pytest.approx(calibrated + 3.5, abs=0.05)
+    assert voice.gain_db == calibrated
+    assert voice.session().gain_db == calibrated  # the next session starts afresh
 
 
-def test_voice_is_safe_to_share_between_threads() -> None:
-    voice = VoiceLoudness(smoothing=0.1)
-    voice.observe(-20.0)
+def test_session_clamp_keeps_chunk_gains_near_the_session_gain() -> None:
+    session = VoiceLoudness(max_adjust_db=6.0).session()
+    session.observe(-20.0)  # gain 4 dB
+    assert session.clamp(30.0) == pytest.approx(10.0)
+    assert session.clamp(-30.0) == pytest.approx(-2.0)
+    assert session.clamp(5.0) == pytest.approx(5.0)
+
+
+def test_session_is_safe_to_share_between_threads() -> None:
+    session = VoiceLoudness(smoothing=0.1).session()
+    session.observe(-20.0)
 
     def work() -> None:
         for _ in range(500):
-            voice.observe(-20.0, makeup_db=1.0)
-            assert math.isfinite(voice.clamp(voice.gain_db))
+            session.observe(-20.0, makeup_db=1.0)
+            assert math.isfinite(session.clamp(session.gain_db))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert voice.gain_db == pytest.approx(4.0)
-    assert voice.makeup_db == pytest.approx(1.0, abs=1e-6)
+    assert session.gain_db == pytest.approx(4.0)
+    assert session.makeup_db == pytest.approx(1.0, abs=1e-6)
 
 
 def test_soft_knee_is_identity_below_and_bounded_above() -> None:

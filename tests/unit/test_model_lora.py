@@ -185,3 +185,27 @@ async def test_a_failed_base_load_fails_the_adapter_with_the_reason() -> None:
         await m.acquire("lora-a")
     assert m.resident_models() == [] and loads.log == ["load:base"]
     await m.close()
+
+
+async def test_a_lora_load_reports_its_base_load_when_it_made_it() -> None:
+    """LoadModel's load_duration_ms: the base's load (and warm-up) that the call had to
+    wait for counts; over a resident base only the adapter's own load does."""
+    now = [0.0]
+    costs = {"base": 0.7, "lora-a": 0.05, "lora-b": 0.03}
+
+    def load(model_id: str) -> str:
+        now[0] += costs[model_id]  # a fake clock: the load "takes" this long
+        return model_id
+
+    m: ModelManager[str] = ModelManager(
+        ModelManagerConfig(default_model_id="base"),
+        load=load,
+        unload=lambda _model_id, _obj: None,
+        known_models=lambda: {"base", "lora-a", "lora-b"},
+        clock=lambda: now[0],
+        base_of=BASES.get,
+    )
+    assert await m.load("lora-a") == pytest.approx(750.0)
+    assert await m.load("lora-b") == pytest.approx(30.0)
+    assert await m.load("lora-a") == 0.0  # already resident
+    await m.close()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from duplexvoice.audio import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, TARGET_LUFS
-from duplexvoice.audio.loudness import VoiceLoudness, integrated_lufs
+from duplexvoice.audio.loudness import SessionLoudness, VoiceLoudness, integrated_lufs
 from duplexvoice.audio.pipeline import GAIN_RAMP_MS, AudioPipeline, ChunkNormalizer
 
 pytestmark = pytest.mark.unit
@@ -51,10 +51,15 @@ def _run(pipeline: AudioPipeline, chunks: list[np.ndarray]) -> tuple[list[bytes]
     return frames, pcm.astype(np.float64) / 32768.0
 
 
-def _calibrated(level: float = 0.3) -> VoiceLoudness:
+def _voice(level: float = 0.3) -> VoiceLoudness:
     voice = VoiceLoudness()
     voice.calibrate(_speechlike(3.0, seed=99) * np.float32(level), RATE)
     return voice
+
+
+def _calibrated(level: float = 0.3) -> SessionLoudness:
+    """A new session of a voice calibrated on speech at ``level``."""
+    return _voice(level).session()
 
 
 def test_frames_are_exact_and_duration_is_kept() -> None:
@@ -74,8 +79,9 @@ def test_a_sine_comes_out_whole_with_continuous_phase() -> None:
     freq, seconds = 440.0, 1.5
     t = np.arange(int(seconds * RATE)) / RATE
     x = (0.1 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    voice = VoiceLoudness()
-    voice.calibrate(x, RATE)  # a steady level: the gain stays put
+    calibration = VoiceLoudness()
+    calibration.calibrate(x, RATE)  # a steady level: the gain stays put
+    voice = calibration.session()
     chunks = _split(x, [1, 700, 13, 2205, 441, 4000, 97])
     _, out = _run(AudioPipeline(RATE, voice), chunks)
 
@@ -126,7 +132,7 @@ def test_gain_changes_ramp_instead_of_stepping() -> None:
     tone = (0.05 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
     voice = VoiceLoudness()
     voice.calibrate(tone, rate)
-    normalizer = ChunkNormalizer(rate, voice)
+    normalizer = ChunkNormalizer(rate, voice.session())
     quiet, loud = tone[: rate // 2], tone[rate // 2 :] * np.float32(4.0)  # +12 dB at the edge
     out = np.concatenate([normalizer.process(quiet), normalizer.process(loud)])
     x = np.concatenate([quiet, loud])
@@ -139,21 +145,23 @@ def test_gain_changes_ramp_instead_of_stepping() -> None:
     assert float(np.max(steps)) < 4.0 / ramp_samples  # ...over a ramp, not a step
 
 
-def test_finish_reports_the_raw_loudness_to_the_voice() -> None:
-    voice = _calibrated(level=0.3)
-    before = voice.gain_db
+def test_finish_reports_the_raw_loudness_to_the_session_only() -> None:
+    voice = _voice(level=0.3)
+    session = voice.session()
+    before = session.gain_db
     x = _speechlike(3.0, seed=3) * np.float32(0.3 * 10 ** (-6 / 20))  # 6 dB quieter
-    pipeline = AudioPipeline(RATE, voice)
+    pipeline = AudioPipeline(RATE, session)
     _run(pipeline, _split(x, [4410]))
     raw = integrated_lufs(x, RATE)
     assert pipeline.raw_lufs == pytest.approx(raw, abs=0.1)
-    assert before < voice.gain_db < TARGET_LUFS - raw  # moved towards, not onto
+    assert before < session.gain_db < TARGET_LUFS - raw  # moved towards, not onto
+    assert voice.gain_db == before  # the voice's calibration stays
     assert pipeline.finish() == []
     with pytest.raises(RuntimeError):
         pipeline.push(x[:100])
 
 
-def test_finish_without_report_leaves_the_voice_alone() -> None:
+def test_finish_without_report_leaves_the_session_alone() -> None:
     voice = _calibrated(level=0.3)
     before = voice.gain_db
     pipeline = AudioPipeline(RATE, voice)
@@ -188,11 +196,41 @@ def test_native_48k_passes_through_the_resampler() -> None:
     x = _speechlike(1.0, seed=8, rate=SAMPLE_RATE) * np.float32(0.2)
     voice = VoiceLoudness()
     voice.calibrate(x, SAMPLE_RATE)
-    frames, out = _run(AudioPipeline(SAMPLE_RATE, voice), _split(x, [960, 480, 3000]))
+    frames, out = _run(
+        AudioPipeline(SAMPLE_RATE, voice.session()), _split(x, [960, 480, 3000])
+    )
     assert len(frames) == SAMPLE_RATE // FRAME_SAMPLES
     assert integrated_lufs(out, SAMPLE_RATE) == pytest.approx(TARGET_LUFS, abs=1.0)
 
 
 def test_push_rejects_non_mono_audio() -> None:
     with pytest.raises(ValueError):
-        AudioPipeline(RATE, VoiceLoudness()).push(np.zeros((100, 2), dtype=np.float32))
+        AudioPipeline(RATE, VoiceLoudness().session()).push(np.zeros((100, 2), np.float32))
+
+
+def test_a_fresh_session_renders_the_same_pcm_whatever_other_sessions_said() -> None:
+    """The same utterance in two fresh sessions of one voice is bit-identical, though
+    other sessions' utterances (much quieter or louder) finished in between."""
+    voice = _voice(level=0.3)
+    chunks = _split(_speechlike(2.0, seed=10) * np.float32(0.3), [2205])
+    first, _ = _run(AudioPipeline(RATE, voice.session()), chunks)
+    for level in (0.02, 1.0):  # other sessions: a whisper, then a shout
+        other = voice.session()
+        _run(AudioPipeline(RATE, other), [_speechlike(3.0, seed=11) * np.float32(level)])
+        assert other.gain_db != voice.gain_db  # they did learn, for themselves
+    again, _ = _run(AudioPipeline(RATE, voice.session()), chunks)
+    assert b"".join(again) == b"".join(first)
+
+
+def test_a_session_carries_its_own_gain_to_its_next_utterance() -> None:
+    voice = _voice(level=0.3)
+    session = voice.session()
+    quiet = _speechlike(3.0, seed=12) * np.float32(0.3 * 10 ** (-10 / 20))
+    _run(AudioPipeline(RATE, session), _split(quiet, [4410]))
+    assert session.gain_db > voice.gain_db + 2.0  # learned: this session is quiet
+    nxt = AudioPipeline(RATE, session)
+    fresh = AudioPipeline(RATE, voice.session())
+    start = quiet[:882]  # 40 ms: too little to measure, the starting gain decides
+    nxt.push(start)
+    fresh.push(start)
+    assert nxt.gain_db > fresh.gain_db + 2.0

@@ -11,13 +11,13 @@ eSpeak), and measuring a chunk already in hand costs nothing. So
   chunk counts in full and earlier audio with a weight halving every 2 s, which
   levels Piper's sentences (it peak-normalizes each one, so their loudness jumps by
   up to 10 dB) and still moves slowly for small chunks.
-- Before 400 ms are measured it starts from the voice's gain
-  (:class:`VoiceLoudness`: calibrated on the warm-up, refined after each
-  utterance) and moves away from it only by how much the partial measurement
-  exceeds its noise (one loud syllable reads 4-5 dB hot); it trusts "louder than
-  expected" sooner than "quieter", because loud audio dominates integrated
-  loudness and a quiet onset is no level to boost the next syllable to. Every gain
-  stays within the voice gain +- ``max_adjust_db``.
+- Before 400 ms are measured it starts from the session's gain
+  (:class:`SessionLoudness`: the voice's calibration on the warm-up, refined after
+  each of that session's utterances) and moves away from it only by how much the
+  partial measurement exceeds its noise (one loud syllable reads 4-5 dB hot); it
+  trusts "louder than expected" sooner than "quieter", because loud audio dominates
+  integrated loudness and a quiet onset is no level to boost the next syllable to.
+  Every gain stays within the session gain +- ``max_adjust_db``.
 - Ramps from the previous gain over 10 ms, so a gain change never clicks.
 - Limits peaks with :class:`PeakLimiter` (Piper's peaks sit at 1.0, so any positive
   gain would clip). It looks ahead inside the chunk (free: we hold it) and lowers
@@ -190,12 +190,14 @@ def _weighted_mean(z: _F64, weights: _F64, mask: npt.NDArray[np.bool_]) -> float
 
 
 class VoiceLoudness:
-    """What one loaded voice needs to reach the target; shared by its sessions.
+    """What one loaded voice needs to reach the target: its calibration, shared by its
+    sessions and fixed once calibrated.
 
-    ``gain_db``: calibrated from the warm-up utterance, then an exponential moving
-    average over each finished utterance's raw loudness. ``makeup_db``: what the peak
-    limiter usually takes off at that gain, used before an utterance has 400 ms of
-    its own to measure. Thread-safe.
+    ``gain_db``: from the warm-up utterance (0 dB without one). ``makeup_db``: what the
+    peak limiter usually takes off at that gain, used before an utterance has 400 ms
+    of its own to measure. Utterances never move it: each session refines its own copy
+    (:meth:`session`), so what one session hears never depends on what another session
+    (or an earlier one) said. Thread-safe.
     """
 
     def __init__(
@@ -241,33 +243,69 @@ class VoiceLoudness:
             return self._calibrated
 
     def seeded_from(self, other: VoiceLoudness) -> VoiceLoudness:
-        """A new voice's loudness starting from ``other``'s calibration (a LoRA voice
-        from its base model): its own utterances then move it (``observe``)."""
+        """A new voice's loudness with ``other``'s calibration (a LoRA voice takes its
+        base model's: it has no warm-up of its own)."""
         seeded = VoiceLoudness(self._target, self._max_adjust, smoothing=self._smoothing)
         with other._lock:
             seeded._gain_db, seeded._makeup_db = other._gain_db, other._makeup_db
             seeded._calibrated = other._calibrated
         return seeded
 
-    def _gain_for(self, raw_lufs: float) -> float:
-        return min(MAX_VOICE_GAIN_DB, max(-MAX_VOICE_GAIN_DB, self._target - raw_lufs))
-
     def calibrate(self, x: FloatAudio, rate: int) -> None:
         """Set the voice gain (and make-up) from a warm-up utterance; no-op if unmeasurable."""
         raw = integrated_lufs(x, rate)
         if not math.isfinite(raw):
             return
-        gain = self._gain_for(raw)
+        gain = _gain_for(self._target, raw)
         makeup = limiter_makeup_db(x, rate, gain)
         with self._lock:
             self._gain_db, self._makeup_db = gain, makeup
             self._calibrated = True
 
+    def session(self) -> SessionLoudness:
+        """A new session's own loudness state, starting from this calibration."""
+        return SessionLoudness(self)
+
+
+class SessionLoudness:
+    """The gain one session applies: its voice's calibration, then an exponential
+    moving average over that session's own finished utterances.
+
+    One per session and never shared, so a session's gains depend only on the voice's
+    calibration and on its own earlier utterances: a seeded family's session repeats
+    bit for bit. Without a calibration (no warm-up) the session's first measured
+    utterance sets the gain. Thread-safe (a stopped utterance's last step may still
+    read it on a synthesis thread while the next utterance of the session finishes).
+    """
+
+    def __init__(self, voice: VoiceLoudness) -> None:
+        self._lock = threading.Lock()
+        self._target = voice.target_lufs
+        self._max_adjust = voice.max_adjust_db
+        self._smoothing = voice._smoothing
+        with voice._lock:
+            self._gain_db, self._makeup_db = voice._gain_db, voice._makeup_db
+            self._calibrated = voice._calibrated
+
+    @property
+    def target_lufs(self) -> float:
+        return self._target
+
+    @property
+    def gain_db(self) -> float:
+        with self._lock:
+            return self._gain_db
+
+    @property
+    def makeup_db(self) -> float:
+        with self._lock:
+            return self._makeup_db
+
     def observe(self, utterance_raw_lufs: float, makeup_db: float | None = None) -> None:
         """Fold a finished utterance's raw loudness (-inf: ignored) and make-up in."""
         if not math.isfinite(utterance_raw_lufs) or utterance_raw_lufs < ABSOLUTE_GATE_LUFS:
             return
-        gain = self._gain_for(utterance_raw_lufs)
+        gain = _gain_for(self._target, utterance_raw_lufs)
         with self._lock:
             if not self._calibrated:
                 self._gain_db, self._calibrated = gain, True
@@ -278,9 +316,13 @@ class VoiceLoudness:
                 self._makeup_db += self._smoothing * (makeup_db - self._makeup_db)
 
     def clamp(self, gain_db: float) -> float:
-        """Limit a chunk gain to the voice gain +- max_adjust_db."""
+        """Limit a chunk gain to the session gain +- max_adjust_db."""
         center = self.gain_db
         return min(center + self._max_adjust, max(center - self._max_adjust, gain_db))
+
+
+def _gain_for(target_lufs: float, raw_lufs: float) -> float:
+    return min(MAX_VOICE_GAIN_DB, max(-MAX_VOICE_GAIN_DB, target_lufs - raw_lufs))
 
 
 class PeakLimiter:

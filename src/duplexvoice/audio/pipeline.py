@@ -18,8 +18,8 @@ from duplexvoice.audio.framing import FloatAudio, Framer, float_to_pcm16
 from duplexvoice.audio.loudness import (
     Gains,
     PeakLimiter,
+    SessionLoudness,
     StreamingLoudness,
-    VoiceLoudness,
     solve_makeup,
 )
 from duplexvoice.audio.resample import StreamResampler
@@ -30,7 +30,7 @@ GAIN_RAMP_MS = 10.0
 # with a weight halving every this many seconds (None: the whole utterance).
 LOUDNESS_HALF_LIFE_S: float | None = 2.0
 # Under 400 ms: use a partial measurement from this long on, trusting it beyond
-# noise_db * sqrt(0.1 s / measured) away from the voice gain (louder: down; quieter: up).
+# noise_db * sqrt(0.1 s / measured) away from the session gain (louder: down; quieter: up).
 PROVISIONAL_MIN_S = 0.05
 PROVISIONAL_NOISE_DOWN_DB = 2.0
 PROVISIONAL_NOISE_UP_DB = 8.0
@@ -45,15 +45,15 @@ class ChunkNormalizer:
     Not thread-safe: one per utterance.
     """
 
-    def __init__(self, rate: int, voice: VoiceLoudness) -> None:
+    def __init__(self, rate: int, loudness: SessionLoudness) -> None:
         self.rate = rate
-        self._voice = voice
+        self._loudness = loudness
         self.meter = StreamingLoudness(rate)
         self.limiter = PeakLimiter(rate)
         self._ramp_samples = max(1, round(GAIN_RAMP_MS * rate / 1000))
         self._gain: float | None = None  # linear gain applied to the last sample
-        self.gain_db = voice.gain_db  # the latest chunk's gain, make-up included
-        self.makeup_db = voice.makeup_db
+        self.gain_db = loudness.gain_db  # the latest chunk's gain, make-up included
+        self.makeup_db = loudness.makeup_db
         # Energy of the utterance so far before and after the limiter (decayed like
         # the loudness memory): what make-up has to restore.
         self._energy_in = 0.0
@@ -76,8 +76,8 @@ class ChunkNormalizer:
             self.makeup_db, trial = solve_makeup(
                 evaluate, self.makeup_db, MAKEUP_ROUNDS, MAKEUP_TOLERANCE_DB
             )
-        else:  # too little audio to tell: what limiting usually costs this voice
-            self.makeup_db = self._voice.makeup_db
+        else:  # too little audio to tell: what limiting usually costs this session
+            self.makeup_db = self._loudness.makeup_db
             trial = evaluate(self.makeup_db)[1]
         self.gain_db = base_db + self.makeup_db
         self._gain = float(trial.curve[-1])
@@ -87,20 +87,20 @@ class ChunkNormalizer:
         return self.limiter.apply(trial.gained, trial.limits)
 
     def _base_gain_db(self, chunk_s: float) -> float:
-        voice_gain = self._voice.gain_db
-        target = self._voice.target_lufs
+        session_gain = self._loudness.gain_db
+        target = self._loudness.target_lufs
         if self.meter.blocks > 0:
             raw = self.meter.lufs(LOUDNESS_HALF_LIFE_S, hold_s=chunk_s)
-            return self._voice.clamp(target - raw) if math.isfinite(raw) else voice_gain
+            return self._loudness.clamp(target - raw) if math.isfinite(raw) else session_gain
         raw = self.meter.provisional_lufs()
         if self.meter.seconds < PROVISIONAL_MIN_S or not math.isfinite(raw):
-            return voice_gain
+            return session_gain
         # A first guess, noisy (one loud syllable reads 4-5 dB hot): move away from
-        # the voice gain only by what exceeds that noise.
-        delta = self._voice.clamp(target - raw) - voice_gain
+        # the session gain only by what exceeds that noise.
+        delta = self._loudness.clamp(target - raw) - session_gain
         noise_db = PROVISIONAL_NOISE_UP_DB if delta > 0 else PROVISIONAL_NOISE_DOWN_DB
         noise_db *= math.sqrt(0.1 / self.meter.seconds)
-        return voice_gain + math.copysign(max(0.0, abs(delta) - noise_db), delta)
+        return session_gain + math.copysign(max(0.0, abs(delta) - noise_db), delta)
 
     def _gain_curve(self, n: int, gain_db: float) -> FloatAudio:
         """Per-sample linear gain: a ramp from the last gain to this chunk's gain."""
@@ -150,12 +150,12 @@ class AudioPipeline:
     def __init__(
         self,
         native_rate: int,
-        loudness: VoiceLoudness,
+        loudness: SessionLoudness,
         *,
         resample_quality: str = "HQ",
     ) -> None:
         self.native_rate = native_rate
-        self._voice = loudness
+        self._loudness = loudness
         self._normalizer = ChunkNormalizer(native_rate, loudness)
         self._resampler = StreamResampler(native_rate, SAMPLE_RATE, resample_quality)
         self._framer = Framer()
@@ -201,7 +201,7 @@ class AudioPipeline:
         """Flush the resampler and framer (the last frame padded with silence).
 
         With ``report`` (the default) the utterance's raw loudness refines the
-        voice gain; pass False for an utterance cut short, whose loudness says little.
+        session's gain; pass False for an utterance cut short, whose loudness says little.
         Calling it again returns [].
         """
         if self._finished:
@@ -210,7 +210,7 @@ class AudioPipeline:
         frames = self._emit(self._resampler.flush())
         frames.extend(self._framer.flush())
         if report:
-            self._voice.observe(self.raw_lufs, self._normalizer.makeup_db)
+            self._loudness.observe(self.raw_lufs, self._normalizer.makeup_db)
         return frames
 
     def _emit(self, resampled: FloatAudio) -> list[bytes]:

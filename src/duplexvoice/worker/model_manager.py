@@ -146,7 +146,8 @@ class ModelManager(Generic[T]):
         """Make the model resident without taking a reference (LoadModel preload_only).
 
         Returns the load duration in ms (the shared load's, when waiting on one), or
-        0.0 when the model was already resident.
+        0.0 when the model was already resident. A LoRA voice's includes its base's
+        load (and warm-up) when this call had to wait for it.
         """
         _, duration_ms = await self._ensure_resident(model_id, take_ref=False)
         return duration_ms
@@ -186,6 +187,7 @@ class ModelManager(Generic[T]):
         if model_id not in self._known():
             raise UnknownModelError(f"no voice pack for model {model_id!r}")
         duration_ms = 0.0
+        base_ms = 0.0  # loading the base on this call's behalf is part of its load
         base = self._base_of(model_id)
         # Plan again after every wait: whatever we waited for may have changed the state.
         while True:
@@ -194,7 +196,8 @@ class ModelManager(Generic[T]):
             if base is not None and self._policy.state(model_id) is None:
                 # No await between the base's READY and the plan below: the base
                 # cannot be evicted in between, and once planned it has a dependent.
-                await self._ensure_resident(base, take_ref=False)
+                _, waited_ms = await self._ensure_resident(base, take_ref=False)
+                base_ms += waited_ms
             now = self._clock()
             plan = self._policy.plan_load(model_id, now, base=base)
             if plan.action is LoadAction.READY:
@@ -202,7 +205,7 @@ class ModelManager(Generic[T]):
                 # cannot slip in between.
                 if take_ref:
                     self._policy.acquire(model_id, now)
-                return self._objects[model_id], duration_ms
+                return self._objects[model_id], duration_ms + base_ms
             if plan.action is LoadAction.LOAD:
                 for victim in plan.evict:
                     self._start_unload(victim)

@@ -2,7 +2,8 @@
 
 Nothing here is shared between sessions: PAUSE on one never touches another, even
 when both use the same model (the model object is shared, its per-utterance state
-is not).
+is not), and each session refines its own loudness gain from the voice's calibration,
+so one session's audio never depends on what another said.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from duplexvoice.audio.loudness import SessionLoudness
 from duplexvoice.worker.adapters.base import SynthesisOptions
 
 if TYPE_CHECKING:
@@ -49,10 +51,12 @@ class SynthesisSession:
     last_active: float = field(default_factory=time.monotonic)
     utterance: UtteranceStream | None = None
     utterances: int = 0
+    loudness: SessionLoudness = field(init=False)
     # Set while not paused: the sender waits on it before each frame.
     _playing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        self.loudness = self.voice.loudness.session()
         self._playing.set()
 
     @property

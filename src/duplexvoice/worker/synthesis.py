@@ -124,7 +124,8 @@ class UtteranceStream:
 
     async def produce(self) -> None:
         loop = asyncio.get_running_loop()
-        renderer = self.session.voice.renderer(self.session.options, self.cancel)
+        session = self.session
+        renderer = session.voice.renderer(session.options, self.cancel, session.loudness)
         try:
             while (segment := await self.segments.get()) is not None:
                 renderer.begin(segment)

@@ -1,10 +1,11 @@
 """A loaded voice: one adapter plus what every family shares.
 
 The adapter only turns text into PCM at its native rate. This layer adds warm-up
-(which also calibrates the voice's loudness gain), the 48 kHz / 20 ms pipeline, and
-real-time-factor metrics. It is synchronous on purpose: the worker calls
-:meth:`UtteranceRenderer.step` on a synthesis thread, one chunk at a time, so the
-event loop only ever moves finished frames.
+(which also calibrates the voice's loudness gain, fixed from then on: each session
+refines its own copy), the 48 kHz / 20 ms pipeline, and real-time-factor metrics.
+It is synchronous on purpose: the worker calls :meth:`UtteranceRenderer.step` on a
+synthesis thread, one chunk at a time, so the event loop only ever moves finished
+frames.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from duplexvoice.audio.loudness import VoiceLoudness
+from duplexvoice.audio.loudness import SessionLoudness, VoiceLoudness
 from duplexvoice.audio.pipeline import AudioPipeline
 from duplexvoice.worker.adapters import ADAPTERS, adapter_for
 from duplexvoice.worker.adapters.base import FloatAudio, SynthesisOptions, TTSAdapter
@@ -71,8 +72,7 @@ class LoadedVoice:
 
         No warm-up: an adapter loads in tens of milliseconds and the base is warm, while
         a warm-up utterance would cost a whole synthesis (and take turns from the
-        base's sessions). Loudness starts from the base's calibration and follows the
-        LoRA voice's own utterances from there.
+        base's sessions). Its loudness calibration is the base's.
         """
         voice = cls(pack, base.adapter.load_lora(pack))
         voice.loudness = voice.loudness.seeded_from(base.loudness)
@@ -84,7 +84,12 @@ class LoadedVoice:
         voice = cls(pack, adapter)
         if warmup_text:
             start = time.perf_counter()
-            chunks = list(voice.adapter.stream(warmup_text, SynthesisOptions(), threading.Event()))
+            options = voice.adapter.warmup_options()
+            try:
+                chunks = list(voice.adapter.stream(warmup_text, options, threading.Event()))
+            except BaseException:
+                adapter.close()  # the load fails: nobody else would free the model
+                raise
             voice.warmup_ms = (time.perf_counter() - start) * 1000
             if chunks:
                 voice.loudness.calibrate(np.concatenate(chunks), voice.adapter.sample_rate)
@@ -97,8 +102,11 @@ class LoadedVoice:
     def close(self) -> None:
         self.adapter.close()
 
-    def renderer(self, options: SynthesisOptions, cancel: threading.Event) -> UtteranceRenderer:
-        return UtteranceRenderer(self, options, cancel)
+    def renderer(
+        self, options: SynthesisOptions, cancel: threading.Event, loudness: SessionLoudness
+    ) -> UtteranceRenderer:
+        """One utterance of a session whose loudness state is ``loudness``."""
+        return UtteranceRenderer(self, options, cancel, loudness)
 
 
 class UtteranceRenderer:
@@ -108,11 +116,14 @@ class UtteranceRenderer:
     next), though successive steps may run on different threads.
     """
 
-    def __init__(self, voice: LoadedVoice, options: SynthesisOptions, cancel: threading.Event):
+    def __init__(
+        self, voice: LoadedVoice, options: SynthesisOptions, cancel: threading.Event,
+        loudness: SessionLoudness,
+    ) -> None:
         self._voice = voice
         self._options = options
         self._cancel = cancel
-        self._pipeline = AudioPipeline(voice.adapter.sample_rate, voice.loudness)
+        self._pipeline = AudioPipeline(voice.adapter.sample_rate, loudness)
         self._chunks: Iterator[FloatAudio] | None = None
         # Held while the segment's generator runs (step) or is closed: a stopped
         # utterance's close may be handed to another thread while a step is in flight.

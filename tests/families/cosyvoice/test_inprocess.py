@@ -287,6 +287,10 @@ def test_speed_renders_one_chunk(adapter: Any) -> None:
     [
         ("cosyvoice-en-missing", "is missing campplus.onnx"),
         ("cosyvoice-en-wrong", "flow.pt does not match the yaml"),
+        (
+            "cosyvoice-en-narrow",
+            r"the flow encoder's output_size is 256, .* hard-codes 512 channels",
+        ),
     ],
 )
 def test_bad_checkpoints_fail_clearly(cosy_packs: Path, model_id: str, message: str) -> None:

@@ -32,3 +32,13 @@ def tiny_csm(tmp_path_factory: pytest.TempPathFactory) -> TinyCsm:
         adapter = tiny.build_lora(root / f"lora-{seed}", checkpoint, seed)
         tiny.write_lora_pack(packs, model_id, adapter, BASE)
     return TinyCsm(root, checkpoint, packs)
+
+
+@pytest.fixture(scope="session")
+def bad_codes_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint whose backbone and depth decoder emit codes 0..127 while its
+    Mimi codec has 64 entries: a code the codec cannot decode comes within a frame."""
+    from tests.support.tiny import csm as tiny
+
+    root = tmp_path_factory.mktemp("tiny-csm-bad-codes")
+    return tiny.build_checkpoint(root / "checkpoint", vocab_size=2 * tiny.CODEBOOK_SIZE)

@@ -1,5 +1,5 @@
 """CsmAdapter in process on a tiny random checkpoint: streaming, incremental decoding,
-STOP, session options, bad checkpoints."""
+STOP, session options, the seeded warm-up, bad checkpoints."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,11 @@ pytest.importorskip(
     "transformers", reason="CSM family not installed: run `make worker-env FAMILY=csm`"
 )
 
+from duplexvoice.audio.loudness import VoiceLoudness
 from duplexvoice.worker.adapters.base import AdapterError, SynthesisOptions
 from duplexvoice.worker.adapters.csm import CsmAdapter
 from duplexvoice.worker.adapters.csm_decode import IncrementalMimiDecoder
+from duplexvoice.worker.voice import LoadedVoice
 from tests.families.csm.conftest import BASE, TinyCsm
 from tests.families.csm.helpers import audio, packs, speak
 from tests.support.tiny import csm as tiny
@@ -192,3 +195,39 @@ def test_cuda_without_a_gpu_is_a_clear_error(tiny_csm: TinyCsm) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(AdapterError, match="CUDA"):
         CsmAdapter.load(packs(tiny_csm.packs)[BASE], "cuda:0")
+
+
+def test_the_warm_up_is_seeded_so_every_load_calibrates_the_same_gain(
+    tiny_csm: TinyCsm, base: CsmAdapter
+) -> None:
+    """The loudness gain is calibrated on the warm-up: unseeded, each load of the same
+    checkpoint would get another gain, and seeded sessions would not repeat."""
+    pack = packs(tiny_csm.packs)[BASE]
+    loads = [LoadedVoice.warmed(pack, base, "Hello there.") for _ in range(2)]
+    assert all(v.loudness.calibrated for v in loads)
+    assert loads[0].loudness.gain_db == loads[1].loudness.gain_db
+    assert loads[0].loudness.makeup_db == loads[1].loudness.makeup_db
+    # What the seed prevents: two other seeds calibrate differently.
+    gains = set()
+    for seed in (1, 2):
+        voice = VoiceLoudness()
+        voice.calibrate(audio(speak(base, "Hello there.", seed=seed)), base.sample_rate)
+        gains.add(voice.gain_db)
+    assert len(gains) == 2
+
+
+def test_a_code_outside_the_codec_fails_each_utterance_naming_the_cause(
+    bad_codes_checkpoint: Path, tmp_path: Path
+) -> None:
+    tiny.write_pack(tmp_path, "csm-en-bad-codes", bad_codes_checkpoint, threads=1)
+    adapter = CsmAdapter.load(packs(tmp_path)["csm-en-bad-codes"], "cpu")
+    try:
+        for seed in (1, 2):
+            with pytest.raises(AdapterError) as err:
+                speak(adapter, TEXT, seed=seed)
+            message = str(err.value)
+            assert "outside the codec's 0..63 range" in message, message
+            assert "vocab_size 128, codec_config.codebook_size 64" in message
+            assert int(message.split("audio code ")[1].split()[0]) >= 64
+    finally:
+        adapter.close()

@@ -1,6 +1,7 @@
 """The CSM family over real gRPC: a worker process in this environment serving tiny
 CSM packs (and LoRA voices over them): streaming frames, STOP, PAUSE/RESUME,
-load/unload/TTL, bad checkpoints, and LoRA voices through the model manager."""
+load/unload/TTL, bad checkpoints, LoRA voices through the model manager, and seeded
+sessions that repeat bit for bit with warm-up on."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ LONG = (
 )
 SHORT = "Hello there."
 SEED = {"seed": "11"}
+BAD_CODES = "csm-en-bad-codes"
+CODEC_RANGE = "outside the codec's 0..63 range"
 
 
 def new_id() -> str:
@@ -38,7 +41,7 @@ def new_id() -> str:
 
 
 @pytest.fixture(scope="module")
-def packs_dir(tiny_csm: TinyCsm) -> Path:
+def packs_dir(tiny_csm: TinyCsm, bad_codes_checkpoint: Path) -> Path:
     folder = tiny_csm.root / f"grpc-packs-{uuid.uuid4().hex[:6]}"
     tiny.write_pack(folder, BASE, tiny_csm.checkpoint, threads=1, frames_per_char=1.0)
     for model_id, seed in ((LORA_A, 1), (LORA_B, 2)):
@@ -53,6 +56,7 @@ def packs_dir(tiny_csm: TinyCsm) -> Path:
     config["intermediate_size"] = 96  # the weights were saved for 128
     (wrong / "config.json").write_text(json.dumps(config))
     tiny.write_pack(folder, "csm-en-shapes", wrong)
+    tiny.write_pack(folder, BAD_CODES, bad_codes_checkpoint, threads=1, frames_per_char=1.0)
     return folder
 
 
@@ -170,6 +174,36 @@ async def test_load_unload_and_ttl(client: WorkerClient) -> None:
 
     await eventually(expired, what="the idle LoRA voice expired", timeout=30)
     assert (await models(client))[BASE].is_loaded  # the default stays
+
+
+async def test_fresh_seeded_sessions_repeat_bit_for_bit_with_warm_up_on(
+    client: WorkerClient,
+) -> None:
+    """The worker warms up (and calibrates loudness) as by default; sessions of other
+    texts and seeds in between must not change a fresh seeded session's PCM at all."""
+    text, seed = "Hello there, how are you today?", {"seed": "7"}
+    for model_id in (BASE, LORA_A):
+        first = await synthesize_text(client, text, model_id, seed)
+        await synthesize_text(client, LONG, model_id, {"seed": "8"})
+        await synthesize_text(client, "Please say that again.", model_id)
+        again = await synthesize_text(client, text, model_id, seed)
+        assert len(first.frames) > 25, model_id  # over 400 ms: loudness learns from it
+        assert again.pcm == first.pcm, model_id
+
+
+async def test_a_checkpoint_emitting_codes_the_codec_lacks_fails_with_the_reason(
+    client: WorkerClient,
+) -> None:
+    import grpc
+
+    # The warm-up is the first utterance: it fails, and so does the load, with the reason.
+    reply = await client.stub.LoadModel(tts_pb2.LoadModelRequest(model_id=BAD_CODES))
+    assert not reply.success and CODEC_RANGE in reply.message, reply.message
+    assert "IndexError" not in reply.message
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.start_session(new_id(), BAD_CODES, SEED)
+    assert err.value.code() is grpc.StatusCode.INTERNAL
+    assert CODEC_RANGE in (err.value.details() or "")
 
 
 # LoRA voices through the model manager (the lead's runtime): the adapter voice holds

@@ -9,7 +9,7 @@ adapter loads it through the same ``from_pretrained`` path as the real model.
 Facts that shape the configs (TOOLCHAIN.md, "GPU voice families"): Mimi keeps
 ``upsampling_ratios=[8, 6, 5, 4]`` (the processor hard-codes its strides, 1920 samples
 per frame at 24 kHz) and the CSM ``vocab_size`` equals Mimi's codebook size, so random
-weights never emit a code Mimi cannot decode.
+weights never emit a code Mimi cannot decode (``vocab_size`` larger builds one that does).
 
 ``build_lora`` writes a PEFT LoRA adapter over a tiny base with non-zero random B
 matrices (PEFT initialises B to zero, which would make an adapter a no-op).
@@ -71,8 +71,10 @@ def _tokenizer() -> Any:
     )
 
 
-def build_checkpoint(dest: Path, seed: int = 0) -> Path:
-    """Write a tiny random CSM checkpoint (transformers layout) into ``dest``."""
+def build_checkpoint(dest: Path, seed: int = 0, vocab_size: int = CODEBOOK_SIZE) -> Path:
+    """Write a tiny random CSM checkpoint (transformers layout) into ``dest``; a
+    ``vocab_size`` above :data:`CODEBOOK_SIZE` makes its backbone and depth decoder emit
+    codes the codec has no entry for."""
     import torch
     from transformers import (
         CsmConfig,
@@ -109,7 +111,7 @@ def build_checkpoint(dest: Path, seed: int = 0) -> Path:
     depth = {
         "num_codebooks": NUM_CODEBOOKS,
         "backbone_hidden_size": 64,
-        "vocab_size": CODEBOOK_SIZE,
+        "vocab_size": vocab_size,
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 1,
@@ -119,7 +121,7 @@ def build_checkpoint(dest: Path, seed: int = 0) -> Path:
     }
     config = CsmConfig(
         num_codebooks=NUM_CODEBOOKS,
-        vocab_size=CODEBOOK_SIZE,
+        vocab_size=vocab_size,
         text_vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,

@@ -103,6 +103,13 @@ class TTSAdapter(ABC):
         is refused there (INVALID_ARGUMENT) rather than failing its first utterance.
         Raise :class:`AdapterError` with the reason; cheap, runs on the event loop."""
 
+    def warmup_options(self) -> SynthesisOptions:
+        """The options of the warm-up utterance, which also calibrates the voice's
+        loudness gain. A family that samples and can be seeded seeds it here, so every
+        load of a checkpoint calibrates the same gain (and seeded sessions repeat across
+        loads and workers)."""
+        return SynthesisOptions()
+
     def runs_inline(self, text: str) -> bool:
         """Whether synthesizing ``text`` is cheap enough to run on the event loop.
 

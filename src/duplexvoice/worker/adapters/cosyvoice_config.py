@@ -11,6 +11,11 @@ load the inference subset instead: the top-level blocks ``llm``, ``flow``, ``hif
 at the local equivalents in :mod:`.cosyvoice_frontend`. Everything else in the yaml
 is training-only and never read by the package's inference code.
 
+The flow encoder's ``output_size`` must be 512: the package's
+``UpsampleConformerEncoder`` builds its pre-lookahead and upsampling layers with 512
+channels whatever the yaml says, so another width builds, loads strictly, and fails
+only at the first ``token2wav``. :func:`load_config` refuses it with that reason.
+
 Weights load strictly. The package's ``CosyVoiceModel.load`` retries ``llm.pt`` with
 ``strict=False`` on missing keys (leaving them random, with only a log line): a broken
 checkpoint would then speak noise, so we load each state dict ourselves with
@@ -42,6 +47,8 @@ _LOCAL = {
     ),
 }
 _TOP_KEY = re.compile(r"^([A-Za-z_][\w.]*)\s*:(.*)$")
+# UpsampleConformerEncoder hard-codes this width (see the module docstring).
+FLOW_ENCODER_WIDTH = 512
 
 
 def config_file(folder: Path) -> Path:
@@ -116,6 +123,13 @@ def load_config(path: Path, blanken: Path) -> dict[str, Any]:
             raise AdapterError(
                 f"{path.name}: `{key}` is a {found}, CosyVoice 2 needs {kind.__name__}"
             )
+    width = int(configs["flow"].encoder.output_size())
+    if width != FLOW_ENCODER_WIDTH:
+        raise AdapterError(
+            f"{path.name}: the flow encoder's output_size is {width}, but the cosyvoice "
+            f"package's UpsampleConformerEncoder hard-codes {FLOW_ENCODER_WIDTH} channels "
+            f"(its pre-lookahead and upsampling layers): it must be {FLOW_ENCODER_WIDTH}"
+        )
     return configs
 
 

@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 24000
 QUEUE_FRAMES = 64  # frames a generating thread may run ahead of its consumer
 WAIT_S = 0.05
+WARMUP_SEED = 0
 _END = object()
 
 # CSM's generate logs "does not support EosTokenCriteria" on every call: it drops the
@@ -163,6 +164,7 @@ class CsmAdapter(TTSAdapter):
         self.adapter_name = adapter
         self.scheduler = scheduler or ModelScheduler(device)
         self.num_codebooks = int(model.config.num_codebooks)
+        self.codebook_size = int(model.config.codec_config.codebook_size)
         self._eos_code = int(model.config.codebook_eos_token_id)
         self._closed = False
 
@@ -241,6 +243,11 @@ class CsmAdapter(TTSAdapter):
         return model, processor
 
     # -- synthesis ---------------------------------------------------------------------
+    def warmup_options(self) -> SynthesisOptions:
+        # Seeded: an unseeded warm-up would calibrate a different loudness gain on
+        # every load, and seeded sessions would not repeat across loads.
+        return SynthesisOptions(extra={"seed": str(WARMUP_SEED)})
+
     def check_options(self, options: SynthesisOptions) -> None:
         extra = dict(options.extra)
         parse_int(extra, "speaker", 0, MAX_SPEAKER)
@@ -361,6 +368,7 @@ class CsmAdapter(TTSAdapter):
                 frame = cast("np.ndarray[Any, Any]", item)
                 if (frame[:-1] == self._eos_code).all():
                     continue  # CSM's end-of-audio frame: not audio
+                self._check_codes(model, frame)
                 pending.append(frame)
                 if first or len(pending) >= self.params.frames_per_chunk:
                     first = False
@@ -374,6 +382,18 @@ class CsmAdapter(TTSAdapter):
                 with contextlib.suppress(queue.Empty):
                     frames.get(timeout=WAIT_S)
             thread.join()
+
+    def _check_codes(self, model: Any, frame: np.ndarray[Any, Any]) -> None:
+        """Refuse a code Mimi has no entry for: its embedding lookup would fail with a
+        bare ``IndexError: index out of range in self``, naming nothing."""
+        bad = frame[(frame < 0) | (frame >= self.codebook_size)]
+        if bad.size:
+            raise AdapterError(
+                f"csm: the checkpoint emitted audio code {int(bad[0])} outside the codec's "
+                f"0..{self.codebook_size - 1} range: its backbone/depth decoder do not match "
+                f"its codec (config.json: vocab_size {model.config.vocab_size}, "
+                f"codec_config.codebook_size {self.codebook_size})"
+            )
 
     def _push(self, decoder: IncrementalMimiDecoder, pending: list[Any]) -> FloatAudio:
         audio = decoder.push(np.stack(pending, axis=1))

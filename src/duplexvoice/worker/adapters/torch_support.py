@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -95,17 +95,3 @@ def require_files(pack: VoicePack, folder: Path, names: list[str]) -> None:
             "(see the family's voice pack README for the files a checkpoint holds)"
         )
 
-
-def memory_bytes(device: torch.device) -> int:
-    """Bytes the process holds on ``device``'s accelerator now (0 on CPU)."""
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    return 0
-
-
-def parameter_bytes(module: Any) -> int:
-    """Bytes of a module's parameters and buffers."""
-    total = 0
-    for tensor in [*module.parameters(), *module.buffers()]:
-        total += int(tensor.numel()) * int(tensor.element_size())
-    return total
