@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from duplexvoice.worker.adapters.base import AdapterError, FloatAudio, SynthesisOptions
-from duplexvoice.worker.session import WorkerSession
+from duplexvoice.worker.session import SynthesisSession
 from duplexvoice.worker.voice import LoadedVoice
 from tests.support.fake_tts import FakeAdapter, fake_pack
 
@@ -52,7 +52,7 @@ def test_a_failed_warm_up_closes_the_model() -> None:
     assert adapter.closed
 
 
-def _speak(session: WorkerSession, text: str) -> None:
+def _speak(session: SynthesisSession, text: str) -> None:
     """One whole utterance of ``session``, the way the worker renders it."""
     renderer = session.voice.renderer(session.options, threading.Event(), session.loudness)
     renderer.begin(text)
@@ -68,12 +68,12 @@ def test_each_session_learns_its_loudness_for_itself() -> None:
     quiet = np.full(48_000, 0.02, np.float32) * np.sign(np.sin(np.arange(48_000) / 7.0))
     voice.loudness.calibrate(quiet.astype(np.float32), 48_000)  # far quieter than the fake
     calibrated = voice.loudness.gain_db
-    a = WorkerSession("a", voice, SynthesisOptions())
-    b = WorkerSession("b", voice, SynthesisOptions())
+    a = SynthesisSession("a", voice, SynthesisOptions())
+    b = SynthesisSession("b", voice, SynthesisOptions())
     assert a.loudness is not b.loudness
     assert a.loudness.gain_db == b.loudness.gain_db == calibrated
     _speak(a, WORDS)
     assert a.loudness.gain_db < calibrated - 3.0  # the fake is loud: this session learned
     assert voice.loudness.gain_db == calibrated
     assert b.loudness.gain_db == calibrated
-    assert WorkerSession("c", voice, SynthesisOptions()).loudness.gain_db == calibrated
+    assert SynthesisSession("c", voice, SynthesisOptions()).loudness.gain_db == calibrated
