@@ -11,10 +11,10 @@ from duplexvoice.orchestrator.sessions.turns import (
     Confirm,
     Decision,
     Ending,
-    Hold,
-    Interrupt,
+    HoldSpeech,
+    InterruptSpeech,
     Reply,
-    Resume,
+    ResumeSpeech,
     Transcribe,
     TurnConfig,
     TurnTaking,
@@ -156,10 +156,10 @@ def test_a_turn_too_long_is_ended_by_force_and_the_speech_goes_on() -> None:
 
 def test_speech_over_the_system_holds_then_interrupts_after_the_minimum() -> None:
     core = speaking(interrupt_after_ms=400)
-    assert core.speech_started(10.0) == [Hold()]
+    assert core.speech_started(10.0) == [HoldSpeech()]
     assert core.holding and core.next_deadline == pytest.approx(10.4)
     assert core.tick(10.39) == []
-    assert core.tick(10.4) == [Interrupt()]
+    assert core.tick(10.4) == [InterruptSpeech()]
     assert not core.holding
     # The speech is the user's new turn.
     assert core.speech_ended(11.0) == [Transcribe(1)]
@@ -170,7 +170,7 @@ def test_a_short_noise_over_the_system_resumes_after_a_short_silence() -> None:
     core.speech_started(10.0)
     assert core.speech_ended(10.2, silence_s=0.1) == []
     assert core.next_deadline == pytest.approx(10.35)  # last speech 10.1 + 0.25
-    assert core.tick(10.35) == [Resume(), Abandon(1, closed=True)]
+    assert core.tick(10.35) == [ResumeSpeech(), Abandon(1, closed=True)]
     assert not core.holding and core.next_deadline is None
 
 
@@ -180,20 +180,20 @@ def test_coughs_add_up_to_a_real_interruption() -> None:
     core.speech_ended(10.25)  # 0.25 s
     assert core.speech_started(10.4) == []  # within the resume wait: still held
     assert core.next_deadline == pytest.approx(10.55)  # 0.15 s more makes 0.4
-    assert core.tick(10.55) == [Interrupt()]
+    assert core.tick(10.55) == [InterruptSpeech()]
 
 
 def test_speech_ending_late_without_a_tick_still_interrupts() -> None:
     core = speaking(interrupt_after_ms=400)
     core.speech_started(10.0)
-    assert core.speech_ended(10.5) == [Interrupt(), Transcribe(1)]
+    assert core.speech_ended(10.5) == [InterruptSpeech(), Transcribe(1)]
 
 
 def test_words_interrupt_once_enough_speech_was_heard() -> None:
     core = speaking(interrupt_after_ms=400, words_after_ms=200)
     core.speech_started(10.0)
     assert core.transcript(1, "stop", False, 10.1) == []  # too soon: could be a noise
-    assert core.transcript(1, "uh", False, 10.25) == [Interrupt()]
+    assert core.transcript(1, "uh", False, 10.25) == [InterruptSpeech()]
     assert core.holding is False
 
 
@@ -236,7 +236,7 @@ def test_speech_while_a_confirmed_reply_is_generated_holds() -> None:
     core.speech_ended(2.0)
     core.tick(2.5)
     core.system_speaking(True)  # the machine: a confirmed reply is being generated
-    assert core.speech_started(2.6) == [Hold()]
+    assert core.speech_started(2.6) == [HoldSpeech()]
 
 
 def test_stale_transcripts_are_ignored() -> None:
@@ -278,10 +278,10 @@ def test_random_timelines_keep_the_invariants(seed: int) -> None:
                 now = deadline
             out = core.tick(now)
         for d in out:
-            if isinstance(d, Hold):
+            if isinstance(d, HoldSpeech):
                 assert holds == 0
                 holds = 1
-            elif isinstance(d, Interrupt | Resume):
+            elif isinstance(d, InterruptSpeech | ResumeSpeech):
                 assert holds == 1
                 holds = 0
             elif isinstance(d, Transcribe):
@@ -300,9 +300,9 @@ def test_a_barge_in_counts_its_speech_from_when_it_began() -> None:
     # The VAD confirmed the onset 0.1 s after the speech began: 0.4 s of speech is
     # reached 0.3 s after the hold.
     core = speaking(interrupt_after_ms=400)
-    assert core.speech_started(10.0, lead_s=0.1) == [Hold()]
+    assert core.speech_started(10.0, lead_s=0.1) == [HoldSpeech()]
     assert core.next_deadline == pytest.approx(10.3)
-    assert core.tick(10.3) == [Interrupt()]
+    assert core.tick(10.3) == [InterruptSpeech()]
 
 
 def test_an_onset_never_reaches_back_before_the_last_speech_ended() -> None:
@@ -321,7 +321,7 @@ def test_a_short_voice_whose_offset_comes_late_is_not_an_interruption() -> None:
     assert core.next_deadline is None or core.next_deadline > 10.4
     assert core.tick(10.4) == []  # 0.4 s since the onset, but only 0.3 s of voice
     assert core.speech_ended(10.46, silence_s=0.16) == []
-    assert core.tick(10.55) == [Resume(), Abandon(1, closed=True)]
+    assert core.tick(10.55) == [ResumeSpeech(), Abandon(1, closed=True)]
 
 
 def test_voice_coming_back_counts_on_towards_an_interruption() -> None:
@@ -330,13 +330,13 @@ def test_voice_coming_back_counts_on_towards_an_interruption() -> None:
     core.speech_paused(10.2, silence_s=0.05)
     assert core.speech_resumed(10.25) == []
     assert core.next_deadline == pytest.approx(10.4)
-    assert core.tick(10.4) == [Interrupt()]
+    assert core.tick(10.4) == [InterruptSpeech()]
 
 
 def test_a_pause_after_enough_voice_still_interrupts() -> None:
     core = speaking(interrupt_after_ms=400)
     core.speech_started(10.0)
-    assert core.speech_paused(10.5, silence_s=0.05) == [Interrupt()]  # 0.45 s of voice
+    assert core.speech_paused(10.5, silence_s=0.05) == [InterruptSpeech()]  # 0.45 s of voice
 
 
 def test_a_held_speech_waits_for_its_words_before_resuming() -> None:
@@ -345,19 +345,19 @@ def test_a_held_speech_waits_for_its_words_before_resuming() -> None:
     core.speech_started(10.0)
     assert core.speech_ended(10.46, silence_s=0.16, checking_words=True) == []  # 0.3 s
     assert core.tick(10.55) == []  # the resume is due, but the words are not in yet
-    assert core.transcript(1, "Wait,", False, 10.6) == [Interrupt()]
+    assert core.transcript(1, "Wait,", False, 10.6) == [InterruptSpeech()]
 
 
 def test_no_words_resume_at_once_and_no_answer_resumes_at_the_cap() -> None:
     core = speaking(resume_after_ms=250, words_wait_ms=300)
     core.speech_started(10.0)
     core.speech_ended(10.36, silence_s=0.16, checking_words=True)
-    assert core.transcript(1, "", False, 10.6) == [Resume(), Abandon(1, closed=True)]
+    assert core.transcript(1, "", False, 10.6) == [ResumeSpeech(), Abandon(1, closed=True)]
     core2 = speaking(resume_after_ms=250, words_wait_ms=300)
     core2.speech_started(10.0)
     core2.speech_ended(10.36, silence_s=0.16, checking_words=True)
     assert core2.next_deadline == pytest.approx(10.75)
-    assert core2.tick(10.75) == [Resume(), Abandon(1, closed=True)]
+    assert core2.tick(10.75) == [ResumeSpeech(), Abandon(1, closed=True)]
 
 
 # -- typed turns ---------------------------------------------------------------------------
@@ -374,17 +374,17 @@ def test_a_typed_turn_is_answered_at_once() -> None:
 def test_a_typed_turn_takes_the_floor_from_the_system() -> None:
     core = speaking()
     assert core.typed(1.0, "Stop, tell me the weather.") == [
-        Interrupt(), Reply(1, "Stop, tell me the weather.", True)]
+        InterruptSpeech(), Reply(1, "Stop, tell me the weather.", True)]
     assert not core.holding
 
 
 def test_a_typed_turn_during_a_hold_interrupts_instead_of_resuming() -> None:
     core = speaking()
-    assert core.speech_started(1.0) == [Hold()]
+    assert core.speech_started(1.0) == [HoldSpeech()]
     core.speech_ended(1.1)  # a short noise: would resume at 1.35
     out = core.typed(1.2, "Go on.")
-    assert out == [Interrupt(), Abandon(1, closed=True), Reply(2, "Go on.", True)]
-    assert core.tick(2.0) == []  # no Resume after the floor was taken
+    assert out == [InterruptSpeech(), Abandon(1, closed=True), Reply(2, "Go on.", True)]
+    assert core.tick(2.0) == []  # no ResumeSpeech after the floor was taken
 
 
 def test_a_typed_turn_drops_a_spoken_turn_waiting_for_its_end() -> None:

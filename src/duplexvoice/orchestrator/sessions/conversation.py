@@ -5,11 +5,11 @@ part (a mixin of :class:`~.session.SessionMachine`, split only to keep files sma
 What to do is decided by the turn-taking core (:mod:`.turns`); this carries its
 decisions out on the session's utterances and playout:
 
-- ``Hold``: the playout holds (no audio released), the worker pauses, the client gets
+- ``HoldSpeech``: the playout holds (no audio released), the worker pauses, the client gets
   ``pause`` for the utterance playing. State ``BARGED_IN``.
-- ``Interrupt``: as STOP, with reason ``interrupted``: ``interrupt`` first, the worker
+- ``InterruptSpeech``: as STOP, with reason ``interrupted``: ``interrupt`` first, the worker
   stops, every live utterance is fenced, a reply being generated is cancelled.
-- ``Resume``: ``resume`` to the client, the playout and the worker go on; nothing lost.
+- ``ResumeSpeech``: ``resume`` to the client, the playout and the worker go on; nothing lost.
 - A reply opens an utterance with its first speakable clause. A speculative reply
   (started before the end of the user's turn is confirmed) is *gated*: synthesized
   and buffered, but no frame released and no ``reply`` sent until ``Confirm``; if
@@ -167,7 +167,7 @@ class ConversationMixin:
     def _decide(self, decisions: list[turns.Decision]) -> None:
         """Carry out the turn-taking core's decisions."""
         for decision in decisions:
-            if isinstance(decision, turns.Hold):
+            if isinstance(decision, turns.HoldSpeech):
                 head = self._live[0] if self._live else None
                 if not self._playout.held:
                     self._playout.hold(self._now)
@@ -175,9 +175,9 @@ class ConversationMixin:
                         self._actions.append(WorkerControl(Command.PAUSE))
                 if head is not None and not head.gated:
                     self._send(Pause(head.utterance_id))
-            elif isinstance(decision, turns.Interrupt):
+            elif isinstance(decision, turns.InterruptSpeech):
                 self._stop(EndReason.INTERRUPTED)
-            elif isinstance(decision, turns.Resume):
+            elif isinstance(decision, turns.ResumeSpeech):
                 head = self._live[0] if self._live else None
                 if head is not None and not head.gated:
                     # Every pause gets its resume; a client that sent PAUSE itself

@@ -113,17 +113,17 @@ def classify_ending(text: str) -> Ending:
 # -- decisions ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Hold:
+class HoldSpeech:
     """Pause the system's speech now (keep its audio): the user may be barging in."""
 
 
 @dataclass(frozen=True)
-class Interrupt:
+class InterruptSpeech:
     """A real barge-in: drop the system's speech."""
 
 
 @dataclass(frozen=True)
-class Resume:
+class ResumeSpeech:
     """A false interruption: play on from where the hold stopped."""
 
 
@@ -162,7 +162,7 @@ class Confirm:
     forced: bool = False
 
 
-Decision = Hold | Interrupt | Resume | Transcribe | Abandon | Reply | Confirm
+Decision = HoldSpeech | InterruptSpeech | ResumeSpeech | Transcribe | Abandon | Reply | Confirm
 
 
 class TurnTaking:
@@ -248,7 +248,7 @@ class TurnTaking:
         if self._system and not self._held:
             self._held = True
             self._held_voiced_s = 0.0
-            out.append(Hold())
+            out.append(HoldSpeech())
         return out + self.tick(now)
 
     def speech_paused(self, now: float, silence_s: float) -> list[Decision]:
@@ -351,7 +351,7 @@ class TurnTaking:
             self._words_until = None
             self._held = False
             self._speech_end = None
-            out.append(Resume())
+            out.append(ResumeSpeech())
             out += self._forget(closed=True)  # the noise was no turn
             self._open = False
             return out
@@ -429,7 +429,7 @@ class TurnTaking:
         self._resume_at = None
         self._words_until = None
         self._system = False
-        return [Interrupt()]
+        return [InterruptSpeech()]
 
 
 def _has_words(text: str) -> bool:
