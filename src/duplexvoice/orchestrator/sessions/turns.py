@@ -20,13 +20,13 @@ real barge-in would, drops a spoken turn still open, and is answered at once.
 until ``Confirm``. If the user goes on instead, ``Abandon`` cancels it.
 
 **Barge-in, in two steps** (WIRE §1.2). Speech onset while the system speaks (a
-confirmed reply playing or being generated, or any utterance) is ``Hold`` at once: the
+confirmed reply playing or being generated, or any utterance) is ``HoldSpeech`` at once: the
 machine pauses playback (client ``pause``, worker PAUSE). Then:
 
-- ``Interrupt``: the user has spoken ``interrupt_after_ms`` in all since the hold, or a
+- ``InterruptSpeech``: the user has spoken ``interrupt_after_ms`` in all since the hold, or a
   partial transcript has words after ``words_after_ms`` of speech: a real turn. The
   system's utterance is dropped and the user's speech is their new turn.
-- ``Resume``: the speech stopped before that, and ``resume_after_ms`` of silence went
+- ``ResumeSpeech``: the speech stopped before that, and ``resume_after_ms`` of silence went
   by: a cough, a click. Playback goes on where it stopped; the noise is no turn
   (``Abandon``).
 """
