@@ -137,7 +137,7 @@ class Send(Action):
 
 @dataclass(frozen=True)
 class SendAudio(Action):
-    """One frame to send now; the driver encodes it (JSON base64 or binary)."""
+    """One frame to send now; the driver hands it to the transport (``output.AudioOut``)."""
 
     utterance_id: int
     sequence: int
