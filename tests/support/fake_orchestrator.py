@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from duplexvoice.audio import FRAME_BYTES
-from duplexvoice.orchestrator.sessions.output import AudioOut, OutputItem
+from duplexvoice.orchestrator.sessions.output import OutputItem, SendAudio
 from duplexvoice.orchestrator.sessions.settings import SessionSettings
 from duplexvoice.orchestrator.transports.ws_output import wire_messages
 from duplexvoice.orchestrator.workers.link import WorkerError, WorkerUnavailable
@@ -137,7 +137,7 @@ class FakeClient:
         if self.fail_with is not None:
             raise self.fail_with
         messages = wire_messages(items, self.settings)  # as the WebSocket output does
-        if self.hold_audio and any(isinstance(m, AudioOut) for m in items):
+        if self.hold_audio and any(isinstance(m, SendAudio) for m in items):
             self.hold_audio = False
             self.holding.set()
             await self._release.wait()

@@ -19,7 +19,7 @@ import pytest
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.sessions.driver import SessionDriver
-from duplexvoice.orchestrator.sessions.output import AudioOut
+from duplexvoice.orchestrator.sessions.output import SendAudio
 from duplexvoice.orchestrator.sessions.settings import SessionSettings
 from duplexvoice.orchestrator.workers.link import (
     WorkerBusy,
@@ -153,8 +153,8 @@ async def test_a_text_is_spoken_then_the_worker_session_is_given_back(make: Any)
                                 + ["utterance_end", "metrics", "state"])
     assert h.client.of_type("session_start")[0]["session_id"] == "s1"
     # Typed to the transport, which encodes (here as the WebSocket does): no wire text.
-    assert all(isinstance(item, AudioOut | Outbound) for item in h.client.items)
-    assert [type(item) for item in h.client.items].count(AudioOut) == 5
+    assert all(isinstance(item, SendAudio | Outbound) for item in h.client.items)
+    assert [type(item) for item in h.client.items].count(SendAudio) == 5
     assert h.client.states() == ["LISTENING", "SPEAKING", "LISTENING"]
     audio = h.client.audio()
     assert [a["sequence"] for a in audio] == [1, 2, 3, 4, 5]

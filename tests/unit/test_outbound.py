@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from duplexvoice.audio import FRAME_BYTES
-from duplexvoice.orchestrator.sessions.output import AudioOut, OutputItem
+from duplexvoice.orchestrator.sessions.output import OutputItem, SendAudio
 from duplexvoice.orchestrator.sessions.settings import SessionSettings
 from duplexvoice.orchestrator.transports.ws_output import (
     encode_frame,
@@ -57,7 +57,7 @@ PCM = (bytes(range(256)) * 8)[:FRAME_BYTES]
 
 def test_messages_are_json_text_and_audio_follows_the_format_asked() -> None:
     settings = SessionSettings()
-    items: list[OutputItem] = [StateChanged("SPEAKING"), AudioOut(1, 1, PCM), Pause(1),
+    items: list[OutputItem] = [StateChanged("SPEAKING"), SendAudio(1, 1, PCM), Pause(1),
                                Interrupt(1, EndReason.STOPPED)]
     out = wire_messages(items, settings)
     assert [json.loads(m)["type"] for m in out if isinstance(m, str)] == [
@@ -68,8 +68,8 @@ def test_messages_are_json_text_and_audio_follows_the_format_asked() -> None:
     assert json.loads(out[3]) == {"type": "interrupt", "utterance_id": 1, "reason": "stopped"}
     # Binary from the next utterance on: utterance 1 stays JSON to its end.
     assert settings.apply(ConfigMessage(output_format="binary"), (), next_utterance=2) is None
-    out = wire_messages([AudioOut(1, 2, PCM), UtteranceEnd(1, EndReason.COMPLETED, 2),
-                         AudioOut(2, 3, PCM)], settings)
+    out = wire_messages([SendAudio(1, 2, PCM), UtteranceEnd(1, EndReason.COMPLETED, 2),
+                         SendAudio(2, 3, PCM)], settings)
     assert isinstance(out[0], str) and json.loads(out[0])["sequence"] == 2
     assert isinstance(out[2], bytes)
     frame = decode_binary_frame(out[2])
@@ -78,6 +78,6 @@ def test_messages_are_json_text_and_audio_follows_the_format_asked() -> None:
 
 def test_a_frame_of_the_wrong_size_is_refused_in_either_format() -> None:
     with pytest.raises(ValueError):
-        wire_messages([AudioOut(1, 1, b"\x00" * 10)], SessionSettings())
+        wire_messages([SendAudio(1, 1, b"\x00" * 10)], SessionSettings())
     with pytest.raises(ValueError):
-        wire_messages([AudioOut(1, 1, b"\x00" * 10)], SessionSettings(output_format="binary"))
+        wire_messages([SendAudio(1, 1, b"\x00" * 10)], SessionSettings(output_format="binary"))

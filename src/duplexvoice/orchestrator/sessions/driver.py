@@ -57,7 +57,7 @@ from duplexvoice.orchestrator.sessions.events import (
 from duplexvoice.orchestrator.sessions.inbox import Inbox
 from duplexvoice.orchestrator.sessions.listener import ConversationServices
 from duplexvoice.orchestrator.sessions.machine import SessionConfig, SessionMachine
-from duplexvoice.orchestrator.sessions.output import AudioOut, OutputItem, SessionOutput
+from duplexvoice.orchestrator.sessions.output import OutputItem, SessionOutput
 from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
 from duplexvoice.orchestrator.sessions.settings import SessionSettings
 from duplexvoice.orchestrator.sessions.turn_metrics import TurnFigures
@@ -303,7 +303,8 @@ class SessionDriver:
         out: list[OutputItem] = []
         for action in self.machine.handle(event, time.monotonic()):
             if isinstance(action, SendAudio):
-                out.append(self._audio(action))
+                self._audio_sent(action)
+                out.append(action)  # as it is: the transport encodes
             elif isinstance(action, Send):
                 self._observe(action.message)
                 out.append(action.message)
@@ -359,7 +360,7 @@ class SessionDriver:
                 self._client_gone = True
                 log.debug("session %s: client gone while sending: %s", self.session_id, exc)
 
-    def _audio(self, action: SendAudio) -> AudioOut:
+    def _audio_sent(self, action: SendAudio) -> None:
         uid = action.utterance_id
         self._metrics.frames_sent_total.inc()
         if uid > self._first_sent_upto:  # a new utterance's first frame
@@ -370,7 +371,6 @@ class SessionDriver:
                 first_audio_ms = (time.perf_counter() - stream.final_sent_at) * 1000
                 self._metrics.first_audio_ms.observe(first_audio_ms)
                 self._first_audio_ms[uid] = first_audio_ms
-        return AudioOut(uid, action.sequence, action.pcm)
 
     def _utterance_metrics(self, end: UtteranceEnd) -> list[UtteranceMetrics]:
         """The ``metrics`` extension message: this utterance's timings, after its end."""

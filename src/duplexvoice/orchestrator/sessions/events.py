@@ -137,7 +137,7 @@ class Send(Action):
 
 @dataclass(frozen=True)
 class SendAudio(Action):
-    """One frame to send now; the driver hands it to the transport (``output.AudioOut``)."""
+    """One frame to send now; the driver hands it to the transport as it is (:mod:`.output`)."""
 
     utterance_id: int
     sequence: int

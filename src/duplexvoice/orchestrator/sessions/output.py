@@ -1,31 +1,28 @@
 """What a session sends its client, typed: the interface between the driver and a
 transport.
 
-The driver hands a transport batches of items, in order: :class:`AudioOut` (one
-20 ms frame of the session's voice) and the typed server messages of
-:mod:`duplexvoice.wire.messages` (``Pause``, ``Resume`` and ``Interrupt`` among them:
-the playback controls of the client's player). It never encodes: each transport
-writes the items its own way (the WebSocket as JSON text or binary frames, as the
-client asked; WebRTC audio onto its Opus track, messages onto its data channel).
+The driver hands a transport batches of items, in order: audio frames and the typed
+server messages of :mod:`duplexvoice.wire.messages` (``Pause``, ``Resume`` and
+``Interrupt`` among them: the playback controls of the client's player). An audio
+frame is the session machine's own :class:`~.events.SendAudio` (``utterance_id``,
+``sequence``: per session, from 1, gapless; ``pcm``: one 20 ms frame, PCM16LE mono at
+48 kHz), passed on as it is: no copy per frame. The driver never encodes: each
+transport writes the items its own way (the WebSocket as JSON text or binary frames,
+as the client asked; WebRTC audio onto its Opus track, messages onto its data
+channel).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
+from duplexvoice.orchestrator.sessions.events import SendAudio
 from duplexvoice.wire.messages import Outbound
 
+__all__ = ["OutputItem", "SendAudio", "SessionOutput"]
 
-class AudioOut(NamedTuple):  # one per frame on the hot path: a tuple is the cheapest record
-    """One frame of the session's voice: PCM16LE mono at 48 kHz (``FRAME_BYTES``)."""
-
-    utterance_id: int
-    sequence: int  # per session, from 1, gapless (``Playout``)
-    pcm: bytes
-
-
-OutputItem = AudioOut | Outbound
+OutputItem = SendAudio | Outbound
 
 
 class SessionOutput(Protocol):

@@ -60,7 +60,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from duplexvoice.orchestrator.access import RateDecision, RateLimiter
 from duplexvoice.orchestrator.sessions.driver import SessionDriver
-from duplexvoice.orchestrator.sessions.output import AudioOut, OutputItem
+from duplexvoice.orchestrator.sessions.output import OutputItem, SendAudio
 from duplexvoice.orchestrator.transports import finish_session, refusal, start_session
 from duplexvoice.orchestrator.transports.rtc_audio import (
     OutgoingAudioTrack,
@@ -362,7 +362,7 @@ class RtcPeer:
         """The driver's output: audio to the track, the rest to the data channel."""
         track = self.track
         for item in items:
-            if isinstance(item, AudioOut):
+            if isinstance(item, SendAudio):
                 track.push(item.utterance_id, item.pcm)
                 continue
             if isinstance(item, Pause | Resume | Interrupt):

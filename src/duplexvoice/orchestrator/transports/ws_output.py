@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from duplexvoice.orchestrator.sessions.output import AudioOut, OutputItem
+from duplexvoice.orchestrator.sessions.output import OutputItem, SendAudio
 from duplexvoice.orchestrator.sessions.settings import SessionSettings
 from duplexvoice.wire.protocol import audio_message, encode_binary_frame, encode_json
 
@@ -62,7 +62,7 @@ def wire_messages(items: Sequence[OutputItem], settings: SessionSettings) -> lis
     """The client's messages for ``items``, in order (str: text, bytes: binary)."""
     out: list[str | bytes] = []
     for item in items:
-        if isinstance(item, AudioOut):
+        if isinstance(item, SendAudio):
             uid = item.utterance_id
             if settings.format_for(uid) == "binary":
                 out.append(encode_binary_frame(item.pcm, item.sequence, uid))
