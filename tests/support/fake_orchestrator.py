@@ -7,8 +7,10 @@
   and ``WorkerSession`` that the driver uses, with failure knobs (see the attributes of
   ``FakeWorkerPool``). A cancelled ``open`` creates no session (as the real pool: an
   orphan is ended by the pool itself, see ``test_worker_link``).
-- ``FakeClient``: the ``send`` / ``close`` callables a transport gives the driver; it
-  records what the client got (decoded) and lets a test wait for it, with a deadline.
+- ``FakeClient``: the ``SessionOutput`` a transport gives the driver; it encodes what
+  it gets as the WebSocket transport does (``ws_output.wire_messages``, the session's
+  output format), records what the client got (decoded) and lets a test wait for it,
+  with a deadline.
 
 Every wait here has a deadline (``TIMEOUT_S``) and fails with what was seen instead.
 ``log`` (shared by a client and a pool) records client messages and worker calls in
@@ -26,6 +28,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from duplexvoice.audio import FRAME_BYTES
+from duplexvoice.orchestrator.sessions.output import OutputItem, SendAudio
+from duplexvoice.orchestrator.sessions.settings import SessionSettings
+from duplexvoice.orchestrator.transports.ws_output import wire_messages
 from duplexvoice.orchestrator.workers.link import WorkerError, WorkerUnavailable
 from duplexvoice.orchestrator.workers.router import WorkerInfo, with_local_load
 from duplexvoice.wire.messages import Command
@@ -112,7 +117,10 @@ class FakeClient:
     "utterance_id", "sequence", "pcm": bytes}``.
     """
 
-    def __init__(self, log: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, log: list[tuple[str, str]] | None = None,
+                 settings: SessionSettings | None = None) -> None:
+        self.settings = settings if settings is not None else SessionSettings()
+        self.items: list[OutputItem] = []  # as the driver handed them
         self.raw: list[str | bytes] = []
         self.messages: list[dict[str, Any]] = []
         self.closed: list[tuple[int, str]] = []
@@ -124,15 +132,17 @@ class FakeClient:
         self.fail_with: BaseException | None = None
         self.changed = asyncio.Event()
 
-    async def send(self, messages: list[str | bytes]) -> None:
+    async def send(self, items: Sequence[OutputItem]) -> None:
         self.sends += 1
         if self.fail_with is not None:
             raise self.fail_with
-        if self.hold_audio and any(_is_audio(m) for m in messages):
+        messages = wire_messages(items, self.settings)  # as the WebSocket output does
+        if self.hold_audio and any(isinstance(m, SendAudio) for m in items):
             self.hold_audio = False
             self.holding.set()
             await self._release.wait()
             self.holding.clear()
+        self.items.extend(items)
         for raw in messages:
             message = decode(raw)
             self.raw.append(raw)
@@ -188,10 +198,6 @@ class FakeClient:
                 extra = {k: v for k, v in m.items() if k != "type"}
                 out.append(f"{m['type']}{extra}")
         return out
-
-
-def _is_audio(raw: str | bytes) -> bool:
-    return isinstance(raw, bytes) or raw.startswith('{"type":"audio"')
 
 
 def decode(raw: str | bytes) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import pytest
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.sessions.driver import SessionDriver
+from duplexvoice.orchestrator.sessions.output import SendAudio
+from duplexvoice.orchestrator.sessions.settings import SessionSettings
 from duplexvoice.orchestrator.workers.link import (
     WorkerBusy,
     WorkerError,
@@ -26,7 +28,7 @@ from duplexvoice.orchestrator.workers.link import (
     WorkerUnavailable,
 )
 from duplexvoice.orchestrator.workers.router import WorkerInfo
-from duplexvoice.wire.messages import Command, Error, ErrorCode
+from duplexvoice.wire.messages import Command, Error, ErrorCode, Outbound
 from duplexvoice.wire.protocol import (
     AudioInput,
     ClientMessage,
@@ -57,14 +59,15 @@ class Harness:
 
     def __init__(self, workers: list[WorkerInfo] | None = None, **config: Any) -> None:
         self.log: list[tuple[str, str]] = []  # client and worker sides, in order
-        self.client = FakeClient(self.log)
+        orch_config = OrchestratorConfig(**{**BASE, **config})
+        settings = SessionSettings(voice=orch_config.default_voice)
+        self.client = FakeClient(self.log, settings)
         self.pool = FakeWorkerPool(self.log)
         self.registry = FakeRegistry(workers or [worker_info("w1", models=("m1", "m2"))])
         self.metrics = OrchestratorMetrics()
         self.driver = SessionDriver(
-            "s1", OrchestratorConfig(**{**BASE, **config}), self.registry,
-            self.pool, self.metrics,
-            send=self.client.send, close=self.client.close)
+            "s1", orch_config, self.registry, self.pool, self.metrics,
+            output=self.client, settings=settings)
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -149,6 +152,9 @@ async def test_a_text_is_spoken_then_the_worker_session_is_given_back(make: Any)
     assert h.client.types() == (["session_start", "state", "state"] + ["audio"] * 5
                                 + ["utterance_end", "metrics", "state"])
     assert h.client.of_type("session_start")[0]["session_id"] == "s1"
+    # Typed to the transport, which encodes (here as the WebSocket does): no wire text.
+    assert all(isinstance(item, SendAudio | Outbound) for item in h.client.items)
+    assert [type(item) for item in h.client.items].count(SendAudio) == 5
     assert h.client.states() == ["LISTENING", "SPEAKING", "LISTENING"]
     audio = h.client.audio()
     assert [a["sequence"] for a in audio] == [1, 2, 3, 4, 5]
@@ -309,7 +315,7 @@ async def test_run_cancelled_mid_stream_still_ends_the_worker_session(make: Any)
 
 async def test_a_client_too_slow_to_read_ends_run_with_the_error_and_no_leak(
         make: Any) -> None:
-    # ClientOutput raises TimeoutError for a client that reads nothing: run() ends with
+    # WebSocketOutput raises TimeoutError for a client that reads nothing: run() ends with
     # it (the transport then closes 1008), and the worker session is given back.
     h = await make()
     h.pool.allowed_frames = 2

@@ -1,4 +1,5 @@
-"""The WebRTC outgoing audio queue (pure: hold, rewind, fence, bound), the frame
+"""The WebRTC outgoing track's queue as the transport drives it (the playback
+controls by type; the queue itself is tested in test_frame_queue.py), the frame
 conversions of the tracks, and the receiving side's jitter buffer."""
 
 from __future__ import annotations
@@ -21,166 +22,76 @@ from duplexvoice.orchestrator.transports.rtc_audio import (
     SILENCE,
     ImmediateAudioBuffer,
     OutgoingAudioTrack,
-    OutgoingQueue,
     frame_to_pcm16_mono,
     hand_on_at_once,
     pcm_frame,
 )
+from duplexvoice.wire.messages import EndReason, Interrupt, Pause, Resume
 
 pytestmark = pytest.mark.unit
-
-F = 0.02  # one frame, in seconds
-
 
 def pcm(n: int) -> bytes:
     """A distinct frame: every sample is ``n``."""
     return np.full(960, n, "<i2").tobytes()
 
 
-def label(frame: object) -> int | None:
-    """The ``n`` of a frame from :func:`pcm`, ``None`` for silence."""
-    if frame is None:
-        return None
-    return int(np.frombuffer(frame.pcm, "<i2")[0])  # type: ignore[attr-defined]
+def queued(track: OutgoingAudioTrack) -> list[int]:
+    """The ``n`` of each frame from :func:`pcm` waiting on the track."""
+    return [int(np.frombuffer(f[1], "<i2")[0]) for f in track.queue.frames()]
 
 
-def play(q: OutgoingQueue, start: float, count: int) -> list[int | None]:
-    """``count`` frames taken at 20 ms steps from ``start``."""
-    return [label(q.take(start + i * F)) for i in range(count)]
+# -- the outgoing track's queue (hold, rewind, fence, bound: test_frame_queue.py) -----
 
 
-def fill(q: OutgoingQueue, uid: int, first: int, count: int) -> None:
-    for n in range(first, first + count):
-        assert q.push(uid, pcm(n))
+async def test_the_track_applies_the_playback_controls_by_type() -> None:
+    track = OutgoingAudioTrack(max_frames=50, hold_rewind_ms=0)
+    for uid, n in ((1, 1), (1, 2), (2, 3)):
+        assert track.push(uid, pcm(n))
+    track.control(Pause(1))
+    assert track.queue.held and track.queue.held_id == 1
+    track.control(Resume(1))
+    assert not track.queue.held
+    track.control(Interrupt(1, EndReason.INTERRUPTED))
+    assert queued(track) == [3] and track.queue.fenced == 1
+    assert not track.push(1, pcm(4))  # a late frame of the interrupted utterance
+    track.control(Pause(2))
+    track.control(Interrupt(2, EndReason.STOPPED))  # ends the hold on it too
+    assert not track.queue.held and queued(track) == []
+    track.stop()
 
 
-def test_frames_leave_in_order_then_silence() -> None:
-    q = OutgoingQueue()
-    assert q.take(0.0) is None  # nothing queued: silence
-    fill(q, 1, 1, 3)
-    fill(q, 2, 4, 2)
-    assert play(q, 1.0, 7) == [1, 2, 3, 4, 5, None, None]
-    assert len(q) == 0
+async def test_a_pause_rewinds_what_the_track_just_handed_out() -> None:
+    # A window far longer than the test: the frame handed out is always within it.
+    track = OutgoingAudioTrack(hold_rewind_ms=60_000)
+    for n in (1, 2, 3):
+        track.push(1, pcm(n))
+    first = await track.recv()
+    assert frame_to_pcm16_mono(first) == pcm(1) and queued(track) == [2, 3]
+    track.control(Pause(1))
+    assert queued(track) == [1, 2, 3]  # the page gated it: it plays again on resume
+    assert frame_to_pcm16_mono(await track.recv()) == SILENCE
+    track.control(Resume(1))
+    assert frame_to_pcm16_mono(await track.recv()) == pcm(1)
+    track.stop()
 
 
-def test_hold_gives_silence_and_keeps_the_queue_then_resume_goes_on() -> None:
-    q = OutgoingQueue(hold_rewind_ms=0)
-    fill(q, 1, 1, 5)
-    assert play(q, 0.0, 2) == [1, 2]
-    q.hold(1, now=0.03)
-    assert q.held == 1 and play(q, 0.04, 3) == [None, None, None]
-    fill(q, 1, 6, 1)  # the driver may still send a little after the pause
-    q.resume(1)
-    assert play(q, 0.1, 5) == [3, 4, 5, 6, None]
+async def test_the_track_bound_drops_the_oldest_frames() -> None:
+    track = OutgoingAudioTrack(max_frames=2)
+    for n in (1, 2, 3):
+        assert track.push(1, pcm(n))
+    assert queued(track) == [2, 3] and track.queue.dropped == 1
+    track.stop()
 
 
-def test_hold_rewinds_frames_handed_out_within_the_window() -> None:
-    q = OutgoingQueue(hold_rewind_ms=40)
-    fill(q, 1, 1, 6)
-    assert play(q, 0.0, 4) == [1, 2, 3, 4]  # handed at 0, 20, 40, 60 ms
-    q.hold(1, now=0.07)  # handed within 40 ms: frames 3 (30 ms ago) and 4 (10 ms ago)
-    assert [label(f) for f in q.queued()] == [3, 4, 5, 6]
-    assert play(q, 0.08, 2) == [None, None]
-    q.resume(1)
-    assert play(q, 0.12, 5) == [3, 4, 5, 6, None]
-
-
-def test_rewind_window_boundary_is_exclusive() -> None:
-    q = OutgoingQueue(hold_rewind_ms=40)
-    fill(q, 1, 1, 4)
-    assert play(q, 0.0, 3) == [1, 2, 3]  # at 0, 20, 40 ms
-    q.hold(1, now=0.08)  # frame 2 was handed exactly 60 ms ago, 3 exactly 40 ms ago
-    assert [label(f) for f in q.queued()] == [4]
-    q.resume(1)
-    q.hold(1, now=0.081)  # nothing handed since: nothing to rewind, nothing doubled
-    assert [label(f) for f in q.queued()] == [4]
-
-
-def test_rewind_takes_only_the_held_utterance() -> None:
-    q = OutgoingQueue(hold_rewind_ms=100)
-    fill(q, 1, 1, 2)
-    fill(q, 2, 3, 2)
-    assert play(q, 0.0, 3) == [1, 2, 3]
-    q.hold(2, now=0.05)
-    assert [label(f) for f in q.queued()] == [3, 4]
-
-
-def test_a_second_hold_does_not_rewind_again() -> None:
-    q = OutgoingQueue(hold_rewind_ms=40)
-    fill(q, 1, 1, 3)
-    assert play(q, 0.0, 1) == [1]
-    q.hold(1, now=0.01)
-    q.hold(1, now=0.015)
-    assert [label(f) for f in q.queued()] == [1, 2, 3]
-
-
-def test_interrupt_drops_its_frames_and_earlier_ones_and_fences_them() -> None:
-    q = OutgoingQueue()
-    fill(q, 1, 1, 2)
-    fill(q, 2, 3, 2)
-    fill(q, 3, 5, 2)
-    assert play(q, 0.0, 1) == [1]
-    q.interrupt(2)
-    assert [label(f) for f in q.queued()] == [5, 6]
-    assert not q.push(2, pcm(9)) and not q.push(1, pcm(9))  # late frames: refused
-    assert q.refused == 2 and q.fence == 2
-    assert q.push(3, pcm(7)) and q.push(4, pcm(8))
-    assert play(q, 1.0, 5) == [5, 6, 7, 8, None]
-
-
-def test_interrupt_releases_a_hold_on_the_utterance_and_forgets_its_rewind() -> None:
-    q = OutgoingQueue(hold_rewind_ms=40)
-    fill(q, 1, 1, 3)
-    assert play(q, 0.0, 2) == [1, 2]
-    q.hold(1, now=0.03)
-    q.interrupt(1)
-    assert q.held is None and len(q) == 0
-    fill(q, 2, 10, 1)  # the next reply plays at once
-    assert play(q, 0.1, 2) == [10, None]
-    q.hold(1, now=0.2)  # a hold of a fenced utterance is moot
-    assert q.held is None
-
-
-def test_an_older_interrupt_does_not_lower_the_fence() -> None:
-    q = OutgoingQueue()
-    q.interrupt(5)
-    q.interrupt(3)
-    assert q.fence == 5 and not q.push(4, pcm(1)) and q.push(6, pcm(1))
-
-
-def test_resume_ends_any_hold() -> None:
-    q = OutgoingQueue()
-    fill(q, 2, 1, 1)
-    q.hold(2, now=0.0)
-    q.resume(1)  # whatever id: a hold left over would be silence for ever
-    assert play(q, 0.1, 1) == [1]
-
-
-def test_the_bound_drops_the_oldest_frames() -> None:
-    q = OutgoingQueue(max_frames=3)
-    fill(q, 1, 1, 5)
-    assert len(q) == 3 and q.dropped == 2
-    assert play(q, 0.0, 4) == [3, 4, 5, None]
-
-
-def test_a_rewind_over_the_bound_is_trimmed_by_the_next_push() -> None:
-    q = OutgoingQueue(max_frames=3, hold_rewind_ms=40)
-    fill(q, 1, 1, 4)  # 1 dropped
-    assert play(q, 0.0, 2) == [2, 3]
-    fill(q, 1, 5, 1)
-    q.hold(1, now=0.03)  # 2 and 3 back: 5 queued
-    assert [label(f) for f in q.queued()] == [2, 3, 4, 5]
-    fill(q, 1, 6, 1)
-    assert [label(f) for f in q.queued()] == [4, 5, 6]
-
-
-def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError):
-        OutgoingQueue(max_frames=0)
-    with pytest.raises(ValueError):
-        OutgoingQueue(hold_rewind_ms=-1)
+async def test_a_frame_of_the_wrong_size_is_refused() -> None:
+    track = OutgoingAudioTrack()
     with pytest.raises(ValueError, match="1920"):
-        OutgoingQueue().push(1, b"\x00" * 10)
+        track.push(1, b"\x00" * 10)
+    with pytest.raises(ValueError):
+        OutgoingAudioTrack(max_frames=0)
+    with pytest.raises(ValueError):
+        OutgoingAudioTrack(hold_rewind_ms=-1)
+    track.stop()
 
 
 # -- frames -------------------------------------------------------------------------

@@ -3,8 +3,9 @@ client's control commands.
 
 The session core builds these; only the transport turns them into wire JSON
 (``to_wire``), so field names live in one place and the metrics read typed values,
-never JSON parsed back. Audio frames are not here: they are the hot path and are
-encoded straight from ``SendAudio`` actions (``protocol.audio_message`` /
+never JSON parsed back. Audio frames are not here: they are the hot path, handed to
+the transport as they are (the session machine's ``SendAudio``) and encoded only by
+a transport that sends them as messages (``protocol.audio_message`` /
 ``encode_binary_frame``).
 """
 

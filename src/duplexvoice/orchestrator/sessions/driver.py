@@ -4,7 +4,8 @@ It feeds the pure :class:`~duplexvoice.orchestrator.sessions.machine.SessionMach
 (client messages, worker frames, timer ticks) through an :class:`~.inbox.Inbox`
 (inputs before audio) and carries out the actions it returns: messages to the client,
 worker calls. Decisions are the machine's (and the router's, and the settings'); this
-module does I/O and measures time.
+module does I/O and measures time. What goes to the client goes typed to the
+transport's :class:`~.output.SessionOutput`, which encodes it its own way.
 
 Worker side, through :mod:`..workers.link` only: a worker session is taken when an
 utterance starts and none is held (routed over the registry's workers, minus those
@@ -55,6 +56,7 @@ from duplexvoice.orchestrator.sessions.events import (
 )
 from duplexvoice.orchestrator.sessions.inbox import Inbox
 from duplexvoice.orchestrator.sessions.machine import SessionConfig, SessionMachine
+from duplexvoice.orchestrator.sessions.output import OutputItem, SessionOutput
 from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
 from duplexvoice.orchestrator.sessions.settings import SessionSettings
 from duplexvoice.orchestrator.sessions.shared import ConversationServices
@@ -88,19 +90,12 @@ from duplexvoice.wire.protocol import (
     PlaybackMessage,
     TextMessage,
     UserTextMessage,
-    audio_message,
-    encode_binary_frame,
-    encode_json,
 )
 
 log = logging.getLogger(__name__)
 
 _TEXT_QUEUE = 64  # text pieces of one utterance waiting for the worker stream
 _CALLS = 64  # worker Control calls waiting to be made
-
-# Writes messages (str: text, bytes: binary) to the client in order, as one batch.
-SendMessages = Callable[[list[str | bytes]], Awaitable[None]]
-CloseSocket = Callable[[int, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -131,10 +126,12 @@ class SessionDriver:
         pool: WorkerPool,
         metrics: OrchestratorMetrics,
         *,
-        send: SendMessages,
-        close: CloseSocket,
+        output: SessionOutput,
+        settings: SessionSettings | None = None,
         services: ConversationServices | None = None,
     ) -> None:
+        """``settings``: the session's, where the transport reads them too (the
+        WebSocket's output format); made here otherwise."""
         self.session_id = session_id
         self.config = config
         self.machine = SessionMachine(
@@ -151,12 +148,12 @@ class SessionDriver:
             ),
             now=time.monotonic(),
         )
-        self.settings = SessionSettings(voice=config.default_voice)
+        self.settings = (settings if settings is not None
+                         else SessionSettings(voice=config.default_voice))
         self._registry = registry
         self._pool = pool
         self._metrics = metrics
-        self._send_messages = send
-        self._close = close
+        self._output = output
         self._inbox: Inbox[Event | _ConfigChange] = Inbox()
         # One timer per session for the machine's next deadline, re-armed only when
         # the deadline moves: it posts a Tick (cheaper than a timeout per wait).
@@ -245,7 +242,7 @@ class SessionDriver:
     async def send_message(self, message: Outbound) -> None:
         """A message from outside the machine (the reader's errors)."""
         self._observe(message)
-        await self._write([encode_json(message.to_wire())])
+        await self._write([message])
 
     # -- the loop -------------------------------------------------------------------
 
@@ -303,13 +300,14 @@ class SessionDriver:
     async def _apply(self, event: Event) -> None:
         # The messages of one event go to the client in one write (a quantum of audio
         # frames, or a frame with the state change that follows it).
-        out: list[str | bytes] = []
+        out: list[OutputItem] = []
         for action in self.machine.handle(event, time.monotonic()):
             if isinstance(action, SendAudio):
-                out.append(self._encode_audio(action))
+                self._audio_sent(action)
+                out.append(action)  # as it is: the transport encodes
             elif isinstance(action, Send):
                 self._observe(action.message)
-                out.append(encode_json(action.message.to_wire()))
+                out.append(action.message)
                 if isinstance(action.message, UtteranceEnd):
                     out.extend(self._utterance_metrics(action.message))
             else:
@@ -317,7 +315,7 @@ class SessionDriver:
                     await self._write(out)
                     out = []
                 await self._do(action)
-        out.extend(encode_json(m.to_wire()) for m in self._turns.take_messages())
+        out.extend(self._turns.take_messages())
         if out:
             await self._write(out)
         if self.machine.output_full:
@@ -344,30 +342,26 @@ class SessionDriver:
             if worker is not None:
                 self._pool.spawn(worker.end())  # the pool waits for it on shutdown
         elif isinstance(action, Close):
-            await self._close(action.code, action.reason)
+            await self._output.close(action.code, action.reason)
         elif isinstance(action, TranscribeTurn | TurnClosed | StartReply | CancelReply):
             self._conversation.act(action)
 
     # -- to the client --------------------------------------------------------------
 
-    async def _write(self, messages: list[str | bytes]) -> None:
+    async def _write(self, items: list[OutputItem]) -> None:
         """Send in order. A client that went away is normal: the rest is dropped and the
         reader's end of the connection ends the session."""
         if self._client_gone:
             return
         async with self._send_lock:  # the reader task sends errors too: keep the order
             try:
-                await self._send_messages(messages)
+                await self._output.send(items)
             except ConnectionError as exc:
                 self._client_gone = True
                 log.debug("session %s: client gone while sending: %s", self.session_id, exc)
 
-    def _encode_audio(self, action: SendAudio) -> str | bytes:
+    def _audio_sent(self, action: SendAudio) -> None:
         uid = action.utterance_id
-        if self.settings.format_for(uid) == "binary":
-            data: str | bytes = encode_binary_frame(action.pcm, action.sequence, uid)
-        else:
-            data = encode_json(audio_message(action.pcm, action.sequence, uid))
         self._metrics.frames_sent_total.inc()
         if uid > self._first_sent_upto:  # a new utterance's first frame
             self._first_sent_upto = uid
@@ -377,15 +371,13 @@ class SessionDriver:
                 first_audio_ms = (time.perf_counter() - stream.final_sent_at) * 1000
                 self._metrics.first_audio_ms.observe(first_audio_ms)
                 self._first_audio_ms[uid] = first_audio_ms
-        return data
 
-    def _utterance_metrics(self, end: UtteranceEnd) -> list[str | bytes]:
+    def _utterance_metrics(self, end: UtteranceEnd) -> list[UtteranceMetrics]:
         """The ``metrics`` extension message: this utterance's timings, after its end."""
         first_audio_ms = self._first_audio_ms.pop(end.utterance_id, None)
         if first_audio_ms is None:
             return []
-        metrics = UtteranceMetrics(end.utterance_id, round(first_audio_ms, 2))
-        return [encode_json(metrics.to_wire())]
+        return [UtteranceMetrics(end.utterance_id, round(first_audio_ms, 2))]
 
     def _observe(self, message: Outbound) -> None:
         if isinstance(message, Transcript | ReplyText | Pause | Resume):

@@ -130,7 +130,7 @@ class Send(Action):
 
 @dataclass(frozen=True)
 class SendAudio(Action):
-    """One frame to send now; the driver encodes it (JSON base64 or binary)."""
+    """One frame to send now; the driver hands it to the transport as it is (:mod:`.output`)."""
 
     utterance_id: int
     sequence: int

@@ -5,6 +5,9 @@ client paced against real time, so the client never holds more than ``lead_ms`` 
 audio. It owns what must never break: the audio ``sequence`` is assigned at the
 moment a frame is released (so dropping buffered audio can never leave a gap), and
 frames are fenced by utterance id (an utterance dropped here leaves nothing behind).
+The frames wait in a :class:`~.frame_queue.FrameQueue` (hold and drop by utterance
+are its own; the WebRTC track's queue is the same object); pacing, sequence numbers
+and back-pressure are added here.
 
 - ``push(uid, pcm)`` buffers a frame; ``release(uid, now, paced)`` returns the frames
   of utterance ``uid`` that are due now, each with its sequence number. On the pacing
@@ -20,9 +23,10 @@ frames are fenced by utterance id (an utterance dropped here leaves nothing behi
 
 from __future__ import annotations
 
-from collections import Counter, deque
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from duplexvoice.orchestrator.sessions.frame_queue import FrameQueue
 
 _EPS = 1e-6  # seconds; absorbs float error when a release lands exactly on a deadline
 _LOW_WATER = 0.8  # of max_frames: where reading the worker resumes
@@ -55,11 +59,9 @@ class Released(NamedTuple):  # one per frame: a tuple is the cheapest record
 class Playout:
     def __init__(self, config: PlayoutConfig, now: float) -> None:
         self.config = config
-        self._frames: deque[tuple[int, bytes]] = deque()
-        self._count: Counter[int] = Counter()  # buffered frames per utterance
+        self._frames = FrameQueue()  # no bound (``full`` is back-pressure), no rewind
         self._sequence = 0
         self._play_end = now  # when the client will have played everything released
-        self._held = False
         self._held_ahead = 0.0
         self._full = False
 
@@ -67,7 +69,7 @@ class Playout:
 
     @property
     def held(self) -> bool:
-        return self._held
+        return self._frames.held
 
     @property
     def full(self) -> bool:
@@ -82,7 +84,7 @@ class Playout:
         return len(self._frames)
 
     def buffered(self, utterance_id: int) -> int:
-        return self._count[utterance_id]
+        return self._frames.buffered(utterance_id)
 
     def ahead(self, now: float) -> float:
         """Seconds of released audio the client has not played yet (at most lead)."""
@@ -90,7 +92,7 @@ class Playout:
 
     def next_release(self, utterance_id: int) -> float | None:
         """When frames of ``utterance_id`` are next due (None: none waiting, or held)."""
-        if not self._ready(utterance_id):
+        if self._frames.next_id != utterance_id:
             return None
         quantum_s = self.config.send_quantum_ms / 1000
         return self._play_end + quantum_s - self.config.lead_ms / 1000
@@ -98,33 +100,28 @@ class Playout:
     # -- changes -------------------------------------------------------------------
 
     def push(self, utterance_id: int, pcm: bytes) -> None:
-        self._frames.append((utterance_id, pcm))
-        self._count[utterance_id] += 1
+        self._frames.push(utterance_id, pcm)  # never fenced: the machine fences itself
         self._update_full()
 
     def drop(self, utterance_id: int) -> int:
         """Discard every buffered frame of ``utterance_id``; how many there were."""
-        n = self._count.pop(utterance_id, 0)
+        n = self._frames.drop(utterance_id)
         if n:
-            self._frames = deque(item for item in self._frames if item[0] != utterance_id)
             self._update_full()
         return n
 
     def clear(self) -> None:
         self._frames.clear()
-        self._count.clear()
-        self._held = False
         self._update_full()
 
     def hold(self, now: float) -> None:
-        if not self._held:
-            self._held = True
+        if self._frames.hold(now):
             self._held_ahead = self.ahead(now)
 
     def unhold(self, now: float) -> None:
         """Continue: the client still has what it had ahead when held."""
-        if self._held:
-            self._held = False
+        if self._frames.held:
+            self._frames.unhold()
             self._play_end = now + self._held_ahead
 
     def release(self, utterance_id: int, now: float, *, paced: bool) -> list[Released]:
@@ -133,27 +130,23 @@ class Playout:
         lead_s, frame_s = self.config.lead_ms / 1000, self.config.frame_ms / 1000
         start_below_s = lead_s - self.config.send_quantum_ms / 1000 + frame_s
         releasing = not paced
-        while self._ready(utterance_id):
+        frames = self._frames
+        while frames.next_id == utterance_id:
             start = max(self._play_end, now)
             ahead = start + frame_s - now  # what the client holds once this one is sent
             if ahead > lead_s + _EPS or (not releasing and ahead > start_below_s + _EPS):
                 break  # far enough ahead: wait for the next release time
             releasing = True
-            uid, pcm = self._frames.popleft()
-            self._count[uid] -= 1
-            if not self._count[uid]:
-                del self._count[uid]
+            frame = frames.take(now)
+            assert frame is not None  # next_id said there is one
             self._sequence += 1
             self._play_end = start + frame_s
-            out.append(Released(uid, self._sequence, pcm))
+            out.append(Released(utterance_id, self._sequence, frame[1]))
         if out:
             self._update_full()
         return out
 
     # -- internals -----------------------------------------------------------------
-
-    def _ready(self, utterance_id: int) -> bool:
-        return not self._held and bool(self._frames) and self._frames[0][0] == utterance_id
 
     def _update_full(self) -> None:
         n = len(self._frames)

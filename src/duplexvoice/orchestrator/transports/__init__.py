@@ -1,9 +1,18 @@
 """How clients reach a session: one module per transport (``websocket``, ``webrtc``).
 
-A transport accepts a connection, reads and parses what the client sends, hands it
-to the session's driver, and writes what the driver sends back. It decides nothing
-about the session. Both admit a client the same way (:func:`refusal`), and start
-and finish its session the same way (:func:`start_session`, :func:`finish_session`).
+A transport decides nothing about the session; it
+
+1. accepts a connection and admits it (:func:`refusal`: API key, Origin; then the
+   capacity), and starts the session (:func:`start_session`);
+2. reads and parses what the client sends (``protocol.parse_client_message``, rate
+   limited) and hands it to the driver (``client_message``; its own errors with
+   ``send_message``);
+3. implements the session's output
+   (:class:`~duplexvoice.orchestrator.sessions.output.SessionOutput`: ``send`` a batch
+   of typed items, ``close``), encoding them for its own wire;
+4. ends the session when the client goes (:func:`finish_session`).
+
+Adding a transport is adding a module here.
 """
 
 from __future__ import annotations

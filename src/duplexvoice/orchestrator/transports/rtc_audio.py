@@ -2,32 +2,33 @@
 the remote microphone track read as PCM16 mono.
 
 Outgoing. The driver paces its output itself (about ``lead_ms`` ahead of real time)
-and hands 20 ms frames to the transport; here they wait in an :class:`OutgoingQueue`
-until aiortc's sender asks for the next frame. :class:`OutgoingAudioTrack` answers
-that ask in real time (a start time plus the frame's pts, as aiortc's own
-``AudioStreamTrack``), with silence when nothing is queued, so the RTP stream never
-stops between utterances (no jitter-buffer restarts in the browser).
+and hands 20 ms frames to the transport; here they wait in a
+:class:`~duplexvoice.orchestrator.sessions.frame_queue.FrameQueue` (the session's
+playout keeps its own frames in the same pure object) until aiortc's sender asks for
+the next frame. :class:`OutgoingAudioTrack` answers that ask in real time (a start
+time plus the frame's pts, as aiortc's own ``AudioStreamTrack``), with silence when
+nothing is queued, so the RTP stream never stops between utterances (no
+jitter-buffer restarts in the browser).
 
-The queue obeys the session's playback controls, which the transport reads in the
-messages it forwards (a WebSocket client does the same in its own player):
+The queue obeys the session's playback controls, the typed ``Pause`` / ``Resume`` /
+``Interrupt`` the driver hands the transport (a WebSocket client does the same in
+its own player), through :meth:`OutgoingAudioTrack.control`:
 
 - ``pause`` holds: silence goes out, the queue is kept. Frames of the held utterance
   handed to aiortc in the last ``hold_rewind_ms`` go back to the front of the queue:
   the page gates its output at once on ``pause``, so those frames, still in flight
   (RTP, the browser's jitter buffer), would be lost. 40 ms is an estimate for a LAN;
   with it a resume loses at most about a frame.
-- ``resume`` goes on from the front of the queue.
+- ``resume`` goes on from the front of the queue (any hold ends: a hold left over
+  would be silence for ever).
 - ``interrupt`` drops every queued frame of that utterance and of any earlier one at
   once, and fences: later frames with an id at or below it are refused.
 
 Bound: at most ``max_frames`` frames wait (1 s by default, ten times the driver's
-lead). A frame pushed onto a full queue drops the oldest one (counted in
+lead). A frame pushed onto a full queue drops the oldest one (counted in the queue's
 ``dropped``): the track is not being read (a stalled sender), and audio that late is
 worth less than the audio after it. Only a held queue gets near the bound, and the
 driver holds its own output on ``pause`` too.
-
-The queue is pure (no asyncio, no clock: the time is a parameter); the track is a
-thin wrapper that reads the loop's clock.
 
 Incoming. aiortc's receiver holds audio in a jitter buffer that releases a packet
 only once four later ones have come (``prefetch=4``): 80 ms added to everything the
@@ -45,8 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-from collections import deque
-from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -56,6 +55,8 @@ from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
 
 from duplexvoice.audio import FRAME_BYTES, FRAME_MS
+from duplexvoice.orchestrator.sessions.frame_queue import FrameQueue
+from duplexvoice.wire.messages import Interrupt, Pause, Resume
 from duplexvoice.wire.protocol import OUTPUT_SAMPLE_RATE
 
 SAMPLES_PER_FRAME = OUTPUT_SAMPLE_RATE * FRAME_MS // 1000  # 960
@@ -64,91 +65,6 @@ TIME_BASE = fractions.Fraction(1, OUTPUT_SAMPLE_RATE)
 # Behind real time by more than this (a stalled loop), the track re-anchors its clock
 # instead of sending the missed frames in one burst.
 _MAX_BEHIND_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedFrame:
-    utterance_id: int
-    pcm: bytes  # FRAME_BYTES of PCM16LE mono, 48 kHz
-
-
-class OutgoingQueue:
-    """Frames waiting for the outgoing track, with hold, rewind and the interrupt fence.
-
-    Pure: ``now`` (seconds, any monotonic clock) is passed in by the caller.
-    """
-
-    def __init__(self, *, max_frames: int = 50, hold_rewind_ms: float = 40.0) -> None:
-        if max_frames < 1:
-            raise ValueError("max_frames must be at least 1")
-        if hold_rewind_ms < 0:
-            raise ValueError("hold_rewind_ms must be >= 0")
-        self.max_frames = max_frames
-        self.hold_rewind_s = hold_rewind_ms / 1000.0
-        self._queue: deque[QueuedFrame] = deque()
-        # Frames handed out recently (time handed, frame), for the rewind on hold.
-        self._handed: deque[tuple[float, QueuedFrame]] = deque()
-        self.held: int | None = None  # the utterance held by ``pause``
-        self.fence = 0  # frames of this utterance id or lower are refused
-        self.dropped = 0  # frames dropped at the bound
-        self.refused = 0  # frames refused by the fence
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def queued(self) -> list[QueuedFrame]:
-        """What waits, front first (for tests and diagnostics)."""
-        return list(self._queue)
-
-    def push(self, utterance_id: int, pcm: bytes) -> bool:
-        """Queue one frame; ``False`` if the fence refuses it."""
-        if len(pcm) != FRAME_BYTES:
-            raise ValueError(f"an audio frame is {FRAME_BYTES} bytes, got {len(pcm)}")
-        if utterance_id <= self.fence:
-            self.refused += 1
-            return False
-        while len(self._queue) >= self.max_frames:
-            self._queue.popleft()
-            self.dropped += 1
-        self._queue.append(QueuedFrame(utterance_id, pcm))
-        return True
-
-    def take(self, now: float) -> QueuedFrame | None:
-        """The frame to send at ``now``; ``None``: send silence (nothing queued, or held)."""
-        horizon = now - self.hold_rewind_s
-        while self._handed and self._handed[0][0] <= horizon:
-            self._handed.popleft()
-        if self.held is not None or not self._queue:
-            return None
-        frame = self._queue.popleft()
-        if self.hold_rewind_s > 0:
-            self._handed.append((now, frame))
-        return frame
-
-    def hold(self, utterance_id: int, now: float) -> None:
-        """``pause``: silence from now on, and the held utterance's frames handed out
-        in the last ``hold_rewind_ms`` back at the front of the queue."""
-        if utterance_id <= self.fence or self.held is not None:
-            return
-        self.held = utterance_id
-        horizon = now - self.hold_rewind_s
-        back = [f for at, f in self._handed if at > horizon and f.utterance_id == utterance_id]
-        self._handed.clear()
-        self._queue.extendleft(reversed(back))
-
-    def resume(self, utterance_id: int) -> None:
-        """``resume``: go on. Any hold ends (a hold left over would be silence forever)."""
-        self.held = None
-
-    def interrupt(self, utterance_id: int) -> None:
-        """``interrupt``: drop the utterance's frames and earlier ones; fence them."""
-        if utterance_id <= self.fence:
-            return
-        self.fence = utterance_id
-        self._queue = deque(f for f in self._queue if f.utterance_id > utterance_id)
-        self._handed = deque(h for h in self._handed if h[1].utterance_id > utterance_id)
-        if self.held is not None and self.held <= utterance_id:
-            self.held = None
 
 
 def pcm_frame(pcm: bytes, pts: int) -> av.AudioFrame:
@@ -166,9 +82,9 @@ class OutgoingAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, queue: OutgoingQueue | None = None) -> None:
+    def __init__(self, *, max_frames: int = 50, hold_rewind_ms: float = 40.0) -> None:
         super().__init__()
-        self.queue = queue if queue is not None else OutgoingQueue()
+        self.queue = FrameQueue(max_frames=max_frames, rewind_ms=hold_rewind_ms)
         self._start: float | None = None
         self._pts = 0
         self.frames_sent = 0  # frames of audio (not silence) handed to aiortc
@@ -177,18 +93,20 @@ class OutgoingAudioTrack(MediaStreamTrack):
     def _now() -> float:
         return asyncio.get_running_loop().time()
 
-    # The transport's controls (the queue's, with the loop's clock).
     def push(self, utterance_id: int, pcm: bytes) -> bool:
+        """Queue one frame; ``False`` if the fence refuses it."""
+        if len(pcm) != FRAME_BYTES:
+            raise ValueError(f"an audio frame is {FRAME_BYTES} bytes, got {len(pcm)}")
         return self.queue.push(utterance_id, pcm)
 
-    def hold(self, utterance_id: int) -> None:
-        self.queue.hold(utterance_id, self._now())
-
-    def resume(self, utterance_id: int) -> None:
-        self.queue.resume(utterance_id)
-
-    def interrupt(self, utterance_id: int) -> None:
-        self.queue.interrupt(utterance_id)
+    def control(self, message: Pause | Resume | Interrupt) -> None:
+        """A playback control the client is sent, applied to the queue (the loop's clock)."""
+        if isinstance(message, Pause):
+            self.queue.hold(self._now(), message.utterance_id)
+        elif isinstance(message, Resume):
+            self.queue.unhold()
+        else:
+            self.queue.fence(message.utterance_id)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -204,10 +122,10 @@ class OutgoingAudioTrack(MediaStreamTrack):
             elif due > now:
                 await asyncio.sleep(due - now)  # pacing to the clock: this is playback
                 now = self._now()
-        item = self.queue.take(now)
-        if item is not None:
+        frame = self.queue.take(now)
+        if frame is not None:
             self.frames_sent += 1
-        return pcm_frame(SILENCE if item is None else item.pcm, self._pts)
+        return pcm_frame(SILENCE if frame is None else frame[1], self._pts)
 
 
 def frame_to_pcm16_mono(frame: av.AudioFrame) -> bytes:

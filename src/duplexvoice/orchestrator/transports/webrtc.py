@@ -18,11 +18,11 @@ The peer carries what the WebSocket carries, translated, and decides nothing:
   only while the session listens (conversation mode). In tts mode the track still
   flows: it is read and dropped, silently. The session's ``input_sample_rate``
   setting concerns audio sent as messages and has no effect here;
-- the session's audio leaves on the outgoing track. Its output format is set to
-  binary at the start; the frames the driver sends (binary, or JSON ``audio`` if
-  the page asked for that format) are decoded and queued on the track, never sent
-  on the data channel. ``pause``/``resume``/``interrupt`` are forwarded on the
-  channel and applied to the track's queue on the way (hold, rewind, fence).
+- the session's output (:mod:`..sessions.output`): its audio frames are queued on
+  the outgoing track as they are (PCM), never sent on the data channel (the
+  session's ``output_format`` setting has no effect here); its messages go on the
+  channel as JSON. ``pause``/``resume``/``interrupt`` are applied to the track's
+  queue on the way, by type (hold, rewind, fence).
 
 A session starts (driver, ``orch.drivers``, ``sessions_*`` metrics) when the offer is
 answered; its first messages wait (bounded) until the data channel opens. It ends,
@@ -40,7 +40,6 @@ Loopback and ICE: :mod:`.rtc_ice`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -61,10 +60,10 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from duplexvoice.orchestrator.access import RateDecision, RateLimiter
 from duplexvoice.orchestrator.sessions.driver import SessionDriver
+from duplexvoice.orchestrator.sessions.output import OutputItem, SendAudio
 from duplexvoice.orchestrator.transports import finish_session, refusal, start_session
 from duplexvoice.orchestrator.transports.rtc_audio import (
     OutgoingAudioTrack,
-    OutgoingQueue,
     hand_on_at_once,
     read_pcm,
 )
@@ -72,13 +71,13 @@ from duplexvoice.orchestrator.transports.rtc_ice import (
     add_loopback_candidate,
     rtc_configuration,
 )
-from duplexvoice.wire.messages import Error, ErrorCode
+from duplexvoice.wire.messages import Error, ErrorCode, Interrupt, Pause, Resume
 from duplexvoice.wire.protocol import (
     MAX_INPUT_SAMPLE_RATE,
     MIN_INPUT_SAMPLE_RATE,
     AudioInput,
     ProtocolError,
-    decode_binary_frame,
+    encode_json,
     parse_client_message,
 )
 
@@ -216,7 +215,8 @@ class _Refusal:
 
 
 class RtcPeer:
-    """One peer connection and its session."""
+    """One peer connection and its session; its :meth:`send` and :meth:`close` are the
+    session's output (``SessionOutput``)."""
 
     def __init__(self, transport: WebRtcTransport, pc: RTCPeerConnection,
                  session_id: str) -> None:
@@ -227,14 +227,11 @@ class RtcPeer:
         self.orch = orch
         self.pc = pc
         self.session_id = session_id
-        self.output = OutgoingAudioTrack(OutgoingQueue(
-            max_frames=options.output_frames, hold_rewind_ms=options.hold_rewind_ms))
+        self.track = OutgoingAudioTrack(max_frames=options.output_frames,
+                                        hold_rewind_ms=options.hold_rewind_ms)
         self.channel: RTCDataChannel | None = None
         self.driver = SessionDriver(session_id, config, orch.registry, orch.pool, orch.metrics,
-                                    send=self._send, close=self._driver_closed,
-                                    services=orch.services)
-        # Audio leaves on the track: binary frames are the cheapest to take apart.
-        self.driver.settings.output_format = "binary"
+                                    output=self, services=orch.services)
         self.end_reason = ""
         self.life: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -272,7 +269,7 @@ class RtcPeer:
         transceiver.setCodecPreferences(opus)
         if not hand_on_at_once(transceiver.receiver):
             log.warning("aiortc's audio jitter buffer not found: the microphone is 80 ms late")
-        self.pc.addTrack(self.output)
+        self.pc.addTrack(self.track)
 
     def start(self) -> None:
         """The offer is answered: the session starts."""
@@ -306,7 +303,8 @@ class RtcPeer:
         self._graceful = self._graceful or not self._ended.is_set()
         self.end("session ended")
 
-    async def _driver_closed(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str) -> None:
+        """The driver ends the session: the data channel closes after what was sent."""
         self._graceful = self._graceful or not self._ended.is_set()
         self.end(f"session closed: {reason}")
 
@@ -349,7 +347,7 @@ class RtcPeer:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
-        self.output.stop()
+        self.track.stop()
         try:
             await asyncio.wait_for(self.pc.close(), 5.0)
         except Exception as exc:  # a close that fails still frees the peer here
@@ -360,26 +358,16 @@ class RtcPeer:
 
     # -- to the client ----------------------------------------------------------------
 
-    async def _send(self, messages: Sequence[str | bytes]) -> None:
+    async def send(self, items: Sequence[OutputItem]) -> None:
         """The driver's output: audio to the track, the rest to the data channel."""
-        output = self.output
-        for message in messages:
-            if isinstance(message, bytes):
-                frame = decode_binary_frame(message)  # ours: always valid
-                output.push(frame.utterance_id, frame.pcm)
+        track = self.track
+        for item in items:
+            if isinstance(item, SendAudio):
+                track.push(item.utterance_id, item.pcm)
                 continue
-            obj = json.loads(message)
-            kind = obj.get("type")
-            if kind == "audio":
-                output.push(obj["utterance_id"], base64.b64decode(obj["pcm"]))
-                continue
-            if kind == "pause":
-                output.hold(obj["utterance_id"])
-            elif kind == "resume":
-                output.resume(obj["utterance_id"])
-            elif kind == "interrupt":
-                output.interrupt(obj["utterance_id"])
-            self._deliver(message)
+            if isinstance(item, Pause | Resume | Interrupt):
+                track.control(item)
+            self._deliver(encode_json(item.to_wire()))
         await self._drain()
 
     def _deliver(self, message: str) -> None:

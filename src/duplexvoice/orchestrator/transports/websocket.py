@@ -26,8 +26,9 @@ from aiohttp import WSMsgType, web
 
 from duplexvoice.orchestrator.access import RateDecision, RateLimiter
 from duplexvoice.orchestrator.sessions.driver import SessionDriver
+from duplexvoice.orchestrator.sessions.settings import SessionSettings
 from duplexvoice.orchestrator.transports import finish_session, refusal, start_session
-from duplexvoice.orchestrator.transports.ws_output import ClientOutput
+from duplexvoice.orchestrator.transports.ws_output import WebSocketOutput
 from duplexvoice.wire.messages import Error, ErrorCode
 from duplexvoice.wire.protocol import ProtocolError, parse_client_message
 
@@ -66,9 +67,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except ConnectionError:
         return ws  # gone during the handshake
     session_id = uuid.uuid4().hex
-    output = ClientOutput(ws, request.transport, timeout_s=config.send_timeout_s)
+    # The output reads the session's settings: audio as JSON or binary, as the client asked.
+    settings = SessionSettings(voice=config.default_voice)
+    output = WebSocketOutput(ws, request.transport, settings, timeout_s=config.send_timeout_s)
     driver = SessionDriver(session_id, config, orch.registry, orch.pool, orch.metrics,
-                           send=output.send, close=output.close, services=orch.services)
+                           output=output, settings=settings, services=orch.services)
     runner = start_session(orch, driver)
     limiters = (RateLimiter(config.rate_limit_per_s, config.rate_limit_burst,
                             strikes_to_close=_RATE_STRIKES),
@@ -84,7 +87,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _read_client(ws: web.WebSocketResponse, output: ClientOutput, driver: SessionDriver,
+async def _read_client(ws: web.WebSocketResponse, output: WebSocketOutput, driver: SessionDriver,
                        orch: Orchestrator, limiters: tuple[RateLimiter, RateLimiter],
                        runner: asyncio.Task[None]) -> None:
     limits = orch.limits

@@ -1,4 +1,9 @@
-"""Sending to one WebSocket client: a batch of messages in one socket write.
+"""Sending to one WebSocket client: the session's output (:mod:`..sessions.output`),
+encoded here, a batch in one socket write.
+
+Encoding (:func:`wire_messages`): messages as JSON text; audio as a JSON ``audio``
+message or a binary frame, as the client asked in its ``config`` (``output_format``,
+which applies from the next utterance: ``SessionSettings.format_for``).
 
 Paced audio leaves in small groups (the session's send quantum), and at a few
 hundred sessions the write per message is a large share of the orchestrator's
@@ -22,6 +27,10 @@ import struct
 from collections.abc import Sequence
 
 from aiohttp import web
+
+from duplexvoice.orchestrator.sessions.output import OutputItem, SendAudio
+from duplexvoice.orchestrator.sessions.settings import SessionSettings
+from duplexvoice.wire.protocol import audio_message, encode_binary_frame, encode_json
 
 _TEXT, _BINARY = 0x1, 0x2
 _FIN = 0x80
@@ -49,19 +58,39 @@ def encode_frames(messages: Sequence[str | bytes]) -> bytes:
     )
 
 
-class ClientOutput:
-    """The sending side of one server WebSocket (after ``prepare``)."""
+def wire_messages(items: Sequence[OutputItem], settings: SessionSettings) -> list[str | bytes]:
+    """The client's messages for ``items``, in order (str: text, bytes: binary)."""
+    out: list[str | bytes] = []
+    for item in items:
+        if isinstance(item, SendAudio):
+            uid = item.utterance_id
+            if settings.format_for(uid) == "binary":
+                out.append(encode_binary_frame(item.pcm, item.sequence, uid))
+            else:
+                out.append(encode_json(audio_message(item.pcm, item.sequence, uid)))
+        else:
+            out.append(encode_json(item.to_wire()))
+    return out
+
+
+class WebSocketOutput:
+    """The sending side of one server WebSocket (after ``prepare``): a
+    :class:`~duplexvoice.orchestrator.sessions.output.SessionOutput`. ``settings`` are
+    the session's (shared with its driver): they say the client's output format."""
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None,
-                 *, timeout_s: float, high_water: int = HIGH_WATER) -> None:
+                 settings: SessionSettings, *, timeout_s: float,
+                 high_water: int = HIGH_WATER) -> None:
         self._ws = ws
         self._transport = transport if isinstance(transport, asyncio.WriteTransport) else None
+        self._settings = settings
         self._timeout_s = timeout_s
         self._high_water = high_water
 
-    async def send(self, messages: Sequence[str | bytes]) -> None:
-        """Write ``messages`` in order, in one write. Raises ``ConnectionResetError``
+    async def send(self, items: Sequence[OutputItem]) -> None:
+        """Write ``items`` in order, in one write. Raises ``ConnectionResetError``
         once the connection is closing, ``TimeoutError`` for a client not reading."""
+        messages = wire_messages(items, self._settings)
         transport = self._transport
         if transport is None:  # not a plain socket transport: aiohttp frames each one
             async with asyncio.timeout(self._timeout_s):
