@@ -263,8 +263,7 @@ def test_the_echo_engine_alone_by_default() -> None:
 def test_a_session_gets_the_configured_turn_taking() -> None:
     config = load("--turns-end-of-turn-ms", "800", "--barge-in-min-speech-ms", "600")
     driver = SessionDriver("s1", config, FakeRegistry(), FakeWorkerPool(),
-                           OrchestratorMetrics(), send=FakeClient().send,
-                           close=FakeClient().close)
+                           OrchestratorMetrics(), output=FakeClient())
     turns = driver.machine.config.turns
     assert (turns.end_of_turn_ms, turns.interrupt_after_ms) == (800, 600)
     assert turns is config.conversation.turns
