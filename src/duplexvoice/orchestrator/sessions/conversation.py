@@ -1,6 +1,7 @@
 """The conversation half of the session machine: microphone speech, the user's
-turns, replies and barge-in (WIRE §1.2). Pure, like :mod:`.machine`, of which it is a
-part (a mixin of :class:`~.session.SessionMachine`, split only to keep files small).
+turns, replies and barge-in (WIRE §1.2). Pure, like :mod:`.machine`, which owns it and
+hands it the conversation's events; both work on the session's
+:class:`~.state.SessionCore`.
 
 What to do is decided by the turn-taking core (:mod:`.turns`); this carries its
 decisions out on the session's utterances and playout:
@@ -20,12 +21,11 @@ decisions out on the session's utterances and playout:
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Callable
 
 from duplexvoice.audio import FRAME_MS
 from duplexvoice.orchestrator.sessions import turns
 from duplexvoice.orchestrator.sessions.events import (
-    Action,
     CancelReply,
     ReplyChunk,
     ReplyFailed,
@@ -40,10 +40,9 @@ from duplexvoice.orchestrator.sessions.events import (
     UserTyped,
     WorkerControl,
 )
-from duplexvoice.orchestrator.sessions.playout import Playout
 from duplexvoice.orchestrator.sessions.state import (
     PendingReply,
-    SessionConfig,
+    SessionCore,
     State,
     Utterance,
 )
@@ -52,7 +51,6 @@ from duplexvoice.wire.messages import (
     Command,
     EndReason,
     ErrorCode,
-    Outbound,
     Pause,
     ReplyText,
     Resume,
@@ -60,192 +58,174 @@ from duplexvoice.wire.messages import (
 )
 
 
-class ConversationMixin:
-    # Provided by SessionMachine.
-    config: SessionConfig
-    _now: float
-    _idle_since: float
-    _state: State
-    _next_id: int
-    _live: deque[Utterance]
-    _stream: int | None
-    _worker_held: bool
-    _playout: Playout
-    _turns: turns.TurnTaking
-    _reply: PendingReply | None
-    _client_paused: bool
-    _actions: list[Action]
+class Conversation:
+    """The conversation half of one session: it works on the session's core, and
+    calls back the machine's ``stop`` (a real barge-in ends the utterances as STOP
+    does)."""
 
-    def _add_text(self, target: Utterance, text: str, is_final: bool) -> bool:
-        raise NotImplementedError
+    def __init__(self, core: SessionCore, *, stop: Callable[[EndReason], None]) -> None:
+        self._core = core
+        self._stop = stop
 
-    def _stop(self, reason: EndReason = EndReason.STOPPED) -> None:
-        raise NotImplementedError
+    def on_speech_started(self, event: UserSpeechStarted) -> None:
+        self._core.idle_since = self._core.now
+        self.decide(self._core.turns.speech_started(self._core.now, event.lead_s))
 
-    def _send(self, message: Outbound) -> None:
-        raise NotImplementedError
+    def on_speech_paused(self, event: UserSpeechPaused) -> None:
+        self.decide(self._core.turns.speech_paused(self._core.now, event.silence_s))
 
-    def _error(self, code: ErrorCode, message: str) -> None:
-        raise NotImplementedError
+    def on_speech_resumed(self, _: UserSpeechResumed) -> None:
+        self.decide(self._core.turns.speech_resumed(self._core.now))
 
-    def _on_speech_started(self, event: UserSpeechStarted) -> None:
-        self._idle_since = self._now
-        self._decide(self._turns.speech_started(self._now, event.lead_s))
-
-    def _on_speech_paused(self, event: UserSpeechPaused) -> None:
-        self._decide(self._turns.speech_paused(self._now, event.silence_s))
-
-    def _on_speech_resumed(self, _: UserSpeechResumed) -> None:
-        self._decide(self._turns.speech_resumed(self._now))
-
-    def _on_speech_ended(self, event: UserSpeechEnded) -> None:
-        self._idle_since = self._now
-        self._decide(self._turns.speech_ended(self._now, event.silence_s,
+    def on_speech_ended(self, event: UserSpeechEnded) -> None:
+        self._core.idle_since = self._core.now
+        self.decide(self._core.turns.speech_ended(self._core.now, event.silence_s,
                                               event.checking_words))
 
-    def _on_transcript(self, event: UserTranscript) -> None:
-        if not event.final and event.turn == self._turns.turn and event.text.strip():
-            self._send(Transcript(event.text, False, event.turn))
-        self._decide(self._turns.transcript(event.turn, event.text, event.final, self._now))
+    def on_transcript(self, event: UserTranscript) -> None:
+        if not event.final and event.turn == self._core.turns.turn and event.text.strip():
+            self._core.send(Transcript(event.text, False, event.turn))
+        core = self._core
+        self.decide(core.turns.transcript(event.turn, event.text, event.final, core.now))
 
-    def _on_typed(self, event: UserTyped) -> None:
-        self._idle_since = self._now
-        if self._state is State.INITIALIZING:
-            self._error(ErrorCode.INVALID_STATE, "the session has not started")
+    def on_typed(self, event: UserTyped) -> None:
+        self._core.idle_since = self._core.now
+        if self._core.state is State.INITIALIZING:
+            self._core.error(ErrorCode.INVALID_STATE, "the session has not started")
             return
         if not speakable(event.text):
-            self._error(ErrorCode.INVALID_MESSAGE, "user_text has no words")
+            self._core.error(ErrorCode.INVALID_MESSAGE, "user_text has no words")
             return
-        self._decide(self._turns.typed(self._now, event.text))
+        self.decide(self._core.turns.typed(self._core.now, event.text))
 
-    def _on_reply_chunk(self, event: ReplyChunk) -> None:
-        reply = self._reply
+    def on_reply_chunk(self, event: ReplyChunk) -> None:
+        reply = self._core.reply
         if reply is None or reply.turn != event.turn:
             return  # cancelled
         utterance = reply.utterance
         if utterance is None:
             if not speakable(event.text):
                 if event.final:
-                    self._reply = None  # nothing to say
+                    self._core.reply = None  # nothing to say
                 return
-            if len(self._live) > self.config.max_queued_utterances:
-                self._error(ErrorCode.QUEUE_FULL, "too many queued utterances; reply dropped")
+            if len(self._core.live) > self._core.config.max_queued_utterances:
+                self._core.error(ErrorCode.QUEUE_FULL, "too many queued utterances; reply dropped")
                 self._cancel_reply()
                 return
-            utterance = Utterance(self._next_id, reply_turn=reply.turn,
+            utterance = Utterance(self._core.next_id, reply_turn=reply.turn,
                                    gated=not reply.confirmed)
-            self._next_id += 1
+            self._core.next_id += 1
             reply.utterance = utterance
-            self._live.append(utterance)
+            self._core.live.append(utterance)
         if event.text or event.final:
-            if not self._add_text(utterance, event.text, event.final):
+            if not self._core.add_text(utterance, event.text, event.final):
                 self._cancel_reply()
                 return
             if event.text.strip():
                 if utterance.gated:
                     utterance.unannounced.append(event.text)
                 else:
-                    self._send(ReplyText(utterance.utterance_id, event.text, reply.turn))
+                    self._core.send(ReplyText(utterance.utterance_id, event.text, reply.turn))
         if event.final:
-            self._reply = None  # generated; its utterance plays on as any other
+            self._core.reply = None  # generated; its utterance plays on as any other
 
-    def _on_reply_failed(self, event: ReplyFailed) -> None:
-        reply = self._reply
+    def on_reply_failed(self, event: ReplyFailed) -> None:
+        reply = self._core.reply
         if reply is None or reply.turn != event.turn:
             return
-        self._reply = None
+        self._core.reply = None
         if reply.confirmed:
-            self._error(event.code, event.message)
+            self._core.error(event.code, event.message)
         utterance = reply.utterance
         if utterance is None:
             return
         if utterance.gated:
             self._drop_gated(utterance)
         elif not utterance.text_final:
-            self._add_text(utterance, "", True)  # speak what was generated, then end
+            self._core.add_text(utterance, "", True)  # speak what was generated, then end
 
-    def _decide(self, decisions: list[turns.Decision]) -> None:
+    def decide(self, decisions: list[turns.Decision]) -> None:
         """Carry out the turn-taking core's decisions."""
         for decision in decisions:
             if isinstance(decision, turns.HoldSpeech):
-                head = self._live[0] if self._live else None
-                if not self._playout.held:
-                    self._playout.hold(self._now)
-                    if self._worker_held:
-                        self._actions.append(WorkerControl(Command.PAUSE))
+                head = self._core.live[0] if self._core.live else None
+                if not self._core.playout.held:
+                    self._core.playout.hold(self._core.now)
+                    if self._core.worker_held:
+                        self._core.actions.append(WorkerControl(Command.PAUSE))
                 if head is not None and not head.gated:
-                    self._send(Pause(head.utterance_id))
+                    self._core.send(Pause(head.utterance_id))
             elif isinstance(decision, turns.InterruptSpeech):
                 self._stop(EndReason.INTERRUPTED)
             elif isinstance(decision, turns.ResumeSpeech):
-                head = self._live[0] if self._live else None
+                head = self._core.live[0] if self._core.live else None
                 if head is not None and not head.gated:
                     # Every pause gets its resume; a client that sent PAUSE itself
                     # stays paused (so does the server) until it sends RESUME.
-                    self._send(Resume(head.utterance_id))
-                self._unhold()
+                    self._core.send(Resume(head.utterance_id))
+                self.unhold()
             elif isinstance(decision, turns.Transcribe):
-                self._actions.append(TranscribeTurn(decision.turn))
+                self._core.actions.append(TranscribeTurn(decision.turn))
             elif isinstance(decision, turns.Abandon):
-                self._cancel_replies(heard_too=False)
+                self.cancel_replies(heard_too=False)
                 if decision.closed:
-                    self._actions.append(TurnClosed(decision.turn))
+                    self._core.actions.append(TurnClosed(decision.turn))
             elif isinstance(decision, turns.Reply):
                 self._start_reply(decision)
             elif isinstance(decision, turns.Confirm):
                 if decision.text is not None and decision.text.strip():
-                    self._send(Transcript(decision.text, True, decision.turn))
-                self._actions.append(TurnClosed(decision.turn))
+                    self._core.send(Transcript(decision.text, True, decision.turn))
+                self._core.actions.append(TurnClosed(decision.turn))
                 self._confirm_reply(decision.turn)
 
     def _start_reply(self, decision: turns.Reply) -> None:
         if decision.confirmed:
-            self._send(Transcript(decision.text, True, decision.turn))
-        old = self._reply
+            self._core.send(Transcript(decision.text, True, decision.turn))
+        old = self._core.reply
         if old is not None and old.confirmed:
             # One reply generated at a time: a new confirmed turn (after a forced end)
             # stops the old one's generation. What it generated is spoken to its end and
             # stays in the history as said: it is cut only if it is interrupted later.
-            self._reply = None
-            self._actions.append(CancelReply(old.turn))
+            self._core.reply = None
+            self._core.actions.append(CancelReply(old.turn))
             if old.utterance is not None and not old.utterance.text_final:
-                self._add_text(old.utterance, "", True)
-        self._reply = PendingReply(decision.turn, decision.confirmed)
-        self._actions.append(StartReply(decision.turn, decision.text))
+                self._core.add_text(old.utterance, "", True)
+        self._core.reply = PendingReply(decision.turn, decision.confirmed)
+        self._core.actions.append(StartReply(decision.turn, decision.text))
 
     def _confirm_reply(self, turn: int) -> None:
         """The turn really ended: its speculative reply (still being generated, or
         generated and waiting) is announced and heard."""
-        reply = self._reply
+        reply = self._core.reply
         if reply is not None and reply.turn == turn:
             reply.confirmed = True
-        for utterance in self._live:
+        for utterance in self._core.live:
             if utterance.gated and utterance.reply_turn == turn:
                 utterance.gated = False
                 for text in utterance.unannounced:
-                    self._send(ReplyText(utterance.utterance_id, text, turn))
+                    self._core.send(ReplyText(utterance.utterance_id, text, turn))
                 utterance.unannounced = []
 
     def _cancel_reply(self) -> None:
         """Stop the reply being generated (``CancelReply``), and drop its utterance if
         it was never announced."""
-        reply, self._reply = self._reply, None
+        reply, self._core.reply = self._core.reply, None
         if reply is None:
             return
         if reply.utterance is None:
-            self._actions.append(CancelReply(reply.turn, unheard=not reply.confirmed))
+            self._core.actions.append(CancelReply(reply.turn, unheard=not reply.confirmed))
         else:
             self._cancel_utterance(reply.utterance)
 
-    def _cancel_replies(self, *, heard_too: bool) -> None:
+    def cancel_replies(self, *, heard_too: bool) -> None:
         """Cancel every reply still live: the one being generated and those generated in
         full but not done playing. Not ``heard_too`` (the user went on before the end of
         turn): only the speculative ones, never announced."""
         done = None
-        if self._reply is not None and (heard_too or not self._reply.confirmed):
-            done = self._reply.utterance
+        if self._core.reply is not None and (heard_too or not self._core.reply.confirmed):
+            done = self._core.reply.utterance
             self._cancel_reply()
-        for utterance in list(self._live):
+        for utterance in list(self._core.live):
             if (utterance.reply_turn is not None and utterance is not done
                     and (heard_too or utterance.gated)):
                 self._cancel_utterance(utterance)
@@ -254,7 +234,7 @@ class ConversationMixin:
         """The reply engine's history is cut to what was heard of it (nothing, for a
         speculative reply: then it is gone without a trace for the client too)."""
         assert utterance.reply_turn is not None
-        self._actions.append(CancelReply(
+        self._core.actions.append(CancelReply(
             utterance.reply_turn, utterance.utterance_id, "".join(utterance.text),
             float(utterance.sent * FRAME_MS), unheard=utterance.gated))
         if utterance.gated:
@@ -262,14 +242,15 @@ class ConversationMixin:
 
     def _drop_gated(self, utterance: Utterance) -> None:
         """A speculative reply nobody heard of: gone without a trace for the client."""
-        if utterance in self._live:
-            self._live.remove(utterance)
-        self._playout.drop(utterance.utterance_id)
-        if self._stream == utterance.utterance_id:
-            self._actions.append(WorkerControl(Command.STOP))
+        if utterance in self._core.live:
+            self._core.live.remove(utterance)
+        self._core.playout.drop(utterance.utterance_id)
+        if self._core.stream == utterance.utterance_id:
+            self._core.actions.append(WorkerControl(Command.STOP))
 
-    def _unhold(self) -> None:
+    def unhold(self) -> None:
         """Release a hold once neither the client's PAUSE nor the turn core keeps it."""
-        if self._playout.held and not self._client_paused and not self._turns.holding:
-            self._playout.unhold(self._now)
-            self._actions.append(WorkerControl(Command.RESUME))
+        core = self._core
+        if core.playout.held and not core.client_paused and not core.turns.holding:
+            self._core.playout.unhold(self._core.now)
+            self._core.actions.append(WorkerControl(Command.RESUME))

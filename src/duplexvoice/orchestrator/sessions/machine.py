@@ -43,11 +43,10 @@ Decisions (WIRE §1 and the seed's state machine, reconciled):
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from duplexvoice.orchestrator.sessions.conversation import ConversationMixin
+from duplexvoice.orchestrator.sessions.conversation import Conversation
 from duplexvoice.orchestrator.sessions.events import (
     Action,
     BeginSynthesis,
@@ -59,7 +58,6 @@ from duplexvoice.orchestrator.sessions.events import (
     ReleaseWorker,
     ReplyChunk,
     ReplyFailed,
-    Send,
     SendAudio,
     ServerShutdown,
     SynthesisDone,
@@ -76,27 +74,22 @@ from duplexvoice.orchestrator.sessions.events import (
     WorkerControl,
     WorkerFrame,
 )
-from duplexvoice.orchestrator.sessions.playout import Playout
 from duplexvoice.orchestrator.sessions.state import (
-    PendingReply,
     SessionConfig,
+    SessionCore,
     State,
     Utterance,
 )
-from duplexvoice.orchestrator.sessions.turns import TurnTaking
 from duplexvoice.text import speakable
 from duplexvoice.wire.messages import (
     Command,
     EndReason,
-    Error,
     ErrorCode,
     Interrupt,
-    Outbound,
     SessionEnd,
     SessionEndReason,
     SessionStart,
     StateChanged,
-    UtteranceEnd,
 )
 
 __all__ = ["SessionConfig", "SessionMachine", "State"]
@@ -104,102 +97,94 @@ __all__ = ["SessionConfig", "SessionMachine", "State"]
 _EPS = 1e-6  # seconds; absorbs float error when a Tick lands exactly on a deadline
 
 
-class SessionMachine(ConversationMixin):
+class SessionMachine:
     def __init__(self, config: SessionConfig, now: float) -> None:
         self.config = config
-        self._state = State.INITIALIZING
-        self._now = now
-        self._next_id = 1
-        self._live: deque[Utterance] = deque()  # not yet ended, in order; [0] is current
-        self._stream: int | None = None  # utterance id of the open Synthesize stream
-        self._worker_held = False  # a worker session was asked for and not given back
-        self._playout = Playout(config.playout, now)
-        self._turns = TurnTaking(config.turns)
-        self._reply: PendingReply | None = None  # generating (its utterance may still play after)
-        self._client_paused = False  # the client's PAUSE (the turn core holds on its own)
-        self._idle_since = now  # last client message, or entering LISTENING
+        self._core = SessionCore(config, now)
+        self._conversation = Conversation(self._core, stop=self._stop)
         self._listening_since = now
-        self._actions: list[Action] = []
         # One handler per event type; a new input is a new entry here.
+        talk = self._conversation
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             Connected: self._on_connected, TextReceived: self._on_text,
             ControlReceived: self._on_control, WorkerFrame: self._on_frame,
             SynthesisDone: self._on_done, SynthesisFailed: self._on_failed,
             Tick: self._on_tick, ClientDisconnected: self._on_disconnected,
             ServerShutdown: self._on_shutdown,
-            UserSpeechStarted: self._on_speech_started, UserSpeechEnded: self._on_speech_ended,
-            UserSpeechPaused: self._on_speech_paused,
-            UserSpeechResumed: self._on_speech_resumed,
-            UserTranscript: self._on_transcript, ReplyChunk: self._on_reply_chunk,
-            ReplyFailed: self._on_reply_failed, UserTyped: self._on_typed,
+            UserSpeechStarted: talk.on_speech_started, UserSpeechEnded: talk.on_speech_ended,
+            UserSpeechPaused: talk.on_speech_paused,
+            UserSpeechResumed: talk.on_speech_resumed,
+            UserTranscript: talk.on_transcript, ReplyChunk: talk.on_reply_chunk,
+            ReplyFailed: talk.on_reply_failed, UserTyped: talk.on_typed,
         }
 
     # -- public surface ------------------------------------------------------------
 
     @property
     def state(self) -> State:
-        return self._state
+        return self._core.state
 
     @property
     def closed(self) -> bool:
-        return self._state is State.CLOSED
+        return self._core.state is State.CLOSED
 
     @property
     def current_utterance(self) -> int | None:
         """The utterance being played (or about to be), if any."""
-        return self._live[0].utterance_id if self._live else None
+        return self._core.live[0].utterance_id if self._core.live else None
 
     @property
     def queued_utterances(self) -> list[int]:
-        return [u.utterance_id for u in list(self._live)[1:]]
+        return [u.utterance_id for u in list(self._core.live)[1:]]
 
     @property
     def next_utterance_id(self) -> int:
         """The id the next utterance opened will get."""
-        return self._next_id
+        return self._core.next_id
 
     @property
     def buffered_frames(self) -> int:
-        return len(self._playout)
+        return len(self._core.playout)
 
     @property
     def worker_held(self) -> bool:
-        return self._worker_held
+        return self._core.worker_held
 
     @property
     def turn(self) -> int:
         """The user's current (or last) turn in conversation mode; 0 before any."""
-        return self._turns.turn
+        return self._core.turns.turn
 
     @property
     def output_full(self) -> bool:
         """Stop reading the worker stream for now (see ``Playout.full``)."""
-        return self._playout.full
+        return self._core.playout.full
 
     @property
     def next_deadline(self) -> float | None:
         """When the driver should send the next ``Tick``; None when nothing is timed."""
-        if self._state is State.CLOSED:
+        if self._core.state is State.CLOSED:
             return None
         times: list[float] = []
-        if self._state is State.LISTENING:
-            times.append(self._idle_since + self.config.idle_timeout_s)
-            if self._worker_held:
+        if self._core.state is State.LISTENING:
+            times.append(self._core.idle_since + self.config.idle_timeout_s)
+            if self._core.worker_held:
                 times.append(self._listening_since + self.config.worker_linger_s)
-        if self._live and not self._live[0].gated:
-            due = self._playout.next_release(self._live[0].utterance_id)
+        if self._core.live and not self._core.live[0].gated:
+            due = self._core.playout.next_release(self._core.live[0].utterance_id)
             if due is not None:
                 times.append(due)
-        turns = self._turns.next_deadline
+        turns = self._core.turns.next_deadline
         if turns is not None:
             times.append(turns)
         return min(times, default=None)
 
     def handle(self, event: Event, now: float) -> list[Action]:
         """Apply one event at time ``now``; return what the driver must do, in order."""
-        if self._state is State.CLOSED:
+        if self._core.state is State.CLOSED:
             return []
-        self._now = max(self._now, now)  # never run backwards, whatever the caller's clock
+        # Never run backwards, whatever the caller's clock.
+        self._core.now = max(self._core.now, now)
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(event)
@@ -207,124 +192,110 @@ class SessionMachine(ConversationMixin):
             self._pump(paced=isinstance(event, Tick))
             self._sync_state()
             self._maybe_release_worker()
-        actions, self._actions = self._actions, []
+        actions, self._core.actions = self._core.actions, []
         return actions
 
     # -- event handlers ------------------------------------------------------------
 
     def _on_connected(self, _: Connected) -> None:
-        if self._state is not State.INITIALIZING:
+        if self._core.state is not State.INITIALIZING:
             return
-        self._send(SessionStart(self.config.session_id))
+        self._core.send(SessionStart(self.config.session_id))
         self._set_state(State.LISTENING)
 
     def _on_text(self, event: TextReceived) -> None:
-        self._idle_since = self._now
-        if self._state is State.INITIALIZING:
-            self._error(ErrorCode.INVALID_STATE, "the session has not started")
+        self._core.idle_since = self._core.now
+        if self._core.state is State.INITIALIZING:
+            self._core.error(ErrorCode.INVALID_STATE, "the session has not started")
             return
-        last = self._live[-1] if self._live else None
+        last = self._core.live[-1] if self._core.live else None
         continuing = last is not None and not last.text_final and last.reply_turn is None
         has_words = speakable(event.text)
         if not event.text.strip() or (not continuing and event.is_final and not has_words):
-            self._error(ErrorCode.INVALID_MESSAGE, "text has nothing to speak")
+            self._core.error(ErrorCode.INVALID_MESSAGE, "text has nothing to speak")
             return
         if continuing:
             assert last is not None
             target = last  # streamed text of the utterance still being written
         else:
-            if len(self._live) > self.config.max_queued_utterances:
-                self._error(ErrorCode.QUEUE_FULL, "too many queued utterances; text dropped")
+            if len(self._core.live) > self.config.max_queued_utterances:
+                self._core.error(ErrorCode.QUEUE_FULL, "too many queued utterances; text dropped")
                 return
-            target = Utterance(self._next_id)
-        if not self._add_text(target, event.text, event.is_final):
+            target = Utterance(self._core.next_id)
+        if not self._core.add_text(target, event.text, event.is_final):
             return
         if target is not last:
-            self._next_id += 1
-            self._live.append(target)
+            self._core.next_id += 1
+            self._core.live.append(target)
         if target.text_final and not target.has_words and not target.started:
             # A streamed utterance that ended with nothing to say: nothing to synthesize.
-            self._live.remove(target)
-            self._error(ErrorCode.INVALID_MESSAGE, "text has nothing to speak")
-            self._utterance_end(target, EndReason.COMPLETED)
-
-    def _add_text(self, target: Utterance, text: str, is_final: bool) -> bool:
-        """Give text to an utterance: held here until its synthesis starts, else
-        straight to the worker. False (and an error) if too much text is held."""
-        if not target.started:
-            held = sum(len(c) for u in self._live for c in u.pending)
-            if held + len(text) > self.config.max_pending_chars:
-                self._error(ErrorCode.QUEUE_FULL, "too much queued text; text dropped")
-                return False
-            target.pending.append(text)
-        else:
-            self._actions.append(SynthesizeText(target.utterance_id, text, is_final))
-        target.text_final = is_final
-        target.has_words = target.has_words or speakable(text)
-        if target.reply_turn is not None:
-            target.text.append(text)  # bounded: a reply engine's output, not the client's
-        return True
+            self._core.live.remove(target)
+            self._core.error(ErrorCode.INVALID_MESSAGE, "text has nothing to speak")
+            self._core.utterance_end(target, EndReason.COMPLETED)
 
     def _on_control(self, event: ControlReceived) -> None:
-        self._idle_since = self._now
+        self._core.idle_since = self._core.now
         command = event.command
         if command is Command.STOP:
             self._stop()
         elif command is Command.PAUSE:
-            if self._state in (State.SPEAKING, State.BARGED_IN):
-                if not self._playout.held:
-                    self._playout.hold(self._now)
-                    self._actions.append(WorkerControl(Command.PAUSE))
-                self._client_paused = True
-            elif self._state is not State.PAUSED:
-                self._error(ErrorCode.INVALID_STATE, f"nothing to pause in state {self._state}")
+            if self._core.state in (State.SPEAKING, State.BARGED_IN):
+                if not self._core.playout.held:
+                    self._core.playout.hold(self._core.now)
+                    self._core.actions.append(WorkerControl(Command.PAUSE))
+                self._core.client_paused = True
+            elif self._core.state is not State.PAUSED:
+                self._core.error(ErrorCode.INVALID_STATE,
+                                 f"nothing to pause in state {self._core.state}")
         elif command is Command.RESUME:
-            if self._state is State.PAUSED:
-                self._client_paused = False
-                self._unhold()
-            elif self._state not in (State.SPEAKING, State.BARGED_IN):
-                self._error(ErrorCode.INVALID_STATE, f"nothing to resume in state {self._state}")
+            if self._core.state is State.PAUSED:
+                self._core.client_paused = False
+                self._conversation.unhold()
+            elif self._core.state not in (State.SPEAKING, State.BARGED_IN):
+                self._core.error(ErrorCode.INVALID_STATE,
+                                 f"nothing to resume in state {self._core.state}")
             else:
-                self._client_paused = False
+                self._core.client_paused = False
 
     def _on_frame(self, event: WorkerFrame) -> None:
-        if event.utterance_id != self._stream or not event.pcm:
+        if event.utterance_id != self._core.stream or not event.pcm:
             return  # fenced, stale or an empty marker: never forwarded
         if self._find(event.utterance_id) is not None:
-            self._playout.push(event.utterance_id, event.pcm)
+            self._core.playout.push(event.utterance_id, event.pcm)
 
     def _on_done(self, event: SynthesisDone) -> None:
-        if event.utterance_id != self._stream:
+        if event.utterance_id != self._core.stream:
             return
-        self._stream = None
+        self._core.stream = None
         utterance = self._find(event.utterance_id)
         if utterance is not None:
             utterance.synthesized = True
             utterance.text_final = True  # later text opens a new utterance
 
     def _on_failed(self, event: SynthesisFailed) -> None:
-        if event.utterance_id != self._stream:
+        if event.utterance_id != self._core.stream:
             return
-        self._stream = None
+        self._core.stream = None
         utterance = self._find(event.utterance_id)
         if utterance is None:
             return  # already stopped: its failure changes nothing for the client
-        self._error(event.code, event.message)
-        self._live.remove(utterance)
+        self._core.error(event.code, event.message)
+        self._core.live.remove(utterance)
         self._fence(utterance, EndReason.ERROR)
 
     def _on_tick(self, _: Tick) -> None:
-        self._decide(self._turns.tick(self._now))
-        idle_s = self._now - self._idle_since
-        if self._state is State.LISTENING and idle_s >= self.config.idle_timeout_s - _EPS:
+        self._conversation.decide(self._core.turns.tick(self._core.now))
+        idle_s = self._core.now - self._core.idle_since
+        if self._core.state is State.LISTENING and idle_s >= self.config.idle_timeout_s - _EPS:
             self._finish(SessionEndReason.IDLE_TIMEOUT, 1000)
 
     def _on_disconnected(self, _: ClientDisconnected) -> None:
-        self._cancel_replies(heard_too=True)  # the engine stops; nothing to tell anyone
-        self._live.clear()
-        self._playout.clear()
+        # The engine stops; nothing to tell anyone.
+        self._conversation.cancel_replies(heard_too=True)
+        self._core.live.clear()
+        self._core.playout.clear()
         self._release_worker()
-        self._state = State.CLOSED  # nobody to tell
+        self._core.state = State.CLOSED  # nobody to tell
 
     def _on_shutdown(self, _: ServerShutdown) -> None:
         self._end_all(EndReason.INTERRUPTED)
@@ -335,109 +306,101 @@ class SessionMachine(ConversationMixin):
     def _stop(self, reason: EndReason = EndReason.STOPPED) -> None:
         """STOP (or a real barge-in): end the current utterance and drop what is queued,
         including a reply still being generated."""
-        self._cancel_replies(heard_too=True)
-        if not self._live:
+        self._conversation.cancel_replies(heard_too=True)
+        if not self._core.live:
             return
-        self._send(Interrupt(self._live[0].utterance_id, reason))
-        if self._stream is not None or self._playout.held:
-            self._actions.append(WorkerControl(Command.STOP))  # also un-pauses the worker
+        self._core.send(Interrupt(self._core.live[0].utterance_id, reason))
+        if self._core.stream is not None or self._core.playout.held:
+            self._core.actions.append(WorkerControl(Command.STOP))  # also un-pauses the worker
         self._end_all(reason)
 
     def _end_all(self, reason: EndReason) -> None:
-        while self._live:
-            utterance = self._live.popleft()
+        while self._core.live:
+            utterance = self._core.live.popleft()
             if utterance.gated:
-                self._playout.drop(utterance.utterance_id)  # never announced: no end
+                self._core.playout.drop(utterance.utterance_id)  # never announced: no end
             else:
                 self._fence(utterance, reason)
-        self._client_paused = False
-        self._playout.unhold(self._now)
+        self._core.client_paused = False
+        self._core.playout.unhold(self._core.now)
 
     def _fence(self, utterance: Utterance, reason: EndReason) -> None:
         """End an utterance already removed from ``_live``: drop its audio, tell the client."""
-        self._playout.drop(utterance.utterance_id)
-        self._utterance_end(utterance, reason)
+        self._core.playout.drop(utterance.utterance_id)
+        self._core.utterance_end(utterance, reason)
 
     def _finish(self, reason: SessionEndReason, code: int) -> None:
         """End the session from our side: state, session_end, worker, close."""
         self._set_state(State.CLOSED)
-        self._send(SessionEnd(self.config.session_id, reason))
+        self._core.send(SessionEnd(self.config.session_id, reason))
         self._release_worker()
-        self._actions.append(Close(code, reason.value.replace("_", " ")))
+        self._core.actions.append(Close(code, reason.value.replace("_", " ")))
 
     def _release_worker(self) -> None:
-        if self._worker_held:
-            self._worker_held = False
-            self._stream = None
-            self._actions.append(ReleaseWorker())
+        if self._core.worker_held:
+            self._core.worker_held = False
+            self._core.stream = None
+            self._core.actions.append(ReleaseWorker())
 
     def _maybe_release_worker(self) -> None:
-        if (self._worker_held and self._state is State.LISTENING and self._stream is None
-                and self._now >= self._listening_since + self.config.worker_linger_s - _EPS):
+        core = self._core
+        if (core.worker_held and core.state is State.LISTENING and core.stream is None
+                and core.now >= self._listening_since + self.config.worker_linger_s - _EPS):
             self._release_worker()
 
     def _pump(self, *, paced: bool = False) -> None:
         """Start the next synthesis when the worker is free; release audio that is due."""
-        if self._stream is None:
-            waiting = next((u for u in self._live if not u.started), None)
+        if self._core.stream is None:
+            waiting = next((u for u in self._core.live if not u.started), None)
             if waiting is not None:
                 waiting.started = True
-                self._worker_held = True
-                self._stream = waiting.utterance_id
+                self._core.worker_held = True
+                self._core.stream = waiting.utterance_id
                 text, waiting.pending = "".join(waiting.pending), []
-                self._actions += [BeginSynthesis(waiting.utterance_id),
+                self._core.actions += [BeginSynthesis(waiting.utterance_id),
                                   SynthesizeText(waiting.utterance_id, text, waiting.text_final)]
-        if self._playout.held:
+        if self._core.playout.held:
             return  # nothing released, nothing completes: the client holds playback too
-        while self._live:
-            head = self._live[0]
+        while self._core.live:
+            head = self._core.live[0]
             if head.gated:
                 break  # a speculative reply waits for the end of the user's turn
-            released = self._playout.release(head.utterance_id, self._now, paced=paced)
+            released = self._core.playout.release(head.utterance_id, self._core.now, paced=paced)
             for frame in released:
-                self._actions.append(SendAudio(frame.utterance_id, frame.sequence, frame.pcm))
+                self._core.actions.append(SendAudio(frame.utterance_id, frame.sequence, frame.pcm))
             head.sent += len(released)
-            if head.synthesized and not self._playout.buffered(head.utterance_id):
-                self._live.popleft()
-                self._utterance_end(head, EndReason.COMPLETED)
+            if head.synthesized and not self._core.playout.buffered(head.utterance_id):
+                self._core.live.popleft()
+                self._core.utterance_end(head, EndReason.COMPLETED)
                 paced = False  # the next utterance's frames may go at once, up to the lead
             else:
                 break
 
     def _sync_state(self) -> None:
-        speaking = any(not u.gated for u in self._live) or (
-            self._reply is not None and self._reply.confirmed)
-        self._decide(self._turns.system_speaking(speaking))
-        if self._playout.held and not speaking:
+        speaking = any(not u.gated for u in self._core.live) or (
+            self._core.reply is not None and self._core.reply.confirmed)
+        self._conversation.decide(self._core.turns.system_speaking(speaking))
+        if self._core.playout.held and not speaking:
             # The paused utterance ended on its own (failure): don't leave the worker paused.
-            self._client_paused = False
-            self._playout.unhold(self._now)
-            self._actions.append(WorkerControl(Command.RESUME))
-        if self._state is State.INITIALIZING:
+            self._core.client_paused = False
+            self._core.playout.unhold(self._core.now)
+            self._core.actions.append(WorkerControl(Command.RESUME))
+        if self._core.state is State.INITIALIZING:
             return
         if not speaking:
             new = State.LISTENING
-        elif self._turns.holding:
+        elif self._core.turns.holding:
             new = State.BARGED_IN
         else:
-            new = State.PAUSED if self._playout.held else State.SPEAKING
-        if new is not self._state:
+            new = State.PAUSED if self._core.playout.held else State.SPEAKING
+        if new is not self._core.state:
             self._set_state(new)
 
     def _set_state(self, state: State) -> None:
         if state is State.LISTENING:
-            self._idle_since = self._listening_since = self._now
-        self._state = state
-        self._send(StateChanged(state.value))
+            self._core.idle_since = self._listening_since = self._core.now
+        self._core.state = state
+        self._core.send(StateChanged(state.value))
 
     def _find(self, utterance_id: int) -> Utterance | None:
-        return next((u for u in self._live if u.utterance_id == utterance_id), None)
-
-    def _send(self, message: Outbound) -> None:
-        self._actions.append(Send(message))
-
-    def _utterance_end(self, utterance: Utterance, reason: EndReason) -> None:
-        self._send(UtteranceEnd(utterance.utterance_id, reason, utterance.sent))
-
-    def _error(self, code: ErrorCode, message: str) -> None:
-        self._send(Error(code, message))
+        return next((u for u in self._core.live if u.utterance_id == utterance_id), None)

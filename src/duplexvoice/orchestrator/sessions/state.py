@@ -1,16 +1,24 @@
-"""The session machine's plain data: its states, its settings, its utterances.
+"""The session machine's data: its states, its settings, its utterances, and the
+:class:`SessionCore` that both halves of the machine work on.
 
-Split from :mod:`.machine` (which re-exports ``State`` and ``SessionConfig``) so the
-conversation half of the machine (:mod:`.conversation`) can share them.
+The machine (:mod:`.machine`: lifecycle, texts, controls, worker frames) and its
+conversation half (:mod:`.conversation`: the user's turns, replies, barge-in) are two
+objects sharing one ``SessionCore``: the session's state, the actions decided so far
+in this event, and the few operations both need (send a message, an error, an
+utterance's end; give text to an utterance). Pure, like both.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 
-from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
-from duplexvoice.orchestrator.sessions.turns import TurnConfig
+from duplexvoice.orchestrator.sessions.events import Action, Send, SynthesizeText
+from duplexvoice.orchestrator.sessions.playout import Playout, PlayoutConfig
+from duplexvoice.orchestrator.sessions.turns import TurnConfig, TurnTaking
+from duplexvoice.text import speakable
+from duplexvoice.wire.messages import EndReason, Error, ErrorCode, Outbound, UtteranceEnd
 
 
 class State(enum.StrEnum):
@@ -67,3 +75,48 @@ class PendingReply:
     turn: int
     confirmed: bool
     utterance: Utterance | None = None
+
+
+class SessionCore:
+    """One session's state, shared by the machine and its conversation half."""
+
+    def __init__(self, config: SessionConfig, now: float) -> None:
+        self.config = config
+        self.state = State.INITIALIZING
+        self.now = now
+        self.next_id = 1
+        self.live: deque[Utterance] = deque()  # not yet ended, in order; [0] is current
+        self.stream: int | None = None  # utterance id of the open Synthesize stream
+        self.worker_held = False  # a worker session was asked for and not given back
+        self.playout = Playout(config.playout, now)
+        self.turns = TurnTaking(config.turns)
+        self.reply: PendingReply | None = None  # generating (its utterance may still play)
+        self.client_paused = False  # the client's PAUSE (the turn core holds on its own)
+        self.idle_since = now  # last client message, or entering LISTENING
+        self.actions: list[Action] = []  # decided in this event, for the driver
+
+    def add_text(self, target: Utterance, text: str, is_final: bool) -> bool:
+        """Give text to an utterance: held here until its synthesis starts, else
+        straight to the worker. False (and an error) if too much text is held."""
+        if not target.started:
+            held = sum(len(c) for u in self.live for c in u.pending)
+            if held + len(text) > self.config.max_pending_chars:
+                self.error(ErrorCode.QUEUE_FULL, "too much queued text; text dropped")
+                return False
+            target.pending.append(text)
+        else:
+            self.actions.append(SynthesizeText(target.utterance_id, text, is_final))
+        target.text_final = is_final
+        target.has_words = target.has_words or speakable(text)
+        if target.reply_turn is not None:
+            target.text.append(text)  # bounded: a reply engine's output, not the client's
+        return True
+
+    def send(self, message: Outbound) -> None:
+        self.actions.append(Send(message))
+
+    def utterance_end(self, utterance: Utterance, reason: EndReason) -> None:
+        self.send(UtteranceEnd(utterance.utterance_id, reason, utterance.sent))
+
+    def error(self, code: ErrorCode, message: str) -> None:
+        self.send(Error(code, message))
