@@ -80,7 +80,7 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def transcriber(engine: FakeEngine) -> Iterator[Transcriber]:
-    t = Transcriber(AsrConfig(max_queue=8, partial_min_interval_ms=0), engine=engine)
+    t = Transcriber(AsrConfig(max_queue=8), engine=engine)
     yield t
     engine.release()
     t.close()

@@ -61,9 +61,6 @@ class AsrConfig(BaseModel):
     max_queue: int = Field(
         8, ge=1, le=1000, description="finals waiting for the model before new ones are refused"
     )
-    partial_min_interval_ms: int = Field(
-        300, ge=0, le=60_000, description="least time between two partial decodes of one caller"
-    )
     max_final_s: float = Field(
         120.0, gt=0, le=3600, description="longest audio accepted for a final transcript"
     )

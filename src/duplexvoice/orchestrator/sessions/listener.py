@@ -110,9 +110,6 @@ def asr_config(config: ConversationConfig) -> AsrConfig:
                      device=config.asr_device,
                      compute_type=config.asr_compute_type, cpu_threads=threads,
                      beam_size=config.asr_beam_size,
-                     # The listener paces partials itself (one at a time, an interval,
-                     # and a words check at once when a held speech stops).
-                     partial_min_interval_ms=0,
                      max_queue=config.asr_max_queue)
 
 
