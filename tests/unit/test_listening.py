@@ -63,7 +63,8 @@ class Mic:
     def hear(self, *edges: GateEvent, quiet_s: float | None = None,
              holding: bool = False) -> list[Decision]:
         self.end += FRAME
-        return self.core.audio(self.end, edges, quiet_s, holding=holding, now=self.now)
+        state = State.BARGED_IN if holding else State.SPEAKING
+        return list(self.core.audio(self.end, edges, quiet_s, state, self.now))
 
     def frames(self, n: int, *, holding: bool = False) -> list[Decision]:
         out: list[Decision] = []

@@ -123,6 +123,7 @@ class Transcribe:
 
 
 Decision = Event | Transcribe
+_NOTHING: Final[tuple[Decision, ...]] = ()
 _V = TypeVar("_V")
 
 
@@ -206,12 +207,15 @@ class Listening:
             return None
         return Dropped(RATE_LIMITED) if self._rate_errors.due(now) else _DROPPED
 
-    def audio(self, end: int, edges: Sequence[GateEvent], quiet_s: float | None, *,
-              holding: bool, now: float) -> list[Decision]:
+    def audio(self, end: int, edges: Sequence[GateEvent], quiet_s: float | None,
+              state: State, now: float) -> Sequence[Decision]:
         """The VAD took audio up to sample ``end`` and found ``edges``; ``quiet_s``: how
-        long it has heard no voice within speech (None: not within speech).
-        ``holding``: the system's speech is held for a possible barge-in."""
+        long it has heard no voice within speech (None: not within speech); ``state``:
+        the machine's."""
         self._end = end
+        if not edges and quiet_s is None and not self._speaking:
+            return _NOTHING  # silence, the common case: kept cheap (every 20 ms)
+        held = holding(state)
         out: list[Decision] = []
         for edge in edges:
             audio_now = end / SPEECH_RATE
@@ -229,7 +233,7 @@ class Listening:
                 self.speech_ended_at = now - max(0.0, audio_now - edge.end_s)
                 # "Wait," is short: while holding, its words decide, so they are
                 # checked now and the hold waits for the answer.
-                checking = holding and bool(self.config.partial_interval_ms)
+                checking = held and bool(self.config.partial_interval_ms)
                 out.append(UserSpeechEnded(max(0.0, edge.confirmed_s - edge.end_s),
                                            checking_words=checking))
                 if checking:
@@ -242,7 +246,7 @@ class Listening:
             elif self._quiet and quiet_s < _QUIET_S:
                 self._quiet = False
                 out.append(UserSpeechResumed())
-        self._maybe_partial(out, sooner=holding)
+        self._maybe_partial(out, sooner=held)
         return out
 
     def _maybe_partial(self, out: list[Decision], *, sooner: bool = False,
