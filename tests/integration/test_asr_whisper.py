@@ -32,7 +32,7 @@ SAMPLES = [
 
 @pytest.fixture(scope="module")
 def transcriber() -> Iterator[Transcriber]:
-    t = Transcriber(AsrConfig(cpu_threads=2, partial_min_interval_ms=0))
+    t = Transcriber(AsrConfig(cpu_threads=2))
     yield t
     t.close()
 

@@ -100,30 +100,6 @@ def test_a_running_partial_is_not_replaced() -> None:
     assert q.partials_waiting == 1
 
 
-def test_partials_of_one_caller_are_paced() -> None:
-    q = AsrQueue(max_queue=8, partial_min_interval_s=0.3)
-    a1 = q.submit(speech(), final=False, key="a", now=0.0).job
-    assert q.take(0.0) is a1
-    assert a1 is not None
-    q.finish(a1, result(final=False))
-    a2 = q.submit(speech(), final=False, key="a", now=0.1).job
-    b1 = q.submit(speech(), final=False, key="b", now=0.1).job
-    # a is not due before 0.3; b (never ran) is due now
-    assert q.take(0.1) is b1
-    assert b1 is not None
-    q.finish(b1, result(final=False))
-    assert q.take(0.2) == pytest.approx(0.3)  # nothing due: when to look again
-    assert q.take(0.3) is a2
-
-
-def test_pacing_does_not_delay_finals() -> None:
-    q = AsrQueue(max_queue=8, partial_min_interval_s=10.0)
-    q.submit(speech(), final=False, key="a", now=0.0)
-    run(q, 0.0)
-    f = q.submit(speech(), final=True, key="a", now=0.1).job
-    assert q.take(0.1) is f
-
-
 def test_finals_beyond_max_queue_are_refused() -> None:
     q = AsrQueue(max_queue=2)
     q.submit(speech(seed=1), final=True, key="a", now=0.0)
@@ -239,11 +215,3 @@ def test_drain_and_misuse() -> None:
     with pytest.raises(ValueError):
         AsrQueue(max_queue=0)
 
-
-def test_pacing_memory_is_pruned() -> None:
-    q = AsrQueue(max_queue=8, partial_min_interval_s=0.3)
-    for i, key in enumerate("abcdef"):
-        q.submit(speech(), final=False, key=key, now=i * 1.0)
-        run(q, now=i * 1.0)
-    assert q.take(100.0) is None
-    assert q.paced_keys == 0  # every entry older than the interval is gone

@@ -81,7 +81,7 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def transcriber(engine: FakeEngine) -> Iterator[Transcriber]:
-    t = Transcriber(AsrConfig(max_queue=8, partial_min_interval_ms=0), engine=engine)
+    t = Transcriber(AsrConfig(max_queue=8), engine=engine)
     yield t
     engine.release()
     t.close()
@@ -320,7 +320,7 @@ def test_config_is_validated() -> None:
         AsrConfig(unknown=1)  # type: ignore[call-arg]
     config = AsrConfig()
     assert config.model_path is None and config.device == "cpu" and config.beam_size == 1
-    assert (config.max_queue, config.partial_min_interval_ms) == (16, 0)
+    assert config.max_queue == 16
     assert AsrConfig(model_path="").model_path is None  # empty: the packaged model
     assert 1 <= config.threads <= 4 and AsrConfig(cpu_threads=7).threads == 7
 

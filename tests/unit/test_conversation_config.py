@@ -19,6 +19,7 @@ from duplexvoice.orchestrator.conversation_config import OLD_NAMES, Conversation
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.sessions import shared
 from duplexvoice.orchestrator.sessions.driver import SessionDriver
+from duplexvoice.orchestrator.sessions.listener import listening_config
 from duplexvoice.orchestrator.sessions.turns import TurnConfig
 from duplexvoice.replies import EchoEngine, OpenAIEngine
 from duplexvoice.speech.asr_types import AsrConfig
@@ -173,7 +174,6 @@ def test_the_defaults_are_what_they_were() -> None:
         "silero", 0.5, 48, 60_000)
     assert (c.asr.model_path, c.asr.beam_size, c.asr.max_queue, c.asr.cpu_threads) == (
         None, 1, 16, 0)
-    assert c.asr.partial_min_interval_ms == 0  # the listener paces partials itself
     assert c.turns == TurnConfig() and (c.turns.end_of_turn_ms, c.turns.interrupt_after_ms) == (
         500, 400)
     assert (c.reply.engine, c.reply.model, c.reply.timeout_s) == ("echo", "gpt-4o-mini", 60)
@@ -203,10 +203,13 @@ def test_an_old_name_inside_its_new_section_is_an_unknown_option(tmp_path: Path)
         load(yaml_file=yaml_file)
 
 
-def test_the_listener_reads_its_old_names_from_the_sections() -> None:
-    c = load("--reply-engine", "openai", "--turns-max-turn-ms", "5000",
-             "--turns-words-after-ms", "120").conversation
-    assert (c.reply_engine, c.max_turn_ms, c.barge_in_words_ms) == ("openai", 5000, 120)
+def test_the_listening_core_reads_its_settings_from_the_sections() -> None:
+    c = load("--turns-max-turn-ms", "5000", "--turns-words-after-ms", "120",
+             "--partial-interval-ms", "300", "--max-audio-rate", "3").conversation
+    core = listening_config(c, lead_ms=80)
+    assert (core.max_turn_ms, core.barge_in_words_ms, core.partial_interval_ms) == (
+        5000, 120, 300)
+    assert (core.max_audio_rate, core.lead_ms) == (3, 80)
 
 
 def test_every_section_option_has_its_prefix() -> None:

@@ -17,10 +17,13 @@ from typing import Any
 import pytest
 
 from duplexvoice.orchestrator.config import OrchestratorConfig
+from duplexvoice.orchestrator.conversation_config import ConversationConfig
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
 from duplexvoice.orchestrator.sessions.driver import SessionDriver
 from duplexvoice.orchestrator.sessions.output import SendAudio
 from duplexvoice.orchestrator.sessions.settings import SessionSettings
+from duplexvoice.orchestrator.sessions.shared import ConversationServices
+from duplexvoice.orchestrator.sessions.turns import TurnConfig
 from duplexvoice.orchestrator.workers.link import (
     WorkerBusy,
     WorkerError,
@@ -28,6 +31,8 @@ from duplexvoice.orchestrator.workers.link import (
     WorkerUnavailable,
 )
 from duplexvoice.orchestrator.workers.router import WorkerInfo
+from duplexvoice.replies import EchoEngine, History, ReplyStream
+from duplexvoice.speech.vad import VadConfig
 from duplexvoice.wire.messages import Command, Error, ErrorCode, Outbound
 from duplexvoice.wire.protocol import (
     AudioInput,
@@ -38,6 +43,12 @@ from duplexvoice.wire.protocol import (
     TextMessage,
 )
 from tests.support.eventually import eventually
+from tests.support.fake_listening import (
+    FakeTranscriber,
+    fake_services,
+    silence_pcm,
+    speech_pcm,
+)
 from tests.support.fake_orchestrator import (
     TIMEOUT_S,
     FakeClient,
@@ -50,6 +61,18 @@ from tests.support.fake_orchestrator import (
 
 pytestmark = pytest.mark.unit
 
+
+class RecordingEcho(EchoEngine):
+    """The echo engine, noting the history each reply was asked with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[tuple[str, str]]] = []
+
+    def reply(self, history: History, user_text: str) -> ReplyStream:
+        self.seen.append([(t.role, t.text) for t in history.turns])
+        return super().reply(history, user_text)
+
 BASE = {"lead_ms": 40, "worker_linger_s": 0.05, "idle_timeout_s": 3600.0}
 PAUSE, RESUME, STOP = Command.PAUSE, Command.RESUME, Command.STOP
 
@@ -57,8 +80,11 @@ PAUSE, RESUME, STOP = Command.PAUSE, Command.RESUME, Command.STOP
 class Harness:
     """One driver, its fakes, and its ``run()`` task."""
 
-    def __init__(self, workers: list[WorkerInfo] | None = None, **config: Any) -> None:
+    def __init__(self, workers: list[WorkerInfo] | None = None,
+                 services: ConversationServices | None = None, **config: Any) -> None:
         self.log: list[tuple[str, str]] = []  # client and worker sides, in order
+        if services is not None:
+            config["conversation"] = services.config
         orch_config = OrchestratorConfig(**{**BASE, **config})
         settings = SessionSettings(voice=orch_config.default_voice)
         self.client = FakeClient(self.log, settings)
@@ -67,7 +93,7 @@ class Harness:
         self.metrics = OrchestratorMetrics()
         self.driver = SessionDriver(
             "s1", orch_config, self.registry, self.pool, self.metrics,
-            output=self.client, settings=settings)
+            output=self.client, settings=settings, services=services)
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -109,8 +135,9 @@ class Harness:
 async def make() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
     made: list[Harness] = []
 
-    async def factory(workers: list[WorkerInfo] | None = None, **config: Any) -> Harness:
-        harness = Harness(workers, **config)
+    async def factory(workers: list[WorkerInfo] | None = None,
+                      services: ConversationServices | None = None, **config: Any) -> Harness:
+        harness = Harness(workers, services, **config)
         made.append(harness)
         await harness.start()
         return harness
@@ -671,6 +698,114 @@ async def test_microphone_audio_and_playback_reports_are_answered_or_ignored(
     await h.say("one")
     await h.client.wait_for("utterance_end", utterance_id=1, reason="completed")
     assert len(h.client.of_type("error")) == 1
+    await h.leave()
+
+
+# -- conversation mode (a fake recognizer, a VAD that hears loudness) ---------------
+
+# Turn-taking in real time, kept short; no adaptive end of turn (the transcript would
+# move it); a barge-in is interrupted by its words only (not by its length, which a
+# busy machine could stretch).
+CONVERSATION = ConversationConfig(
+    turns=TurnConfig(end_of_turn_ms=200, adaptive=False, interrupt_after_ms=5000),
+    vad=VadConfig(min_silence_ms=100))
+
+
+async def speak(h: Harness, speech_frames: int, silence_frames: int) -> None:
+    """The microphone: 20 ms frames of speech, then of silence, sent in real time
+    (the machine measures speech on its clock, as with a real microphone)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    frames = [speech_pcm()] * speech_frames + [silence_pcm()] * silence_frames
+    for i, pcm in enumerate(frames):
+        await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+        await h.send(AudioInput(pcm, 16_000))
+
+
+async def conversation(make: Any, asr: FakeTranscriber, engine: EchoEngine | None = None
+                       ) -> Harness:
+    h: Harness = await make(services=fake_services(CONVERSATION, asr, engine))
+    await h.send(ConfigMessage(mode="conversation"))
+    assert h.driver.listening
+    await speak(h, 0, 15)  # silence first: the turn's pre-roll is there
+    return h
+
+
+async def test_a_spoken_turn_is_transcribed_answered_and_spoken(make: Any) -> None:
+    asr = FakeTranscriber("hello there.")
+    h = await conversation(make, asr)
+    await speak(h, 12, 10)
+    transcript = await h.client.wait_for("transcript", final=True)
+    assert (transcript["turn"], transcript["text"]) == (1, "hello there.")
+    reply = await h.client.wait_for("reply")
+    assert (reply["turn"], reply["text"].strip()) == (1, "hello there.")
+    end = await h.client.wait_for("utterance_end", utterance_id=reply["utterance_id"])
+    assert (end["reason"], end["frames"]) == ("completed", 5)
+    assert len(h.client.audio(reply["utterance_id"])) == 5
+    types = h.client.types()
+    assert types.index("transcript") < types.index("reply") < types.index("audio")
+    # The echo reply reached the worker; the final was of the turn's audio: its
+    # speech and the pre-roll before it, up to the offset.
+    assert "".join(text for text, _ in h.session().texts).strip() == "hello there."
+    finals = [n for final, n in asr.asked if final]
+    assert finals and all(12 * 320 < n <= 37 * 320 for n in finals)
+    assert h.metrics.turns_total.value == 1
+    # Back to text mode: the listener is gone, microphone audio is refused again.
+    await h.send(ConfigMessage(mode="tts"))
+    assert not h.driver.listening and asr.forgotten == ["s1"]
+    await h.send(AudioInput(silence_pcm(), 16_000))
+    error = await h.client.wait_for("error")
+    assert error["code"] == "INVALID_STATE"
+    await h.leave()
+    assert_each_session_ended_once(h)
+
+
+async def test_speech_over_the_reply_holds_it_and_no_words_resume_it(make: Any) -> None:
+    asr = FakeTranscriber("count to ten", partial_text="")
+    h = await conversation(make, asr)
+    h.pool.allowed_frames = 2  # the reply stays on the air until the test lets it go
+    await speak(h, 12, 10)
+    reply = await h.client.wait_for("reply")
+    uid = reply["utterance_id"]
+    await h.frames(2, uid)
+    # A short sound over it: held at once, its words checked when it stops.
+    await speak(h, 4, 0)
+    pause = await h.client.wait_for("pause")
+    assert pause["utterance_id"] == uid
+    await h.client.wait_for("state", state="BARGED_IN")
+    partials = asr.partials()
+    await speak(h, 0, 10)
+    resume = await h.client.wait_for("resume")
+    assert resume["utterance_id"] == uid
+    assert asr.partials() > partials  # the words check (it heard none)
+    session = h.session()
+    await h.pool.wait(lambda: session.controls == [PAUSE, RESUME], "PAUSE, RESUME sent")
+    session.allow(3)
+    end = await h.client.wait_for("utterance_end", utterance_id=uid)
+    assert (end["reason"], end["frames"]) == ("completed", 5)
+    assert h.client.of_type("interrupt") == []
+    assert h.metrics.false_interruptions_total.value == 1
+    await h.leave()
+
+
+async def test_words_over_the_reply_interrupt_it_and_the_history_keeps_what_was_heard(
+        make: Any) -> None:
+    asr = FakeTranscriber("tell me about the sea", partial_text="wait")
+    engine = RecordingEcho()
+    h = await conversation(make, asr, engine)
+    h.pool.allowed_frames = 2
+    await speak(h, 12, 10)
+    reply = await h.client.wait_for("reply")
+    uid = reply["utterance_id"]
+    await h.frames(2, uid)
+    await h.send(PlaybackMessage(uid, 20.0))  # the client played one frame of it
+    await speak(h, 15, 10)
+    interrupt = await h.client.wait_for("interrupt", utterance_id=uid)
+    assert interrupt["reason"] == "interrupted"
+    # The barge-in is the user's next turn; its reply is asked with the history cut
+    # to what the client played of the first: about nothing, so "…" alone.
+    await h.client.wait_for("reply", turn=2)
+    assert engine.seen == [[], [("user", "tell me about the sea"), ("assistant", "…")]]
     await h.leave()
 
 

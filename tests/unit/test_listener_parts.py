@@ -1,11 +1,11 @@
-"""The listener's small pure parts: the audio ring and the audio-time budget."""
+"""The listener's audio ring (the audio budget is the listening core's: test_listening)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from duplexvoice.orchestrator.sessions.listener import AudioBudget, AudioRing
+from duplexvoice.orchestrator.sessions.listener import AudioRing
 
 pytestmark = pytest.mark.unit
 
@@ -30,14 +30,12 @@ def test_the_ring_takes_a_push_larger_than_itself() -> None:
     assert np.array_equal(ring.since(17), np.arange(112, 120, dtype=np.float32))
 
 
-def test_the_budget_allows_real_time_and_a_burst_but_not_a_flood() -> None:
-    budget = AudioBudget(rate=2.0, burst_s=5.0, now=0.0)
-    assert budget.take(5.0, 0.0)  # the burst
-    assert not budget.take(0.02, 0.0)
-    # Real time afterwards is fine forever: 20 ms every 20 ms.
-    t = 0.0
-    for _ in range(500):
-        t += 0.02
-        assert budget.take(0.02, t)
-    assert not budget.take(30.0, t + 1.0)  # a minute at once is not
-    assert budget.take(1.0, t + 1.0)  # and did not cost anything
+def test_the_ring_returns_a_span_of_what_it_kept() -> None:
+    ring = AudioRing(10)
+    data = np.arange(25, dtype=np.float32)
+    ring.push(data[:13])
+    ring.push(data[13:])
+    assert np.array_equal(ring.since(17, 22), data[17:22])
+    assert np.array_equal(ring.since(12, 30), data[15:])  # an end past the newest: to it
+    assert np.array_equal(ring.since(0, 18), data[15:18])  # older audio is gone
+    assert ring.since(20, 20).size == 0 and ring.since(22, 20).size == 0

@@ -83,16 +83,3 @@ class ConversationConfig(BaseModel):
         "(averaged; a burst of max_audio_burst_s is allowed)")
     max_audio_burst_s: float = Field(
         5.0, gt=0, le=60, description="microphone audio accepted at once above the rate")
-
-    # Read by sessions/listener.py under their old names until it reads the sections.
-    @property
-    def reply_engine(self) -> str:
-        return self.reply.engine
-
-    @property
-    def max_turn_ms(self) -> int:
-        return self.turns.max_turn_ms
-
-    @property
-    def barge_in_words_ms(self) -> int:
-        return self.turns.words_after_ms

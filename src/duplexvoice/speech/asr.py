@@ -112,7 +112,7 @@ class Transcriber:
     """The shared speech recognizer. Build once, :meth:`close` at shutdown.
 
     ``engine`` replaces the Whisper model (tests inject a fake); ``clock`` is the
-    monotonic clock of the partial pacing."""
+    monotonic clock of the queue (how long a job waited: ``queued_ms``)."""
 
     def __init__(
         self,
@@ -128,9 +128,7 @@ class Transcriber:
             engine = WhisperEngine(self.config)
         self._engine = engine
         self._clock = clock
-        self._queue = AsrQueue(
-            self.config.max_queue, self.config.partial_min_interval_ms / 1000.0
-        )
+        self._queue = AsrQueue(self.config.max_queue)
         self._cond = threading.Condition()
         self._waiters: dict[int, list[_Waiter]] = {}
         self._fallbacks = 0
@@ -257,11 +255,10 @@ class Transcriber:
     def _next_job(self) -> Job | None:
         """Wait (holding the condition) for a job to run; None once closed."""
         while not self._closed:
-            item = self._queue.take(self._clock())
-            if isinstance(item, Job):
-                return item
-            timeout = None if item is None else max(0.0, item - self._clock())
-            self._cond.wait(timeout)
+            job = self._queue.take(self._clock())
+            if job is not None:
+                return job
+            self._cond.wait()
         return None
 
     def _resolve(self, job: Job, outcome: Transcript | BaseException | None) -> None:

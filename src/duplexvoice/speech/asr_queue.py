@@ -10,9 +10,9 @@ One model serves every session, one job at a time. The policy, in order:
   partial already running is not interrupted (the model cannot be), so a final waits
   at most one partial.
 - **One waiting partial per caller.** A newer partial replaces an older one that has
-  not started (it covers more audio); the older caller gets ``None``. A caller's
-  partials start at least ``partial_min_interval_s`` apart; a partial asked sooner
-  waits until then (replaced meanwhile if a newer one comes).
+  not started (it covers more audio); the older caller gets ``None``. How often a
+  caller asks is its own business (a session paces its partials by new speech,
+  :mod:`duplexvoice.orchestrator.sessions.listening`).
 - **Bounded.** More than ``max_queue`` waiting finals: the next is refused
   (:class:`AsrBusy`), so a flood shows as an error, not as unbounded delay. Waiting
   partials are bounded by ``max_partials`` (the oldest is dropped).
@@ -79,17 +79,15 @@ class _Cached:
 @dataclass
 class AsrQueue:
     max_queue: int
-    partial_min_interval_s: float = 0.0
     max_partials: int = 64
     counters: _Counters = field(default_factory=_Counters)
 
     def __post_init__(self) -> None:
-        if self.max_queue < 1 or self.max_partials < 1 or self.partial_min_interval_s < 0:
-            raise ValueError("max_queue and max_partials must be >= 1, the interval >= 0")
+        if self.max_queue < 1 or self.max_partials < 1:
+            raise ValueError("max_queue and max_partials must be >= 1")
         self._ids = itertools.count(1)
         self._finals: deque[Job] = deque()
         self._partials: dict[Hashable, Job] = {}  # insertion order: arrival order
-        self._last_partial: dict[Hashable, float] = {}  # key -> when its partial started
         self._cache: dict[Hashable, _Cached] = {}
         self.running: Job | None = None
 
@@ -152,32 +150,22 @@ class AsrQueue:
         return False
 
     def forget(self, key: Hashable) -> None:
-        """The caller is gone: drop its cached final and its partial pacing."""
+        """The caller is gone: drop its cached final."""
         self._cache.pop(key, None)
-        self._last_partial.pop(key, None)
 
     # -- serving --------------------------------------------------------------------
 
-    def take(self, now: float) -> Job | float | None:
-        """The next job to run (it becomes ``running``), else the time at which a waiting
-        partial becomes due, else None (nothing waits)."""
+    def take(self, now: float) -> Job | None:
+        """The next job to run (it becomes ``running``), started at ``now``; None when
+        nothing waits."""
         if self.running is not None:
             raise RuntimeError("a job is already running")
         if self._finals:
             return self._start(self._finals.popleft(), now)
-        # pacing entries older than the interval no longer matter: keep the map small
-        horizon = now - self.partial_min_interval_s
-        for key in [k for k, t in self._last_partial.items() if t <= horizon]:
-            del self._last_partial[key]
-        due: float | None = None
-        for key, job in self._partials.items():
-            at = self._last_partial.get(key, horizon) + self.partial_min_interval_s
-            if at <= now:
-                del self._partials[key]
-                self._last_partial[key] = now
-                return self._start(job, now)
-            due = at if due is None else min(due, at)
-        return due
+        if self._partials:
+            key = next(iter(self._partials))
+            return self._start(self._partials.pop(key), now)
+        return None
 
     def _start(self, job: Job, now: float) -> Job:
         job.started = now
@@ -214,8 +202,3 @@ class AsrQueue:
     @property
     def cached_keys(self) -> int:
         return len(self._cache)
-
-    @property
-    def paced_keys(self) -> int:
-        """Callers whose last partial is recent enough to delay their next one."""
-        return len(self._last_partial)

@@ -66,10 +66,6 @@ class AsrConfig(BaseModel):
         16, ge=1, le=1000,
         description="finals waiting for the model before new ones are refused (ASR_BUSY)"
     )
-    partial_min_interval_ms: int = Field(
-        0, ge=0, le=60_000, description="least time between two partial decodes of one "
-        "caller (0: any; the orchestrator paces partials itself: partial_interval_ms)"
-    )
     max_final_s: float = Field(
         120.0, gt=0, le=3600, description="longest audio accepted for a final transcript"
     )

@@ -12,8 +12,8 @@ utterance starts and none is held (routed over the registry's workers, minus tho
 down), kept while the machine keeps it, and ended on ``ReleaseWorker``, on every
 exit of the session, including a StartSession still in flight. A worker that fails
 is routed around by every session until it answers again; the next utterance takes
-a new worker session wherever one can be had (:mod:`..workers.placement`). In conversation
-mode, microphone audio and the listening actions go to :mod:`.conversation_input`.
+a new worker session wherever one can be had (:mod:`..workers.placement`). ``mode:
+conversation`` makes a :class:`~.listener.Listener`: microphone audio goes there.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from duplexvoice.audio import FRAME_MS
 from duplexvoice.orchestrator.config import OrchestratorConfig
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
-from duplexvoice.orchestrator.sessions.conversation_input import ConversationInput
 from duplexvoice.orchestrator.sessions.events import (
     Action,
     BeginSynthesis,
@@ -55,6 +54,8 @@ from duplexvoice.orchestrator.sessions.events import (
     WorkerFrame,
 )
 from duplexvoice.orchestrator.sessions.inbox import Inbox
+from duplexvoice.orchestrator.sessions.listener import Listener
+from duplexvoice.orchestrator.sessions.listening import NotListening
 from duplexvoice.orchestrator.sessions.machine import SessionConfig, SessionMachine
 from duplexvoice.orchestrator.sessions.output import OutputItem, SessionOutput
 from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
@@ -176,9 +177,10 @@ class SessionDriver:
         self._first_audio_ms: dict[int, float] = {}  # until its metrics message is sent
         self._stop_at: float | None = None
         # Conversation mode: the listening half, made when the client asks for it.
-        self._conversation = ConversationInput(
-            session_id, services, post=self._inbox.post, send_error=self.send_message,
-            current_turn=lambda: self.machine.turn, lead_ms=config.lead_ms)
+        self._services = services
+        self._reply_names = set(services.replies) if services is not None else set()
+        self._listener: Listener | None = None
+        self._not_listening = NotListening()
         self._turns = TurnFigures(metrics)
 
     # -- inputs ---------------------------------------------------------------------
@@ -191,14 +193,14 @@ class SessionDriver:
     def listening(self) -> bool:
         """Whether microphone audio is wanted now (conversation mode). A transport
         whose audio flows regardless (a WebRTC track) drops it silently otherwise."""
-        return self._conversation.listening
+        return self._listener is not None
 
     async def client_message(self, message: ClientMessage) -> None:
         """A parsed, valid client message (the server answers malformed ones itself)."""
         if isinstance(message, TextMessage):
             await self._inbox.put_input(TextReceived(message.text, message.is_final))
         elif isinstance(message, UserTextMessage):
-            if not self._conversation.listening:
+            if self._listener is None:
                 await self.send_message(Error(
                     ErrorCode.INVALID_STATE, "user_text needs conversation mode: "
                     'send {"type": "config", "mode": "conversation"} first'))
@@ -209,9 +211,8 @@ class SessionDriver:
                 self._stop_at = time.perf_counter()
             await self._inbox.put_input(ControlReceived(message.command))
         elif isinstance(message, ConfigMessage):
-            conversation = self._conversation
             error = self.settings.check(message, self._offered_voices(),
-                                        conversation.offered_replies)
+                                        self._reply_names)
             if error is not None:
                 await self.send_message(error)
                 return
@@ -221,14 +222,29 @@ class SessionDriver:
             if message.input_sample_rate is not None:
                 self.settings.input_sample_rate = message.input_sample_rate
             if message.mode is not None:
-                await conversation.set_mode(message.mode)
-            if message.reply is not None:
-                conversation.set_reply(message.reply)
+                await self._set_mode(message.mode)
+            if message.reply is not None and self._listener is not None:
+                self._listener.reply_engine = message.reply
             await self._inbox.put_input(_ConfigChange(message))
         elif isinstance(message, AudioInput):
-            await self._conversation.audio(message, self.machine.state, time.monotonic())
-        elif isinstance(message, PlaybackMessage):
-            self._conversation.playback(message.utterance_id, message.played_ms)
+            now = time.monotonic()
+            if self._listener is not None:
+                await self._listener.audio(message.pcm, message.sample_rate,
+                                           self.machine.state, now)
+            elif (error := self._not_listening.refuse(now)) is not None:
+                await self.send_message(error)
+        elif isinstance(message, PlaybackMessage) and self._listener is not None:
+            self._listener.playback(message.utterance_id, message.played_ms)
+
+    async def _set_mode(self, mode: str) -> None:
+        if mode == "conversation" and self._listener is None and self._services is not None:
+            self._listener = Listener(
+                self.session_id, self._services, post=self._inbox.post,
+                send_error=self.send_message, current_turn=lambda: self.machine.turn,
+                lead_ms=self.config.lead_ms)
+        elif mode == "tts" and self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
 
     def _offered_voices(self) -> set[str]:
         return {m for w in self._registry.workers() for m in w.available_models}
@@ -263,7 +279,8 @@ class SessionDriver:
                 self._timer.cancel()
             # Shielded: the server may cancel this task; the worker session must end.
             await asyncio.shield(self._finish_worker())
-            await asyncio.shield(self._conversation.close())
+            if self._listener is not None:
+                await asyncio.shield(self._listener.close())
 
     async def _finish_worker(self) -> None:
         await self._end_stream()
@@ -278,7 +295,7 @@ class SessionDriver:
     async def _configure(self, message: ConfigMessage) -> None:
         error = self.settings.apply(message, self._offered_voices(),
                                     self.machine.next_utterance_id,
-                                    self._conversation.offered_replies)
+                                    self._reply_names)
         if error is not None:
             await self.send_message(error)
 
@@ -343,8 +360,9 @@ class SessionDriver:
                 self._pool.spawn(worker.end())  # the pool waits for it on shutdown
         elif isinstance(action, Close):
             await self._output.close(action.code, action.reason)
-        elif isinstance(action, TranscribeTurn | TurnClosed | StartReply | CancelReply):
-            self._conversation.act(action)
+        elif (isinstance(action, TranscribeTurn | TurnClosed | StartReply | CancelReply)
+              and self._listener is not None):
+            self._listener.act(action)
 
     # -- to the client --------------------------------------------------------------
 
@@ -381,7 +399,7 @@ class SessionDriver:
 
     def _observe(self, message: Outbound) -> None:
         if isinstance(message, Transcript | ReplyText | Pause | Resume):
-            listener = self._conversation.listener
+            listener = self._listener
             if listener is not None:
                 self._turns.observe(message, listener, self.machine.turn)
         elif isinstance(message, UtteranceEnd):
