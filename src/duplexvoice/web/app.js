@@ -497,9 +497,10 @@ const api = Object.freeze({
   get micLevel() { return measure.micLevel; },
   get micEnergy() { return measure.micEnergy; },
   get frames() { return measure.frames; },
-  // How long the microphone has been quiet (ms), on the audio clock; null before any voice.
+  // How long the microphone has been quiet (ms) in what the capture has heard so far
+  // (its last report, on the audio clock); null before any voice.
   get micQuietMs() {
-    return audio.ctx && measure.lastVoice >= 0 ? (audio.ctx.currentTime - measure.lastVoice) * 1000 : null;
+    return measure.lastVoice >= 0 ? Math.max(0, (measure.levelT - measure.lastVoice) * 1000) : null;
   },
   get reconnects() { return app.reconnects; },
   get events() { return measure.events.slice(); },

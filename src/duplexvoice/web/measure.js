@@ -16,7 +16,11 @@
 //       (ctx.currentTime at arrival), the page's own delay only
 //   {kind: "server", ...}                         the server's `metrics` message, as is
 // utterances: {uid: {turn, text, energy, energy_after_interrupt, played_ms, interrupted,
-//                    paused, resumed, onset_t, ended, reply_at, onset_at}}
+//                    paused, resumed, onset_t, ended, reply_at, onset_at, controls}}
+//   energy: of the utterance's audio written to the output; played_ms: its audio played
+//   (WebSocket: from its frames; WebRTC plays the track, so 0); controls: one
+//   {kind: "pause"|"resume"|"interrupt", t, energy, played_ms} per control, where the
+//   utterance stood when the playback took it (energy and played_ms so far)
 
 const MAX_EVENTS = 2000;
 const MAX_RECORDS = 1000;
@@ -28,6 +32,7 @@ export class Measure {
     this.utterances = new Map();
     this.voiceEnds = []; // audio-clock times where a stretch of mic voice ended
     this.lastVoice = -1;
+    this.levelT = 0; // audio-clock time of the capture's last level report
     this.micEnergy = 0;
     this.micLevel = 0;
     this.frames = 0;
@@ -68,7 +73,7 @@ export class Measure {
       this.utterances.set(uid, {
         utterance_id: uid, turn: null, text: "", energy: 0, energy_after_interrupt: 0,
         played_ms: 0, interrupted: false, paused: 0, resumed: 0, onset_t: null, ended: null,
-        reply_at: null, onset_at: null,
+        reply_at: null, onset_at: null, controls: [],
       });
     }
     return this.utterances.get(uid);
@@ -81,6 +86,7 @@ export class Measure {
     } else if (m.type === "level") {
       this.micLevel = m.rms;
       this.lastVoice = m.lastVoice;
+      this.levelT = m.t;
       this.micEnergy = m.energy;
     }
   }
@@ -93,8 +99,11 @@ export class Measure {
     if (m.type === "stats") {
       for (const [uid, e] of Object.entries(m.energy)) this.utterance(Number(uid)).energy = e;
       for (const [uid, e] of Object.entries(m.after)) this.utterance(Number(uid)).energy_after_interrupt = e;
+      for (const [uid, ms] of Object.entries(m.played)) this.utterance(Number(uid)).played_ms = ms;
     } else if (m.type === "played") {
       this.utterance(m.uid).played_ms = m.played_ms;
+    } else if (m.type === "control") {
+      this.utterance(m.uid).controls.push({ kind: m.kind, t: m.t, energy: m.energy, played_ms: m.played_ms });
     } else if (m.type === "onset" && m.uid) {
       const u = this.utterance(m.uid);
       if (u.onset_t !== null) return;
@@ -138,7 +147,7 @@ export class Measure {
 
   snapshotUtterances() {
     const out = {};
-    for (const [uid, u] of this.utterances) out[uid] = { ...u };
+    for (const [uid, u] of this.utterances) out[uid] = { ...u, controls: u.controls.slice() };
     return out;
   }
 

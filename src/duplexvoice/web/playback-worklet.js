@@ -15,7 +15,9 @@
 // energy per utterance (and after its interrupt, which must stay zero), the onset
 // (first loud block after >= 100 ms of quiet) and the time it went quiet, and the
 // first silent block after a pause/interrupt. Times are this context's currentTime,
-// the same clock as the capture worklet's.
+// the same clock as the capture worklet's. On each pause, resume and interrupt it
+// reports where the utterance stood (energy and, in buffer mode, samples played): what
+// plays between a pause and its resume, or after an interrupt, is then plain to see.
 
 const LOUD = 0.00316; // block RMS above -50 dBFS counts as sound
 const QUIET_S = 0.1;
@@ -66,13 +68,23 @@ class Playback extends AudioWorkletProcessor {
         this.gate = false;
         this.awaitSilence.push({ kind: "pause", uid: m.uid });
         this.report("pause");
+        this.control("pause", m.uid);
         break;
       case "resume":
         this.held = false;
         this.gate = true;
+        this.control("resume", m.uid);
         break;
-      case "interrupt": this.interrupt(m.uid); break;
+      case "interrupt": this.interrupt(m.uid); this.control("interrupt", m.uid); break;
     }
+  }
+
+  control(kind, uid) {
+    // where the utterance stood when the control took effect
+    this.port.postMessage({
+      type: "control", kind, uid, t: currentTime, energy: this.energy[uid] || 0,
+      played_ms: (this.played[uid] || 0) * 1000 / sampleRate,
+    });
   }
 
   frame(uid, pcm) {
@@ -123,6 +135,7 @@ class Playback extends AudioWorkletProcessor {
       this.playing = f.uid;
       if (f.at === f.pcm.length) this.queue.shift();
     }
+    if (i > 0) this.dirty = true; // played moved on (even through silent samples)
     if (!this.queue.length) this.started = false; // underrun or the end: refill first
     return this.playing;
   }
@@ -170,8 +183,11 @@ class Playback extends AudioWorkletProcessor {
     if (t >= this.nextStats && this.dirty) {
       this.nextStats = t + 0.1;
       this.dirty = false;
+      const played = {};
+      for (const [id, n] of Object.entries(this.played)) played[id] = n * 1000 / sampleRate;
       this.port.postMessage({
-        type: "stats", energy: this.energy, after: this.after, buffered_ms: this.buffered * 1000 / sampleRate,
+        type: "stats", energy: this.energy, after: this.after, played,
+        buffered_ms: this.buffered * 1000 / sampleRate,
       });
     }
     return true;
