@@ -18,7 +18,7 @@ import numpy as np
 from duplexvoice.orchestrator.conversation_config import ConversationConfig
 from duplexvoice.orchestrator.sessions.shared import ConversationServices
 from duplexvoice.replies import EchoEngine
-from duplexvoice.speech.asr_types import Transcript
+from duplexvoice.speech.asr_types import Recognition
 from duplexvoice.speech.vad import VoiceDetector
 from duplexvoice.speech.vad_gate import GateConfig
 
@@ -33,10 +33,10 @@ class FakeTranscriber:
         self.asked: list[tuple[bool, int]] = []  # (final, samples) per request
         self.forgotten: list[Hashable] = []
 
-    async def transcribe(self, audio: Any, *, final: bool, key: Hashable = None) -> Transcript:
+    async def transcribe(self, audio: Any, *, final: bool, key: Hashable = None) -> Recognition:
         self.asked.append((final, int(audio.size)))
         text = self.final_text if final else self.partial_text
-        return Transcript(text, final, audio.size / RATE, 0.0, 0.0)
+        return Recognition(text, final, audio.size / RATE, 0.0, 0.0)
 
     def forget(self, key: Hashable) -> None:
         self.forgotten.append(key)

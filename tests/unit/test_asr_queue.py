@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from duplexvoice.speech.asr_queue import AsrQueue, Job
-from duplexvoice.speech.asr_types import AsrBusy, Transcript
+from duplexvoice.speech.asr_types import AsrBusy, Recognition
 
 pytestmark = pytest.mark.unit
 
@@ -23,8 +23,8 @@ def plus_silence(audio: np.ndarray, seconds: float = 0.5) -> np.ndarray:
     return np.concatenate([audio, np.zeros(round(seconds * RATE), np.float32)])
 
 
-def result(text: str = "hello", final: bool = True) -> Transcript:
-    return Transcript(text, final, 1.0, 50.0, 4.0)
+def result(text: str = "hello", final: bool = True) -> Recognition:
+    return Recognition(text, final, 1.0, 50.0, 4.0)
 
 
 def run(queue: AsrQueue, now: float = 0.0, text: str = "hello") -> Job:

@@ -20,8 +20,8 @@ from duplexvoice.speech.asr import (
     AsrConfig,
     AsrInputError,
     AsrModelError,
+    Recognition,
     Transcriber,
-    Transcript,
 )
 from tests.support.eventually import eventually
 
@@ -50,7 +50,7 @@ class FakeEngine:
     def release(self) -> None:
         self._gate.set()
 
-    def run(self, audio: np.ndarray, final: bool) -> Transcript:
+    def run(self, audio: np.ndarray, final: bool) -> Recognition:
         self.threads.add(threading.current_thread().name)
         self.niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         self.calls.append((audio.size, final))
@@ -60,7 +60,7 @@ class FakeEngine:
         if self.fail_with is not None:
             error, self.fail_with = self.fail_with, None
             raise error
-        return Transcript(f"n={audio.size}", final, audio.size / RATE, 1.0, 4.0)
+        return Recognition(f"n={audio.size}", final, audio.size / RATE, 1.0, 4.0)
 
     def plain(self, audio: np.ndarray) -> str:
         return f"plain n={audio.size}"

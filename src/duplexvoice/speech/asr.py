@@ -59,7 +59,7 @@ from duplexvoice.speech.asr_types import (
     AsrStats,
     Engine,
     FloatAudio,
-    Transcript,
+    Recognition,
 )
 from duplexvoice.threads import lower_thread_priority
 
@@ -72,8 +72,8 @@ __all__ = [
     "AsrModelError",
     "AsrStats",
     "Engine",
+    "Recognition",
     "Transcriber",
-    "Transcript",
 ]
 
 _JOIN_TIMEOUT_S = 10.0
@@ -82,7 +82,7 @@ _JOIN_TIMEOUT_S = 10.0
 @dataclasses.dataclass(eq=False)
 class _Waiter:
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Transcript | None]
+    future: asyncio.Future[Recognition | None]
     audio_s: float
     joined: bool  # waits on an earlier final of the same speech
 
@@ -140,16 +140,16 @@ class Transcriber:
 
     async def transcribe(
         self, audio: npt.NDArray[np.float32], *, final: bool, key: Hashable = None
-    ) -> Transcript | None:
+    ) -> Recognition | None:
         """Transcribe 16 kHz mono float32 ``audio``; ``key`` names the caller (its
         session) for partial coalescing and final reuse. ``None`` only for a partial
         that was dropped or replaced by a newer one. Raises :class:`AsrBusy` when too
         many finals wait, :class:`AsrInputError` for bad audio, :class:`AsrClosed`."""
         samples = check_audio(audio, final=final, max_final_s=self.config.max_final_s)
         if samples.size == 0:
-            return Transcript("", final, 0.0, 0.0, 0.0)
+            return Recognition("", final, 0.0, 0.0, 0.0)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Transcript | None] = loop.create_future()
+        future: asyncio.Future[Recognition | None] = loop.create_future()
         with self._cond:
             if self._closed:
                 raise AsrClosed("the speech recognizer is closed")
@@ -181,12 +181,12 @@ class Transcriber:
             if not waiters and self._queue.cancel(job):
                 self._waiters.pop(job.id, None)
 
-    def transcribe_sync(self, audio: npt.NDArray[np.float32]) -> Transcript:
+    def transcribe_sync(self, audio: npt.NDArray[np.float32]) -> Recognition:
         """The windowed transcript of ``audio`` as a final, in the calling thread, past
         the queue (tests and benchmarks)."""
         samples = check_audio(audio, final=True, max_final_s=self.config.max_final_s)
         if samples.size == 0:
-            return Transcript("", True, 0.0, 0.0, 0.0)
+            return Recognition("", True, 0.0, 0.0, 0.0)
         return self._engine.run(samples, True)
 
     def transcribe_plain(self, audio: npt.NDArray[np.float32]) -> str:
@@ -234,7 +234,7 @@ class Transcriber:
                 job = self._next_job()
                 if job is None:
                     return
-            outcome: Transcript | AsrError
+            outcome: Recognition | AsrError
             try:
                 outcome = self._engine.run(job.audio, job.final)
             except AsrError as exc:
@@ -242,7 +242,7 @@ class Transcriber:
             except Exception as exc:  # an engine bug must not kill the thread
                 outcome = AsrModelError(f"speech recognition failed: {exc!r}")
             with self._cond:
-                result = outcome if isinstance(outcome, Transcript) else None
+                result = outcome if isinstance(outcome, Recognition) else None
                 if result is not None:
                     assert job.started is not None
                     result = dataclasses.replace(
@@ -261,18 +261,18 @@ class Transcriber:
             self._cond.wait()
         return None
 
-    def _resolve(self, job: Job, outcome: Transcript | BaseException | None) -> None:
+    def _resolve(self, job: Job, outcome: Recognition | BaseException | None) -> None:
         """Answer every caller waiting on ``job`` (under the condition)."""
         for waiter in self._waiters.pop(job.id, []):
-            value: Transcript | BaseException | None = outcome
-            if isinstance(outcome, Transcript) and waiter.joined:
+            value: Recognition | BaseException | None = outcome
+            if isinstance(outcome, Recognition) and waiter.joined:
                 value = dataclasses.replace(outcome, audio_s=waiter.audio_s, reused=True)
             with contextlib.suppress(RuntimeError):  # that caller's loop is closed
                 waiter.loop.call_soon_threadsafe(_settle, waiter.future, value)
 
 
 def _settle(
-    future: asyncio.Future[Transcript | None], value: Transcript | BaseException | None
+    future: asyncio.Future[Recognition | None], value: Recognition | BaseException | None
 ) -> None:
     if future.done():  # cancelled meanwhile
         return

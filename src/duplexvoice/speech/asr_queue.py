@@ -31,7 +31,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from duplexvoice.speech.asr_rules import extends_with_silence
-from duplexvoice.speech.asr_types import AsrBusy, FloatAudio, Transcript
+from duplexvoice.speech.asr_types import AsrBusy, FloatAudio, Recognition
 
 
 @dataclass(eq=False)
@@ -56,7 +56,7 @@ class Admission:
     request, whose callers get ``None``."""
 
     job: Job | None
-    cached: Transcript | None = None
+    cached: Recognition | None = None
     joined: bool = False
     dropped: tuple[Job, ...] = ()
 
@@ -73,7 +73,7 @@ class _Counters:
 @dataclass
 class _Cached:
     audio: FloatAudio
-    transcript: Transcript
+    transcript: Recognition
 
 
 @dataclass
@@ -172,7 +172,7 @@ class AsrQueue:
         self.running = job
         return job
 
-    def finish(self, job: Job, result: Transcript | None) -> None:
+    def finish(self, job: Job, result: Recognition | None) -> None:
         """The running ``job`` ended, with ``result`` (None: it failed)."""
         if job is not self.running:
             raise RuntimeError("finish() of a job that is not running")

@@ -83,7 +83,7 @@ class AsrConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class Transcript:
+class Recognition:
     """What was heard. ``compute_ms`` is the model time of this result (0 when it was
     reused); ``queued_ms`` the wait before the model took it; ``window_s`` the encoder
     window (the largest one, for audio cut into pieces; 0 when the model did not run)."""
@@ -120,7 +120,7 @@ class AsrStats:
 class Engine(Protocol):
     """The model side: a blocking call, run on the transcriber's own thread."""
 
-    def run(self, audio: FloatAudio, final: bool) -> Transcript:
+    def run(self, audio: FloatAudio, final: bool) -> Recognition:
         """The windowed transcript of 16 kHz mono float32 ``audio``."""
         ...
 

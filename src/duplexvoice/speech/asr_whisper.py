@@ -71,7 +71,7 @@ from duplexvoice.speech.asr_rules import (
     window_seconds,
     words_of,
 )
-from duplexvoice.speech.asr_types import AsrConfig, AsrModelError, FloatAudio, Transcript
+from duplexvoice.speech.asr_types import AsrConfig, AsrModelError, FloatAudio, Recognition
 from duplexvoice.threads import call_at_low_priority
 
 MAX_LENGTH = 448  # Whisper's decoder context, prompt included
@@ -168,11 +168,11 @@ class WhisperEngine:
 
     # -- the windowed path --------------------------------------------------------------
 
-    def run(self, audio: FloatAudio, final: bool) -> Transcript:
+    def run(self, audio: FloatAudio, final: bool) -> Recognition:
         start = time.perf_counter()
         audio_s = audio.size / SPEECH_RATE
         if is_negligible(audio):
-            return Transcript("", final, audio_s, _ms_since(start), 0.0)
+            return Recognition("", final, audio_s, _ms_since(start), 0.0)
         margin = self.config.window_margin_s
         longest = int((MAX_WINDOW_S - margin) * SPEECH_RATE)
         if audio.size <= longest:
@@ -186,7 +186,7 @@ class WhisperEngine:
         with self._lock:
             decoded = [self._decode(p, final) for p in pieces if self._hears_speech(p)]
         text = " ".join(d.text for d in decoded if d.text)
-        return Transcript(
+        return Recognition(
             text, final, audio_s, _ms_since(start),
             window_s=max((d.window_s for d in decoded), default=0.0),
             fell_back=any(d.fell_back for d in decoded),

@@ -7,23 +7,17 @@ worker calls. Decisions are the machine's (and the router's, and the settings');
 module does I/O and measures time. What goes to the client goes typed to the
 transport's :class:`~.output.SessionOutput`, which encodes it its own way.
 
-Worker side, through :mod:`..workers.link` only: a worker session is taken when an
-utterance starts and none is held (routed over the registry's workers, minus those
-down), kept while the machine keeps it, and ended on ``ReleaseWorker``, on every
-exit of the session, including a StartSession still in flight. A worker that fails
-is routed around by every session until it answers again; the next utterance takes
-a new worker session wherever one can be had (:mod:`..workers.placement`). ``mode:
-conversation`` makes a :class:`~.listener.Listener`: microphone audio goes there.
+Its worker half (streams, the worker session, control calls) is
+:class:`~.worker_side.WorkerSide`. ``mode: conversation`` makes a
+:class:`~.listener.Listener`: microphone audio goes there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from duplexvoice.audio import FRAME_MS
 from duplexvoice.orchestrator.config import OrchestratorConfig
@@ -42,8 +36,6 @@ from duplexvoice.orchestrator.sessions.events import (
     SendAudio,
     ServerShutdown,
     StartReply,
-    SynthesisDone,
-    SynthesisFailed,
     SynthesizeText,
     TextReceived,
     Tick,
@@ -51,7 +43,6 @@ from duplexvoice.orchestrator.sessions.events import (
     TurnClosed,
     UserTyped,
     WorkerControl,
-    WorkerFrame,
 )
 from duplexvoice.orchestrator.sessions.inbox import Inbox
 from duplexvoice.orchestrator.sessions.listener import Listener
@@ -62,12 +53,10 @@ from duplexvoice.orchestrator.sessions.playout import PlayoutConfig
 from duplexvoice.orchestrator.sessions.settings import SessionSettings
 from duplexvoice.orchestrator.sessions.shared import ConversationServices
 from duplexvoice.orchestrator.sessions.turn_metrics import TurnFigures
+from duplexvoice.orchestrator.sessions.worker_side import WorkerSide
 from duplexvoice.orchestrator.workers.link import (
-    WorkerError,
     WorkerPool,
-    WorkerSession,
 )
-from duplexvoice.orchestrator.workers.placement import open_worker_session
 from duplexvoice.orchestrator.workers.registry import WorkerRegistry
 from duplexvoice.wire.messages import (
     Command,
@@ -95,8 +84,6 @@ from duplexvoice.wire.protocol import (
 
 log = logging.getLogger(__name__)
 
-_TEXT_QUEUE = 64  # text pieces of one utterance waiting for the worker stream
-_CALLS = 64  # worker Control calls waiting to be made
 
 
 @dataclass(frozen=True)
@@ -104,18 +91,6 @@ class _ConfigChange:
     """A ``config`` message, queued in order with the session's other inputs."""
 
     message: ConfigMessage
-
-
-@dataclass
-class _Stream:
-    """One utterance's Synthesize stream. Its text waits in ``texts`` for the worker,
-    bounded by ``_TEXT_QUEUE`` pieces; the final piece always gets in (one per
-    stream), so an utterance is never left without its end."""
-
-    utterance_id: int
-    texts: asyncio.Queue[tuple[str, bool]] = field(default_factory=asyncio.Queue)
-    task: asyncio.Task[None] | None = None
-    final_sent_at: float | None = None
 
 
 class SessionDriver:
@@ -152,7 +127,6 @@ class SessionDriver:
         self.settings = (settings if settings is not None
                          else SessionSettings(voice=config.default_voice))
         self._registry = registry
-        self._pool = pool
         self._metrics = metrics
         self._output = output
         self._inbox: Inbox[Event | _ConfigChange] = Inbox()
@@ -164,15 +138,10 @@ class SessionDriver:
         self._room.set()
         self._send_lock = asyncio.Lock()
         self._client_gone = False
-        # The worker session: taken by a stream task, given back in order.
-        self._worker: WorkerSession | None = None
-        self._last_worker: str | None = None  # affinity
-        self._idle = False  # what the pool was last told about the held worker session
-        self._stream: _Stream | None = None
-        # Worker calls that must keep their order but never hold up the session's
-        # inputs (a Control to a dead worker waits for its deadline).
-        self._calls: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(_CALLS)
-        self._caller: asyncio.Task[None] | None = None
+        self._workers = WorkerSide(
+            session_id, registry, pool, metrics, mode=config.mode,
+            voice=lambda: self.settings.voice, post=self._inbox.post,
+            put_frame=self._inbox.put_frame, room=self._room, send_error=self.send_message)
         self._first_sent_upto = 0  # utterance ids are sent in order: the last with audio
         self._first_audio_ms: dict[int, float] = {}  # until its metrics message is sent
         self._stop_at: float | None = None
@@ -278,19 +247,9 @@ class SessionDriver:
             if self._timer is not None:
                 self._timer.cancel()
             # Shielded: the server may cancel this task; the worker session must end.
-            await asyncio.shield(self._finish_worker())
+            await asyncio.shield(self._workers.finish())
             if self._listener is not None:
                 await asyncio.shield(self._listener.close())
-
-    async def _finish_worker(self) -> None:
-        await self._end_stream()
-        if self._caller is not None:
-            self._caller.cancel()  # only Control calls: moot once the session ends
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._caller
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            await worker.end()
 
     async def _configure(self, message: ConfigMessage) -> None:
         error = self.settings.apply(message, self._offered_voices(),
@@ -339,25 +298,17 @@ class SessionDriver:
             self._room.clear()
         else:
             self._room.set()
-        idle = self.machine.current_utterance is None
-        if idle is not self._idle and self._worker is not None and not self._worker.ended:
-            # Nothing to say: the pool may give it to a session that needs it. Told on
-            # a change only, not per frame.
-            self._idle = idle
-            self._pool.set_idle(self._worker, idle)
+        self._workers.set_idle(self.machine.current_utterance is None)
 
     async def _do(self, action: Action) -> None:
         if isinstance(action, BeginSynthesis):
-            self._begin(action.utterance_id)
+            self._workers.begin(action.utterance_id)
         elif isinstance(action, SynthesizeText):
-            await self._synthesize_text(action)
+            await self._workers.synthesize_text(action)
         elif isinstance(action, WorkerControl):
-            await self._worker_control(action.command)
+            await self._workers.control(action.command)
         elif isinstance(action, ReleaseWorker):
-            await self._end_stream()
-            worker, self._worker = self._worker, None
-            if worker is not None:
-                self._pool.spawn(worker.end())  # the pool waits for it on shutdown
+            await self._workers.release()
         elif isinstance(action, Close):
             await self._output.close(action.code, action.reason)
         elif (isinstance(action, TranscribeTurn | TurnClosed | StartReply | CancelReply)
@@ -384,9 +335,9 @@ class SessionDriver:
         if uid > self._first_sent_upto:  # a new utterance's first frame
             self._first_sent_upto = uid
             self._turns.first_frame(uid)
-            stream = self._stream
-            if stream is not None and stream.utterance_id == uid and stream.final_sent_at:
-                first_audio_ms = (time.perf_counter() - stream.final_sent_at) * 1000
+            final_sent_at = self._workers.final_sent_at(uid)
+            if final_sent_at:
+                first_audio_ms = (time.perf_counter() - final_sent_at) * 1000
                 self._metrics.first_audio_ms.observe(first_audio_ms)
                 self._first_audio_ms[uid] = first_audio_ms
 
@@ -414,119 +365,3 @@ class SessionDriver:
             self._stop_at = None
         elif isinstance(message, Error):
             self._metrics.client_errors_total.inc()
-
-    # -- to the worker --------------------------------------------------------------
-
-    def _begin(self, utterance_id: int) -> None:
-        stream = _Stream(utterance_id)
-        self._stream = stream
-        stream.task = asyncio.create_task(self._run_stream(stream))
-
-    async def _synthesize_text(self, action: SynthesizeText) -> None:
-        stream = self._stream
-        if stream is None or stream.utterance_id != action.utterance_id or (
-                stream.task is not None and stream.task.done()):
-            return  # its end is reported by the stream task
-        # Never waits: the session loop must not hang on a stream that stopped reading
-        # (a StartSession that hangs, then fails).
-        if not action.is_final and stream.texts.qsize() >= _TEXT_QUEUE:
-            await self.send_message(Error(
-                ErrorCode.QUEUE_FULL,
-                f"streamed text arrives faster than the worker takes it ({_TEXT_QUEUE} "
-                "pieces waiting); this piece is dropped"))
-            return
-        stream.texts.put_nowait((action.text, action.is_final))
-        if action.is_final:
-            stream.final_sent_at = time.perf_counter()
-
-    async def _run_stream(self, stream: _Stream) -> None:
-        uid = stream.utterance_id
-        try:
-            worker = await self._acquire()
-        except WorkerError as exc:
-            self._metrics.worker_errors_total.inc()
-            self._inbox.post(SynthesisFailed(uid, exc.message, ErrorCode.WORKER_UNAVAILABLE))
-            return
-
-        async def texts() -> AsyncIterator[tuple[str, bool]]:
-            while True:
-                yield await stream.texts.get()
-
-        try:
-            async for pcm in worker.synthesize(texts()):
-                if not self._room.is_set():
-                    await self._room.wait()  # back-pressure: the client buffer is full
-                await self._inbox.put_frame(WorkerFrame(uid, pcm))
-        except WorkerError as exc:
-            self._metrics.worker_errors_total.inc()
-            self._inbox.post(SynthesisFailed(uid, str(exc)))
-            return
-        # Behind its frames: an input would overtake those still queued (lost audio).
-        await self._inbox.put_frame(SynthesisDone(uid))
-
-    async def _acquire(self) -> WorkerSession:
-        """The session's worker session on the wanted voice, taken now if needed
-        (:func:`~.placement.open_worker_session`). Only the open stream's task calls
-        this: one at a time."""
-        worker = self._worker
-        voice = self.settings.voice
-        if (worker is not None and not worker.broken and not worker.ended
-                and (not voice or worker.model_id == voice)):
-            self._pool.set_idle(worker, False)
-            self._idle = False
-            return worker
-        self._worker = None
-        self._idle = False  # a new worker session starts busy
-        if worker is not None:
-            await worker.end()
-        # No await between the open and this assignment: a cancelled task leaves no
-        # worker session behind that the clean-up does not see.
-        self._worker = await open_worker_session(
-            self._pool, self._registry, self.config.mode, session_id=self.session_id,
-            voice=voice, affinity=self._last_worker)
-        self._last_worker = self._worker.worker.name
-        return self._worker
-
-    async def _end_stream(self) -> None:
-        """Cancel the open Synthesize stream (and a StartSession it waits for)."""
-        stream, self._stream = self._stream, None
-        if stream is not None and stream.task is not None and not stream.task.done():
-            stream.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await stream.task
-
-    async def _worker_control(self, command: Command) -> None:
-        worker, stream = self._worker, self._stream
-        if worker is None and command is Command.STOP and stream is not None:
-            # Still taking a worker session: stop by cancelling the task that would
-            # produce the audio, and report the stream's end as the worker would.
-            await self._end_stream()
-            self._inbox.post(SynthesisDone(stream.utterance_id))
-            return
-        if worker is None or worker.broken:
-            return  # nothing playing on a worker yet, or nobody to tell
-        self._call(lambda: self._control(worker, command))
-
-    async def _control(self, worker: WorkerSession, command: Command) -> None:
-        try:
-            await worker.control(command)
-        except WorkerError as exc:
-            self._metrics.worker_errors_total.inc()
-            log.info("session %s: worker Control %s failed: %s", self.session_id, command, exc)
-
-    def _call(self, call: Callable[[], Awaitable[None]]) -> None:
-        """Run a worker call after the ones before it, off the session's loop (a call
-        to a dead worker waits for its deadline; the session's inputs must not)."""
-        try:
-            self._calls.put_nowait(call)
-        except asyncio.QueueFull:  # a client toggling far faster than the worker answers
-            log.warning("session %s: too many worker calls pending; one dropped",
-                        self.session_id)
-            return
-        if self._caller is None or self._caller.done():
-            self._caller = asyncio.create_task(self._run_calls())
-
-    async def _run_calls(self) -> None:
-        while not self._calls.empty():
-            call = self._calls.get_nowait()
-            await call()
