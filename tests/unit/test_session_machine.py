@@ -237,6 +237,9 @@ def test_pause_resume() -> None:
     out = d(ControlReceived(RESUME))
     assert WorkerControl(RESUME) in out and states(out) == ["SPEAKING"]
     assert [a.sequence for a in audio(out)] == [3, 4, 5]  # nothing lost or replayed
+    # The client learns it is SPEAKING again before the audio that follows.
+    kinds = ["state" if isinstance(a, Send) else type(a).__name__ for a in out]
+    assert kinds.index("state") < kinds.index("SendAudio"), kinds
     assert d(ControlReceived(RESUME)) == []  # already playing
 
 

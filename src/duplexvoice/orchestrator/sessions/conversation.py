@@ -80,7 +80,7 @@ class Conversation:
     def on_speech_ended(self, event: UserSpeechEnded) -> None:
         self._core.idle_since = self._core.now
         self.decide(self._core.turns.speech_ended(self._core.now, event.silence_s,
-                                              event.checking_words))
+                                                  event.checking_words))
 
     def on_transcript(self, event: UserTranscript) -> None:
         if not event.final and event.turn == self._core.turns.turn and event.text.strip():
@@ -113,7 +113,7 @@ class Conversation:
                 self._cancel_reply()
                 return
             utterance = Utterance(self._core.next_id, reply_turn=reply.turn,
-                                   gated=not reply.confirmed)
+                                  gated=not reply.confirmed)
             self._core.next_id += 1
             reply.utterance = utterance
             self._core.live.append(utterance)

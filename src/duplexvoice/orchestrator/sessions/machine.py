@@ -189,7 +189,10 @@ class SessionMachine:
         if handler is not None:
             handler(event)
         if not self.closed:
-            self._pump(paced=isinstance(event, Tick))
+            # A worker frame changes no state; other events may (a RESUME, a false
+            # barge-in's end): the state goes out before the audio it lets go.
+            self._pump(paced=isinstance(event, Tick),
+                       state_first=not isinstance(event, WorkerFrame))
             self._sync_state()
             self._maybe_release_worker()
         actions, self._core.actions = self._core.actions, []
@@ -348,7 +351,7 @@ class SessionMachine:
                 and core.now >= self._listening_since + self.config.worker_linger_s - _EPS):
             self._release_worker()
 
-    def _pump(self, *, paced: bool = False) -> None:
+    def _pump(self, *, paced: bool = False, state_first: bool = False) -> None:
         """Start the next synthesis when the worker is free; release audio that is due."""
         if self._core.stream is None:
             waiting = next((u for u in self._core.live if not u.started), None)
@@ -357,8 +360,11 @@ class SessionMachine:
                 self._core.worker_held = True
                 self._core.stream = waiting.utterance_id
                 text, waiting.pending = "".join(waiting.pending), []
-                self._core.actions += [BeginSynthesis(waiting.utterance_id),
-                                  SynthesizeText(waiting.utterance_id, text, waiting.text_final)]
+                self._core.actions += [
+                    BeginSynthesis(waiting.utterance_id),
+                    SynthesizeText(waiting.utterance_id, text, waiting.text_final)]
+        if state_first:
+            self._sync_state()
         if self._core.playout.held:
             return  # nothing released, nothing completes: the client holds playback too
         while self._core.live:
