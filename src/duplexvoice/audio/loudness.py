@@ -189,7 +189,31 @@ def _weighted_mean(z: _F64, weights: _F64, mask: npt.NDArray[np.bool_]) -> float
     return float(np.dot(z[mask], weights[mask]) / weights[mask].sum())
 
 
-class VoiceLoudness:
+class _Gain:
+    """A loudness target and the gain (and limiter make-up) that reaches it, read under
+    a lock: a voice's calibration, or one session's copy of it."""
+
+    _lock: threading.Lock
+    _target: float
+    _gain_db: float
+    _makeup_db: float
+
+    @property
+    def target_lufs(self) -> float:
+        return self._target
+
+    @property
+    def gain_db(self) -> float:
+        with self._lock:
+            return self._gain_db
+
+    @property
+    def makeup_db(self) -> float:
+        with self._lock:
+            return self._makeup_db
+
+
+class VoiceLoudness(_Gain):
     """What one loaded voice needs to reach the target: its calibration, shared by its
     sessions and fixed once calibrated.
 
@@ -220,22 +244,8 @@ class VoiceLoudness:
         self._calibrated = False
 
     @property
-    def target_lufs(self) -> float:
-        return self._target
-
-    @property
     def max_adjust_db(self) -> float:
         return self._max_adjust
-
-    @property
-    def gain_db(self) -> float:
-        with self._lock:
-            return self._gain_db
-
-    @property
-    def makeup_db(self) -> float:
-        with self._lock:
-            return self._makeup_db
 
     @property
     def calibrated(self) -> bool:
@@ -267,7 +277,7 @@ class VoiceLoudness:
         return SessionLoudness(self)
 
 
-class SessionLoudness:
+class SessionLoudness(_Gain):
     """The gain one session applies: its voice's calibration, then an exponential
     moving average over that session's own finished utterances.
 
@@ -286,20 +296,6 @@ class SessionLoudness:
         with voice._lock:
             self._gain_db, self._makeup_db = voice._gain_db, voice._makeup_db
             self._calibrated = voice._calibrated
-
-    @property
-    def target_lufs(self) -> float:
-        return self._target
-
-    @property
-    def gain_db(self) -> float:
-        with self._lock:
-            return self._gain_db
-
-    @property
-    def makeup_db(self) -> float:
-        with self._lock:
-            return self._makeup_db
 
     def observe(self, utterance_raw_lufs: float, makeup_db: float | None = None) -> None:
         """Fold a finished utterance's raw loudness (-inf: ignored) and make-up in."""
