@@ -243,7 +243,7 @@ async def _leave(server: Server, moment: str) -> None:
 
 @pytest.fixture(scope="module")
 def conversation_stack(real_worker: WorkerProcess) -> Iterator[OrchestratorProcess]:
-    orch = OrchestratorProcess("--workers", real_worker.addr).start()
+    orch = OrchestratorProcess("--workers", real_worker.addr, "--reply-engine", "echo").start()
     yield orch
     orch.terminate()
 

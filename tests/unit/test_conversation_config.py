@@ -176,7 +176,8 @@ def test_the_defaults_are_what_they_were() -> None:
         None, 1, 16, 0)
     assert c.turns == TurnConfig() and (c.turns.end_of_turn_ms, c.turns.interrupt_after_ms) == (
         500, 400)
-    assert (c.reply.engine, c.reply.model, c.reply.timeout_s) == ("echo", "gpt-4o-mini", 60)
+    # The one change: the local brain is the default reply engine (issue 17).
+    assert (c.reply.engine, c.reply.model, c.reply.timeout_s) == ("local", "gpt-4o-mini", 60)
     assert (c.partial_interval_ms, c.max_audio_rate, c.max_audio_burst_s) == (400, 2, 5)
 
 
@@ -258,9 +259,12 @@ async def test_the_services_hand_each_core_its_section(monkeypatch: pytest.Monke
         await services.close()
 
 
-def test_the_echo_engine_alone_by_default() -> None:
+def test_the_local_engine_and_echo_by_default() -> None:
     replies = shared.make_replies(ConversationConfig().reply)
-    assert list(replies) == ["echo"] and isinstance(replies["echo"], EchoEngine)
+    assert list(replies) == ["echo", "local"] and isinstance(replies["echo"], EchoEngine)
+    echo_only = shared.make_replies(ConversationConfig().reply.model_copy(
+        update={"engine": "echo"}))
+    assert list(echo_only) == ["echo"]
 
 
 def test_a_session_gets_the_configured_turn_taking() -> None:
