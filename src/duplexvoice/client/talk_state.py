@@ -110,7 +110,8 @@ class ConversationTracker:
         elif kind == "utterance_end" and message.get("reason") == "error":
             self.failed_utterances += 1
         elif kind == "metrics" and isinstance(turn, int):
-            for name in ("transcript_ms", "voice_to_voice_ms", "barge_in_ms"):
+            for name in ("transcript_ms", "voice_to_voice_ms", "text_to_voice_ms",
+                         "barge_in_ms"):
                 value = message.get(name)
                 if isinstance(value, int | float):
                     self.latencies.append(Latency(turn, name.removesuffix("_ms"),
