@@ -309,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
         "microphone. Prints transcripts, replies, state changes and latencies. An echo "
         "canceller (WebRTC AEC3) keeps the system from hearing itself through the speaker. "
         "With --input it ends once the conversation has settled after the file; otherwise "
-        "Ctrl-C ends it. Exit codes: 0 ok, 1 error, 130 Ctrl-C.")
+        "Ctrl-C ends it. Exit codes: 0 ok; 1 error: the server cannot be reached or "
+        "refuses the config, or it reported an error for the session (any error message, "
+        "e.g. REPLY_FAILED for a turn: one failed turn is enough), an utterance failed, or "
+        "a turn got no final transcript or no reply without an error; 130 Ctrl-C.")
     talk.add_argument("--url", default="ws://127.0.0.1:8080/ws", metavar="URL",
                       help="orchestrator WebSocket (default: ws://127.0.0.1:8080/ws)")
     talk.add_argument("--api-key", default="", metavar="KEY",
