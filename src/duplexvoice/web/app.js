@@ -46,6 +46,14 @@ const app = {
   gateTimer: null,
   reconnects: 0,
   connectStarted: 0,
+  // What the assistant does, as the user perceives it (the state pill): thinking from
+  // the user's final transcript (or typed line) to the first audio of the reply (or
+  // its failure); speaking while that audio plays.
+  thinking: false,
+  audible: false,
+  typedAt: null, // performance.now() of the last typed line not yet taken as a turn
+  workerMissing: false, // the no-worker notice is up
+  activities: [], // the pill's activity changes, {t, activity}: read by tests
   config: { auth_required: false, webrtc: true, default_voice: "" },
 };
 
@@ -79,9 +87,49 @@ function setConnection(value) {
 
 function setState(state) {
   app.state = state;
+  if (state === "LISTENING" || state === "DISCONNECTED" || state === "CLOSED") app.audible = false;
+  if (state === "DISCONNECTED" || state === "CLOSED") app.thinking = false;
+  showState();
+}
+
+function activity() {
+  if (app.state === "BARGED_IN" || app.state === "PAUSED") return "";
+  if (app.audible && app.state === "SPEAKING") return "speaking";
+  // SPEAKING with nothing heard yet: a reply is on its way (a slow reply engine).
+  if (app.thinking || (app.state === "SPEAKING" && !app.audible)) return "thinking";
+  return "";
+}
+
+function showState() {
   const words = { LISTENING: "Listening", SPEAKING: "Speaking", BARGED_IN: "Barged in", PAUSED: "Paused", CLOSED: "Closed", DISCONNECTED: "Not connected" };
-  ui.state.textContent = words[state] || state;
-  ui.state.dataset.state = state;
+  const doing = activity();
+  ui.state.textContent = doing === "thinking" ? "Thinking…" : doing === "speaking" ? "Speaking" : (words[app.state] || app.state);
+  ui.state.dataset.state = app.state;
+  if (ui.state.dataset.activity !== doing) {
+    app.activities.push({ t: performance.now(), activity: doing });
+    if (app.activities.length > 200) app.activities.shift();
+  }
+  ui.state.dataset.activity = doing;
+}
+
+function setThinking(on) {
+  app.thinking = on;
+  if (on) app.audible = false;
+  showState();
+}
+
+function heard() {
+  // Reply audio is playing: the assistant speaks, and a voice worker is evidently back.
+  app.thinking = false;
+  app.audible = true;
+  showState();
+  workerBack();
+}
+
+function workerBack() {
+  if (!app.workerMissing) return;
+  app.workerMissing = false;
+  notice("worker", "", "");
 }
 
 async function connect(reconnect = false) {
@@ -232,9 +280,10 @@ async function checkWorkers() {
   try {
     const r = await fetch("/ready", { cache: "no-store" });
     if (r.status === 503) {
+      app.workerMissing = true;
       notice("worker", "warn", "No voice worker is available right now: replies will be silent until one is up.");
     } else if (r.ok) {
-      notice("worker", "", "");
+      workerBack();
     }
   } catch { /* the connection reports an unreachable server */ }
 }
@@ -277,7 +326,15 @@ function onMessage(t, msg) {
       setState(msg.state);
       if (msg.state === "SPEAKING") reopenGate();
       break;
-    case "transcript": view.showTranscript(msg); break;
+    case "transcript": {
+      const typed = view.showTranscript(msg);
+      if (typed && app.typedAt !== null) {
+        measure.typed(msg.turn, app.typedAt);
+        app.typedAt = null;
+      }
+      if (msg.final && String(msg.text || "").trim()) setThinking(true);
+      break;
+    }
     case "reply": {
       const u = measure.utterance(uid);
       if (u.turn === null && typeof msg.turn === "number") u.turn = msg.turn;
@@ -300,6 +357,8 @@ function onMessage(t, msg) {
       measure.arrival("interrupt", uid, audio.now(), audio.ctx ? audio.ctx.currentTime : 0);
       audio.toPlayback({ type: "interrupt", uid });
       app.interruptAt = performance.now();
+      app.audible = false;
+      setThinking(false);
       measure.utterance(uid).interrupted = true;
       view.markInterrupted(uid);
       break;
@@ -307,6 +366,8 @@ function onMessage(t, msg) {
       audio.toPlayback({ type: "end", uid });
       measure.utterance(uid).ended = msg.reason;
       if (msg.reason === "interrupted" || msg.reason === "stopped") view.markInterrupted(uid);
+      if (msg.reason === "completed" && msg.frames > 0) workerBack(); // a whole utterance was voiced
+      if (app.thinking && measure.utterance(uid).onset_at === null) setThinking(false); // ended unheard
       break;
     case "metrics": {
       const row = measure.server(msg);
@@ -314,7 +375,11 @@ function onMessage(t, msg) {
       break;
     }
     case "error":
+      if (["REPLY_FAILED", "ASR_FAILED", "ASR_BUSY", "WORKER_UNAVAILABLE", "QUEUE_FULL"].includes(msg.code)) {
+        setThinking(false); // that turn gets no (audible) reply
+      }
       if (msg.code === "WORKER_UNAVAILABLE") {
+        app.workerMissing = true;
         notice("worker", "warn", "No voice worker is available: this reply has no audio. The conversation goes on.");
       } else {
         notice("error", "warn", `${msg.code}: ${msg.message}`);
@@ -352,6 +417,7 @@ function onFrame(t, buf) {
   if (head.getUint8(0) !== 0x44 || head.getUint8(1) !== 0x56 || head.getUint8(2) !== 1) return;
   const uid = head.getUint32(4, true);
   measure.frames += 1;
+  workerBack(); // audio arrives: a worker is back
   const pcm = buf.slice(12);
   audio.toPlayback({ type: "frame", uid, pcm }, [pcm]);
 }
@@ -372,7 +438,10 @@ function onCapture(m) {
 
 function onPlayback(m) {
   measure.playback(m);
-  if (m.type === "played" && app.transport && app.transport.name === "websocket") {
+  if (m.type === "onset" && m.uid && !measure.utterance(m.uid).interrupted) heard();
+  // What the user heard of an utterance, on either transport (WebRTC: on the data
+  // channel): an interruption cuts the reply's history to it.
+  if (m.type === "played" && app.transport) {
     send({ type: "playback", utterance_id: m.uid, played_ms: Math.max(0, Math.round(m.played_ms)) });
   }
 }
@@ -381,7 +450,8 @@ function onPlayback(m) {
 setInterval(() => {
   for (const row of measure.snapshotTurns()) {
     if (view.hasLatencyRow(row.turn) || row.first_audio_ms !== undefined
-      || row.voice_to_voice_ms !== undefined || row.page_voice_to_voice_ms !== undefined) view.showLatency(row);
+      || row.voice_to_voice_ms !== undefined || row.page_voice_to_voice_ms !== undefined
+      || row.text_to_voice_ms !== undefined || row.page_text_to_voice_ms !== undefined) view.showLatency(row);
   }
 }, 1000);
 
@@ -457,7 +527,9 @@ ui.form.addEventListener("submit", (e) => {
     notice("error", "warn", "Connect first, then type.");
     return;
   }
+  app.typedAt = performance.now();
   view.showTyped(text);
+  setThinking(true);
   ui.text.value = "";
 });
 
@@ -490,6 +562,9 @@ async function loadSettings() {
 
 const api = Object.freeze({
   get state() { return app.state; },
+  // what the state pill shows the assistant doing: "thinking", "speaking" or ""
+  get activity() { return activity(); },
+  get activities() { return app.activities.map((a) => a.activity); },
   get connection() { return app.connection; },
   get transport() { return app.transport ? app.transport.name : null; },
   get sessionId() { return app.sessionId; },
