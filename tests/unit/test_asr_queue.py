@@ -215,3 +215,71 @@ def test_drain_and_misuse() -> None:
     with pytest.raises(ValueError):
         AsrQueue(max_queue=0)
 
+
+
+def test_every_final_gets_an_answer_under_contention() -> None:
+    # Issue 17: with 6 sessions on 2 cores a turn got no transcript and no error. The
+    # queue's part: every final asked is answered (its job's result, a joined job's, the
+    # cache, or AsrBusy at once); only partials may be dropped, and each drop is told.
+    # Six sessions, each: partials while speaking, a speculative final at the offset,
+    # the real final (the same audio plus silence) at the end of turn; the model takes
+    # jobs in between, in a seeded random interleaving.
+    rng = np.random.default_rng(17)
+    q = AsrQueue(max_queue=2)
+    answered: set[int] = set()  # request ids
+    finals: dict[int, Job | None] = {}  # request id -> the job it waits on
+    partials: dict[int, Job] = {}
+    told_dropped: set[int] = set()  # job ids
+    finished: set[int] = set()  # job ids
+    steps: list[tuple[str, int]] = []
+    for session in range(6):
+        steps += [("partial", session)] * 3 + [("final", session), ("again", session)]
+    # each session's own steps in order; sessions and the model's work interleaved
+    queue_of = {s: [st for st in steps if st[1] == s] for s in range(6)}
+    audio = {s: speech(1.0, seed=s) for s in range(6)}
+    request = 0
+    for _ in range(2 * len(steps)):
+        if rng.random() < 0.2 and q.running is None and (job := q.take(0.0)) is not None:
+            q.finish(job, result(final=job.final))
+            finished.add(job.id)
+        elif q.running is not None and rng.random() < 0.2:
+            job = q.running
+            q.finish(job, result(final=job.final))
+            finished.add(job.id)
+        live = [s for s, left in queue_of.items() if left]
+        if not live:
+            continue
+        kind, session = queue_of[int(rng.choice(live))].pop(0)
+        request += 1
+        clip = audio[session] if kind != "again" else plus_silence(audio[session])
+        try:
+            admission = q.submit(clip, final=kind != "partial", key=session, now=0.0)
+        except AsrBusy:
+            answered.add(request)  # refused at once: the caller reports ASR_BUSY
+            continue
+        told_dropped |= {job.id for job in admission.dropped}
+        if kind == "partial":
+            if admission.job is not None:
+                partials[request] = admission.job
+        elif admission.cached is not None:
+            answered.add(request)
+        else:
+            finals[request] = admission.job
+    while True:  # the model works through what is left
+        if q.running is not None:
+            finished.add(q.running.id)
+            q.finish(q.running, result())
+        job = q.take(1.0)
+        if job is None:
+            break
+        q.finish(job, result(final=job.final))
+        finished.add(job.id)
+    for req, job in finals.items():
+        assert job is not None and job.id in finished, (req, job)
+        answered.add(req)
+    assert len(answered) == sum(1 for kind, _ in steps if kind != "partial")
+    for job in partials.values():
+        assert (job.id in finished) != (job.id in told_dropped), job
+    # the paths under test were taken: reuse, refusal and dropped partials
+    c = q.counters
+    assert c.finals_reused and c.finals_refused and c.partials_dropped, c
