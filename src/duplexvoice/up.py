@@ -189,16 +189,19 @@ def resolve_port(label: str, host: str, port: int) -> int:
     return port
 
 
-def check_ports(plan: UpPlan) -> tuple[int, int]:
-    """The orchestrator's and the worker's ports, resolved and checked."""
-    orch, worker = plan.orchestrator, plan.worker
-    worker_label = plan.children[WORKER.name].label("port")
-    port = resolve_port(plan.label("port"), orch.host, orch.port)
-    worker_port = resolve_port(worker_label, worker.host, worker.port)
-    if port == worker_port:
-        raise UpError(f"{plan.label('port')} and {worker_label}: both are port {port}",
-                      code=2)
-    return port, worker_port
+def check_ports(plan: UpPlan) -> dict[str, int]:
+    """The port of the orchestrator (key "") and of each child (by name), resolved and
+    checked: each can be listened on, no two the same."""
+    orch = plan.orchestrator
+    labels = {"": plan.label("port")}
+    ports = {"": resolve_port(labels[""], orch.host, orch.port)}
+    for name, child in plan.children.items():
+        labels[name] = child.label("port")
+        port = resolve_port(labels[name], child.config.host, child.config.port)
+        if (same := next((k for k, p in ports.items() if p == port), None)) is not None:
+            raise UpError(f"{labels[same]} and {labels[name]}: both are port {port}", code=2)
+        ports[name] = port
+    return ports
 
 
 def check_redis(url: str, label: str, timeout_s: float = REDIS_TIMEOUT_S) -> None:
@@ -323,14 +326,14 @@ def run_up(plan: UpPlan, *, ready_timeout_s: float = 120.0,
     config = plan.orchestrator
     lines = _Lines()
     try:
-        port, worker_port = check_ports(plan)
+        ports = check_ports(plan)
         if config.redis_url:
             check_redis(config.redis_url, plan.label("redis_url"))
     except UpError as exc:
         print(f"duplexvoice up: {exc}", file=sys.stderr)
         return exc.code
-    config = config.model_copy(update={"port": port})
-    children = [worker_child(plan, worker_port, lines)]
+    config = config.model_copy(update={"port": ports[""]})
+    children = [worker_child(plan, ports[WORKER.name], lines)]
     supervisors: list[tuple[Child, Supervisor]] = []
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -24,6 +24,7 @@ wiring in :mod:`duplexvoice.up`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class ChildOptions:
 
     name: str  # "worker"
     command: str  # its subcommand, for the help: ``duplexvoice worker``
+    config: str  # "module:Class" of its config model; the module's ENV_PREFIX names
+    # its environment variables
     decided: frozenset[str] = frozenset()  # options up gives it itself (from the resolved config)
 
     @property
@@ -72,14 +75,13 @@ class ChildOptions:
 
     def model(self) -> tuple[type[BaseModel], str]:
         """Its config model and environment prefix (imported late: start-up time)."""
-        if self.name == "worker":
-            from duplexvoice.worker.config import ENV_PREFIX, WorkerConfig
+        module_name, class_name = self.config.split(":")
+        module = importlib.import_module(module_name)
+        model: type[BaseModel] = getattr(module, class_name)
+        return model, str(module.ENV_PREFIX)
 
-            return WorkerConfig, ENV_PREFIX
-        raise ValueError(f"no config model for {self.name}")
 
-
-WORKER = ChildOptions("worker", "duplexvoice worker",
+WORKER = ChildOptions("worker", "duplexvoice worker", "duplexvoice.worker.config:WorkerConfig",
                       frozenset({"port", "name", "log_level", "redis_url"}))
 CHILDREN: tuple[ChildOptions, ...] = (WORKER,)
 
