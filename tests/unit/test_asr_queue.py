@@ -200,6 +200,37 @@ def test_cancel_withdraws_waiting_jobs_only() -> None:
     assert not q.cancel(p)
 
 
+def test_a_withdrawn_final_keeps_its_place_for_its_callers_next_final() -> None:
+    # The user went on speaking: the session withdraws its final and asks again with
+    # more audio. Under load that final must not go to the back of the line.
+    q = AsrQueue(max_queue=8)
+    first = q.submit(speech(seed=1), final=True, key="a", now=0.0).job
+    later = [q.submit(speech(seed=s), final=True, key=k, now=0.0).job
+             for s, k in ((2, "b"), (3, "c"))]
+    assert first is not None and q.cancel(first)
+    assert q.finals_waiting == 2  # the kept place counts for nothing
+    more = np.concatenate([speech(seed=1), speech(0.5, seed=9)])
+    again = q.submit(more, final=True, key="a", now=0.5).job
+    assert again is not None and again is not first
+    assert q.counters.finals_kept_place == 1
+    assert [run(q), run(q), run(q)] == [again, *later]
+    assert q.take(1.0) is None
+
+
+def test_a_place_nobody_claims_is_skipped_and_places_stay_bounded() -> None:
+    q = AsrQueue(max_queue=8)
+    a1, b, a2, n = (q.submit(speech(seed=seed), final=True, key=key, now=0.0).job
+                    for seed, key in ((1, "a"), (2, "b"), (3, "a"), (4, None)))
+    assert a1 is not None and b is not None and a2 is not None and n is not None
+    assert q.cancel(a1) and q.cancel(a2) and q.cancel(n)
+    # one place per caller with a key: a1's kept; a2 (a's second) and n (no key) gone
+    assert q.places_kept == 1 and q.finals_waiting == 1
+    assert not q.cancel(a1)
+    assert run(q) is b  # a's unclaimed place (before b) skipped
+    assert q.take(1.0) is None and q.places_kept == 0
+    assert q.drain() == []
+
+
 def test_drain_and_misuse() -> None:
     q = AsrQueue(max_queue=8)
     f = q.submit(speech(), final=True, key="a", now=0.0).job
