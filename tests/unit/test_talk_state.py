@@ -162,3 +162,11 @@ def test_problems_make_the_exit_code_every_error_and_every_owed_turn() -> None:
          (3.1, {"type": "transcript", "text": "book a table", "final": True, "turn": 3}),
          (3.2, {"type": "reply", "utterance_id": 2, "text": "x", "turn": 3}))
     assert quiet.problems() == []
+    # Speech after the last final and nothing at all from the server about it.
+    speech = SpeechEnd()
+    speech.observe(SPEECH, 4.0)
+    assert quiet.problems(speech) == [
+        "speech after the last final transcript got no transcript, reply or error"]
+    talk(quiet, (5.0, {"type": "transcript", "text": "dogs", "final": True, "turn": 5}),
+         (5.1, {"type": "error", "code": "REPLY_FAILED", "message": "down"}))
+    assert quiet.problems(speech) == ["the server reported 1 error(s) (REPLY_FAILED)"]

@@ -147,7 +147,7 @@ class TalkClient:
                     await self._session(ws)
                 except TalkError as exc:
                     self.result.code, self.result.problem = 1, str(exc)
-        problems = self.tracker.problems()
+        problems = self.tracker.problems(self.speech)
         if self.result.code == 0 and problems:
             self.result.code = 1
             self.result.problem = "; ".join(problems)

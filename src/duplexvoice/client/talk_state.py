@@ -25,8 +25,8 @@ transcript may wait behind other sessions' (seconds).
 **Failed** (:meth:`ConversationTracker.problems`, the exit code 1 of ``talk``): the
 server reported an error (any ``error`` message: ``REPLY_FAILED``, ``ASR_BUSY``, ...),
 an utterance ended in error, or a turn was left owed at the end: a partial transcript
-and no final, or a final with words and no reply, and no error said why (a turn must
-never vanish silently).
+and no final, a final with words and no reply, or speech after the last final and
+nothing at all, and no error said why (a turn must never vanish silently).
 """
 
 from __future__ import annotations
@@ -149,12 +149,12 @@ class ConversationTracker:
 
     def pending(self, speech: SpeechEnd) -> bool:
         """Something more is expected from the server."""
-        spoke_since_final = speech.last_speech_at is not None and (
-            self.last_final_at is None or speech.last_speech_at > self.last_final_at)
-        return bool(self.partial_turns or self.unanswered_turns or spoke_since_final)
+        return bool(self.partial_turns or self.unanswered_turns
+                    or self._spoke_since_final(speech))
 
-    def problems(self) -> list[str]:
-        """What went wrong in the session, one phrase each (none: it went well)."""
+    def problems(self, speech: SpeechEnd | None = None) -> list[str]:
+        """What went wrong in the session, one phrase each (none: it went well).
+        ``speech``: the user's, to tell speech the server never answered."""
         out: list[str] = []
         if self.errors:
             total = sum(self.errors.values())
@@ -168,7 +168,14 @@ class ConversationTracker:
                        "reply or error")
         for turn in sorted(self.unanswered_turns):
             out.append(f"turn {turn}: a final transcript, then no reply or error")
+        if speech is not None and not self.partial_turns and self._spoke_since_final(speech):
+            out.append("speech after the last final transcript got no transcript, reply or "
+                       "error")
         return out
+
+    def _spoke_since_final(self, speech: SpeechEnd) -> bool:
+        return speech.last_speech_at is not None and (
+            self.last_final_at is None or speech.last_speech_at > self.last_final_at)
 
     def settled(self, now: float, *, input_done_at: float | None, playback_idle: bool,
                 speech: SpeechEnd) -> bool:
