@@ -148,6 +148,13 @@ def test_talk_reply_interrupt_pause_resume(playwright: Any, system: System,
         u1 = page.eval(f"dv.utterances[{uid}]")
         assert u1["energy"] == stopped["energy"], (u1, stopped)
         assert u1["energy_after_interrupt"] == 0, u1
+        # What was heard of it went to the server (over the data channel with WebRTC),
+        # as the page's playback stood at the interrupt: the history keeps that much.
+        reported = [e["msg"]["played_ms"] for e in page.events() if e["dir"] == "out"
+                    and e["msg"]["type"] == "playback" and e["msg"]["utterance_id"] == uid]
+        heard_ms = int(stopped["played_ms"] + 0.5)  # Math.round, as the page sends it
+        assert stopped["played_ms"] > 0 and heard_ms in reported, (
+            stopped, reported)
 
         # The second reply: nothing played while held, and it went on after the resume.
         c2 = controls(page, uid2)
