@@ -3,7 +3,9 @@
 // No build step: plain ES modules served from the package.
 
 import { AudioEngine, MicError } from "./audio.js";
+import { StatePill } from "./activity.js";
 import { Measure } from "./measure.js";
+import { MicMode } from "./mic.js";
 import { ConnectError, WebRtcTransport, WebSocketTransport } from "./transports.js";
 import { ConversationView } from "./view.js";
 
@@ -22,6 +24,7 @@ const ui = {
 };
 
 const measure = new Measure();
+const pill = new StatePill(ui.state);
 const view = new ConversationView(ui, () => app.session);
 const audio = new AudioEngine({
   capture: (m) => onCapture(m),
@@ -38,22 +41,13 @@ const app = {
   retryTimer: null,
   sessionId: null,
   session: 0, // counts sessions: turn numbers restart with each
-  micOpen: true,
-  pttHeld: false,
-  mode: "handsfree",
   micState: "off", // off | on | denied | missing | failed
   interruptAt: -Infinity,
   gateTimer: null,
   reconnects: 0,
   connectStarted: 0,
-  // What the assistant does, as the user perceives it (the state pill): thinking from
-  // the user's final transcript (or typed line) to the first audio of the reply (or
-  // its failure); speaking while that audio plays.
-  thinking: false,
-  audible: false,
   typedAt: null, // performance.now() of the last typed line not yet taken as a turn
   workerMissing: false, // the no-worker notice is up
-  activities: [], // the pill's activity changes, {t, activity}: read by tests
   config: { auth_required: false, webrtc: true, default_voice: "" },
 };
 
@@ -87,42 +81,12 @@ function setConnection(value) {
 
 function setState(state) {
   app.state = state;
-  if (state === "LISTENING" || state === "DISCONNECTED" || state === "CLOSED") app.audible = false;
-  if (state === "DISCONNECTED" || state === "CLOSED") app.thinking = false;
-  showState();
-}
-
-function activity() {
-  if (app.state === "BARGED_IN" || app.state === "PAUSED") return "";
-  if (app.audible && app.state === "SPEAKING") return "speaking";
-  // SPEAKING with nothing heard yet: a reply is on its way (a slow reply engine).
-  if (app.thinking || (app.state === "SPEAKING" && !app.audible)) return "thinking";
-  return "";
-}
-
-function showState() {
-  const words = { LISTENING: "Listening", SPEAKING: "Speaking", BARGED_IN: "Barged in", PAUSED: "Paused", CLOSED: "Closed", DISCONNECTED: "Not connected" };
-  const doing = activity();
-  ui.state.textContent = doing === "thinking" ? "Thinking…" : doing === "speaking" ? "Speaking" : (words[app.state] || app.state);
-  ui.state.dataset.state = app.state;
-  if (ui.state.dataset.activity !== doing) {
-    app.activities.push({ t: performance.now(), activity: doing });
-    if (app.activities.length > 200) app.activities.shift();
-  }
-  ui.state.dataset.activity = doing;
-}
-
-function setThinking(on) {
-  app.thinking = on;
-  if (on) app.audible = false;
-  showState();
+  pill.setState(state);
 }
 
 function heard() {
   // Reply audio is playing: the assistant speaks, and a voice worker is evidently back.
-  app.thinking = false;
-  app.audible = true;
-  showState();
+  pill.heard();
   workerBack();
 }
 
@@ -220,7 +184,7 @@ async function open(name) {
     throw err;
   }
   if (!app.wanted) { t.close(); throw new ConnectError("network", "disconnected"); }
-  applyMic();
+  mic.apply();
 }
 
 function attachRemote(stream) {
@@ -332,7 +296,7 @@ function onMessage(t, msg) {
         measure.typed(msg.turn, app.typedAt);
         app.typedAt = null;
       }
-      if (msg.final && String(msg.text || "").trim()) setThinking(true);
+      if (msg.final && String(msg.text || "").trim()) pill.setThinking(true);
       break;
     }
     case "reply": {
@@ -357,8 +321,7 @@ function onMessage(t, msg) {
       measure.arrival("interrupt", uid, audio.now(), audio.ctx ? audio.ctx.currentTime : 0);
       audio.toPlayback({ type: "interrupt", uid });
       app.interruptAt = performance.now();
-      app.audible = false;
-      setThinking(false);
+      pill.silent();
       measure.utterance(uid).interrupted = true;
       view.markInterrupted(uid);
       break;
@@ -367,7 +330,7 @@ function onMessage(t, msg) {
       measure.utterance(uid).ended = msg.reason;
       if (msg.reason === "interrupted" || msg.reason === "stopped") view.markInterrupted(uid);
       if (msg.reason === "completed" && msg.frames > 0) workerBack(); // a whole utterance was voiced
-      if (app.thinking && measure.utterance(uid).onset_at === null) setThinking(false); // ended unheard
+      if (pill.thinking && measure.utterance(uid).onset_at === null) pill.setThinking(false); // ended unheard
       break;
     case "metrics": {
       const row = measure.server(msg);
@@ -376,7 +339,7 @@ function onMessage(t, msg) {
     }
     case "error":
       if (["REPLY_FAILED", "ASR_FAILED", "ASR_BUSY", "WORKER_UNAVAILABLE", "QUEUE_FULL"].includes(msg.code)) {
-        setThinking(false); // that turn gets no (audible) reply
+        pill.setThinking(false); // that turn gets no (audible) reply
       }
       if (msg.code === "WORKER_UNAVAILABLE") {
         app.workerMissing = true;
@@ -455,49 +418,12 @@ setInterval(() => {
   }
 }, 1000);
 
-// -- microphone: hands-free or push-to-talk ----------------------------------------
+// -- microphone: hands-free or push-to-talk (mic.js) -------------------------------
 
-function applyMic() {
-  app.micOpen = app.mode === "handsfree" || app.pttHeld;
-  audio.toCapture({ type: "mute", muted: !app.micOpen });
-  if (app.transport) app.transport.setMicOpen(app.micOpen);
-  ui.ptt.setAttribute("aria-pressed", String(app.pttHeld));
-  ui.ptt.classList.toggle("held", app.pttHeld);
-}
-
-function setPtt(held) {
-  if (app.pttHeld === held) return;
-  app.pttHeld = held;
-  applyMic();
-}
-
-for (const radio of document.querySelectorAll('input[name="mode"]')) {
-  radio.addEventListener("change", () => {
-    app.mode = radio.value;
-    ui.ptt.disabled = app.mode !== "ptt";
-    setPtt(false);
-    applyMic();
-  });
-}
-
-ui.ptt.addEventListener("pointerdown", (e) => { e.preventDefault(); setPtt(true); });
-for (const ev of ["pointerup", "pointerleave", "pointercancel"]) ui.ptt.addEventListener(ev, () => setPtt(false));
-
-function typingTarget(el) {
-  return el && (el.tagName === "INPUT" && el.type !== "radio" || el.tagName === "TEXTAREA" || el.tagName === "SELECT");
-}
-
-document.addEventListener("keydown", (e) => {
-  if (e.code !== "Space" || app.mode !== "ptt" || typingTarget(e.target)) return;
-  e.preventDefault(); // no page scroll, no button click
-  if (!e.repeat) setPtt(true);
+const mic = new MicMode(ui.ptt, (open) => {
+  audio.toCapture({ type: "mute", muted: !open });
+  if (app.transport) app.transport.setMicOpen(open);
 });
-document.addEventListener("keyup", (e) => {
-  if (e.code !== "Space" || app.mode !== "ptt" || typingTarget(e.target)) return;
-  e.preventDefault();
-  setPtt(false);
-});
-window.addEventListener("blur", () => setPtt(false));
 
 // -- controls ----------------------------------------------------------------------
 
@@ -529,7 +455,7 @@ ui.form.addEventListener("submit", (e) => {
   }
   app.typedAt = performance.now();
   view.showTyped(text);
-  setThinking(true);
+  pill.setThinking(true);
   ui.text.value = "";
 });
 
@@ -563,8 +489,8 @@ async function loadSettings() {
 const api = Object.freeze({
   get state() { return app.state; },
   // what the state pill shows the assistant doing: "thinking", "speaking" or ""
-  get activity() { return activity(); },
-  get activities() { return app.activities.map((a) => a.activity); },
+  get activity() { return pill.activity; },
+  get activities() { return pill.log.map((a) => a.activity); },
   get connection() { return app.connection; },
   get transport() { return app.transport ? app.transport.name : null; },
   get sessionId() { return app.sessionId; },
