@@ -21,9 +21,10 @@ FAMILY ?=
 worker-env:
 	@PYTHON=$(PYTHON) scripts/worker-env $(FAMILY)
 
-# The local stack: one TTS worker process and the orchestrator (embedded registry).
+# The local stack: one TTS worker process and the orchestrator (embedded registry);
+# ARGS="..." are up's options, e.g. make up ARGS="--api-keys secret --port 8090".
 up: install
-	$(BIN)/duplexvoice up
+	$(BIN)/duplexvoice up $(ARGS)
 
 # pytest exits 5 when it collected nothing (e.g. a -m filter matched nothing).
 # The browser tests need Debian's chromium: installed first when we are root.

@@ -151,6 +151,7 @@ class SessionDriver:
         self._listener: Listener | None = None
         self._not_listening = NotListening()
         self._turns = TurnFigures(metrics)
+        self._typing = False  # the event being handled is a typed turn
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -277,6 +278,8 @@ class SessionDriver:
         # The messages of one event go to the client in one write (a quantum of audio
         # frames, or a frame with the state change that follows it).
         out: list[OutputItem] = []
+        # The final transcript sent while a typed turn is handled is that turn's.
+        self._typing = isinstance(event, UserTyped)
         for action in self.machine.handle(event, time.monotonic()):
             if isinstance(action, SendAudio):
                 self._audio_sent(action)
@@ -291,6 +294,7 @@ class SessionDriver:
                     await self._write(out)
                     out = []
                 await self._do(action)
+        self._typing = False
         out.extend(self._turns.take_messages())
         if out:
             await self._write(out)
@@ -352,7 +356,8 @@ class SessionDriver:
         if isinstance(message, Transcript | ReplyText | Pause | Resume):
             listener = self._listener
             if listener is not None:
-                self._turns.observe(message, listener, self.machine.turn)
+                self._turns.observe(message, listener, self.machine.turn,
+                                    typed=self._typing)
         elif isinstance(message, UtteranceEnd):
             self._turns.utterance_ended(message.utterance_id)
             self._metrics.utterances_total.inc()

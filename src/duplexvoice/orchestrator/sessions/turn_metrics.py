@@ -1,7 +1,9 @@
 """Conversation figures of one session, measured in the server from when the audio
 arrived: end of speech to final transcript and to first reply frame (voice to
-voice), speech onset to ``pause`` (barge-in). Each is a Prometheus histogram and a
-``metrics`` message to the client (extension: ``turn`` and the figures in ms)."""
+voice), speech onset to ``pause`` (barge-in); for a typed turn, the text's arrival to
+the first reply frame (``text_to_voice_ms``: it has no voice to time from). Each is a
+Prometheus histogram and a ``metrics`` message to the client (extension: ``turn`` and
+the figures in ms)."""
 
 from __future__ import annotations
 
@@ -19,16 +21,20 @@ class TurnFigures:
         self._metrics = metrics
         self._reply_turns: dict[int, int] = {}  # utterance id -> the turn it answers
         self._ended_at: dict[int, float] = {}  # turn -> end of its speech (monotonic)
+        self._typed_at: dict[int, float] = {}  # typed turn -> when its text came
         self._figures: dict[int, dict[str, float]] = {}  # turn -> its figures so far
         self._pending: list[TurnMetrics] = []  # sent after the event's messages
 
     def observe(self, message: Transcript | ReplyText | Pause | Resume, listener: Listener,
-                turn: int) -> None:
+                turn: int, *, typed: bool = False) -> None:
+        """``typed``: the message comes of a typed turn (``user_text``)."""
         now = time.monotonic()
         if isinstance(message, Transcript) and message.final:
             self._metrics.turns_total.inc()
             ended = listener.speech_ended_at
-            if ended is not None:
+            if typed:
+                self._typed_at[message.turn] = now
+            elif ended is not None:
                 self._ended_at[message.turn] = ended
                 asr_ms = (now - ended) * 1000
                 self._metrics.asr_latency_ms.observe(asr_ms)
@@ -41,20 +47,27 @@ class TurnFigures:
             self._pending.append(TurnMetrics(turn, {"barge_in_ms": round(pause_ms, 1)}))
         elif isinstance(message, Resume):
             self._metrics.false_interruptions_total.inc()
-        for table in (self._ended_at, self._figures, self._reply_turns):
+        for table in (self._ended_at, self._typed_at, self._figures, self._reply_turns):
             while len(table) > _KEEP:
                 del table[min(table)]
 
     def first_frame(self, utterance_id: int) -> None:
         """The first frame of an utterance is being sent."""
         turn = self._reply_turns.get(utterance_id)
-        ended = self._ended_at.get(turn) if turn is not None else None
-        if turn is None or ended is None:
+        if turn is None:
             return
-        v2v_ms = (time.monotonic() - ended) * 1000
-        self._metrics.voice_to_voice_ms.observe(v2v_ms)
+        typed_at = self._typed_at.pop(turn, None)
+        ended = self._ended_at.get(turn) if typed_at is None else typed_at
+        if ended is None:
+            return
+        ms = (time.monotonic() - ended) * 1000
         figures = self._figures.pop(turn, {})
-        figures["voice_to_voice_ms"] = round(v2v_ms, 1)
+        if typed_at is not None:
+            self._metrics.text_to_voice_ms.observe(ms)
+            figures["text_to_voice_ms"] = round(ms, 1)
+        else:
+            self._metrics.voice_to_voice_ms.observe(ms)
+            figures["voice_to_voice_ms"] = round(ms, 1)
         self._pending.append(TurnMetrics(turn, figures))
 
     def utterance_ended(self, utterance_id: int) -> None:
