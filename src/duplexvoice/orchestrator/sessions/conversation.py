@@ -37,6 +37,7 @@ from duplexvoice.orchestrator.sessions.events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTurnScore,
     UserTyped,
     WorkerControl,
 )
@@ -87,6 +88,10 @@ class Conversation:
             self._core.send(Transcript(event.text, False, event.turn))
         core = self._core
         self.decide(core.turns.transcript(event.turn, event.text, event.final, core.now))
+
+    def on_turn_score(self, event: UserTurnScore) -> None:
+        core = self._core
+        self.decide(core.turns.acoustic(event.turn, event.p_complete, core.now))
 
     def on_typed(self, event: UserTyped) -> None:
         self._core.idle_since = self._core.now
