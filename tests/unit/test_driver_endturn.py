@@ -1,0 +1,69 @@
+"""The end-of-turn model through the session driver (fake recognizer, fake model, the
+loudness VAD of tests/support/fake_listening.py): asked at the offset beside the final
+transcript, its answer ends the turn; without an answer the silence does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from duplexvoice.orchestrator.conversation_config import ConversationConfig
+from duplexvoice.orchestrator.sessions.turns import TurnConfig
+from duplexvoice.speech.vad import VadConfig
+from duplexvoice.wire.protocol import ConfigMessage
+from tests.support.fake_listening import FakeScorer, FakeTranscriber, fake_services
+from tests.unit.test_driver import Harness, make, speak  # noqa: F401 (make: the fixture)
+
+pytestmark = pytest.mark.unit
+
+# The silence alone would wait 10 s, past every wait of these tests (TIMEOUT_S, 5 s):
+# a turn that ends was ended by the model's answer.
+SLOW_SILENCE = TurnConfig(end_of_turn_ms=10_000, end_mode="acoustic", complete_p=0.5,
+                          acoustic_complete_ms=100, interrupt_after_ms=5000)
+
+
+async def conversation(make: Any, turns: TurnConfig, scorer: FakeScorer | None,  # noqa: F811
+                       text: str = "hello there.") -> tuple[Harness, FakeTranscriber]:
+    asr = FakeTranscriber(text)
+    config = ConversationConfig(turns=turns, vad=VadConfig(min_silence_ms=100),
+                                partial_interval_ms=0)
+    h: Harness = await make(services=fake_services(config, asr, endturn=scorer))
+    await h.send(ConfigMessage(mode="conversation"))
+    await speak(h, 0, 15)  # silence first: the turn's pre-roll is there
+    return h, asr
+
+
+async def test_a_confident_answer_ends_the_turn(make: Any) -> None:  # noqa: F811
+    scorer = FakeScorer(0.9)
+    h, asr = await conversation(make, SLOW_SILENCE, scorer)
+    await speak(h, 12, 10)
+    transcript = await h.client.wait_for("transcript", final=True)
+    assert (transcript["turn"], transcript["text"]) == (1, "hello there.")
+    reply = await h.client.wait_for("reply")
+    assert reply["text"].strip() == "hello there."
+    # Asked once, at the offset, about the turn's audio: the same samples as the final.
+    finals = [n for final, n in asr.asked if final]
+    assert scorer.asked == finals[:1] and 12 * 320 < scorer.asked[0] <= 37 * 320
+    await h.leave()
+
+
+async def test_the_model_is_not_asked_when_turn_taking_does_not_use_it(
+        make: Any) -> None:  # noqa: F811
+    scorer = FakeScorer(0.9)
+    turns = TurnConfig(end_of_turn_ms=200, end_mode="text", interrupt_after_ms=5000)
+    h, asr = await conversation(make, turns, scorer)
+    await speak(h, 12, 15)
+    await h.client.wait_for("transcript", final=True)
+    assert scorer.asked == [] and any(final for final, _ in asr.asked)
+    await h.leave()
+
+
+async def test_no_answer_and_the_silence_ends_the_turn(make: Any) -> None:  # noqa: F811
+    scorer = FakeScorer(None)  # too busy: no answer
+    turns = TurnConfig(end_of_turn_ms=200, end_mode="acoustic", interrupt_after_ms=5000)
+    h, _ = await conversation(make, turns, scorer)
+    await speak(h, 12, 15)
+    transcript = await h.client.wait_for("transcript", final=True)
+    assert transcript["turn"] == 1 and len(scorer.asked) == 1
+    await h.leave()
