@@ -167,7 +167,8 @@ class Conversation:
                 self._stop(EndReason.INTERRUPTED)
             elif isinstance(decision, turns.ResumeSpeech):
                 paused, self._paused = self._paused, None
-                if any(u.utterance_id == paused for u in self._core.live):
+                if paused is not None and any(u.utterance_id == paused
+                                              for u in self._core.live):
                     # Every pause gets its resume (and only a pause: an utterance that
                     # came during the hold was never paused); a client that sent PAUSE
                     # itself stays paused (so does the server) until it sends RESUME.
