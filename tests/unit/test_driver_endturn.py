@@ -67,3 +67,25 @@ async def test_no_answer_and_the_silence_ends_the_turn(make: Any) -> None:  # no
     transcript = await h.client.wait_for("transcript", final=True)
     assert transcript["turn"] == 1 and len(scorer.asked) == 1
     await h.leave()
+
+
+async def test_without_the_model_fused_is_the_text_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duplexvoice.orchestrator.sessions import shared
+    from duplexvoice.speech.endturn import EndTurnConfig, EndTurnModelMissing
+
+    def missing(config: object) -> None:
+        raise EndTurnModelMissing("pipecat-ai is not installed")
+
+    monkeypatch.setattr(shared, "Transcriber", lambda config: FakeTranscriber())
+    monkeypatch.setattr(shared, "EndTurnScorer", missing)
+    services = await shared.make_services(ConversationConfig())
+    assert services.endturn is None and services.config.turns.end_mode == "text"
+    acoustic = ConversationConfig(turns=TurnConfig(end_mode="acoustic"))
+    assert (await shared.make_services(acoustic)).config.turns.end_mode == "silence"
+    # A model file named in the settings that is not there is an error, not a warning.
+    named = ConversationConfig(endturn=EndTurnConfig(model_path="/nonexistent.onnx"))
+    with pytest.raises(ValueError, match="pipecat-ai"):
+        await shared.make_services(named)
+    # Not used: not loaded.
+    text = ConversationConfig(turns=TurnConfig(end_mode="text"))
+    assert (await shared.make_services(text)).endturn is None

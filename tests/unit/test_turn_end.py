@@ -43,11 +43,12 @@ EXPECTED: dict[str, dict[tuple[str | None, float | None], int]] = {
     "text": {(COMPLETE, None): 250, (TRAILING, None): 1000, (NEUTRAL, None): 500},
     "acoustic": {(None, HIGH): 150, (None, MIDDLE): 500, (None, LOW): 1200},
     "fused": {
-        (COMPLETE, None): 250, (TRAILING, None): 1000, (NEUTRAL, None): 500,
+        # Before the model's answer the text can only lengthen the wait.
+        (COMPLETE, None): 500, (TRAILING, None): 1000, (NEUTRAL, None): 500,
         (None, HIGH): 150, (None, MIDDLE): 500, (None, LOW): 1200,
         (COMPLETE, HIGH): 150,  # both say over: the shorter
-        (COMPLETE, MIDDLE): 250,  # the sentence shortens the model's "not sure"
-        (COMPLETE, LOW): 1200,  # the model is sure more is coming: a period proves little
+        (COMPLETE, MIDDLE): 500,  # a period alone proves little: the model is not sure
+        (COMPLETE, LOW): 1200,  # the model is sure more is coming
         (TRAILING, HIGH): 1000,  # a trailing "and": the model hears no words
         (TRAILING, MIDDLE): 1000,
         (TRAILING, LOW): 1200,  # the longer of the two
@@ -117,6 +118,18 @@ def test_a_score_that_comes_after_its_wait_ends_the_turn_at_once() -> None:
     assert core.transcript(1, NEUTRAL, True, 2.35) == [Reply(1, NEUTRAL, True)]
 
 
+def test_a_complete_sentence_ends_sooner_only_when_the_model_agrees() -> None:
+    core = ended("fused")
+    assert core.transcript(1, COMPLETE, True, 2.05) == [Reply(1, COMPLETE, False)]
+    assert core.next_deadline == pytest.approx(2.5)  # alone, the period proves little
+    assert core.acoustic(1, HIGH, 2.1) == []
+    assert core.next_deadline == pytest.approx(2.15)
+    core = ended("fused", acoustic_complete_ms=400)
+    core.transcript(1, COMPLETE, True, 2.05)
+    core.acoustic(1, HIGH, 2.1)
+    assert core.next_deadline == pytest.approx(2.25)  # complete_end_ms: the shorter
+
+
 def test_a_low_score_waits_longer_and_the_text_cannot_shorten_it() -> None:
     core = ended("fused")
     core.acoustic(1, LOW, 2.1)
@@ -141,10 +154,15 @@ def test_the_text_and_the_score_in_either_order_give_the_same_end(score_first: b
 def test_a_late_score_never_holds_the_turn() -> None:
     # The text said "complete" and the turn ended at 250 ms; the model's "more is
     # coming" arrives after: nothing changes, nothing is confirmed twice.
-    core = ended("fused")
+    core = ended("text")
     core.transcript(1, COMPLETE, True, 2.1)
     assert core.tick(2.25) == [Confirm(1, COMPLETE)]
     assert core.acoustic(1, LOW, 2.3) == []
+    # Fused: the silence ends it before the model answers; its answer changes nothing.
+    core = ended("fused")
+    core.transcript(1, COMPLETE, True, 2.1)
+    assert core.tick(2.5) == [Confirm(1, COMPLETE)]
+    assert core.acoustic(1, HIGH, 2.6) == []
     assert core.next_deadline is None
     # No answer at all: the silence ends it.
     core2 = ended("acoustic")

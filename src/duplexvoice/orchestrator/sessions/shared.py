@@ -6,10 +6,12 @@ one reply engine per name, the VAD settings. Built once at start from ``conversa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 from duplexvoice.orchestrator.conversation_config import ConversationConfig
+from duplexvoice.orchestrator.sessions.turn_end import EndMode
 from duplexvoice.replies import ReplyConfig, ReplyEngine, make_engine
 from duplexvoice.speech.asr import Transcriber
 from duplexvoice.speech.endturn import EndTurnModelMissing, EndTurnScorer
@@ -53,8 +55,13 @@ async def make_services(config: ConversationConfig) -> ConversationServices:
     """The shared parts of conversation mode. Raises ``ValueError`` for settings that
     cannot work (a model directory that does not exist)."""
     transcriber = await asyncio.to_thread(Transcriber, config.asr)
-    return ConversationServices(config, transcriber, make_replies(config.reply),
-                                await make_endturn(config))
+    endturn = await make_endturn(config)
+    if endturn is None and config.turns.uses_acoustic:
+        # No model: "fused" is the text rule alone; "acoustic" the silence alone.
+        mode: EndMode = "text" if config.turns.end_mode == "fused" else "silence"
+        config = config.model_copy(update={
+            "turns": dataclasses.replace(config.turns, end_mode=mode)})
+    return ConversationServices(config, transcriber, make_replies(config.reply), endturn)
 
 
 async def make_endturn(config: ConversationConfig) -> EndTurnScorer | None:

@@ -13,15 +13,19 @@ the silence does (``end_of_turn_ms``). The wait, by mode:
   trailing "and"/"um"/comma, else ``end_of_turn_ms``.
 - ``acoustic``: ``acoustic_complete_ms`` when p >= ``complete_p``,
   ``acoustic_incomplete_ms`` when p < ``incomplete_p``, else ``end_of_turn_ms``.
-- ``fused``: the acoustic wait, then the text moves it: a trailing word lengthens it to
-  at least ``trailing_end_ms`` (the model hears no words); a complete sentence shortens
-  it to at most ``complete_end_ms``, unless the model is sure more is coming (Whisper
-  puts a period after most fragments of real speech).
+- ``fused``: the acoustic wait, which the text can lengthen, and shorten only with the
+  model's agreement: a trailing word makes it at least ``trailing_end_ms`` (the model
+  hears no words), a complete sentence at most ``complete_end_ms`` when p >=
+  ``complete_p`` too. Whisper writes a period after most fragments (on the cut-off
+  probes of ``bench/endturn.py`` it wrote "Can you add milk in?" for "Can you add milk
+  and"), so a "complete" transcript alone ends nothing sooner; before the model's answer
+  the wait is ``end_of_turn_ms`` (or ``trailing_end_ms`` after a trailing word).
 
-Whatever is not known yet counts as not there: a mode waits for nothing. The model's
-answer comes about 100 ms after the offset and the transcript's 150-350 ms; an answer
+Whatever is not known yet counts as not there: no mode waits for an answer. The model's
+answer comes about 150 ms after the offset and the transcript's 150-350 ms; an answer
 that comes after the wait it would have changed changes nothing (the turn has ended),
-so neither can hold a turn past the longest wait of the settings.
+so neither can hold a turn past the longest wait of the settings. Without the model
+(not installed), the orchestrator runs ``fused`` as ``text`` (:mod:`.shared`).
 """
 
 from __future__ import annotations
@@ -155,13 +159,12 @@ def end_wait_ms(config: TurnConfig, text: str | None, p: float | None) -> int:
     if text is None or not config.uses_text:
         return wait
     ending = classify_ending(text)
-    if not use_p:
-        if ending is Ending.COMPLETE:
-            return config.complete_end_ms
-        return config.trailing_end_ms if ending is Ending.TRAILING else wait
-    assert p is not None
     if ending is Ending.TRAILING:
-        return max(wait, config.trailing_end_ms)
-    if ending is Ending.COMPLETE and p >= config.incomplete_p:
-        return min(wait, config.complete_end_ms)
+        return max(wait, config.trailing_end_ms) if config.uses_acoustic \
+            else config.trailing_end_ms
+    if ending is Ending.COMPLETE:
+        if not config.uses_acoustic:
+            return config.complete_end_ms
+        if p is not None and p >= config.complete_p:
+            return min(wait, config.complete_end_ms)
     return wait
