@@ -27,6 +27,7 @@ pytestmark = pytest.mark.unit
 def taking(**kw: object) -> TurnTaking:
     kw.setdefault("adaptive", False)  # the plain silence timeout unless a test says
     kw.setdefault("end_mode", "text")  # adaptive: the text rule (test_turn_end.py: the rest)
+    kw.setdefault("end_of_turn_ms", 500)
     return TurnTaking(TurnConfig(**kw))  # type: ignore[arg-type]
 
 
