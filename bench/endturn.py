@@ -454,6 +454,10 @@ def main() -> None:
     default_settings = {f: getattr(defaults, f) for f in fields}
     rows: list[Row] = []
     chosen: dict[str, Row] = {}
+    # What shipped before issue 17: the text rule, 500 / 250 / 1000 ms.
+    before = {**default_settings, "end_of_turn_ms": 500, "complete_end_ms": 250,
+              "trailing_end_ms": 1000}
+    rows.append(evaluate(heard, "text", before, "before", delays))
     for mode in ("silence", "text", "acoustic", "fused"):
         candidates = [evaluate(heard, mode, s, "best", delays) for s in grid(mode)]
         chosen[mode] = best(candidates)
