@@ -1,15 +1,19 @@
 """The end-of-turn model through the session driver (fake recognizer, fake model, the
 loudness VAD of tests/support/fake_listening.py): asked at the offset beside the final
-transcript, its answer ends the turn; without an answer the silence does."""
+transcript, its answer ends the turn; without an answer the silence does. And a short
+interruption whose words come after playback resumed."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Hashable
 from typing import Any
 
 import pytest
 
 from duplexvoice.orchestrator.conversation_config import ConversationConfig
 from duplexvoice.orchestrator.sessions.turns import TurnConfig
+from duplexvoice.speech.asr_types import Recognition
 from duplexvoice.speech.vad import VadConfig
 from duplexvoice.wire.protocol import ConfigMessage
 from tests.support.fake_listening import FakeScorer, FakeTranscriber, fake_services
@@ -24,10 +28,11 @@ SLOW_SILENCE = TurnConfig(end_of_turn_ms=10_000, end_mode="acoustic", complete_p
 
 
 async def conversation(make: Any, turns: TurnConfig, scorer: FakeScorer | None,  # noqa: F811
-                       text: str = "hello there.") -> tuple[Harness, FakeTranscriber]:
-    asr = FakeTranscriber(text)
+                       text: str = "hello there.", asr: FakeTranscriber | None = None,
+                       partial_interval_ms: int = 0) -> tuple[Harness, FakeTranscriber]:
+    asr = asr or FakeTranscriber(text)
     config = ConversationConfig(turns=turns, vad=VadConfig(min_silence_ms=100),
-                                partial_interval_ms=0)
+                                partial_interval_ms=partial_interval_ms)
     h: Harness = await make(services=fake_services(config, asr, endturn=scorer))
     await h.send(ConfigMessage(mode="conversation"))
     await speak(h, 0, 15)  # silence first: the turn's pre-roll is there
@@ -89,3 +94,50 @@ async def test_without_the_model_fused_is_the_text_rule(monkeypatch: pytest.Monk
     # Not used: not loaded.
     text = ConversationConfig(turns=TurnConfig(end_mode="text"))
     assert (await shared.make_services(text)).endturn is None
+
+
+class SlowPartials(FakeTranscriber):
+    """Once ``armed``, partials wait for ``release`` (a recognizer busy with finals)."""
+
+    def __init__(self) -> None:
+        super().__init__("tell me about the sea", partial_text="")
+        self.armed = False
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def transcribe(self, audio: Any, *, final: bool,
+                         key: Hashable = None) -> Recognition:
+        if final or not self.armed:
+            return await super().transcribe(audio, final=final, key=key)
+        self.waiting.set()
+        await self.release.wait()
+        self.asked.append((final, int(audio.size)))
+        return Recognition("wait", False, audio.size / 16_000, 0.0, 0.0)
+
+
+async def test_words_after_the_resume_still_interrupt(make: Any) -> None:  # noqa: F811
+    asr = SlowPartials()
+    turns = TurnConfig(end_of_turn_ms=200, end_mode="text", interrupt_after_ms=5000,
+                       words_after_ms=100, resume_after_ms=100, words_wait_ms=100,
+                       late_words_ms=5000)
+    h, _ = await conversation(make, turns, None, asr=asr, partial_interval_ms=400)
+    h.pool.allowed_frames = 2  # the reply stays on the air until the test lets it go
+    await speak(h, 12, 10)
+    reply = await h.client.wait_for("reply")
+    uid = reply["utterance_id"]
+    await h.frames(2, uid)
+    # "Wait," over the reply: held; its words are checked, but the recognizer is busy.
+    asr.armed = True
+    await speak(h, 8, 0)
+    await h.client.wait_for("pause", utterance_id=uid)
+    await asyncio.wait_for(asr.waiting.wait(), 5)
+    await speak(h, 0, 15)
+    await h.client.wait_for("resume", utterance_id=uid)  # the check lost the race
+    asr.release.set()
+    interrupt = await h.client.wait_for("interrupt", utterance_id=uid)
+    assert interrupt["reason"] == "interrupted"
+    types = h.client.types()
+    assert types.index("resume") < types.index("interrupt")
+    end = await h.client.wait_for("utterance_end", utterance_id=uid)
+    assert end["reason"] == "interrupted"
+    await h.leave()
