@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 		|| { echo "duplexvoice needs Python 3.11 or newer (found: $$($(PYTHON) --version))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# The acoustic end-of-turn model (Smart-Turn v3.2, BSD-2-Clause) ships in this wheel;
+	# its own dependencies are not needed (speech/endturn.py finds the file, never imports it).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps pipecat-ai==1.14.0
 	@touch $(STAMP)
 
 # One GPU voice family's own environment, .venv-$(FAMILY): csm, xtts or cosyvoice.

@@ -120,7 +120,8 @@ class SessionDriver:
                     lead_ms=config.lead_ms, send_quantum_ms=config.send_quantum_ms,
                     max_frames=max(1, config.buffer_ms // FRAME_MS),
                 ),
-                turns=config.conversation.turns,
+                # The services' copy: without the end-of-turn model, fused runs as text.
+                turns=(services.config if services is not None else config.conversation).turns,
             ),
             now=time.monotonic(),
         )

@@ -70,6 +70,7 @@ from duplexvoice.orchestrator.sessions.events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTurnScore,
     UserTyped,
     WorkerControl,
     WorkerFrame,
@@ -114,7 +115,8 @@ class SessionMachine:
             UserSpeechStarted: talk.on_speech_started, UserSpeechEnded: talk.on_speech_ended,
             UserSpeechPaused: talk.on_speech_paused,
             UserSpeechResumed: talk.on_speech_resumed,
-            UserTranscript: talk.on_transcript, ReplyChunk: talk.on_reply_chunk,
+            UserTranscript: talk.on_transcript, UserTurnScore: talk.on_turn_score,
+            ReplyChunk: talk.on_reply_chunk,
             ReplyFailed: talk.on_reply_failed, UserTyped: talk.on_typed,
         }
 
