@@ -58,6 +58,16 @@ export class ConversationView {
       typed.classList.remove("partial");
       return true;
     }
+    if (msg.final && !String(msg.text || "").trim()) {
+      // Speech with no words in it (a cough, a word Whisper could not make out): the
+      // turn's partial bubble, if any, says so; no empty bubble otherwise.
+      const shown = this.ui.log.querySelector(`[data-key="s${session}:u${msg.turn}"]`);
+      if (shown) {
+        shown.classList.remove("partial");
+        shown.querySelector(".text").textContent = "(no words heard)";
+      }
+      return false;
+    }
     const li = this.bubble(`s${session}:u${msg.turn}`, "user", "You");
     li.classList.toggle("partial", !msg.final);
     li.querySelector(".text").textContent = msg.text;

@@ -182,9 +182,11 @@ class Conversation:
                     self._core.actions.append(TurnClosed(decision.turn))
             elif isinstance(decision, turns.Reply):
                 self._start_reply(decision)
+            elif isinstance(decision, turns.Heard):
+                self._core.send(Transcript(decision.text.strip(), True, decision.turn))
             elif isinstance(decision, turns.Confirm):
-                if decision.text is not None and decision.text.strip():
-                    self._core.send(Transcript(decision.text, True, decision.turn))
+                if decision.text is not None:  # "" too: the client learns nothing was heard
+                    self._core.send(Transcript(decision.text.strip(), True, decision.turn))
                 self._core.actions.append(TurnClosed(decision.turn))
                 self._confirm_reply(decision.turn)
 

@@ -115,7 +115,18 @@ class Confirm:
     forced: bool = False
 
 
-Decision = HoldSpeech | InterruptSpeech | ResumeSpeech | Transcribe | Abandon | Reply | Confirm
+@dataclass(frozen=True)
+class Heard:
+    """A confirmed turn's late final transcript that gets no reply (no words in it, or
+    a typed turn took the floor meanwhile): the client still gets its final
+    transcript, so no turn ends in silence."""
+
+    turn: int
+    text: str
+
+
+Decision = (HoldSpeech | InterruptSpeech | ResumeSpeech | Transcribe | Abandon | Reply | Confirm
+            | Heard)
 
 
 class TurnTaking:
@@ -129,7 +140,10 @@ class TurnTaking:
         self._speech_end: float | None = None  # last speech of a turn waiting to end
         self._text: str | None = None  # the transcript of the turn as it ended
         self._replied = False  # a reply to the current transcript was started
-        self._awaiting: int | None = None  # a turn confirmed before its transcript came
+        # Turns confirmed before their final transcript came: every one is answered when
+        # it comes (a loaded recognizer may be late past the next turn's confirmation);
+        # True: with a reply, False: transcript only (a typed turn took the floor).
+        self._awaiting: dict[int, bool] = {}
         self._system = False  # the system is speaking (or about to)
         self._held = False
         self._held_voiced_s = 0.0  # user speech since the hold, before the current run
@@ -247,9 +261,10 @@ class TurnTaking:
     def transcript(self, turn: int, text: str, final: bool, now: float) -> list[Decision]:
         """A transcript of ``turn``: partial (while speaking) or final (from a
         ``Transcribe``). Stale ones (an older turn, or a turn that went on) are ignored."""
-        if final and turn == self._awaiting:
-            self._awaiting = None
-            return [Reply(turn, text, confirmed=True)] if speakable(text) else []
+        if final and turn in self._awaiting:
+            if self._awaiting.pop(turn) and speakable(text):
+                return [Reply(turn, text, confirmed=True)]
+            return [Heard(turn, text)]
         if (not final and self._resumed is not None and self._resumed[0] == turn
                 and _has_words(text)):
             until = self._resumed[1]
@@ -298,7 +313,8 @@ class TurnTaking:
             self._open = False
             self._speech_end = None
             out += self._forget(closed=True)
-        self._awaiting = None  # a spoken turn's late transcript no longer gets a reply
+        # A spoken turn's late transcript no longer gets a reply (only its transcript).
+        self._awaiting = dict.fromkeys(self._awaiting, False)
         speaking = self._speaking_since is not None
         self._open_turn(now)
         self._open = False
@@ -375,7 +391,7 @@ class TurnTaking:
         self._speech_end = None
         out: list[Decision] = [Confirm(turn, text, forced)]
         if text is None:
-            self._awaiting = turn
+            self._awaiting[turn] = True
         elif not self._replied and speakable(text):
             self._replied = True
             out.append(Reply(turn, text, confirmed=True))
@@ -385,7 +401,7 @@ class TurnTaking:
         """The turn ran too long: it ends now and the speech goes on as the next turn."""
         turn = self.turn
         out: list[Decision] = [Transcribe(turn), Confirm(turn, None, forced=True)]
-        self._awaiting = turn
+        self._awaiting[turn] = True
         self._open_turn(now)
         self._speaking_since = now
         return out
