@@ -318,6 +318,7 @@ class SessionMachine:
         if self._core.stream is not None or self._core.playout.held:
             self._core.actions.append(WorkerControl(Command.STOP))  # also un-pauses the worker
         self._end_all(reason)
+        self._core.playout.flushed(self._core.now)  # the client drops its buffer
 
     def _end_all(self, reason: EndReason) -> None:
         while self._core.live:
