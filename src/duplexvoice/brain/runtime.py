@@ -83,7 +83,7 @@ class Generation:
         self.loop = loop
         self.queue: asyncio.Queue[dict[str, Any] | _End] = asyncio.Queue(max_events)
         self.cancelled = threading.Event()
-        self.tokens = 0  # answer tokens received from the model
+        self.tokens = 0  # answer tokens the model made
         self.finished = False  # a finish_reason came: the model completed the answer
         self.failed = False  # the model reported an error
         self.ended: asyncio.Future[None] = loop.create_future()  # its thread returned
@@ -99,17 +99,17 @@ class Generation:
             item = await self.queue.get()
             if isinstance(item, _End):
                 return
-            self.tokens += completion_tokens(item)
-            self.failed = self.failed or "error" in item
-            if any(isinstance(c, dict) and c.get("finish_reason")
-                   for c in item.get("choices") or []):
-                self.finished = True
             yield item
 
     def on_chunk(self, chunk: dict[str, Any]) -> bool:
         """llama.cpp's callback (on the request's thread): True stops the request."""
         if self.cancelled.is_set():
             return True
+        # Counted here, as the model makes them (read on the loop once ``ended``).
+        self.tokens += completion_tokens(chunk)
+        self.finished = self.finished or any(
+            isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or [])
+        self.failed = self.failed or "error" in chunk
         self.loop.call_soon_threadsafe(self.put, chunk)
         return False
 
