@@ -151,7 +151,10 @@ class BrainRuntime:
                                                 self.config.niceness, name="brain-load")
         except (RuntimeError, ValueError) as exc:
             self._remove_socket_dir()
-            raise ModelLoadError(f"cannot load {self.model_path}: {exc}") from None
+            raise ModelLoadError(
+                f"cannot load {self.model_path}: llama.cpp refused it ({exc}); a truncated "
+                "file, or a model this llama.cpp cannot run? --log-level DEBUG shows "
+                "llama.cpp's own log") from None
         return time.perf_counter() - started
 
     def _params(self, params: Any) -> Any:

@@ -219,6 +219,7 @@ async def serve(config: BrainConfig, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     parent = parent_to_follow()
     watch = asyncio.create_task(exit_with_parent(parent, stop)) if parent else None
+    served = False  # the ready line was printed: say when it stops, too
     try:
         loading: asyncio.Future[Any] = asyncio.ensure_future(
             loop.run_in_executor(None, runtime.load))
@@ -231,9 +232,9 @@ async def serve(config: BrainConfig, stop: asyncio.Event | None = None) -> None:
         try:
             load_s = loading.result()
             warm_s = await runtime.prewarm() if config.prewarm else 0.0
-        except ModelLoadError as exc:
+        except ModelLoadError as exc:  # one line, from the caller: nothing else printed
             raise OptionError("llm_model", str(exc)) from None
-        runtime.ready = True
+        runtime.ready = served = True
         default = " (packaged)" if path == packaged_model_path() else ""
         print(f"duplexvoice brain ready on http://{config.host}:{port} "
               f"(model {runtime.model_name}{default}, {config.parallel} slots, "
@@ -241,7 +242,8 @@ async def serve(config: BrainConfig, stop: asyncio.Event | None = None) -> None:
               f"{warm_s:.2f} s); OpenAI base URL http://{config.host}:{port}/v1", flush=True)
         await stop.wait()
     finally:
-        log.info("shutting down")
+        if served:
+            log.info("shutting down")
         if watch is not None:
             watch.cancel()
         runtime.ready = False
@@ -250,5 +252,6 @@ async def serve(config: BrainConfig, stop: asyncio.Event | None = None) -> None:
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        with contextlib.suppress(OSError):  # the parent may be gone, and the pipe with it
-            print("duplexvoice brain stopped", flush=True)
+        if served:
+            with contextlib.suppress(OSError):  # the parent may be gone, and the pipe too
+                print("duplexvoice brain stopped", flush=True)
