@@ -157,6 +157,12 @@ class BrainRuntime:
                 "llama.cpp's own log") from None
         return time.perf_counter() - started
 
+    def use_server(self, server: Any) -> None:
+        """Run requests on ``server`` (anything with llama.cpp's
+        ``handle_chat_completions(body, callback)``) instead of loading the model: a
+        stand-in for unit tests."""
+        self._server = server
+
     def _params(self, params: Any) -> Any:
         config = self.config
         assert self._socket_dir is not None

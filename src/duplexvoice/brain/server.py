@@ -152,25 +152,32 @@ async def _complete(generation: Generation, model: str) -> web.Response:
 async def _stream(request: web.Request, generation: Generation, model: str,
                   include_usage: bool) -> web.StreamResponse:
     response: web.StreamResponse | None = None
-    async with contextlib.aclosing(generation.events()) as events:
-        async for event in events:
-            if (error := model_error(event)) is not None:
-                if response is None:  # nothing sent yet: a plain HTTP error
-                    return web.json_response(error.body(), status=error.status)
-                await response.write(sse_event(error.body()))
-                return response  # no [DONE]: the answer is not complete
-            chunk = public_chunk(event, model, include_usage=include_usage)
-            if chunk is None:
-                continue
-            if response is None:
-                response = web.StreamResponse(headers={
-                    "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-                await response.prepare(request)
-            await response.write(sse_event(chunk))
-    if response is None:  # the model ended without a word: still a valid stream
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-    await response.write(SSE_DONE)
+    try:
+        async with contextlib.aclosing(generation.events()) as events:
+            async for event in events:
+                if (error := model_error(event)) is not None:
+                    if response is None:  # nothing sent yet: a plain HTTP error
+                        return web.json_response(error.body(), status=error.status)
+                    await response.write(sse_event(error.body()))
+                    return response  # no [DONE]: the answer is not complete
+                chunk = public_chunk(event, model, include_usage=include_usage)
+                if chunk is None:
+                    continue
+                if response is None:
+                    response = await _open_stream(request)
+                await response.write(sse_event(chunk))
+        if response is None:  # the model ended without a word: still a valid stream
+            response = await _open_stream(request)
+        await response.write(SSE_DONE)
+    except ConnectionResetError:  # the client went away between two tokens
+        pass  # the caller stops the model
+    return response or web.Response(status=499)  # 499: nobody is left to read it
+
+
+async def _open_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
     return response
 
 
