@@ -212,7 +212,7 @@ def _up(args: argparse.Namespace) -> int:
                   redis_url=args.redis, host=args.host, log_level=args.log_level)
 
 
-BENCHMARKS = ("worker", "orchestrator", "conversation", "browser")  # bench/<name>.py, in order
+BENCHMARKS = ("worker", "orchestrator", "conversation", "browser", "brain")  # bench/<name>.py
 
 
 def _bench(args: argparse.Namespace) -> int:
