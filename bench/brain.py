@@ -1,7 +1,8 @@
 """Benchmark the brain (``duplexvoice brain``, the packaged SmolLM2-135M): thread
 counts, alone and beside a busy core, over its real HTTP API.
 
-    .venv/bin/python bench/brain.py [--threads 1,2] [--reps N] [--quick] [--json]
+    .venv/bin/python bench/brain.py [--threads 1,2] [--niceness N] [--reps N] [--quick]
+                                    [--json]
 
 For each thread count a fresh brain process (default settings otherwise) answers
 spoken-style questions with the orchestrator's system prompt, streamed, one at a
@@ -100,22 +101,37 @@ def beside_a_spinner(action: Callable[[], T]) -> tuple[T, float]:
     return result, count.value / max(elapsed.value, 1e-9)
 
 
+FAILED = {"first_ms": float("nan"), "tenth_ms": float("nan"), "tokens": 0,
+          "tokens_per_s": float("nan"), "total_s": 0.0}
+
+
+async def answer_or_nothing(http: aiohttp.ClientSession, base_url: str, question: str
+                            ) -> dict[str, float]:
+    """One answer's figures; a starved brain (timeout) counts as a failure, not a crash."""
+    try:
+        return await one_answer(http, base_url, question)
+    except TimeoutError:
+        return FAILED
+
+
 async def sequential(base_url: str, reps: int) -> list[dict[str, float]]:
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-        return [await one_answer(http, base_url, QUESTIONS[i % len(QUESTIONS)])
+        return [await answer_or_nothing(http, base_url, QUESTIONS[i % len(QUESTIONS)])
                 for i in range(reps)]
 
 
 async def concurrent(base_url: str, n: int) -> tuple[list[dict[str, float]], float]:
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
         started = time.perf_counter()
-        results = await asyncio.gather(*(one_answer(http, base_url, q) for q in QUESTIONS[:n]))
+        results = await asyncio.gather(*(answer_or_nothing(http, base_url, q)
+                                         for q in QUESTIONS[:n]))
         wall = time.perf_counter() - started
     return list(results), sum(r["tokens"] for r in results) / wall
 
 
-def measure(threads: int, reps: int) -> dict[str, Any]:
-    brain = BrainProcess("--threads", str(threads), "--log-level", "WARNING").start()
+def measure(threads: int, niceness: int, reps: int) -> dict[str, Any]:
+    brain = BrainProcess("--threads", str(threads), "--niceness", str(niceness),
+                         "--log-level", "WARNING").start()
     try:
         base = brain.base_url
         alone = asyncio.run(sequential(base, reps))
@@ -128,15 +144,17 @@ def measure(threads: int, reps: int) -> dict[str, Any]:
         brain.terminate()
 
     def figures(rows: list[dict[str, float]]) -> dict[str, Any]:
-        return {"first_ms": summary([r["first_ms"] for r in rows]),
+        return {"failed": sum(1 for r in rows if r is FAILED),
+                "first_ms": summary([r["first_ms"] for r in rows if r is not FAILED]),
                 "tenth_ms": summary([r["tenth_ms"] for r in rows
                                      if r["tenth_ms"] == r["tenth_ms"]]),
                 "tokens_per_s": summary([r["tokens_per_s"] for r in rows
                                          if r["tokens_per_s"] == r["tokens_per_s"]])}
 
-    return {"threads": threads, "alone": figures(alone),
+    return {"threads": threads, "niceness": niceness, "alone": figures(alone),
             "four_at_once": {"combined_tokens_per_s": combined,
-                             "first_ms": summary([r["first_ms"] for r in four])},
+                             "first_ms": summary([r["first_ms"] for r in four
+                                                  if r is not FAILED])},
             "beside_a_busy_core": figures(busy), "competitor_share": share,
             "peak_rss_mb": peak}
 
@@ -149,7 +167,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f = r[case]
             lines.append(f"{r['threads']:>7} {case:<20}{f['first_ms']['p50']:>10.0f}"
                          f"{f['first_ms']['p95']:>7.0f}{f['tenth_ms']['p50']:>10.0f}"
-                         f"{f['tokens_per_s']['p50']:>10.1f}")
+                         f"{f['tokens_per_s']['p50']:>10.1f}"
+                         + (f"  ({f['failed']} timed out)" if f["failed"] else ""))
         four = r["four_at_once"]
         lines.append(f"{r['threads']:>7} {'4 at once':<20}{four['first_ms']['p50']:>10.0f}"
                      f"{four['first_ms']['p95']:>7.0f}{'':>10}"
@@ -163,12 +182,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", default="1,2", help="thread counts (default: 1,2)")
+    parser.add_argument("--niceness", type=int, default=10,
+                        help="the brain's niceness (default: 10, as deployed; 0 on a machine "
+                        "busy with other work, or the brain starves)")
     parser.add_argument("--reps", type=int, default=16, help="answers per case (default: 16)")
     parser.add_argument("--quick", action="store_true", help="4 answers per case")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args()
     reps = 4 if args.quick else args.reps
-    results = [measure(int(t), reps) for t in args.threads.split(",")]
+    results = [measure(int(t), args.niceness, reps) for t in args.threads.split(",")]
     if args.json:
         print(json.dumps({"machine": machine(), "results": results}, indent=2))
     else:
