@@ -2,6 +2,7 @@
 
   duplexvoice worker          run a TTS worker (gRPC, default port 7001)
   duplexvoice orchestrator    run the orchestrator (HTTP + WebSocket, default port 8080)
+  duplexvoice brain           run the local language model (OpenAI API, default port 8000)
   duplexvoice up              one worker and the orchestrator, supervised (port 8080)
   duplexvoice say "text"      speak through the orchestrator (-i: interactive)
   duplexvoice talk            conversation: microphone (or --input WAV) and speaker
@@ -90,6 +91,13 @@ def _orchestrator(args: argparse.Namespace) -> int:
     from duplexvoice.orchestrator.server import serve
 
     return _run_service("orchestrator", OrchestratorConfig, ENV_PREFIX, serve, args)
+
+
+def _brain(args: argparse.Namespace) -> int:
+    from duplexvoice.brain.config import ENV_PREFIX, BrainConfig
+    from duplexvoice.brain.server import serve
+
+    return _run_service("brain", BrainConfig, ENV_PREFIX, serve, args)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -208,7 +216,7 @@ def _up(args: argparse.Namespace) -> int:
     return run_up(plan)
 
 
-BENCHMARKS = ("worker", "orchestrator", "conversation", "browser")  # bench/<name>.py, in order
+BENCHMARKS = ("worker", "orchestrator", "conversation", "browser", "brain")  # bench/<name>.py
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -234,6 +242,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from duplexvoice.brain.config import BrainConfig
     from duplexvoice.orchestrator.config import OrchestratorConfig
     from duplexvoice.up_config import add_up_flags
     from duplexvoice.worker.config import WorkerConfig
@@ -259,6 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
                               help="YAML file (e.g. configs/orchestrator.yaml)")
     add_flags(orchestrator, OrchestratorConfig)
     orchestrator.set_defaults(func=_orchestrator)
+
+    brain = sub.add_parser(
+        "brain", help="run the local language model (OpenAI-compatible HTTP API)",
+        description="Run a local language model (a GGUF file; default: the packaged "
+        "SmolLM2-135M-Instruct) behind OpenAI's chat-completions API, streamed: "
+        "POST /v1/chat/completions, GET /v1/models, GET /health. The orchestrator's "
+        "openai reply engine talks to it with --reply-base-url http://HOST:PORT/v1.",
+        formatter_class=HelpFormatter)
+    brain.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="YAML file (e.g. configs/brain.yaml)")
+    add_flags(brain, BrainConfig)
+    brain.set_defaults(func=_brain)
 
     synth = sub.add_parser("synth", help="speak text through a running worker into a WAV",
                            description="Speak text through a running worker's gRPC API "

@@ -15,7 +15,7 @@ from duplexvoice.worker.config import WorkerConfig
 
 pytestmark = pytest.mark.unit
 
-SUBCOMMANDS = ("worker", "orchestrator", "synth", "say", "up", "bench")
+SUBCOMMANDS = ("worker", "orchestrator", "brain", "synth", "say", "up", "bench")
 
 
 def help_of(*argv: str, capsys: pytest.CaptureFixture[str]) -> str:
