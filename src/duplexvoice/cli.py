@@ -2,7 +2,7 @@
 
   duplexvoice worker          run a TTS worker (gRPC, default port 7001)
   duplexvoice orchestrator    run the orchestrator (HTTP + WebSocket, default port 8080)
-  duplexvoice brain           run the local language model (OpenAI API, default port 8000)
+  duplexvoice brain           run the local language model (OpenAI API, default port 8090)
   duplexvoice up              one worker and the orchestrator, supervised (port 8080)
   duplexvoice say "text"      speak through the orchestrator (-i: interactive)
   duplexvoice talk            conversation: microphone (or --input WAV) and speaker

@@ -6,14 +6,17 @@
 2. Checks that fail in one line on stderr (exit 1) before anything starts: the
    HTTP/WebSocket port and each child's port can be listened on, Redis answers
    (``--redis-url``).
-3. Each child service (:class:`Child`: the TTS worker) as a child process; its output
-   appears in ours, each line prefixed ``[worker]``. If it dies it is restarted on
+3. Each child service (:class:`Child`: the TTS worker, and the local language model
+   when the reply engine is ``local``, the default) as a child process; its output
+   appears in ours, each line prefixed ``[worker]`` / ``[brain]``. If it dies it is restarted on
    the same port (so the embedded registry, which checks that address, finds it
    again), after a back-off of 0.5 s doubling to 10 s, back to 0.5 s once it has run
    30 s. It never outlives this process, even one killed by SIGKILL
    (``launcher.exit_with_parent``). Once ready, a child is checked (the worker knows
    ``--voice``, else exit 2 naming its voices) and wired into the orchestrator's
-   config (the worker's address).
+   config (the worker's address; the brain's URL as ``reply.local_url``). While the
+   brain restarts, replies fail with a spoken apology and ``REPLY_FAILED``; the
+   session goes on.
 4. The orchestrator in this process; the banner once it accepts connections. Ctrl-C /
    SIGTERM stops the orchestrator, then the children, last started first (always).
 """
@@ -33,8 +36,14 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from duplexvoice.config import one_line
-from duplexvoice.launcher import NotReadyError, ServiceProcess, WorkerProcess, describe_exit
-from duplexvoice.up_config import WORKER, UpError, UpPlan
+from duplexvoice.launcher import (
+    BrainProcess,
+    NotReadyError,
+    ServiceProcess,
+    WorkerProcess,
+    describe_exit,
+)
+from duplexvoice.up_config import BRAIN, WORKER, UpError, UpPlan
 from duplexvoice.wire.ports import bind_error, free_port, in_use_message
 
 if TYPE_CHECKING:
@@ -320,6 +329,25 @@ def worker_child(plan: UpPlan, port: int, say: Callable[[str], None]) -> Child:
     )
 
 
+def brain_child(plan: UpPlan, port: int, say: Callable[[str], None]) -> Child:
+    brain = plan.children[BRAIN.name]
+    args = [*brain.args, "--port", str(port)]
+
+    def wire(config: OrchestratorConfig, addr: str) -> OrchestratorConfig:
+        conversation = config.conversation
+        reply = conversation.reply.model_copy(update={"local_url": f"http://{addr}/v1"})
+        return config.model_copy(update={
+            "conversation": conversation.model_copy(update={"reply": reply})})
+
+    return Child(
+        "brain", "local language model", port,
+        make=lambda: BrainProcess(*args, keep_lines=CHILD_LINES_KEPT,
+                                  on_line=lambda line: say(f"[brain] {line.rstrip()}"),
+                                  exit_with_parent=True),
+        wire=wire, scheme="http",
+    )
+
+
 def run_up(plan: UpPlan, *, ready_timeout_s: float = 120.0,
            backoff: Callable[[], Backoff] = Backoff) -> int:
     """Check, start the children, serve until stopped, stop the children. An exit code."""
@@ -334,6 +362,8 @@ def run_up(plan: UpPlan, *, ready_timeout_s: float = 120.0,
         return exc.code
     config = config.model_copy(update={"port": ports[""]})
     children = [worker_child(plan, ports[WORKER.name], lines)]
+    if BRAIN.name in plan.children:
+        children.append(brain_child(plan, ports[BRAIN.name], lines))
     supervisors: list[tuple[Child, Supervisor]] = []
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

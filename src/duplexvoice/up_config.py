@@ -83,7 +83,10 @@ class ChildOptions:
 
 WORKER = ChildOptions("worker", "duplexvoice worker", "duplexvoice.worker.config:WorkerConfig",
                       frozenset({"port", "name", "log_level", "redis_url"}))
-CHILDREN: tuple[ChildOptions, ...] = (WORKER,)
+# The local language model: started when the reply engine is ``local`` (the default).
+BRAIN = ChildOptions("brain", "duplexvoice brain", "duplexvoice.brain.config:BrainConfig",
+                     frozenset({"port", "log_level"}))
+CHILDREN: tuple[ChildOptions, ...] = (WORKER, BRAIN)
 
 # up's own older flags: flag -> the option it sets (the orchestrator's)
 ALIASES: Mapping[str, str] = {"--voice": "default_voice", "--redis": "redis_url"}
@@ -118,7 +121,10 @@ def add_up_flags(parser: argparse.ArgumentParser) -> None:
             f"also from its YAML file ({flag}) and {env_prefix}_<OPTION>. "
             + (f"Under up, worker_name defaults to {WORKER_NAME}, worker_log_level to "
                "the orchestrator's, and worker_redis_url is the orchestrator's "
-               "redis_url (another value is refused)." if child is WORKER else "")))
+               "redis_url (another value is refused)." if child is WORKER else "")
+            + ("Started only for the local reply engine (--reply-engine local, the "
+               "default); brain_log_level follows the orchestrator's, and the "
+               "orchestrator's reply_local_url is set to it." if child is BRAIN else "")))
 
 
 @dataclass
@@ -197,9 +203,14 @@ def plan_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None =
     if origins.of("log_level") == "default":
         orchestrator = orchestrator.model_copy(update={"log_level": UP_LOG_LEVEL})
     plan = UpPlan(orchestrator, origins, {}, aliases)
+    local = orchestrator.conversation.reply.engine == "local"
     for child in CHILDREN:
+        if child is BRAIN and not local:
+            continue  # its options are still checked by argparse, and unused
         plan.children[child.name] = _load_child(child, args, environ)
     _settle_worker(plan)
+    if local:
+        _settle_brain(plan)
     return plan
 
 
@@ -224,6 +235,14 @@ def _load_child(child: ChildOptions, args: argparse.Namespace,
             if value is not None:
                 passed.args.append(f"{flag_name(given)}={value}")
     return passed
+
+
+def _settle_brain(plan: UpPlan) -> None:
+    """The brain logs as the orchestrator does, unless told otherwise."""
+    brain = plan.children[BRAIN.name]
+    if brain.origins.of("log_level") == "default":
+        brain.config = brain.config.model_copy(update={"log_level": plan.orchestrator.log_level})
+    brain.args.append(f"--log-level={brain.config.log_level}")
 
 
 def _settle_worker(plan: UpPlan) -> None:

@@ -60,7 +60,8 @@ class System:
         self.start()
 
     def start(self) -> None:
-        up = UpProcess("--port", str(self.port))
+        # Echo replies: the page tests need answers of a known length.
+        up = UpProcess("--port", str(self.port), "--reply-engine", "echo")
         self.up = up
         self.worker_addr = up.wait_for(READY, timeout=180).group(1)
         up.wait_for(BANNER, timeout=180)

@@ -23,6 +23,7 @@ class UpProcess:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("DUPLEXVOICE_")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "duplexvoice", "up", "--port", "0", "--worker-port", "0",
+             "--brain-port", "0",
              *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
             env={**clean, **(env or {})},

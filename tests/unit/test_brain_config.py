@@ -35,7 +35,7 @@ def test_defaults_and_the_shipped_yaml_agree() -> None:
     assert load() == BrainConfig()
     assert load(yaml_path=REPO / "configs/brain.yaml") == BrainConfig()
     config = BrainConfig()
-    assert (config.host, config.port) == ("127.0.0.1", 8000)
+    assert (config.host, config.port) == ("127.0.0.1", 8090)
     assert config.port not in (7001, 8080)  # the worker's and the orchestrator's
     assert config.max_requests == config.parallel + config.max_queued
 

