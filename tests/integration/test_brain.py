@@ -177,7 +177,7 @@ async def test_a_client_that_leaves_mid_stream_frees_its_slot(
         # The only slot is free again (a busy one refuses at once: no queue).
         async with http.post(url, json={"messages": [{"role": "user", "content": "Hi"}],
                                         "max_tokens": 4}) as again:
-            assert again.status == 200, await again.text()
+            assert again.status == 200, (await again.text()) + "".join(brain_lines.lines)
 
 
 async def test_a_brain_killed_mid_answer_is_a_clear_reply_error() -> None:
