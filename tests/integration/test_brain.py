@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -177,12 +178,14 @@ async def test_a_client_that_leaves_mid_stream_frees_its_slot(
         # The only slot is free again (a busy one refuses at once: no queue).
         async with http.post(url, json={"messages": [{"role": "user", "content": "Hi"}],
                                         "max_tokens": 4}) as again:
-            assert again.status == 200, await again.text()
+            assert again.status == 200, (await again.text()) + "".join(brain_lines.lines)
 
 
 async def test_a_brain_killed_mid_answer_is_a_clear_reply_error() -> None:
     lines = Lines()
+    before = set(Path(tempfile.gettempdir()).glob("duplexvoice-brain-*"))
     doomed = start_brain("--max-tokens", "256", lines=lines)
+    own = set(Path(tempfile.gettempdir()).glob("duplexvoice-brain-*")) - before
     engine = engine_for(doomed, max_tokens=256)
     history = History(max_turns=10, max_chars=4000)
     try:
@@ -195,6 +198,8 @@ async def test_a_brain_killed_mid_answer_is_a_clear_reply_error() -> None:
     finally:
         doomed.kill()
         await engine.close()
+        for folder in own:  # a killed brain cannot remove its socket folder
+            shutil.rmtree(folder, ignore_errors=True)
     message = str(caught.value)
     assert "lost" in message or "before the reply was complete" in message, message
     assert caught.value.retryable

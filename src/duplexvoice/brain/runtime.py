@@ -30,7 +30,6 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import tempfile
@@ -93,8 +92,9 @@ class Generation:
         self.cancelled.set()
 
     async def events(self) -> AsyncGenerator[dict[str, Any], None]:
-        """The model's events (chunks, or one ``{"error": ...}``) until it returns.
-        Closing this early does not stop the model: :meth:`cancel` does."""
+        """The model's events (chunks, or one ``{"error": ...}``) until its thread has
+        returned and its place is free. Closing this early does not stop the model:
+        :meth:`cancel` does."""
         while True:
             item = await self.queue.get()
             if isinstance(item, _End):
@@ -238,8 +238,11 @@ class BrainRuntime:
         future = loop.run_in_executor(self._executor, self._run, body, generation)
 
         def ended(_: object) -> None:
+            # Its place is free before its reader sees the end: a client's next request
+            # never finds its own last one still counted.
             self._generations.discard(generation)
             generation.ended.set_result(None)
+            generation.put(_END)
 
         future.add_done_callback(ended)
         return generation
@@ -260,6 +263,3 @@ class BrainRuntime:
             log.exception("the model failed a request")
             generation.on_chunk({"error": {"code": 500, "type": "server_error",
                                            "message": f"the model failed: {exc}"}})
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody reads
-                generation.loop.call_soon_threadsafe(generation.put, _END)

@@ -18,6 +18,9 @@ model reports before any text (a prompt over the context, say) is still a plain 
 error. One during the answer is sent as a ``data: {"error": ...}`` event and the
 stream ends without ``[DONE]``.
 
+An answer's end (``[DONE]``, the JSON completion, or an error) is sent once the model
+has let the request go, so a client's next request finds its place free.
+
 A client that goes away (the connection closes: aiohttp cancels the handler) stops
 its answer at the next token and frees the slot; the line ``request N: stopped after
 K tokens (the client went away); slot freed`` is logged once the model has let it go.
@@ -144,6 +147,7 @@ async def _complete(generation: Generation, model: str) -> web.Response:
     async with contextlib.aclosing(generation.events()) as events:
         async for event in events:
             if (error := model_error(event)) is not None:
+                await generation.ended  # the request's place is free first
                 return web.json_response(error.body(), status=error.status)
             completion.add(event)
     return web.json_response(completion.body())
@@ -156,6 +160,7 @@ async def _stream(request: web.Request, generation: Generation, model: str,
         async with contextlib.aclosing(generation.events()) as events:
             async for event in events:
                 if (error := model_error(event)) is not None:
+                    await generation.ended  # the request's place is free first
                     if response is None:  # nothing sent yet: a plain HTTP error
                         return web.json_response(error.body(), status=error.status)
                     await response.write(sse_event(error.body()))
