@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -73,6 +73,24 @@ class RecordingEcho(EchoEngine):
     def reply(self, history: History, user_text: str) -> ReplyStream:
         self.seen.append([(t.role, t.text) for t in history.turns])
         return super().reply(history, user_text)
+
+
+class StillWriting(RecordingEcho):
+    """Says its first clause, then keeps "writing" until it is stopped, as a model that
+    is still generating when the user interrupts."""
+
+    def reply(self, history: History, user_text: str) -> ReplyStream:
+        self.seen.append([(t.role, t.text) for t in history.turns])
+        text = " ".join(user_text.split())
+        history.add_user(text)
+
+        async def source() -> AsyncGenerator[str, None]:
+            yield f"Well, about {text} there is a lot to say. "
+            await asyncio.Event().wait()  # more, one day
+            yield "never"
+
+        return ReplyStream(source, history, name="still-writing")
+
 
 BASE = {"lead_ms": 40, "worker_linger_s": 0.05, "idle_timeout_s": 3600.0}
 PAUSE, RESUME, STOP = Command.PAUSE, Command.RESUME, Command.STOP
@@ -823,6 +841,23 @@ async def test_words_over_the_reply_interrupt_it_and_the_history_keeps_what_was_
     # to what the client played of the first: about nothing, so "…" alone.
     await h.client.wait_for("reply", turn=2)
     assert engine.seen == [[], [("user", "tell me about the sea"), ("assistant", "…")]]
+    await h.leave()
+
+
+async def test_a_typed_turn_over_the_reply_asks_with_the_history_cut_to_what_was_heard(
+        make: Any) -> None:
+    # A typed turn interrupts and asks the model at once: the ask must wait for the
+    # interrupted reply's history cut (it once went first, with the whole reply).
+    engine = StillWriting()
+    h = await conversation(make, FakeTranscriber("unused"), engine)
+    await h.send(UserTextMessage("Tell me about the sea."))
+    reply = await h.client.wait_for("reply")
+    uid = reply["utterance_id"]
+    await h.send(PlaybackMessage(uid, 0.0))  # nothing heard yet
+    await h.send(UserTextMessage("Stop."))
+    await h.client.wait_for("interrupt", utterance_id=uid)
+    await h.client.wait_for("reply", turn=2)
+    assert engine.seen == [[], [("user", "Tell me about the sea."), ("assistant", "…")]]
     await h.leave()
 
 
