@@ -1,30 +1,80 @@
 """Conversation figures of one session, measured in the server from when the audio
 arrived: end of speech to final transcript and to first reply frame (voice to
 voice), speech onset to ``pause`` (barge-in). Each is a Prometheus histogram and a
-``metrics`` message to the client (extension: ``turn`` and the figures in ms)."""
+``metrics`` message to the client (extension: ``turn`` and the figures in ms).
+
+"End of speech" is the VAD's: where it put the end of the last speech, on the clock
+of the audio's arrival. The turn's figures split its voice to voice along the path
+a reply takes, each counted from that same point (docs/protocol.md):
+``offset_ms`` (the VAD confirmed the offset), ``asr_ms`` (the final transcript was
+ready), ``transcript_ms`` (it was sent: the end of the turn was confirmed),
+``reply_ms`` (the reply engine's first clause), ``voice_to_voice_ms`` (the first
+reply frame went out). Speech that resumes within the turn starts them over.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 from duplexvoice.orchestrator.metrics import OrchestratorMetrics
-from duplexvoice.orchestrator.sessions.listener import Listener
+from duplexvoice.orchestrator.sessions.events import (
+    Event,
+    ReplyChunk,
+    UserSpeechEnded,
+    UserTranscript,
+)
 from duplexvoice.wire.messages import Pause, ReplyText, Resume, Transcript, TurnMetrics
 
 _KEEP = 4  # turns remembered: only the last one or two are ever still open
 
 
+class Heard(Protocol):
+    """What the listener knows of the user's last speech (monotonic times)."""
+
+    @property
+    def speech_started_at(self) -> float | None: ...
+
+    @property
+    def speech_ended_at(self) -> float | None: ...
+
+
 class TurnFigures:
-    def __init__(self, metrics: OrchestratorMetrics) -> None:
+    def __init__(self, metrics: OrchestratorMetrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._metrics = metrics
+        self._clock = clock
         self._reply_turns: dict[int, int] = {}  # utterance id -> the turn it answers
         self._ended_at: dict[int, float] = {}  # turn -> end of its speech (monotonic)
         self._figures: dict[int, dict[str, float]] = {}  # turn -> its figures so far
         self._pending: list[TurnMetrics] = []  # sent after the event's messages
 
-    def observe(self, message: Transcript | ReplyText | Pause | Resume, listener: Listener,
+    def event(self, event: Event, listener: Heard, turn: int) -> None:
+        """An event reaches the session machine (before it handles it): the steps of
+        the turn's path that are not messages to the client."""
+        if not isinstance(event, UserSpeechEnded | UserTranscript | ReplyChunk):
+            return  # the common case (audio frames): kept cheap
+        ended = listener.speech_ended_at
+        if ended is None:
+            return
+        since_ms = round((self._clock() - ended) * 1000, 1)
+        if isinstance(event, UserSpeechEnded):
+            # Speech resumed and ended again: the turn's path starts over from here.
+            self._figures[turn] = {"offset_ms": since_ms}
+        elif isinstance(event, UserTranscript) and event.final:
+            figures = self._figures.setdefault(event.turn, {})
+            figures["asr_ms"] = since_ms
+            figures.pop("reply_ms", None)  # a reply to an older transcript is gone
+        elif isinstance(event, ReplyChunk) and event.text.strip():
+            figures = self._figures.setdefault(event.turn, {})
+            if "asr_ms" in figures:
+                figures.setdefault("reply_ms", since_ms)
+        self._trim()
+
+    def observe(self, message: Transcript | ReplyText | Pause | Resume, listener: Heard,
                 turn: int) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if isinstance(message, Transcript) and message.final:
             self._metrics.turns_total.inc()
             ended = listener.speech_ended_at
@@ -41,6 +91,9 @@ class TurnFigures:
             self._pending.append(TurnMetrics(turn, {"barge_in_ms": round(pause_ms, 1)}))
         elif isinstance(message, Resume):
             self._metrics.false_interruptions_total.inc()
+        self._trim()
+
+    def _trim(self) -> None:
         for table in (self._ended_at, self._figures, self._reply_turns):
             while len(table) > _KEEP:
                 del table[min(table)]
@@ -51,7 +104,7 @@ class TurnFigures:
         ended = self._ended_at.get(turn) if turn is not None else None
         if turn is None or ended is None:
             return
-        v2v_ms = (time.monotonic() - ended) * 1000
+        v2v_ms = (self._clock() - ended) * 1000
         self._metrics.voice_to_voice_ms.observe(v2v_ms)
         figures = self._figures.pop(turn, {})
         figures["voice_to_voice_ms"] = round(v2v_ms, 1)
