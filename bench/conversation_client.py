@@ -362,12 +362,16 @@ def _turn_metrics(entries: list[Received], uid: int | None) -> tuple[int | None,
 
 
 async def run_utterance(c: ConversationClient, item: Any, *, stop: bool = True,
-                        reply_within_s: float = 10.0) -> dict[str, Any]:
+                        reply_within_s: float = 10.0,
+                        late_within_s: float = 30.0) -> dict[str, Any]:
     """Say ``item`` (an ``utterance``, ``cutoff`` or ``human`` turn). Voice-to-voice:
     the send time of its last speech sample (``v2v_ms``: the end of its speech piece)
     or of the end of its voice, found in its audio (``v2v_voice_ms``) -> the first
     frame of a reply that began after it. ``server``: the server's ``metrics`` for the
-    turn the reply answers (from the VAD's end of speech). Was the speaker cut off?"""
+    turn the reply answers (from the VAD's end of speech). Was the speaker cut off?
+    No reply within ``reply_within_s`` (a machine too busy): its final transcript is
+    waited for up to ``late_within_s`` more (``late``), so that it does not land in the
+    next item's row."""
     since = len(c.log)
     track = c.mic.play(item.pcm)
     voice = find_voice_end(item.audio, RATE).end or item.sample(item.end_s)
@@ -382,6 +386,9 @@ async def run_utterance(c: ConversationClient, item: Any, *, stop: bool = True,
                              reply_within_s)
     reply_t = c.log[found].t if found is not None else None
     uid = c.log[found].uid if found is not None else None
+    late = found is None and await c.wait_for(
+        lambda e: e.type == "audio" or (e.type == "transcript" and bool(e.data.get("final"))),
+        since, late_within_s) is not None
     settled = await _finish(c, since, stop)
     entries = c.log[since:]
     turn, server = _turn_metrics(entries, uid)
@@ -391,7 +398,7 @@ async def run_utterance(c: ConversationClient, item: Any, *, stop: bool = True,
         "v2v_ms": _ms(reply_t, end), "v2v_voice_ms": _ms(reply_t, voice_t),
         "voice_end_before_speech_end_ms": (item.sample(item.end_s) - voice) * 1000 / RATE,
         "final_after_voice_ms": _ms(first_final, voice_t), "turn": turn, "server": server,
-        "early_reply": bool(early), "settled": settled}
+        "early_reply": bool(early), "late": late, "settled": settled}
     if cont is not None:
         first_audio = _first_t(entries, lambda e: e.type == "audio")
         rules = {"final_before_continuation": first_final is not None and first_final < cont,
