@@ -277,6 +277,7 @@ def figures(rows: dict[str, list[dict[str, Any]]], modes: list[str],
                             "rate": cut / len(probes) if probes else float("nan")}
         spoken = [r for r in rows[m] if r["kind"] in synthetic]
         out["wer"][m] = corpus_wer([(texts[r["id"]], " ".join(r["finals"])) for r in spoken])
+        out.setdefault("wer_n", {})[m] = len(spoken)
         heard = [r for r in rows[m] if r["kind"] == "human"]
         if heard:
             out.setdefault("wer_human", {})[m] = corpus_wer(
@@ -439,7 +440,7 @@ def print_table(result: dict[str, Any]) -> None:
         fi = f["false_interruption"]
         rate("false-interruption rate (bursts)", fi,
              ", ".join(f"{k} {v}" for k, v in fi["outcomes"].items()), "report")
-    for mode in s["modes"]:
+    for mode in (m for m in s["modes"] if f.get("wer_n", {}).get(m)):
         w, ratio = f["wer"][mode], f.get("wer_ratio", {}).get(mode, float("nan"))
         rows.append((f"WER of final transcripts ({mode})", f"{w:.3f}", "", "", "",
                      f"<= 1.1 x plain ({ratio:.2f} x)", "-" if math.isnan(ratio)
@@ -447,7 +448,8 @@ def print_table(result: dict[str, Any]) -> None:
     if "naive" in f["wer"]:
         rows.append(("WER of plain transcribe()", f"{f['wer']['naive']:.3f}", "", "", "",
                      "baseline", "-"))
-    _print_rows(rows)
+    if len(rows) > 1:  # not with --set human alone
+        _print_rows(rows)
     print_voice_end(result)
     for mode, late in result.get("mic_lateness_ms", {}).items():
         print(f"\nmicrophone pacing ({mode}): frames sent {late['p50']:.1f} ms (p50), "
