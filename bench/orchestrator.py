@@ -13,6 +13,13 @@ Figures (all at clients in this process, on the same machine as both services):
   10th frame.
 - Lead: audio held ahead of real time at the client over one long utterance,
   lead_i = (i+1) x 20 ms - (t_i - t_0), against the orchestrator's ``--lead-ms``.
+- Second utterance (issue 17): a fresh session's first utterance against its second,
+  mock voice, pairwise over N sessions (text sent -> first audio message). The second
+  is sent once the client has played the first out (its first frame's arrival + 20 ms
+  per frame, or ``utterance_end`` if later), as a conversational turn would be. Also
+  reported: a third sent the moment the second's ``utterance_end`` arrives (the client
+  still holds up to the lead of audio then, and the new audio queues behind it by
+  design), and one sent right after a STOP (the client dropped its audio: no wait).
 - Session lifecycle (``orchestrator_sessions.py``): idle sessions held, churn, a worker
   killed and restarted, first utterance with worker capacity taken on demand.
 - Concurrency: N WebSocket sessions at once, each speaking a long mock text in real
@@ -201,6 +208,51 @@ async def bench_overhead(http: aiohttp.ClientSession, url: str, client: WorkerCl
     return out
 
 
+SECOND_TEXT = "Sure, go on."  # under a second of mock audio: 30 sessions in ~1 min
+
+
+async def _say_once(conn: Conn, text: str, *, stop: bool = False) -> tuple[float, float]:
+    """(first-audio ms, when the client has played it all: perf_counter)."""
+    count = len(conn.times)
+    sent = await conn.say(text)
+    await conn.wait_frames(count + 1)
+    first_at = conn.times[count]
+    if stop:
+        await conn.control("STOP")
+    end = await conn.utterance_end()
+    frames = int(end.get("frames", 0))  # type: ignore[call-overload]
+    return (first_at - sent) * 1000, max(time.perf_counter(), first_at + frames * FRAME_S)
+
+
+async def bench_second(http: aiohttp.ClientSession, url: str, sessions: int
+                       ) -> dict[str, object]:
+    first, played, back, stopped = [], [], [], []
+    for rep in range(sessions + 2):
+        conn = await Conn.open(http, url, MOCK, "binary")
+        a, done = await _say_once(conn, SECOND_TEXT)
+        await asyncio.sleep(max(0.0, done - time.perf_counter()))
+        b, _ = await _say_once(conn, SECOND_TEXT)
+        c, _ = await _say_once(conn, SECOND_TEXT)  # sent as the previous one's end arrives
+        await _say_once(conn, LONG_TEXT, stop=True)
+        d, _ = await _say_once(conn, SECOND_TEXT, stop=True)  # right after a STOP
+        await conn.close()
+        if rep >= 2:  # warm-up
+            first.append(a)
+            played.append(b)
+            back.append(c)
+            stopped.append(d)
+    return {
+        "first_ms": summary(first), "second_ms": summary(played),
+        "second_minus_first_ms": summary([b - a for a, b in zip(first, played, strict=True)]),
+        "back_to_back_ms": summary(back),
+        "back_to_back_minus_first_ms": summary([c - a for a, c in zip(first, back, strict=True)]),
+        "after_stop_ms": summary(stopped),
+        "after_stop_minus_first_ms": summary([d - a for a, d in zip(first, stopped,
+                                                                   strict=True)]),
+        "text": SECOND_TEXT,
+    }
+
+
 async def bench_stop(http: aiohttp.ClientSession, url: str, reps: int) -> dict[str, object]:
     """STOP / PAUSE sent after 10 frames -> last audio message received (ms)."""
     conn = await Conn.open(http, url, MOCK, "binary")
@@ -343,6 +395,15 @@ def print_table(r: dict[str, object]) -> None:
         add("  frames after STOP", st["stop_frames_after"], "-", ".0f")
         add("PAUSE -> last frame (mock)", st["pause_to_last_frame"], "p95 <= 10")
         add("  frames after PAUSE", st["pause_frames_after"], "-", ".0f")
+    sc = r.get("second")
+    if isinstance(sc, dict):
+        add("FAL 1st utterance of a session (mock)", sc["first_ms"], "-")
+        add("FAL 2nd, after the 1st played out", sc["second_ms"], "-")
+        add("  2nd - 1st (pairwise)", sc["second_minus_first_ms"], "p50 <= +3")
+        add("FAL sent at the previous utterance_end", sc["back_to_back_ms"], "-")
+        add("  that - 1st (waits behind the lead)", sc["back_to_back_minus_first_ms"], "-")
+        add("FAL right after a STOP", sc["after_stop_ms"], "-")
+        add("  that - 1st (pairwise)", sc["after_stop_minus_first_ms"], "-")
     ld = r.get("lead")
     if isinstance(ld, dict):
         add(f"lead ahead of real time ({ld['frames']} frames)", ld["lead_ms"],
@@ -383,7 +444,8 @@ async def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--max-sessions", type=int, default=300,
                         help="highest concurrency level tried")
-    parser.add_argument("--only", default="overhead,stop,lead,concurrency," + SESSION_PARTS,
+    parser.add_argument("--only", default="overhead,second,stop,lead,concurrency,"
+                        + SESSION_PARTS,
                         help="comma-separated parts to run (default: all)")
     parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
                         help="a checkout from before (with .venv): its first utterance is "
@@ -414,6 +476,9 @@ async def main() -> None:
             await client.wait_ready()
             if "overhead" in parts:
                 result["overhead"] = await bench_overhead(http, orch.ws_url, client, reps)
+            if "second" in parts:
+                result["second"] = await bench_second(
+                    http, orch.ws_url, reps if args.quick else max(reps, 30))
             if "stop" in parts:
                 result["stop"] = await bench_stop(http, orch.ws_url, reps)
             if "lead" in parts:

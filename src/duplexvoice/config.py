@@ -271,12 +271,15 @@ class HelpFormatter(argparse.HelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
-def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """Add ``--<name>`` for every option, and its old names hidden (the help of the
-    option names them); values stay strings until validation."""
+def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, prefix: str = "",
+              description: str = "") -> None:
+    """Add ``--<prefix><name>`` for every option, and its old names hidden (the help of
+    the option names them); values stay strings until validation. ``prefix`` (e.g.
+    ``worker_``) lets one command take the options of several services (``up``): give
+    the same ``flag_prefix`` to :func:`load_config_with_origins`."""
     opts = options(model)
     only_yaml = [name for name, opt in opts.items() if yaml_only(opt.info.annotation)]
-    description = "Also settable in the YAML file (--config) and the environment."
+    description = description or "Also settable in the YAML file (--config) and the environment."
     if only_yaml:
         description += f" YAML only: {', '.join(only_yaml)}."
     group = parser.add_argument_group(f"{model.__name__} options", description)
@@ -292,11 +295,11 @@ def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
             notes.append(f"old name: {', '.join(flag_name(old) for old in opt.old_names)}")
         if notes:
             help_text += f" ({'; '.join(notes)})"
-        group.add_argument(flag_name(name), dest=f"cfg__{name}", default=None,
+        group.add_argument(flag_name(prefix + name), dest=f"cfg__{prefix}{name}", default=None,
                            metavar=value_name, help=help_text.replace("%", "%%"))
         for old in opt.old_names:
-            group.add_argument(flag_name(old), dest=f"cfg__{old}", default=None,
-                               metavar=value_name, help=argparse.SUPPRESS)
+            group.add_argument(flag_name(prefix + old), dest=f"cfg__{prefix}{old}",
+                               default=None, metavar=value_name, help=argparse.SUPPRESS)
 
 
 # -- loading --------------------------------------------------------------------------
@@ -379,10 +382,11 @@ def load_config(
     env_prefix: str,
     flags: argparse.Namespace | None = None,
     environ: Mapping[str, str] | None = None,
+    flag_prefix: str = "",
 ) -> M:
     """Build a validated config: defaults < YAML file < environment < flags."""
     return load_config_with_origins(model, yaml_path=yaml_path, env_prefix=env_prefix,
-                                    flags=flags, environ=environ)[0]
+                                    flags=flags, environ=environ, flag_prefix=flag_prefix)[0]
 
 
 def load_config_with_origins(
@@ -392,8 +396,10 @@ def load_config_with_origins(
     env_prefix: str,
     flags: argparse.Namespace | None = None,
     environ: Mapping[str, str] | None = None,
+    flag_prefix: str = "",
 ) -> tuple[M, Origins]:
-    """``load_config``, plus where each option came from (for later error messages)."""
+    """``load_config``, plus where each option came from (for later error messages).
+    ``flag_prefix``: the flags were added with :func:`add_flags`' ``prefix``."""
     environ = os.environ if environ is None else environ
     tree: dict[str, Any] = _read_yaml(yaml_path) if yaml_path is not None else {}
     opts = options(model)
@@ -414,8 +420,9 @@ def load_config_with_origins(
         names = (name, *opt.old_names)
         in_env = [(f"environment variable {env_prefix}_{n.upper()}", v) for n in names
                   if (v := environ.get(f"{env_prefix}_{n.upper()}")) is not None]
-        in_flags = [(f"flag {flag_name(n)}", v) for n in names
-                    if flags is not None and (v := getattr(flags, f"cfg__{n}", None)) is not None]
+        in_flags = [(f"flag {flag_name(flag_prefix + n)}", v) for n in names
+                    if flags is not None
+                    and (v := getattr(flags, f"cfg__{flag_prefix}{n}", None)) is not None]
         for given in (in_env, in_flags):  # the flags last: they win
             if (picked := _one_value(opt, given)) is not None:
                 _set_path(tree, opt.path, _convert(str(picked[1]), opt.info))

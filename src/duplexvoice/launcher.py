@@ -1,5 +1,5 @@
-"""Start a duplexvoice service (worker or orchestrator) as a child process and wait
-until it prints its ready line.
+"""Start a duplexvoice service (worker, orchestrator or brain) as a child process and
+wait until it prints its ready line.
 
 Used by the tests, the benchmarks and `duplexvoice up`: the service runs exactly as a
 user starts it, `python -m duplexvoice worker ...` / `... orchestrator ...`.
@@ -173,6 +173,18 @@ class OrchestratorProcess(ServiceProcess):
     @property
     def ws_url(self) -> str:
         return f"ws://{self.addr}/ws"
+
+
+class BrainProcess(ServiceProcess):
+    """The local language model (``duplexvoice brain``); ``addr`` is its HTTP
+    ``host:port``, ready once the model is loaded and prewarmed."""
+
+    subcommand = "brain"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL (``--reply-base-url`` of the orchestrator)."""
+        return f"http://{self.addr}/v1"
 
 
 # -- the child's side -------------------------------------------------------------------

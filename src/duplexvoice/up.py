@@ -1,17 +1,21 @@
 """``duplexvoice up``: the whole system on one machine, supervised.
 
-1. Checks that fail in one line on stderr (exit 1) before anything starts: the
-   HTTP/WebSocket port and the worker port can be listened on, Redis answers
-   (``--redis``).
-2. One TTS worker as a child process; its output appears in ours, each line
-   prefixed ``[worker]``. If it dies it is restarted on the same port (so the
-   embedded registry, which checks that address, finds it again), after a back-off
-   of 0.5 s doubling to 10 s, back to 0.5 s once a worker has run 30 s. It never
-   outlives this process, even one killed by SIGKILL (``launcher.exit_with_parent``).
-3. ``--voice`` is checked against the worker's voices (exit 2 naming them).
-4. The orchestrator in this process, pointed at the worker (embedded registry) or
-   at Redis; the banner once it accepts connections. Ctrl-C / SIGTERM stops the
-   orchestrator, then the worker (always).
+1. The configuration (:mod:`duplexvoice.up_config`): every option of the orchestrator
+   and of each child service, by flag, environment and YAML; what ``up`` cannot pass
+   is refused in one line (exit 2).
+2. Checks that fail in one line on stderr (exit 1) before anything starts: the
+   HTTP/WebSocket port and each child's port can be listened on, Redis answers
+   (``--redis-url``).
+3. Each child service (:class:`Child`: the TTS worker) as a child process; its output
+   appears in ours, each line prefixed ``[worker]``. If it dies it is restarted on
+   the same port (so the embedded registry, which checks that address, finds it
+   again), after a back-off of 0.5 s doubling to 10 s, back to 0.5 s once it has run
+   30 s. It never outlives this process, even one killed by SIGKILL
+   (``launcher.exit_with_parent``). Once ready, a child is checked (the worker knows
+   ``--voice``, else exit 2 naming its voices) and wired into the orchestrator's
+   config (the worker's address).
+4. The orchestrator in this process; the banner once it accepts connections. Ctrl-C /
+   SIGTERM stops the orchestrator, then the children, last started first (always).
 """
 
 from __future__ import annotations
@@ -30,25 +34,16 @@ from typing import TYPE_CHECKING
 
 from duplexvoice.config import one_line
 from duplexvoice.launcher import NotReadyError, ServiceProcess, WorkerProcess, describe_exit
+from duplexvoice.up_config import WORKER, UpError, UpPlan
 from duplexvoice.wire.ports import bind_error, free_port, in_use_message
 
 if TYPE_CHECKING:
     from duplexvoice.orchestrator.config import OrchestratorConfig
 
-__all__ = ["Backoff", "Supervisor", "UpError", "banner", "free_port", "run_up", "urls"]
+__all__ = ["Backoff", "Child", "Supervisor", "UpError", "banner", "free_port", "run_up", "urls"]
 
-WORKER_NAME = "tts-worker-0"
-WORKER_HOST = "127.0.0.1"  # the worker's default bind address; up leaves it as is
-WORKER_LINES_KEPT = 200  # of the worker's output, for its last words when it fails
+CHILD_LINES_KEPT = 200  # of a child's output, for its last words when it fails
 REDIS_TIMEOUT_S = 2.0
-
-
-class UpError(Exception):
-    """A reason not to start, in one line; ``code`` is the exit code."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def urls(host: str, port: int) -> tuple[str, str]:
@@ -183,35 +178,44 @@ class _Lines:
 # -- checks ---------------------------------------------------------------------------
 
 
-def check_ports(host: str, port: int, worker_port: int) -> tuple[int, int]:
-    """The two ports to use (0: a free one, fixed now so a restarted worker comes back
-    on its port); :class:`UpError` if one cannot be listened on."""
+def resolve_port(label: str, host: str, port: int) -> int:
+    """The port to use (0: a free one, fixed now so a restarted child comes back on
+    its port); :class:`UpError` if it cannot be listened on. ``label`` names the
+    option in the error (``--worker-port 7001``)."""
     if port == 0:
-        port = free_port(host)
-    elif (error := bind_error(host, port)) is not None:
-        raise UpError(f"--port {port}: {in_use_message(host, port, error)}")
-    if worker_port == 0:
-        worker_port = free_port(WORKER_HOST)
-    elif (error := bind_error(WORKER_HOST, worker_port)) is not None:
-        raise UpError(f"--worker-port {worker_port}: "
-                      f"{in_use_message(WORKER_HOST, worker_port, error)}")
-    if port == worker_port:
-        raise UpError(f"--port and --worker-port are both {port}", code=2)
-    return port, worker_port
+        return free_port(host)
+    if (error := bind_error(host, port)) is not None:
+        raise UpError(f"{label}: {in_use_message(host, port, error)}")
+    return port
 
 
-def check_redis(url: str, timeout_s: float = REDIS_TIMEOUT_S) -> None:
+def check_ports(plan: UpPlan) -> dict[str, int]:
+    """The port of the orchestrator (key "") and of each child (by name), resolved and
+    checked: each can be listened on, no two the same."""
+    orch = plan.orchestrator
+    labels = {"": plan.label("port")}
+    ports = {"": resolve_port(labels[""], orch.host, orch.port)}
+    for name, child in plan.children.items():
+        labels[name] = child.label("port")
+        port = resolve_port(labels[name], child.config.host, child.config.port)
+        if (same := next((k for k, p in ports.items() if p == port), None)) is not None:
+            raise UpError(f"{labels[same]} and {labels[name]}: both are port {port}", code=2)
+        ports[name] = port
+    return ports
+
+
+def check_redis(url: str, label: str, timeout_s: float = REDIS_TIMEOUT_S) -> None:
     import redis
 
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
                                       socket_timeout=timeout_s)
     except ValueError as exc:  # not a redis:// URL
-        raise UpError(f"--redis {url}: {one_line(str(exc))}", code=2) from exc
+        raise UpError(f"{label}: {one_line(str(exc))}", code=2) from exc
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        raise UpError(f"--redis {url}: no Redis answers there "
+        raise UpError(f"{label}: no Redis answers there "
                       f"({one_line(str(exc)) or type(exc).__name__})") from exc
     finally:
         client.close()
@@ -227,7 +231,7 @@ async def worker_voices(addr: str, timeout_s: float = 10.0) -> list[str]:
     return sorted(model.model_id for model in reply.models)
 
 
-def check_voice(addr: str, voice: str) -> None:
+def check_voice(addr: str, voice: str, label: str) -> None:
     import grpc
 
     try:
@@ -235,7 +239,7 @@ def check_voice(addr: str, voice: str) -> None:
     except grpc.RpcError as exc:
         raise UpError(f"cannot list the worker's voices: {exc}") from exc
     if voice not in known:
-        raise UpError(f"--voice {voice}: the worker has no such voice "
+        raise UpError(f"{label}: the worker has no such voice "
                       f"(known voices: {', '.join(known) or 'none'})", code=2)
 
 
@@ -278,48 +282,75 @@ async def run_orchestrator(config: OrchestratorConfig, stop: asyncio.Event | Non
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM before serve() handles it: stop the worker too
+    raise KeyboardInterrupt  # SIGTERM before serve() handles it: stop the children too
 
 
-def run_up(*, port: int = 8080, worker_port: int = 7001, voice: str = "",
-           redis_url: str | None = None, host: str = "127.0.0.1", log_level: str = "WARNING",
-           worker_timeout_s: float = 120.0, backoff: Backoff | None = None) -> int:
-    """Check, start the worker, serve until stopped, stop the worker. An exit code."""
-    from duplexvoice.orchestrator.config import OrchestratorConfig
+@dataclass
+class Child:
+    """A service ``up`` runs as a supervised child process, and how the orchestrator
+    gets to it. ``make`` builds a new (unstarted) process: each restart makes one."""
 
+    name: str  # "worker": its lines are prefixed [worker]
+    title: str  # "TTS worker", in up's own lines
+    port: int
+    make: Callable[[], ServiceProcess]
+    # the orchestrator's config once the child is ready at ``addr``
+    wire: Callable[[OrchestratorConfig, str], OrchestratorConfig]
+    check: Callable[[str], None] = field(default=lambda addr: None)  # once ready
+    scheme: str = "grpc"  # of its address, in the ready line
+
+
+def worker_child(plan: UpPlan, port: int, say: Callable[[str], None]) -> Child:
+    worker = plan.children[WORKER.name]
+    name = worker.config.name
+    args = [*worker.args, "--port", str(port)]
+    voice = plan.orchestrator.default_voice
+
+    def check(addr: str) -> None:
+        if voice:
+            check_voice(addr, voice, plan.label("default_voice"))
+
+    return Child(
+        "worker", "TTS worker", port,
+        make=lambda: WorkerProcess(*args, name=name, keep_lines=CHILD_LINES_KEPT,
+                                   on_line=lambda line: say(f"[worker] {line.rstrip()}"),
+                                   exit_with_parent=True),
+        wire=lambda config, addr: config.model_copy(update={"workers": [f"{name}={addr}"]}),
+        check=check,
+    )
+
+
+def run_up(plan: UpPlan, *, ready_timeout_s: float = 120.0,
+           backoff: Callable[[], Backoff] = Backoff) -> int:
+    """Check, start the children, serve until stopped, stop the children. An exit code."""
+    config = plan.orchestrator
+    lines = _Lines()
     try:
-        port, worker_port = check_ports(host, port, worker_port)
-        if redis_url:
-            check_redis(redis_url)
+        ports = check_ports(plan)
+        if config.redis_url:
+            check_redis(config.redis_url, plan.label("redis_url"))
     except UpError as exc:
         print(f"duplexvoice up: {exc}", file=sys.stderr)
         return exc.code
-
-    lines = _Lines()
-    worker_args = ["--port", str(worker_port), "--log-level", log_level]
-    if redis_url:
-        worker_args += ["--redis-url", redis_url]
-    supervisor = Supervisor(
-        lambda: WorkerProcess(*worker_args, name=WORKER_NAME, keep_lines=WORKER_LINES_KEPT,
-                              on_line=lambda line: lines(f"[worker] {line.rstrip()}"),
-                              exit_with_parent=True),
-        say=lambda message: lines(f"duplexvoice up: {message}"),
-        backoff=backoff, ready_timeout_s=worker_timeout_s,
-    )
+    config = config.model_copy(update={"port": ports[""]})
+    children = [worker_child(plan, ports[WORKER.name], lines)]
+    supervisors: list[tuple[Child, Supervisor]] = []
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        lines(f"duplexvoice up: starting the TTS worker on port {worker_port} ...")
-        try:
-            worker = supervisor.start()
-        except NotReadyError as exc:
-            raise UpError(f"the TTS worker did not start: {exc.reason}") from exc
-        lines(f"duplexvoice up: worker ready on grpc://{worker.addr} (pid {worker.pid})")
-        if voice:
-            check_voice(worker.addr, voice)
-        config = OrchestratorConfig.model_validate({
-            "host": host, "port": port, "redis_url": redis_url or None, "default_voice": voice,
-            "workers": [f"{WORKER_NAME}={worker.addr}"], "log_level": log_level,
-        })
+        for child in children:
+            supervisor = Supervisor(child.make, say=lambda m: lines(f"duplexvoice up: {m}"),
+                                    backoff=backoff(), ready_timeout_s=ready_timeout_s,
+                                    name=child.name)
+            supervisors.append((child, supervisor))
+            lines(f"duplexvoice up: starting the {child.title} on port {child.port} ...")
+            try:
+                proc = supervisor.start()
+            except NotReadyError as exc:
+                raise UpError(f"the {child.title} did not start: {exc.reason}") from exc
+            lines(f"duplexvoice up: {child.name} ready on {child.scheme}://{proc.addr} "
+                  f"(pid {proc.pid})")
+            child.check(proc.addr)
+            config = child.wire(config, proc.addr)
         asyncio.run(run_orchestrator(config))
         return 0
     except UpError as exc:
@@ -331,7 +362,8 @@ def run_up(*, port: int = 8080, worker_port: int = 7001, voice: str = "",
     except KeyboardInterrupt:  # before serve() took over SIGINT / SIGTERM
         return 0
     finally:
-        supervisor.stop()
+        for child, supervisor in reversed(supervisors):
+            supervisor.stop()
+            if supervisor.current is not None:
+                lines(f"duplexvoice up: {child.name} stopped")
         signal.signal(signal.SIGTERM, previous)
-        if supervisor.current is not None:
-            lines("duplexvoice up: worker stopped")

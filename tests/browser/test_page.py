@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from duplexvoice.launcher import OrchestratorProcess
+from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
+from duplexvoice.wire.ports import free_port
 from tests.browser.conftest import System
 from tests.support.browser import DEADLINE_S, Page, browser_page, save_json, screenshot
 from tests.support.eventually import eventually_sync
@@ -28,6 +29,7 @@ from tests.support.speech import SPEAKERS, say, silence
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 TRANSPORTS = ["webrtc", "websocket"]
+MOCK = "mock-en-us-tone"
 
 FIRST = ("Please book a table for two people tomorrow evening "
          "at the little place by the old river bridge.")
@@ -146,6 +148,13 @@ def test_talk_reply_interrupt_pause_resume(playwright: Any, system: System,
         u1 = page.eval(f"dv.utterances[{uid}]")
         assert u1["energy"] == stopped["energy"], (u1, stopped)
         assert u1["energy_after_interrupt"] == 0, u1
+        # What was heard of it went to the server (over the data channel with WebRTC),
+        # as the page's playback stood at the interrupt: the history keeps that much.
+        reported = [e["msg"]["played_ms"] for e in page.events() if e["dir"] == "out"
+                    and e["msg"]["type"] == "playback" and e["msg"]["utterance_id"] == uid]
+        heard_ms = int(stopped["played_ms"] + 0.5)  # Math.round, as the page sends it
+        assert stopped["played_ms"] > 0 and heard_ms in reported, (
+            stopped, reported)
 
         # The second reply: nothing played while held, and it went on after the resume.
         c2 = controls(page, uid2)
@@ -197,6 +206,26 @@ def test_the_text_box_is_a_user_turn(playwright: Any, system: System, transport:
                   "the reply's audio")
         assert "museum" in page.page.locator("#log .msg.bot").first.inner_text().lower()
         assert page.page.locator("#log .msg.user").count() == 1  # not shown twice
+        uid, turn = reply["utterance_id"], reply["turn"]
+        # The pill showed the assistant thinking, then speaking (as its audio played).
+        page.wait("dv.activities.includes('speaking')", DEADLINE_S, "the speaking state")
+        shown = page.eval("dv.activities")
+        assert shown.index("thinking") < shown.index("speaking"), shown
+        # A typed turn has no voice to voice: text to voice, the server's and the page's.
+        row = page.wait("dv.turns.find(r => r.turn === arg && r.text_to_voice_ms !== undefined"
+                        " && r.page_text_to_voice_ms !== undefined)", DEADLINE_S,
+                        "the typed turn's text-to-voice figures", turn)
+        assert "voice_to_voice_ms" not in row and "page_voice_to_voice_ms" not in row, row
+        cells = page.page.locator(f'#latency-body tr[data-key$=":t{turn}"] td').all_inner_texts()
+        # voice to voice (server, page): none; text to voice: a figure
+        assert cells[1] == cells[2] == "—" and cells[3].endswith(" ms"), cells
+        # What was heard goes back to the server, over the data channel with WebRTC,
+        # and is taken there as over a WebSocket (no error).
+        page.wait("dv.events.some(e => e.dir === 'out' && e.msg.type === 'playback'"
+                  " && e.msg.utterance_id === arg && e.msg.played_ms > 0)", DEADLINE_S,
+                  "a playback report of the reply", uid)
+        page.message("utterance_end", DEADLINE_S, "the reply's end", utterance_id=uid)
+        assert not find(page, "error"), find(page, "error")
         screenshot(page.page, f"text-{transport}")
 
 
@@ -350,8 +379,11 @@ def test_webrtc_falls_back_to_websocket_by_itself(playwright: Any, system: Syste
 
 
 def test_no_worker_is_explained(playwright: Any, system: System) -> None:
-    # An orchestrator whose only worker address answers nothing.
-    orch = OrchestratorProcess("--workers", "127.0.0.1:9").start()
+    # An orchestrator whose only worker address answers nothing, until a worker starts
+    # there.
+    port = free_port("127.0.0.1")
+    orch = OrchestratorProcess("--workers", f"127.0.0.1:{port}").start()
+    worker: WorkerProcess | None = None
     try:
         with browser_page(playwright, "no-worker") as page:
             page.open(f"http://{orch.addr}/", "webrtc")
@@ -362,8 +394,29 @@ def test_no_worker_is_explained(playwright: Any, system: System) -> None:
             assert "worker" in page.eval("dv.notices.worker").lower()
             assert page.eval("dv.connection") == "connected"  # the session goes on
             screenshot(page.page, "no-worker")
+            # The worker comes back: once the next reply is heard, the notice goes.
+            worker = WorkerProcess("--port", str(port),
+                                   env={"DUPLEXVOICE_WORKER_DEFAULT_MODEL_ID": MOCK}).start()
+            eventually_sync(lambda: _ready(f"http://{orch.addr}/"), timeout=DEADLINE_S,
+                            what="the orchestrator sees the worker")
+            page.page.fill("#text-input", "Hello again")
+            page.page.press("#text-input", "Enter")
+            reply = page.message("reply", DEADLINE_S, "the reply", turn=2)
+            page.wait(f"(dv.utterances[{reply['utterance_id']}] || {{}}).energy > 5",
+                      DEADLINE_S, "the reply's audio")
+            page.wait("dv.notices.worker === undefined", DEADLINE_S, "the notice gone")
     finally:
+        if worker is not None:
+            worker.terminate()
         orch.terminate()
+
+
+def _ready(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(base_url + "ready", timeout=5) as resp:
+            return bool(resp.status == 200)
+    except OSError:  # 503 (HTTPError) or not yet answering
+        return False
 
 
 def _metric(base_url: str, name: str) -> float:

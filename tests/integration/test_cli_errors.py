@@ -153,7 +153,21 @@ def test_up_with_both_on_one_port() -> None:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     result = run_cli("up", "--port", port, "--worker-port", port)
-    one_line_error(result, "--port and --worker-port are both")
+    one_line_error(result, f"--port {port} and --worker-port {port}: both are port")
+    no_banner(result)
+
+
+def test_up_passes_worker_flags_to_its_worker() -> None:
+    # Only the worker itself knows its voices: its own one-line error proves it got the flag.
+    result = run_cli("up", "--port", "0", "--worker-port", "0",
+                     "--worker-default-model-id", "no-such-voice")
+    one_line_error(result, "duplexvoice up: the TTS worker did not start", "no-such-voice")
+
+
+def test_up_refuses_what_it_cannot_pass() -> None:
+    result = run_cli("up", "--port", "0", env={"DUPLEXVOICE_ORCH_WORKERS": "127.0.0.1:7002"})
+    assert result.returncode == 2
+    one_line_error(result, "DUPLEXVOICE_ORCH_WORKERS", "up runs its own worker")
     no_banner(result)
 
 

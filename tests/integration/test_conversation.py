@@ -27,7 +27,7 @@ LONG = ("Here is a long answer that goes on for a while, so that there is plenty
 
 @pytest.fixture(scope="module")
 def stack(real_worker: WorkerProcess) -> Iterator[OrchestratorProcess]:
-    orch = OrchestratorProcess("--workers", real_worker.addr).start()
+    orch = OrchestratorProcess("--workers", real_worker.addr, "--reply-engine", "echo").start()
     yield orch
     orch.terminate()
 
@@ -227,7 +227,8 @@ async def test_clipped_speech_is_still_heard(mic: MicClient) -> None:
 
 
 async def test_endless_speech_is_ended_by_force(real_worker: WorkerProcess) -> None:
-    orch = OrchestratorProcess("--workers", real_worker.addr, "--max-turn-ms", "2000").start()
+    orch = OrchestratorProcess("--workers", real_worker.addr, "--max-turn-ms", "2000",
+                                "--reply-engine", "echo").start()
     try:
         async with aiohttp.ClientSession() as http:
             mic = MicClient(await http.ws_connect(orch.ws_url))

@@ -45,7 +45,7 @@ LONG = ("Here is a long answer that goes on for a while. It keeps talking about 
 
 @pytest.fixture(scope="module")
 def stack(real_worker: WorkerProcess) -> Iterator[OrchestratorProcess]:
-    orch = OrchestratorProcess("--workers", real_worker.addr).start()
+    orch = OrchestratorProcess("--workers", real_worker.addr, "--reply-engine", "echo").start()
     yield orch
     orch.terminate()
 

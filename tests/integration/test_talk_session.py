@@ -219,3 +219,16 @@ async def test_silence_only_input_ends_quietly(serve: Any) -> None:
     result = await talk(await serve(script), seconds=0.0)
     assert result.code == 0 and result.sent_frames >= 10
     assert np.isfinite(result.sent_frames)
+
+
+async def test_turns_the_server_failed_are_an_error(serve: Any) -> None:
+    # The issue: talk exited 0 when every turn failed with REPLY_FAILED.
+    async def script(peer: Peer) -> None:
+        await peer.handshake()
+        await peer.send(type="transcript", text="hello", final=True, turn=1)
+        await peer.send(type="error", code="REPLY_FAILED", message="the reply engine failed")
+        await peer.drain(1.0)
+
+    result = await talk(await serve(script))
+    assert result.code == 1 and result.ended_by == "settled"
+    assert result.problem == "the server reported 1 error(s) (REPLY_FAILED)"

@@ -7,6 +7,7 @@ import sys
 import wave
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis.asyncio
 
@@ -61,4 +62,22 @@ async def test_up_with_redis_registers_the_worker_there(redis_server: RedisServe
         finally:
             await client.aclose()
         await eventually(lambda: speaks(ws_url), what="audio through the Redis registry")
+    assert up.proc.returncode == 0, up.text
+
+
+async def test_up_takes_the_orchestrators_environment() -> None:
+    # The issue: DUPLEXVOICE_ORCH_API_KEYS=secret duplexvoice up served with no key.
+    env = {"DUPLEXVOICE_ORCH_API_KEYS": "secret",
+           "DUPLEXVOICE_WORKER_DEFAULT_MODEL_ID": "mock-en-us-tone"}
+    with UpProcess(env=env) as up:
+        http_url = (await up.await_line(BANNER)).group(1)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{http_url}/client-config") as reply:
+                assert (await reply.json())["auth_required"] is True
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(http_url.replace("http", "ws") + "/ws")
+            assert refused.value.status == 401
+            async with http.ws_connect(http_url.replace("http", "ws") + "/ws",
+                                       headers={"Authorization": "Bearer secret"}) as ws:
+                assert (await ws.receive_json(timeout=30))["type"] == "session_start"
     assert up.proc.returncode == 0, up.text

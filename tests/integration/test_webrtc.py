@@ -174,10 +174,18 @@ async def test_bad_messages_on_the_channel_are_answered_and_the_session_goes_on(
         await eventually(lambda: len(client.messages("error")) == 3, what="three errors")
         assert [e["code"] for e in client.messages("error")] == ["INVALID_MESSAGE"] * 3
         assert "media track" in client.messages("error")[1]["message"]
+        # Playback reports go on the channel, parsed as over a WebSocket: a good one
+        # is taken silently, a bad one answered.
+        client.send_json({"type": "playback", "utterance_id": 1, "played_ms": 120})
+        client.send_json({"type": "playback", "utterance_id": 0, "played_ms": 120})
+        await eventually(lambda: len(client.messages("error")) == 4, what="a fourth error")
+        assert client.messages("error")[3]["code"] == "INVALID_MESSAGE"
+        assert "utterance_id" in client.messages("error")[3]["message"]
         client.send_json({"type": "text", "text": "Still here."})
         end = await client.until(lambda m: m["type"] == "utterance_end")
         assert end.message["reason"] == "completed"
         assert not client.messages("audio") and client.loud_frames()
+        assert len(client.messages("error")) == 4  # none for the good report
     finally:
         await client.close()
     await eventually(server.freed, what="peer freed")
@@ -243,7 +251,7 @@ async def _leave(server: Server, moment: str) -> None:
 
 @pytest.fixture(scope="module")
 def conversation_stack(real_worker: WorkerProcess) -> Iterator[OrchestratorProcess]:
-    orch = OrchestratorProcess("--workers", real_worker.addr).start()
+    orch = OrchestratorProcess("--workers", real_worker.addr, "--reply-engine", "echo").start()
     yield orch
     orch.terminate()
 

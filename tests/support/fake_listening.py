@@ -5,6 +5,8 @@
 - ``LoudVad``: a VAD engine whose speech probability is the frame's loudness (1 above
   -20 dBFS, else 0), so a test scripts speech with loud and silent PCM; the real
   framer and hysteresis gate run on it (``fake_services`` puts it in a detector).
+- ``FakeScorer``: the end-of-turn model's surface; answers a fixed p(complete) (None:
+  no answer), and records the audio it was asked about.
 - ``speech_pcm`` / ``silence_pcm``: 20 ms PCM16 frames at 16 kHz.
 """
 
@@ -48,6 +50,20 @@ class FakeTranscriber:
         return sum(not final for final, _ in self.asked)
 
 
+class FakeScorer:
+    def __init__(self, p_complete: float | None = 0.9) -> None:
+        self.p_complete = p_complete
+        self.asked: list[int] = []  # samples per request
+        self.closed = False
+
+    async def score(self, audio: Any) -> float | None:
+        self.asked.append(int(audio.size))
+        return self.p_complete
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class LoudVad:
     frame_samples = FRAME
     window_samples = FRAME
@@ -71,10 +87,12 @@ class _FakeServices(ConversationServices):
 
 
 def fake_services(config: ConversationConfig, transcriber: FakeTranscriber,
-                  engine: EchoEngine | None = None) -> ConversationServices:
-    """Conversation services on these fakes (the reply engine: ``engine`` or echo)."""
+                  engine: EchoEngine | None = None,
+                  endturn: FakeScorer | None = None) -> ConversationServices:
+    """Conversation services on these fakes (the reply engine: ``engine`` or echo; no
+    end-of-turn model unless ``endturn``)."""
     return _FakeServices(config, transcriber,  # type: ignore[arg-type]
-                         {"echo": engine or EchoEngine()})
+                         {"echo": engine or EchoEngine()}, endturn)  # type: ignore[arg-type]
 
 
 def speech_pcm() -> bytes:

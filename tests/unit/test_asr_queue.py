@@ -200,6 +200,37 @@ def test_cancel_withdraws_waiting_jobs_only() -> None:
     assert not q.cancel(p)
 
 
+def test_a_withdrawn_final_keeps_its_place_for_its_callers_next_final() -> None:
+    # The user went on speaking: the session withdraws its final and asks again with
+    # more audio. Under load that final must not go to the back of the line.
+    q = AsrQueue(max_queue=8)
+    first = q.submit(speech(seed=1), final=True, key="a", now=0.0).job
+    later = [q.submit(speech(seed=s), final=True, key=k, now=0.0).job
+             for s, k in ((2, "b"), (3, "c"))]
+    assert first is not None and q.cancel(first)
+    assert q.finals_waiting == 2  # the kept place counts for nothing
+    more = np.concatenate([speech(seed=1), speech(0.5, seed=9)])
+    again = q.submit(more, final=True, key="a", now=0.5).job
+    assert again is not None and again is not first
+    assert q.counters.finals_kept_place == 1
+    assert [run(q), run(q), run(q)] == [again, *later]
+    assert q.take(1.0) is None
+
+
+def test_a_place_nobody_claims_is_skipped_and_places_stay_bounded() -> None:
+    q = AsrQueue(max_queue=8)
+    a1, b, a2, n = (q.submit(speech(seed=seed), final=True, key=key, now=0.0).job
+                    for seed, key in ((1, "a"), (2, "b"), (3, "a"), (4, None)))
+    assert a1 is not None and b is not None and a2 is not None and n is not None
+    assert q.cancel(a1) and q.cancel(a2) and q.cancel(n)
+    # one place per caller with a key: a1's kept; a2 (a's second) and n (no key) gone
+    assert q.places_kept == 1 and q.finals_waiting == 1
+    assert not q.cancel(a1)
+    assert run(q) is b  # a's unclaimed place (before b) skipped
+    assert q.take(1.0) is None and q.places_kept == 0
+    assert q.drain() == []
+
+
 def test_drain_and_misuse() -> None:
     q = AsrQueue(max_queue=8)
     f = q.submit(speech(), final=True, key="a", now=0.0).job
@@ -215,3 +246,71 @@ def test_drain_and_misuse() -> None:
     with pytest.raises(ValueError):
         AsrQueue(max_queue=0)
 
+
+
+def test_every_final_gets_an_answer_under_contention() -> None:
+    # Issue 17: with 6 sessions on 2 cores a turn got no transcript and no error. The
+    # queue's part: every final asked is answered (its job's result, a joined job's, the
+    # cache, or AsrBusy at once); only partials may be dropped, and each drop is told.
+    # Six sessions, each: partials while speaking, a speculative final at the offset,
+    # the real final (the same audio plus silence) at the end of turn; the model takes
+    # jobs in between, in a seeded random interleaving.
+    rng = np.random.default_rng(17)
+    q = AsrQueue(max_queue=2)
+    answered: set[int] = set()  # request ids
+    finals: dict[int, Job | None] = {}  # request id -> the job it waits on
+    partials: dict[int, Job] = {}
+    told_dropped: set[int] = set()  # job ids
+    finished: set[int] = set()  # job ids
+    steps: list[tuple[str, int]] = []
+    for session in range(6):
+        steps += [("partial", session)] * 3 + [("final", session), ("again", session)]
+    # each session's own steps in order; sessions and the model's work interleaved
+    queue_of = {s: [st for st in steps if st[1] == s] for s in range(6)}
+    audio = {s: speech(1.0, seed=s) for s in range(6)}
+    request = 0
+    for _ in range(2 * len(steps)):
+        if rng.random() < 0.2 and q.running is None and (job := q.take(0.0)) is not None:
+            q.finish(job, result(final=job.final))
+            finished.add(job.id)
+        elif q.running is not None and rng.random() < 0.2:
+            job = q.running
+            q.finish(job, result(final=job.final))
+            finished.add(job.id)
+        live = [s for s, left in queue_of.items() if left]
+        if not live:
+            continue
+        kind, session = queue_of[int(rng.choice(live))].pop(0)
+        request += 1
+        clip = audio[session] if kind != "again" else plus_silence(audio[session])
+        try:
+            admission = q.submit(clip, final=kind != "partial", key=session, now=0.0)
+        except AsrBusy:
+            answered.add(request)  # refused at once: the caller reports ASR_BUSY
+            continue
+        told_dropped |= {job.id for job in admission.dropped}
+        if kind == "partial":
+            if admission.job is not None:
+                partials[request] = admission.job
+        elif admission.cached is not None:
+            answered.add(request)
+        else:
+            finals[request] = admission.job
+    while True:  # the model works through what is left
+        if q.running is not None:
+            finished.add(q.running.id)
+            q.finish(q.running, result())
+        job = q.take(1.0)
+        if job is None:
+            break
+        q.finish(job, result(final=job.final))
+        finished.add(job.id)
+    for req, job in finals.items():
+        assert job is not None and job.id in finished, (req, job)
+        answered.add(req)
+    assert len(answered) == sum(1 for kind, _ in steps if kind != "partial")
+    for job in partials.values():
+        assert (job.id in finished) != (job.id in told_dropped), job
+    # the paths under test were taken: reuse, refusal and dropped partials
+    c = q.counters
+    assert c.finals_reused and c.finals_refused and c.partials_dropped, c

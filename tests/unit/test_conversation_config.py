@@ -174,9 +174,13 @@ def test_the_defaults_are_what_they_were() -> None:
         "silero", 0.5, 48, 60_000)
     assert (c.asr.model_path, c.asr.beam_size, c.asr.max_queue, c.asr.cpu_threads) == (
         None, 1, 16, 0)
+    # The end of turn moved to the fused rule (issue 17, bench/endturn.py): 600 ms is its
+    # wait when the model is unsure.
     assert c.turns == TurnConfig() and (c.turns.end_of_turn_ms, c.turns.interrupt_after_ms) == (
-        500, 400)
-    assert (c.reply.engine, c.reply.model, c.reply.timeout_s) == ("echo", "gpt-4o-mini", 60)
+        600, 400)
+    assert (c.turns.end_mode, c.endturn.threads) == ("fused", 1)
+    # The local brain is the default reply engine (issue 17).
+    assert (c.reply.engine, c.reply.model, c.reply.timeout_s) == ("local", "gpt-4o-mini", 60)
     assert (c.partial_interval_ms, c.max_audio_rate, c.max_audio_burst_s) == (400, 2, 5)
 
 
@@ -258,9 +262,12 @@ async def test_the_services_hand_each_core_its_section(monkeypatch: pytest.Monke
         await services.close()
 
 
-def test_the_echo_engine_alone_by_default() -> None:
+def test_the_local_engine_and_echo_by_default() -> None:
     replies = shared.make_replies(ConversationConfig().reply)
-    assert list(replies) == ["echo"] and isinstance(replies["echo"], EchoEngine)
+    assert list(replies) == ["echo", "local"] and isinstance(replies["echo"], EchoEngine)
+    echo_only = shared.make_replies(ConversationConfig().reply.model_copy(
+        update={"engine": "echo"}))
+    assert list(echo_only) == ["echo"]
 
 
 def test_a_session_gets_the_configured_turn_taking() -> None:

@@ -41,6 +41,7 @@ from duplexvoice.wire.protocol import (
     ControlMessage,
     PlaybackMessage,
     TextMessage,
+    UserTextMessage,
 )
 from tests.support.eventually import eventually
 from tests.support.fake_listening import (
@@ -758,6 +759,22 @@ async def test_a_spoken_turn_is_transcribed_answered_and_spoken(make: Any) -> No
     assert error["code"] == "INVALID_STATE"
     await h.leave()
     assert_each_session_ended_once(h)
+
+
+async def test_a_typed_turn_after_a_spoken_one_has_text_to_voice_not_voice_to_voice(
+        make: Any) -> None:
+    # The issue: a typed turn was timed from the earlier speech (5,200 ms "voice to voice").
+    h = await conversation(make, FakeTranscriber("hello there."))
+    await speak(h, 12, 10)
+    spoken = await h.client.wait_for("metrics", turn=1)
+    assert spoken["voice_to_voice_ms"] >= 0 and "text_to_voice_ms" not in spoken
+    await h.client.wait_for("utterance_end", utterance_id=1)
+    await h.send(UserTextMessage("Typed instead."))
+    typed = await h.client.wait_for("metrics", turn=2)
+    assert typed["text_to_voice_ms"] >= 0
+    assert "voice_to_voice_ms" not in typed and "transcript_ms" not in typed
+    assert h.metrics.voice_to_voice_ms.count == 1 and h.metrics.text_to_voice_ms.count == 1
+    await h.leave()
 
 
 async def test_speech_over_the_reply_holds_it_and_no_words_resume_it(make: Any) -> None:

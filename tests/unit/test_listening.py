@@ -17,6 +17,7 @@ from duplexvoice.orchestrator.sessions.events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTurnScore,
 )
 from duplexvoice.orchestrator.sessions.listening import (
     NOT_LISTENING,
@@ -28,6 +29,7 @@ from duplexvoice.orchestrator.sessions.listening import (
     Listening,
     ListeningConfig,
     NotListening,
+    Score,
     Transcribe,
     holding,
     system_speaking,
@@ -249,6 +251,67 @@ def test_no_words_check_follows_once_the_turn_is_closed() -> None:
     mic.offset(holding=True)
     mic.core.act(TurnClosed(1))
     assert mic.core.transcribed(1, "", final=False) == []
+
+
+def test_a_partial_the_recognizer_dropped_is_no_answer() -> None:
+    # Busy with finals, it dropped the words check: not "no words" (which would let a
+    # held "Wait," resume); the hold waits for its cap instead.
+    mic = Mic()
+    mic.onset(holding=True)
+    mic.core.transcribed(1, "", final=False)
+    mic.frames(5, holding=True)
+    assert len(jobs(mic.offset(holding=True))) == 1
+    assert mic.core.transcribed(1, "", final=False, answered=False) == []
+    # A partial dropped while a words check waits for it: the check still follows.
+    mic = Mic()
+    mic.onset(holding=True)
+    mic.frames(8, holding=True)
+    mic.offset(holding=True)
+    assert jobs(mic.core.transcribed(1, "", final=False, answered=False))
+
+
+# -- the end-of-turn score -----------------------------------------------------------
+
+
+def scoring() -> Mic:
+    mic = Mic(replace(CONFIG, partial_interval_ms=0, score_turns=True))
+    mic.onset()
+    mic.frames(20)
+    mic.offset()
+    return mic
+
+
+def test_the_final_at_an_offset_comes_with_a_score_of_the_same_audio() -> None:
+    mic = scoring()
+    final, score = mic.core.act(TranscribeTurn(1))
+    assert isinstance(final, Transcribe) and final.final
+    assert score == Score(1, final.start, final.end, onsets=1)
+    assert mic.core.scored(score, 0.8) == [UserTurnScore(1, 0.8)]
+    assert mic.core.scored(score, None) == []  # no answer: nothing to post
+    # Not asked when switched off, nor for a turn ended by force mid-speech.
+    off = Mic(replace(CONFIG, partial_interval_ms=0))
+    off.onset()
+    off.frames(20)
+    off.offset()
+    assert [type(d) for d in off.core.act(TranscribeTurn(1))] == [Transcribe]
+    mic = Mic(replace(CONFIG, partial_interval_ms=0, score_turns=True))
+    mic.onset()
+    mic.frames(20)
+    assert [type(d) for d in mic.core.act(TranscribeTurn(1))] == [Transcribe]
+
+
+def test_a_score_of_speech_that_went_on_is_not_posted() -> None:
+    mic = scoring()
+    score = mic.core.act(TranscribeTurn(1))[1]
+    assert isinstance(score, Score)
+    mic.frames(5)
+    mic.onset()  # the user went on before the model answered
+    assert mic.core.scored(score, 0.9) == []
+    mic.frames(10)
+    mic.offset()
+    newer = mic.core.act(TranscribeTurn(1))[1]
+    assert isinstance(newer, Score)
+    assert mic.core.scored(newer, 0.9) == [UserTurnScore(1, 0.9)]
 
 
 def test_finals_are_always_posted_and_leave_partials_alone() -> None:

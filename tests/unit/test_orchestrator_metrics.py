@@ -171,6 +171,7 @@ ORCHESTRATOR_METRICS = {
     "duplexvoice_client_errors_total": "counter",
     "duplexvoice_rejected_connections_total": "counter",
     "duplexvoice_voice_to_voice_ms": "histogram",
+    "duplexvoice_text_to_voice_ms": "histogram",
     "duplexvoice_asr_latency_ms": "histogram",
     "duplexvoice_barge_in_ms": "histogram",
     "duplexvoice_turns_total": "counter",

@@ -120,6 +120,28 @@ def test_hold_releases_nothing_and_unhold_keeps_what_the_client_had_ahead() -> N
     assert playout.ahead(10.0) == pytest.approx(0.09)
 
 
+def test_flushed_forgets_what_the_client_held_so_the_next_utterance_goes_at_once() -> None:
+    # Catches a next utterance held back by audio the client dropped on ``interrupt``.
+    playout = Playout(PlayoutConfig(lead_ms=100, send_quantum_ms=40), now=0.0)
+    push(playout, 1, 8)
+    assert len(playout.release(1, 0.0, paced=False)) == 5
+    playout.hold(0.01)
+    playout.drop(1)
+    playout.unhold(0.02)
+    playout.flushed(0.02)
+    assert playout.ahead(0.02) == 0.0
+    push(playout, 2, 8)
+    assert sequences(playout.release(2, 0.02, paced=False)) == [6, 7, 8, 9, 10]
+
+
+def test_flushed_never_moves_the_play_end_later() -> None:
+    playout = Playout(PlayoutConfig(lead_ms=100, send_quantum_ms=40), now=0.0)
+    push(playout, 1, 1)
+    playout.release(1, 0.0, paced=False)
+    playout.flushed(5.0)  # everything was played long ago
+    assert playout.ahead(0.0) == pytest.approx(0.02)
+
+
 def test_clear_empties_and_unholds() -> None:
     playout = Playout(PlayoutConfig(max_frames=2), now=0.0)
     push(playout, 1, 3)

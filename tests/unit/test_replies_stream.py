@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from duplexvoice.replies import (
     DEFAULT_SYSTEM_PROMPT,
+    LOCAL_BRAIN_URL,
+    LOCAL_SYSTEM_PROMPT,
     EchoEngine,
     History,
     OpenAIEngine,
@@ -244,13 +246,99 @@ async def test_echo_prefix_and_blank_input() -> None:
 # -- config and make_engine -------------------------------------------------------------------
 
 
-def test_default_config_is_echo() -> None:
+def test_default_config_is_the_local_brain() -> None:
     config = ReplyConfig()
-    assert isinstance(make_engine(config), EchoEngine)
+    engine = make_engine(config)
+    assert isinstance(engine, OpenAIEngine)
+    assert (engine.name, engine.base_url) == ("local", LOCAL_BRAIN_URL.rstrip("/"))
+    assert engine.system_prompt == LOCAL_SYSTEM_PROMPT
+    assert isinstance(make_engine(ReplyConfig(engine="echo")), EchoEngine)
     assert ReplyConfig(engine="openai").model == "gpt-4o-mini"  # the model has a default
-    assert config.system_prompt == DEFAULT_SYSTEM_PROMPT
+    openai = make_engine(ReplyConfig(engine="openai"), environ={})
+    assert isinstance(openai, OpenAIEngine)
+    assert openai.system_prompt == DEFAULT_SYSTEM_PROMPT
+    custom = make_engine(ReplyConfig(system_prompt="Be brief."))
+    assert isinstance(custom, OpenAIEngine) and custom.system_prompt == "Be brief."
     history = new_history(config)
     assert (history.max_turns, history.max_chars) == (20, 8000)
+
+
+def test_the_local_engine_sends_no_key() -> None:
+    engine = make_engine(ReplyConfig(engine="local", api_key="sk-secret123456"),
+                         environ={"OPENAI_API_KEY": "sk-other1234567"})
+    assert isinstance(engine, OpenAIEngine)
+    assert engine._key is None
+
+
+# -- the first-clause deadline and the apology -------------------------------------------------
+
+
+async def test_no_first_clause_by_the_deadline_fails_the_reply() -> None:
+    source, history = Source(), History()
+    history.add_user("hi")
+    stream = ReplyStream(source, history, first_timeout_s=0.05)
+    with pytest.raises(ReplyError, match=r"no answer within 0\.05 s") as caught:
+        await next_clause(stream)
+    assert caught.value.retryable
+    await asyncio.wait_for(stream.aclose(), WAIT_S)
+    assert source.cancelled and source.closed
+    assert stream.turn_index is None and not stream.complete
+
+
+async def test_the_deadline_is_only_for_the_first_clause() -> None:
+    source = Source()
+    stream = ReplyStream(source, History(), first_timeout_s=0.2)
+    source.feed.put_nowait("One. ")
+    assert await next_clause(stream) == "One."
+    reader = asyncio.create_task(stream.__anext__())
+    done, _ = await asyncio.wait({reader}, timeout=0.4)  # twice the deadline: no failure
+    assert not done
+    source.feed.put_nowait("Two.")
+    source.feed.put_nowait(None)
+    assert await asyncio.wait_for(reader, WAIT_S) == "Two."
+    with pytest.raises(StopAsyncIteration):
+        await next_clause(stream)
+    assert stream.complete
+
+
+async def test_a_failure_before_the_first_clause_says_the_apology_then_fails() -> None:
+    source, history = Source(), History()
+    history.add_user("hi")
+    stream = ReplyStream(source, history, apology="  Sorry,  not now. ")
+    source.feed.put_nowait(ReplyError("the reply service is unreachable", retryable=True))
+    assert await next_clause(stream) == "Sorry, not now."
+    with pytest.raises(ReplyError, match="unreachable"):
+        await next_clause(stream)
+    with pytest.raises(StopAsyncIteration):
+        await next_clause(stream)
+    assert stream.turn_index is not None
+    assert history.turns[stream.turn_index].text == "Sorry, not now."
+
+
+async def test_the_deadline_with_an_apology() -> None:
+    source = Source()
+    stream = ReplyStream(source, History(), first_timeout_s=0.05, apology="Sorry.")
+    assert await next_clause(stream) == "Sorry."
+    with pytest.raises(ReplyError, match="no answer"):
+        await next_clause(stream)
+    await asyncio.wait_for(stream.aclose(), WAIT_S)
+    assert source.cancelled
+
+
+async def test_no_apology_after_the_reply_has_begun() -> None:
+    source = Source()
+    stream = ReplyStream(source, History(), apology="Sorry.")
+    source.feed.put_nowait("Well, the answer is. ")
+    assert await next_clause(stream) == "Well, the answer is."
+    source.feed.put_nowait(ReplyError("connection lost", retryable=True))
+    with pytest.raises(ReplyError, match="connection lost"):
+        await next_clause(stream)
+    assert stream.full_text == "Well, the answer is."
+
+
+def test_a_first_clause_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        ReplyStream(Source(), None, first_timeout_s=0)
 
 
 def test_every_field_is_documented() -> None:
@@ -266,6 +354,8 @@ def test_every_field_is_documented() -> None:
         {"engine": "openai", "model": "  "},
         {"base_url": "ftp://host/v1"},
         {"base_url": "localhost:8000"},
+        {"local_url": "127.0.0.1:8090"},
+        {"first_clause_timeout_s": 0},
         {"temperature": 3},
         {"max_tokens": 0},
         {"timeout_s": 0},

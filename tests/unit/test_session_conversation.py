@@ -165,12 +165,33 @@ def test_a_failed_reply_is_an_error_and_what_was_said_ends_normally() -> None:
     assert msgs(d.log, "utterance_end")[-1]["reason"] == "completed"
 
 
-def test_an_empty_transcript_gets_no_reply_and_no_final_message() -> None:
+def test_an_empty_transcript_gets_no_reply_and_an_empty_final_message() -> None:
     d = session()
     user_turn(d, "", 1.0, 2.0)
     out = d(Tick(), at=2.6)
     assert not any(isinstance(a, StartReply) for a in d.log)
-    assert not msgs(out, "transcript") and TurnClosed(1) in out
+    # The client learns the turn is over and nothing was heard (issue 17: no turn ends
+    # in silence).
+    assert msgs(out, "transcript") == [{"type": "transcript", "text": "", "final": True,
+                                        "turn": 1}]
+    assert TurnClosed(1) in out
+
+
+def test_a_late_final_after_the_next_turn_is_answered() -> None:
+    d = session()
+    d(UserSpeechStarted(), at=1.0)
+    d(UserSpeechEnded(0.1), at=2.1)
+    d(Tick(), at=2.8)  # turn 1 confirmed, its final still in the recognizer's queue
+    d(UserSpeechStarted(), at=3.0)
+    d(UserSpeechEnded(0.1), at=4.1)
+    d(Tick(), at=4.8)  # turn 2 confirmed too
+    out = d(UserTranscript(1, "Book a table.", True), at=5.0)
+    assert StartReply(1, "Book a table.") in out
+    assert msgs(out, "transcript") == [{"type": "transcript", "text": "Book a table.",
+                                        "final": True, "turn": 1}]
+    out = d(UserTranscript(2, "", True), at=5.1)
+    assert msgs(out, "transcript") == [{"type": "transcript", "text": "", "final": True,
+                                        "turn": 2}]
 
 
 def test_partial_transcripts_are_sent_while_the_user_speaks() -> None:

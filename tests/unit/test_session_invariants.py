@@ -31,6 +31,7 @@ from duplexvoice.orchestrator.sessions.events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTurnScore,
     UserTyped,
     WorkerFrame,
 )
@@ -60,7 +61,7 @@ EVENTS: list[Event] = [
     SynthesisDone(1), SynthesisDone(99), SynthesisFailed(1, "x"), SynthesisFailed(99, "x"),
     Tick(), ClientDisconnected(), ServerShutdown(),
     UserSpeechStarted(), UserSpeechEnded(), UserTranscript(1, "hi", False),
-    UserSpeechPaused(0.05), UserSpeechResumed(),
+    UserSpeechPaused(0.05), UserSpeechResumed(), UserTurnScore(1, 0.9),
     ReplyChunk(1, "hi"), ReplyFailed(1, "x"), UserTyped("hi"),
 ]
 S = State
@@ -97,6 +98,7 @@ EXPECTED: dict[str, tuple[State, State, State, State]] = {
     "UserSpeechPaused(silence_s=0.05)": tuple(RESTING_),
     "UserSpeechResumed()": tuple(RESTING_),
     "UserTranscript(turn=1, text='hi', final=False)": tuple(RESTING_),
+    "UserTurnScore(turn=1, p_complete=0.9)": tuple(RESTING_),
     "ReplyChunk(turn=1, text='hi', final=False)": tuple(RESTING_),
     # A typed turn takes the floor (the system's speech is interrupted); its reply is due.
     "UserTyped(text='hi')": (S.INITIALIZING, S.SPEAKING, S.SPEAKING, S.SPEAKING),
@@ -146,9 +148,10 @@ def _random_event(rng: random.Random, d: Driver) -> Event:
          ServerShutdown(), UserSpeechStarted(), UserSpeechEnded(rng.choice([0.0, 0.1])),
          rng.choice([UserSpeechPaused(0.05), UserSpeechResumed()]),
          UserTranscript(turn, rng.choice(["", "hello there.", "and"]), rng.random() < 0.6),
+         UserTurnScore(turn, rng.random()),
          ReplyChunk(turn, rng.choice(["Sure, ", "", "okay."]), rng.random() < 0.3),
          ReplyFailed(turn, "x"), UserTyped(rng.choice(["hi", "?"]))],
-        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05, 3, 3, 2, 4, 5, 0.3, 0.5],
+        weights=[8, 4, 40, 6, 1, 12, 0.05, 0.05, 3, 3, 2, 4, 2, 5, 0.3, 0.5],
     )[0]
 
 

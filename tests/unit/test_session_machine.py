@@ -282,6 +282,33 @@ def test_stop_drops_buffer_and_queue_and_fences(paused: bool) -> None:
     assert [a.sequence for a in audio(d.frames(4, 1))] == [3]
 
 
+@pytest.mark.parametrize("paused", [False, True])
+def test_after_stop_the_next_utterance_fills_the_lead_at_once(paused: bool) -> None:
+    # The client dropped what it held on ``interrupt``: the next utterance's first frames
+    # must not wait for that audio to "play out" (it once cost up to a frame period).
+    d = in_state(State.LISTENING)  # lead 100 ms, quantum 40 ms, 20 ms frames
+    d(TextReceived("one"), at=10.0)
+    assert len(audio(d.frames(1, 10))) == 5  # the client holds 100 ms
+    if paused:
+        d(ControlReceived(PAUSE), at=10.005)
+    d(ControlReceived(STOP), at=10.01)
+    d(TextReceived("two"), at=10.01)
+    d(SynthesisDone(1), at=10.01)
+    assert [a.sequence for a in audio(d.frames(2, 10))] == [6, 7, 8, 9, 10]
+
+
+def test_after_a_completed_utterance_the_next_waits_behind_what_the_client_holds() -> None:
+    # The other side of the same rule: audio the client still plays counts in the lead.
+    d = in_state(State.LISTENING)
+    d(TextReceived("one"), at=10.0)
+    assert len(audio(d.frames(1, 5))) == 5
+    d(SynthesisDone(1), at=10.0)
+    assert ends(d.log) == [(1, "completed", 5)]
+    d(TextReceived("two"), at=10.005)
+    assert audio(d.frames(2, 10)) == []  # 95 ms still ahead: nothing fits under the lead
+    assert [a.sequence for a in audio(d(Tick(), at=10.04))] == [6, 7]
+
+
 # -- worker events -------------------------------------------------------------------
 
 

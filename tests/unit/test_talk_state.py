@@ -139,3 +139,34 @@ def test_partials_are_plain_lines_in_a_pipe() -> None:
     view.message({"type": "transcript", "text": "book", "final": False, "turn": 1}, 1.0)
     view.message({"type": "state", "state": "SPEAKING"}, 2.0)
     assert out == ["[   1.00] you … book\n", "[   2.00] state SPEAKING\n"]
+
+
+def test_problems_make_the_exit_code_every_error_and_every_owed_turn() -> None:
+    tracker = ConversationTracker()
+    assert tracker.problems() == []
+    # The issue: every turn failed with REPLY_FAILED and talk exited 0.
+    talk(tracker, (1.0, {"type": "transcript", "text": "hi", "final": True, "turn": 1}),
+         (1.1, {"type": "error", "code": "REPLY_FAILED", "message": "down"}),
+         (2.0, {"type": "transcript", "text": "again", "final": True, "turn": 2}),
+         (2.1, {"type": "error", "code": "REPLY_FAILED", "message": "down"}),
+         (3.0, {"type": "error", "code": "ASR_BUSY", "message": "busy"}))
+    assert tracker.problems() == ["the server reported 3 error(s) (ASR_BUSY, REPLY_FAILED x2)"]
+    # Turns that vanished: a partial and nothing after it; a final and no reply.
+    quiet = ConversationTracker()
+    talk(quiet, (1.0, {"type": "transcript", "text": "book a", "final": False, "turn": 3}),
+         (2.0, {"type": "transcript", "text": "hello", "final": True, "turn": 4}))
+    assert quiet.problems() == [
+        "turn 3: a partial transcript, then no final transcript, reply or error",
+        "turn 4: a final transcript, then no reply or error"]
+    talk(quiet, (3.0, {"type": "reply", "utterance_id": 1, "text": "x", "turn": 4}),
+         (3.1, {"type": "transcript", "text": "book a table", "final": True, "turn": 3}),
+         (3.2, {"type": "reply", "utterance_id": 2, "text": "x", "turn": 3}))
+    assert quiet.problems() == []
+    # Speech after the last final and nothing at all from the server about it.
+    speech = SpeechEnd()
+    speech.observe(SPEECH, 4.0)
+    assert quiet.problems(speech) == [
+        "speech after the last final transcript got no transcript, reply or error"]
+    talk(quiet, (5.0, {"type": "transcript", "text": "dogs", "final": True, "turn": 5}),
+         (5.1, {"type": "error", "code": "REPLY_FAILED", "message": "down"}))
+    assert quiet.problems(speech) == ["the server reported 1 error(s) (REPLY_FAILED)"]

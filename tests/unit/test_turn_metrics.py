@@ -114,3 +114,16 @@ def test_no_speech_heard_yet_adds_nothing_and_old_turns_are_forgotten() -> None:
         figures.event(UserTranscript(turn, "hi", True), heard, turn)
     assert len(figures._figures) <= 4
     assert min(figures._figures) == 16
+
+
+def test_a_typed_turn_after_a_spoken_one_has_text_to_voice_alone() -> None:
+    clock, heard = Clock(), Heard(speech_ended_at=100.0)  # the spoken turn before
+    figures = TurnFigures(OrchestratorMetrics(), clock)
+    clock.at_ms(5000, 100.0)
+    figures.event(ReplyChunk(2, "Typed instead."), heard, 2)  # no spoken path: not counted
+    figures.observe(Transcript("Typed instead.", True, 2), heard, 2, typed=True)
+    figures.observe(ReplyText(5, "Typed instead.", 2), heard, 2)
+    clock.at_ms(5040, 100.0)
+    figures.first_frame(5)
+    [message] = figures.take_messages()
+    assert message.values == {"text_to_voice_ms": 40.0}

@@ -11,6 +11,7 @@ from duplexvoice.orchestrator.sessions.turns import (
     Confirm,
     Decision,
     Ending,
+    Heard,
     HoldSpeech,
     InterruptSpeech,
     Reply,
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.unit
 
 def taking(**kw: object) -> TurnTaking:
     kw.setdefault("adaptive", False)  # the plain silence timeout unless a test says
+    kw.setdefault("end_mode", "text")  # adaptive: the text rule (test_turn_end.py: the rest)
+    kw.setdefault("end_of_turn_ms", 500)
     return TurnTaking(TurnConfig(**kw))  # type: ignore[arg-type]
 
 
@@ -256,6 +259,7 @@ def test_random_timelines_keep_the_invariants(seed: int) -> None:
     core = TurnTaking(TurnConfig(adaptive=rng.random() < 0.5, max_turn_ms=3000))
     now = 0.0
     holds = 0
+    resumed = False  # a resume whose late words may still interrupt
     confirmed: set[int] = set()
     transcribed: set[int] = set()
     for _ in range(300):
@@ -265,7 +269,8 @@ def test_random_timelines_keep_the_invariants(seed: int) -> None:
         if roll < 0.2:
             out = core.speech_started(now)
         elif roll < 0.4:
-            out = core.speech_ended(now, rng.choice([0.0, 0.1]))
+            out = core.speech_ended(now, rng.choice([0.0, 0.1]),
+                                    checking_words=rng.random() < 0.5)
         elif roll < 0.55:
             out = core.transcript(rng.choice([core.turn, core.turn - 1]),
                                   rng.choice(["", "and", "Hello there friend.", "um"]),
@@ -281,9 +286,12 @@ def test_random_timelines_keep_the_invariants(seed: int) -> None:
             if isinstance(d, HoldSpeech):
                 assert holds == 0
                 holds = 1
-            elif isinstance(d, InterruptSpeech | ResumeSpeech):
+            elif isinstance(d, InterruptSpeech):
+                assert holds == 1 or resumed
+                holds, resumed = 0, False
+            elif isinstance(d, ResumeSpeech):
                 assert holds == 1
-                holds = 0
+                holds, resumed = 0, True
             elif isinstance(d, Transcribe):
                 transcribed.add(d.turn)
             elif isinstance(d, Confirm):
@@ -412,4 +420,79 @@ def test_a_late_transcript_of_a_forced_turn_gets_no_reply_after_a_typed_turn() -
     out = core.tick(1.0)
     assert Confirm(1, None, forced=True) in out  # waiting for turn 1's transcript
     core.typed(1.1, "Never mind.")
-    assert core.transcript(1, "A long story", True, 1.2) == []
+    # Its transcript still reaches the client, with no reply.
+    assert core.transcript(1, "A long story", True, 1.2) == [Heard(1, "A long story")]
+
+
+# -- a short interruption's words against the resume (the race, in both orders) -----------
+
+def short_wait() -> TurnTaking:
+    """'Wait,' over the system: 0.3 s of speech, its words being checked; the resume is
+    due at 10.3 + 0.25 and the words check's cap at 10.85."""
+    core = speaking(interrupt_after_ms=400, resume_after_ms=250, words_wait_ms=300,
+                    words_after_ms=200, late_words_ms=1000)
+    assert core.speech_started(10.0) == [HoldSpeech()]
+    assert core.speech_ended(10.46, silence_s=0.16, checking_words=True) == []
+    return core
+
+
+def test_words_before_the_resume_interrupt() -> None:
+    core = short_wait()
+    assert core.tick(10.55) == []
+    assert core.transcript(1, "Wait,", False, 10.7) == [InterruptSpeech()]
+    assert core.tick(11.0) == []
+
+
+def test_words_after_the_resume_still_interrupt() -> None:
+    core = short_wait()
+    assert core.tick(10.85) == [ResumeSpeech(), Abandon(1, closed=True)]
+    assert not core.holding
+    # The recognizer was busy: the words come after playback resumed.
+    assert core.transcript(1, "Wait,", False, 11.0) == [InterruptSpeech()]
+    assert core.transcript(1, "Wait,", False, 11.1) == []  # once
+
+
+def test_late_words_interrupt_a_new_hold_and_its_speech_is_the_users_turn() -> None:
+    core = short_wait()
+    core.tick(10.85)
+    # "... that's not what I asked": a new hold, turn 2; then turn 1's words arrive.
+    assert core.speech_started(10.9) == [HoldSpeech()]
+    assert core.turn == 2
+    assert core.transcript(1, "Wait,", False, 11.0) == [InterruptSpeech()]
+    assert not core.holding
+    assert core.speech_ended(12.0) == [Transcribe(2)]
+
+
+def test_no_late_words_no_interruption() -> None:
+    core = short_wait()
+    core.tick(10.85)
+    assert core.transcript(1, "", False, 11.0) == []  # a cough after all
+    assert core.transcript(1, "I.", False, 11.05) == []  # a stray letter is no word
+    # Words past late_words_ms: the moment is gone.
+    core = short_wait()
+    core.tick(10.85)
+    assert core.transcript(1, "Wait,", False, 11.86) == []
+    # The system stopped speaking meanwhile: nothing to interrupt.
+    core = short_wait()
+    core.tick(10.85)
+    assert core.system_speaking(False) == []
+    assert core.transcript(1, "Wait,", False, 11.0) == []
+
+
+def test_a_check_that_answered_no_words_leaves_nothing_pending() -> None:
+    core = short_wait()
+    assert core.transcript(1, "", False, 10.6) == [ResumeSpeech(), Abandon(1, closed=True)]
+    assert core.transcript(1, "Wait,", False, 10.9) == []
+
+
+def test_speech_too_short_for_words_or_late_words_off_resumes_for_good() -> None:
+    core = speaking(resume_after_ms=250, words_wait_ms=300, words_after_ms=200)
+    core.speech_started(10.0)
+    core.speech_ended(10.25, silence_s=0.1, checking_words=True)  # 0.15 s of speech
+    core.tick(10.7)
+    assert core.transcript(1, "Hey", False, 10.8) == []
+    core = speaking(resume_after_ms=250, words_wait_ms=300, late_words_ms=0)
+    core.speech_started(10.0)
+    core.speech_ended(10.46, silence_s=0.16, checking_words=True)
+    assert core.tick(10.85) == [ResumeSpeech(), Abandon(1, closed=True)]
+    assert core.transcript(1, "Wait,", False, 11.0) == []

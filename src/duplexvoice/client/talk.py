@@ -31,7 +31,9 @@ settled (``talk_state``: nothing pending, quiet), or ``--linger`` seconds after 
 file's end: exit 0. A sound card microphone runs until Ctrl-C (exit 130). Exit 1 on
 errors (one line on stderr): the server cannot be reached, refuses the config
 (``--voice``, ``--reply``), or closes the session; the input file is missing or not
-a WAV; an utterance failed (``utterance_end error``).
+a WAV; the server reported an error for the session (any ``error`` message, e.g.
+``REPLY_FAILED``), an utterance failed (``utterance_end error``), or a turn got no
+final transcript or no reply and no error said why (``talk_state``).
 
 :class:`TalkClient` is the whole session over any microphone and speaker (tests build
 it with a :class:`~.audio_io.LoopbackDevice`); the command is :mod:`.talk_command`.
@@ -145,9 +147,10 @@ class TalkClient:
                     await self._session(ws)
                 except TalkError as exc:
                     self.result.code, self.result.problem = 1, str(exc)
-        if self.result.code == 0 and self.tracker.failed_utterances:
+        problems = self.tracker.problems(self.speech)
+        if self.result.code == 0 and problems:
             self.result.code = 1
-            self.result.problem = f"{self.tracker.failed_utterances} utterance(s) failed"
+            self.result.problem = "; ".join(problems)
         return self.result
 
     def stop(self) -> None:

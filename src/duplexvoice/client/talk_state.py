@@ -19,7 +19,14 @@ the conversation has been quiet (no message, no audio, no user speech) for
 with a partial transcript and no final yet, a final with words and no reply yet, or
 user speech after the last final (the server may be about to finish that turn). The
 second, longer wait covers what may get no answer at all (noise that produced no
-turn, a reply engine that failed), so a session always ends.
+turn), so a session always ends; it is long because on a loaded server a final
+transcript may wait behind other sessions' (seconds).
+
+**Failed** (:meth:`ConversationTracker.problems`, the exit code 1 of ``talk``): the
+server reported an error (any ``error`` message: ``REPLY_FAILED``, ``ASR_BUSY``, ...),
+an utterance ended in error, or a turn was left owed at the end: a partial transcript
+and no final, a final with words and no reply, or speech after the last final and
+nothing at all, and no error said why (a turn must never vanish silently).
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ class Latency:
 @dataclass
 class ConversationTracker:
     quiet_s: float = 1.5
-    pending_quiet_s: float = 5.0
+    pending_quiet_s: float = 10.0
     state: str = "LISTENING"
     last_activity: float = 0.0
     reply_turn: dict[int, int] = field(default_factory=dict)  # utterance_id -> turn
@@ -79,6 +86,7 @@ class ConversationTracker:
     last_final_at: float | None = None
     latencies: list[Latency] = field(default_factory=list)
     failed_utterances: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # server error code -> how many
     closed_reason: str | None = None  # session_end's reason
 
     def on_message(self, message: dict[str, Any], now: float) -> None:
@@ -104,13 +112,17 @@ class ConversationTracker:
                 self.reply_turn[uid] = turn
                 while len(self.reply_turn) > 64:
                     del self.reply_turn[min(self.reply_turn)]
-        elif kind == "error" and message.get("code") in ("REPLY_FAILED", "ASR_FAILED",
-                                                          "ASR_BUSY"):
-            self.unanswered_turns.clear()  # that turn gets no reply
+        elif kind == "error":
+            code = str(message.get("code"))
+            if code in self.errors or len(self.errors) < 32:
+                self.errors[code] = self.errors.get(code, 0) + 1
+            if code in ("REPLY_FAILED", "ASR_FAILED", "ASR_BUSY"):
+                self.unanswered_turns.clear()  # that turn gets no reply
         elif kind == "utterance_end" and message.get("reason") == "error":
             self.failed_utterances += 1
         elif kind == "metrics" and isinstance(turn, int):
-            for name in ("transcript_ms", "voice_to_voice_ms", "barge_in_ms"):
+            for name in ("transcript_ms", "voice_to_voice_ms", "text_to_voice_ms",
+                         "barge_in_ms"):
                 value = message.get(name)
                 if isinstance(value, int | float):
                     self.latencies.append(Latency(turn, name.removesuffix("_ms"),
@@ -137,9 +149,33 @@ class ConversationTracker:
 
     def pending(self, speech: SpeechEnd) -> bool:
         """Something more is expected from the server."""
-        spoke_since_final = speech.last_speech_at is not None and (
+        return bool(self.partial_turns or self.unanswered_turns
+                    or self._spoke_since_final(speech))
+
+    def problems(self, speech: SpeechEnd | None = None) -> list[str]:
+        """What went wrong in the session, one phrase each (none: it went well).
+        ``speech``: the user's, to tell speech the server never answered."""
+        out: list[str] = []
+        if self.errors:
+            total = sum(self.errors.values())
+            codes = ", ".join(f"{code} x{n}" if n > 1 else code
+                              for code, n in sorted(self.errors.items()))
+            out.append(f"the server reported {total} error(s) ({codes})")
+        if self.failed_utterances:
+            out.append(f"{self.failed_utterances} utterance(s) failed")
+        for turn in sorted(self.partial_turns):
+            out.append(f"turn {turn}: a partial transcript, then no final transcript, "
+                       "reply or error")
+        for turn in sorted(self.unanswered_turns):
+            out.append(f"turn {turn}: a final transcript, then no reply or error")
+        if speech is not None and not self.partial_turns and self._spoke_since_final(speech):
+            out.append("speech after the last final transcript got no transcript, reply or "
+                       "error")
+        return out
+
+    def _spoke_since_final(self, speech: SpeechEnd) -> bool:
+        return speech.last_speech_at is not None and (
             self.last_final_at is None or speech.last_speech_at > self.last_final_at)
-        return bool(self.partial_turns or self.unanswered_turns or spoke_since_final)
 
     def settled(self, now: float, *, input_done_at: float | None, playback_idle: bool,
                 speech: SpeechEnd) -> bool:

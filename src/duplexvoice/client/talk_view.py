@@ -50,7 +50,8 @@ def describe(message: dict[str, Any]) -> str | None:
         if "turn" in message:
             parts = [f"{name.removesuffix('_ms').replace('_', '-')} "
                      f"{float(message[name]):.0f} ms (server)"
-                     for name in ("voice_to_voice_ms", "transcript_ms", "barge_in_ms")
+                     for name in ("voice_to_voice_ms", "text_to_voice_ms", "transcript_ms",
+                                  "barge_in_ms")
                      if isinstance(message.get(name), int | float)]
             return f"latency turn {message['turn']}: " + ", ".join(parts) if parts else None
         if isinstance(message.get("first_audio_ms"), int | float):

@@ -4,7 +4,8 @@ replies. Part of :class:`~.config.OrchestratorConfig` (YAML key ``conversation``
 Each section is its core's own config, the one home of its options' defaults, bounds
 and descriptions: ``vad`` (:class:`~duplexvoice.speech.vad.VadConfig`), ``asr``
 (:class:`~duplexvoice.speech.asr_types.AsrConfig`), ``turns``
-(:class:`~duplexvoice.orchestrator.sessions.turns.TurnConfig`), ``reply``
+(:class:`~duplexvoice.orchestrator.sessions.turns.TurnConfig`), ``endturn`` (the acoustic
+end-of-turn model's runtime, :class:`~duplexvoice.speech.endturn.EndTurnConfig`), ``reply``
 (:class:`~duplexvoice.replies.ReplyConfig`). Their options are flags and environment
 variables named after the section: ``conversation.turns.end_of_turn_ms`` is
 ``--turns-end-of-turn-ms`` and ``DUPLEXVOICE_ORCH_TURNS_END_OF_TURN_MS``. What is the
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from duplexvoice.orchestrator.sessions.turns import TurnConfig
 from duplexvoice.replies import ReplyConfig
 from duplexvoice.speech.asr_types import AsrConfig
+from duplexvoice.speech.endturn import EndTurnConfig
 from duplexvoice.speech.vad import VadConfig
 
 # Old flat name -> where it lives now (below ``conversation``). Where the flat name is
@@ -73,6 +75,9 @@ class ConversationConfig(BaseModel):
     turns: TurnConfig = Field(
         default_factory=TurnConfig, description="turn-taking and barge-in",
         json_schema_extra={"option_prefix": "turns"})
+    endturn: EndTurnConfig = Field(
+        default_factory=EndTurnConfig, description="the acoustic end-of-turn model (used when "
+        "turns.end_mode is acoustic or fused)", json_schema_extra={"option_prefix": "endturn"})
     reply: ReplyConfig = Field(
         default_factory=ReplyConfig, description="how the system answers",
         json_schema_extra={"option_prefix": "reply"})

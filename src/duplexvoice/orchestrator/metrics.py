@@ -274,6 +274,12 @@ class OrchestratorMetrics:
             "Milliseconds from the end of the user's speech to the first reply frame sent.",
             VOICE_MS_BUCKETS,
         )
+        self.text_to_voice_ms = r.histogram(
+            "duplexvoice_text_to_voice_ms",
+            "Milliseconds from a typed turn's text (user_text) to the first reply frame "
+            "sent (a typed turn has no voice to voice).",
+            VOICE_MS_BUCKETS,
+        )
         self.asr_latency_ms = r.histogram(
             "duplexvoice_asr_latency_ms",
             "Milliseconds from the end of the user's speech to the final transcript.",

@@ -34,7 +34,12 @@ from collections.abc import Mapping
 
 from duplexvoice.replies.base import ReplyEngine, ReplyError
 from duplexvoice.replies.clauses import ClauseCutter, ClauseRules, cut_clauses
-from duplexvoice.replies.config import DEFAULT_SYSTEM_PROMPT, ReplyConfig
+from duplexvoice.replies.config import (
+    DEFAULT_SYSTEM_PROMPT,
+    LOCAL_BRAIN_URL,
+    LOCAL_SYSTEM_PROMPT,
+    ReplyConfig,
+)
 from duplexvoice.replies.echo import EchoEngine
 from duplexvoice.replies.history import History, Turn, heard_prefix
 from duplexvoice.replies.openai import OpenAIEngine
@@ -42,6 +47,8 @@ from duplexvoice.replies.stream import ReplyStream
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
+    "LOCAL_BRAIN_URL",
+    "LOCAL_SYSTEM_PROMPT",
     "ClauseCutter",
     "ClauseRules",
     "EchoEngine",
@@ -76,20 +83,29 @@ def make_engine(config: ReplyConfig, environ: Mapping[str, str] | None = None) -
     rules = clause_rules(config)
     if config.engine == "echo":
         return EchoEngine(config.echo_prefix, rules=rules)
-    key = config.api_key.get_secret_value() if config.api_key is not None else None
-    if not key and config.api_key_env:
-        key = (os.environ if environ is None else environ).get(config.api_key_env) or None
+    if config.engine == "local":
+        # The brain serves one model whatever the name; it needs no key.
+        base_url, model, key = config.local_url, "local", None
+        prompt = LOCAL_SYSTEM_PROMPT
+    else:
+        base_url, model, prompt = config.base_url, config.model, DEFAULT_SYSTEM_PROMPT
+        key = config.api_key.get_secret_value() if config.api_key is not None else None
+        if not key and config.api_key_env:
+            key = (os.environ if environ is None else environ).get(config.api_key_env) or None
     return OpenAIEngine(
-        base_url=config.base_url,
-        model=config.model,
+        base_url=base_url,
+        model=model,
         api_key=key,
-        system_prompt=config.system_prompt,
+        name=config.engine,
+        system_prompt=prompt if config.system_prompt is None else config.system_prompt,
         temperature=config.temperature,
         max_tokens=config.max_tokens,
         connect_timeout_s=config.connect_timeout_s,
         read_timeout_s=config.read_timeout_s,
         timeout_s=config.timeout_s,
         rules=rules,
+        first_clause_timeout_s=config.first_clause_timeout_s,
+        apology=config.apology,
     )
 
 

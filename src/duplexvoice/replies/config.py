@@ -26,16 +26,31 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+# Short on purpose: a small local model follows a short prompt better, and every token
+# of it is prefilled before the first word of the first reply of each slot.
+LOCAL_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant talking with someone. Answer in one or two short "
+    "spoken sentences. Never use lists, markdown or emoji; write numbers as words."
+)
+LOCAL_BRAIN_URL = "http://127.0.0.1:8090/v1"  # `duplexvoice brain`'s default address
+DEFAULT_APOLOGY = "Sorry, I can't answer that right now."
+
+
 class ReplyConfig(BaseModel):
     """How the system answers the user in conversation mode: ``conversation.reply`` of
     the orchestrator's config (flags ``--reply-<option>``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    engine: Literal["echo", "openai"] = Field(
-        "echo",
-        description="reply engine: echo (offline, says back what it heard) or openai "
-        "(any OpenAI-compatible chat-completions server)",
+    engine: Literal["local", "echo", "openai"] = Field(
+        "local",
+        description="reply engine: local (the local language model of `duplexvoice brain`, "
+        "which `up` starts), echo (offline, says back what it heard) or openai (any "
+        "OpenAI-compatible chat-completions server at base_url)",
+    )
+    local_url: str = Field(
+        LOCAL_BRAIN_URL,
+        description="local engine: the brain's API base URL (`duplexvoice brain`)",
     )
     echo_prefix: str = Field(
         "", max_length=200, description="echo engine: words said before the echoed text"
@@ -55,10 +70,11 @@ class ReplyConfig(BaseModel):
         description="environment variable holding the API key when api_key is none "
         "(unset or empty: no key is sent, as local servers need none)",
     )
-    system_prompt: str = Field(
-        DEFAULT_SYSTEM_PROMPT,
+    system_prompt: str | None = Field(
+        None,
         max_length=20_000,
-        description="openai engine: system prompt (default: short spoken answers, no markdown)",
+        description="local and openai engines: system prompt (none: each engine's own, "
+        "asking for short spoken answers without markdown)",
     )
     temperature: float | None = Field(
         0.7, ge=0.0, le=2.0, description="openai engine: sampling temperature (none: server's)"
@@ -68,6 +84,15 @@ class ReplyConfig(BaseModel):
     )
     timeout_s: float = Field(
         60.0, gt=0, le=3600, description="openai engine: longest time for a whole reply"
+    )
+    first_clause_timeout_s: float | None = Field(
+        6.0, gt=0, le=3600,
+        description="local and openai engines: a reply with no first clause by then fails "
+        "(the user hears the apology, the client gets REPLY_FAILED; none: no deadline)",
+    )
+    apology: str = Field(
+        DEFAULT_APOLOGY, max_length=500,
+        description="said when a reply fails before its first clause (empty: silence)",
     )
     connect_timeout_s: float = Field(
         5.0, gt=0, le=600, description="openai engine: longest time to connect"
@@ -101,7 +126,7 @@ class ReplyConfig(BaseModel):
         160, ge=32, le=10_000, description="a later clause this long is cut at a word boundary"
     )
 
-    @field_validator("base_url")
+    @field_validator("base_url", "local_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         try:
@@ -109,7 +134,7 @@ class ReplyConfig(BaseModel):
         except (ValueError, TypeError):
             raise ValueError("base_url is not a URL") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("base_url must be an http:// or https:// URL with a host")
+            raise ValueError("must be an http:// or https:// URL with a host")
         return value
 
     @model_validator(mode="after")

@@ -74,6 +74,9 @@ class OpenAIEngine:
         read_timeout_s: float = 15.0,
         timeout_s: float = 60.0,
         rules: ClauseRules | None = None,
+        first_clause_timeout_s: float | None = None,
+        apology: str = "",
+        name: str = "openai",
     ) -> None:
         url = URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -96,6 +99,9 @@ class OpenAIEngine:
         self._read_timeout_s = read_timeout_s
         self._timeout_s = timeout_s
         self._rules = rules
+        self._first_timeout_s = first_clause_timeout_s
+        self._apology = apology
+        self.name = name
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -106,7 +112,8 @@ class OpenAIEngine:
         history.add_user(text)
         messages = history.messages(self.system_prompt)
         return ReplyStream(
-            lambda: self._pieces(messages), history, rules=self._rules, name="openai"
+            lambda: self._pieces(messages), history, rules=self._rules, name=self.name,
+            first_timeout_s=self._first_timeout_s, apology=self._apology,
         )
 
     async def close(self) -> None:
@@ -169,8 +176,10 @@ class OpenAIEngine:
             cause = exc.os_error
             reason = ("connection refused" if isinstance(cause, ConnectionRefusedError)
                       else cause.strerror or type(cause).__name__)
+            hint = (" (is `duplexvoice brain` running? `up` starts it; or choose "
+                    "another reply engine)" if self.name == "local" else "")
             raise self._fail(
-                f"the reply service at {self._shown_url} is unreachable ({reason})",
+                f"the reply service at {self._shown_url} is unreachable ({reason}){hint}",
                 retryable=True,
             ) from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,

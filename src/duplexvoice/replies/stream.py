@@ -16,6 +16,13 @@ stream ends (exhausted, failed, or closed) it adds ``full_text`` to the history 
 the assistant's turn, once, and sets ``turn_index`` (None if nothing was said), so
 the orchestrator can later cut that turn to what the user heard.
 
+A first-clause deadline (``first_timeout_s``): a model that has not given the first
+clause in time fails the reply (``ReplyError``, the source cancelled), so a user never
+waits in silence for a slow or stuck model. An ``apology``: when the reply fails before
+its first clause (the deadline, or any ``ReplyError``), the stream returns the apology
+as its one clause and raises the error at the next read, so the user hears why
+nothing else comes and the orchestrator still reports the failure.
+
 Always end a stream: read it to the end, ``aclose()`` it, or use ``async with``.
 Cancelling the task blocked in ``__anext__`` also ends it (the source is cancelled
 without waiting): the usual "interrupt by cancelling the consumer" leaks nothing.
@@ -65,8 +72,16 @@ class ReplyStream:
         rules: ClauseRules | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
         name: str = "reply",
+        first_timeout_s: float | None = None,
+        apology: str = "",
     ) -> None:
+        if first_timeout_s is not None and first_timeout_s <= 0:
+            raise ValueError("first_timeout_s must be positive")
         self._source = source
+        self._first_timeout_s = first_timeout_s
+        self._apology = " ".join(apology.split())
+        self._failed: ReplyError | None = None  # raised at the read after the apology
+        self._deadline: float | None = None
         self._history = history
         self._rules = rules
         self._name = name
@@ -112,12 +127,29 @@ class ReplyStream:
         return self
 
     async def __anext__(self) -> str:
+        if self._failed is not None:
+            error, self._failed = self._failed, None
+            self._finish()
+            raise error
         if self._finished:
             raise StopAsyncIteration
+        loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = asyncio.create_task(self._produce(), name=f"{self._name}-source")
+            if self._first_timeout_s is not None:
+                self._deadline = loop.time() + self._first_timeout_s
+        item: str | ReplyError | _End
         try:
-            item = await self._queue.get()
+            if self._deadline is not None and not self._clauses:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(),
+                                                  max(0.0, self._deadline - loop.time()))
+                except TimeoutError:
+                    self._task.cancel()  # the reader goes on: no waiting for the source
+                    item = ReplyError(
+                        f"no answer within {self._first_timeout_s:g} s", retryable=True)
+            else:
+                item = await self._queue.get()
         except asyncio.CancelledError:
             self._abandon()  # the reader's task was cancelled: nobody will read on
             raise
@@ -128,6 +160,12 @@ class ReplyStream:
             self._finish()
             raise StopAsyncIteration
         if isinstance(item, ReplyError):
+            if self._apology and not self._clauses:
+                if self._task is not None:
+                    self._task.cancel()
+                self._failed = item
+                self._clauses.append(self._apology)
+                return self._apology
             self._finish()
             raise item
         self._clauses.append(item)

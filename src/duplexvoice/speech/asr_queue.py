@@ -21,6 +21,12 @@ One model serves every session, one job at a time. The policy, in order:
   plus silence. Such a final returns the cached result of the caller's last final, or
   joins that final while it is still waiting or running, instead of recomputing. The
   cache holds one entry per key until :meth:`AsrQueue.forget`.
+- **A caller keeps its place.** A waiting final withdrawn (:meth:`AsrQueue.cancel`:
+  the session's user went on speaking, so it asks again with more audio) leaves its
+  place in line to that caller's next final, as a newer partial takes an older one's:
+  under load the turn's final does not go to the back of a queue of other sessions'
+  finals (seconds on 2 cores, issue 17). One place per caller (none without a key);
+  a place nobody claims is skipped; it counts for nothing (not against ``max_queue``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class Job:
     audio: FloatAudio
     submitted: float
     started: float | None = None
+    withdrawn: bool = False  # cancelled while waiting: a place kept for the key's next final
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class _Counters:
     partials_dropped: int = 0
     finals_refused: int = 0
     finals_reused: int = 0
+    finals_kept_place: int = 0  # finals that took a withdrawn one's place in line
 
 
 @dataclass
@@ -98,7 +106,7 @@ class AsrQueue:
         Raises :class:`AsrBusy` for a final beyond ``max_queue``."""
         if final:
             return self._submit_final(audio, key, now)
-        if self._finals:
+        if self.finals_waiting:
             self.counters.partials_dropped += 1
             return Admission(None)
         job = Job(next(self._ids), key, False, audio, now)
@@ -114,35 +122,48 @@ class AsrQueue:
         return Admission(job, dropped=tuple(dropped))
 
     def _submit_final(self, audio: FloatAudio, key: Hashable, now: float) -> Admission:
+        place: Job | None = None  # a withdrawn final of this caller: its place in line
         if key is not None:
             cached = self._cache.get(key)
             if cached is not None and extends_with_silence(cached.audio, audio):
                 self.counters.finals_reused += 1
                 return Admission(None, cached=cached.transcript)
             for job in (self.running, *self._finals):
-                if (
-                    job is not None and job.final and job.key == key
-                    and extends_with_silence(job.audio, audio)
-                ):
+                if job is None or not job.final or job.key != key:
+                    continue
+                if job.withdrawn:
+                    place = place or job
+                elif extends_with_silence(job.audio, audio):
                     self.counters.finals_reused += 1
                     return Admission(job, joined=True)
-        if len(self._finals) >= self.max_queue:
+        waiting = self.finals_waiting
+        if waiting >= self.max_queue:
             self.counters.finals_refused += 1
             raise AsrBusy(
-                f"speech recognizer busy: {len(self._finals)} final transcripts are waiting "
+                f"speech recognizer busy: {waiting} final transcripts are waiting "
                 f"(max_queue {self.max_queue})"
             )
         dropped = tuple(self._partials.values())
         self._partials.clear()
         self.counters.partials_dropped += len(dropped)
         job = Job(next(self._ids), key, True, audio, now)
-        self._finals.append(job)
+        if place is None:
+            self._finals.append(job)
+        else:
+            self._finals[self._finals.index(place)] = job
+            self.counters.finals_kept_place += 1
         return Admission(job, dropped=dropped)
 
     def cancel(self, job: Job) -> bool:
-        """Withdraw a job nobody waits for any more; False if it started or is gone."""
-        if job in self._finals:
-            self._finals.remove(job)
+        """Withdraw a job nobody waits for any more; False if it started or is gone. A
+        final's place in line is kept for its caller's next final."""
+        if job in self._finals and not job.withdrawn:
+            # One place kept per caller (so they stay bounded by the callers): none
+            # for a caller without a key, nor a second one.
+            if job.key is None or any(j.withdrawn and j.key == job.key for j in self._finals):
+                self._finals.remove(job)
+            else:
+                job.withdrawn = True
             return True
         if self._partials.get(job.key) is job:
             del self._partials[job.key]
@@ -160,8 +181,10 @@ class AsrQueue:
         nothing waits."""
         if self.running is not None:
             raise RuntimeError("a job is already running")
-        if self._finals:
-            return self._start(self._finals.popleft(), now)
+        while self._finals:
+            job = self._finals.popleft()
+            if not job.withdrawn:  # a place nobody claimed is skipped
+                return self._start(job, now)
         if self._partials:
             key = next(iter(self._partials))
             return self._start(self._partials.pop(key), now)
@@ -186,14 +209,19 @@ class AsrQueue:
 
     def drain(self) -> list[Job]:
         """Every waiting job, removed (on close)."""
-        jobs = [*self._finals, *self._partials.values()]
+        jobs = [*(job for job in self._finals if not job.withdrawn), *self._partials.values()]
         self._finals.clear()
         self._partials.clear()
         return jobs
 
     @property
     def finals_waiting(self) -> int:
-        return len(self._finals)
+        return sum(not job.withdrawn for job in self._finals)
+
+    @property
+    def places_kept(self) -> int:
+        """Withdrawn finals' places kept for their callers (at most one per caller)."""
+        return sum(job.withdrawn for job in self._finals)
 
     @property
     def partials_waiting(self) -> int:

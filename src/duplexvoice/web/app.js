@@ -3,7 +3,9 @@
 // No build step: plain ES modules served from the package.
 
 import { AudioEngine, MicError } from "./audio.js";
+import { StatePill } from "./activity.js";
 import { Measure } from "./measure.js";
+import { MicMode } from "./mic.js";
 import { ConnectError, WebRtcTransport, WebSocketTransport } from "./transports.js";
 import { ConversationView } from "./view.js";
 
@@ -22,6 +24,7 @@ const ui = {
 };
 
 const measure = new Measure();
+const pill = new StatePill(ui.state);
 const view = new ConversationView(ui, () => app.session);
 const audio = new AudioEngine({
   capture: (m) => onCapture(m),
@@ -38,14 +41,13 @@ const app = {
   retryTimer: null,
   sessionId: null,
   session: 0, // counts sessions: turn numbers restart with each
-  micOpen: true,
-  pttHeld: false,
-  mode: "handsfree",
   micState: "off", // off | on | denied | missing | failed
   interruptAt: -Infinity,
   gateTimer: null,
   reconnects: 0,
   connectStarted: 0,
+  typedAt: null, // performance.now() of the last typed line not yet taken as a turn
+  workerMissing: false, // the no-worker notice is up
   config: { auth_required: false, webrtc: true, default_voice: "" },
 };
 
@@ -79,9 +81,19 @@ function setConnection(value) {
 
 function setState(state) {
   app.state = state;
-  const words = { LISTENING: "Listening", SPEAKING: "Speaking", BARGED_IN: "Barged in", PAUSED: "Paused", CLOSED: "Closed", DISCONNECTED: "Not connected" };
-  ui.state.textContent = words[state] || state;
-  ui.state.dataset.state = state;
+  pill.setState(state);
+}
+
+function heard() {
+  // Reply audio is playing: the assistant speaks, and a voice worker is evidently back.
+  pill.heard();
+  workerBack();
+}
+
+function workerBack() {
+  if (!app.workerMissing) return;
+  app.workerMissing = false;
+  notice("worker", "", "");
 }
 
 async function connect(reconnect = false) {
@@ -172,7 +184,7 @@ async function open(name) {
     throw err;
   }
   if (!app.wanted) { t.close(); throw new ConnectError("network", "disconnected"); }
-  applyMic();
+  mic.apply();
 }
 
 function attachRemote(stream) {
@@ -232,9 +244,10 @@ async function checkWorkers() {
   try {
     const r = await fetch("/ready", { cache: "no-store" });
     if (r.status === 503) {
+      app.workerMissing = true;
       notice("worker", "warn", "No voice worker is available right now: replies will be silent until one is up.");
     } else if (r.ok) {
-      notice("worker", "", "");
+      workerBack();
     }
   } catch { /* the connection reports an unreachable server */ }
 }
@@ -277,7 +290,15 @@ function onMessage(t, msg) {
       setState(msg.state);
       if (msg.state === "SPEAKING") reopenGate();
       break;
-    case "transcript": view.showTranscript(msg); break;
+    case "transcript": {
+      const typed = view.showTranscript(msg);
+      if (typed && app.typedAt !== null) {
+        measure.typed(msg.turn, app.typedAt);
+        app.typedAt = null;
+      }
+      if (msg.final && String(msg.text || "").trim()) pill.setThinking(true);
+      break;
+    }
     case "reply": {
       const u = measure.utterance(uid);
       if (u.turn === null && typeof msg.turn === "number") u.turn = msg.turn;
@@ -300,6 +321,7 @@ function onMessage(t, msg) {
       measure.arrival("interrupt", uid, audio.now(), audio.ctx ? audio.ctx.currentTime : 0);
       audio.toPlayback({ type: "interrupt", uid });
       app.interruptAt = performance.now();
+      pill.silent();
       measure.utterance(uid).interrupted = true;
       view.markInterrupted(uid);
       break;
@@ -307,6 +329,8 @@ function onMessage(t, msg) {
       audio.toPlayback({ type: "end", uid });
       measure.utterance(uid).ended = msg.reason;
       if (msg.reason === "interrupted" || msg.reason === "stopped") view.markInterrupted(uid);
+      if (msg.reason === "completed" && msg.frames > 0) workerBack(); // a whole utterance was voiced
+      if (pill.thinking && measure.utterance(uid).onset_at === null) pill.setThinking(false); // ended unheard
       break;
     case "metrics": {
       const row = measure.server(msg);
@@ -314,7 +338,11 @@ function onMessage(t, msg) {
       break;
     }
     case "error":
+      if (["REPLY_FAILED", "ASR_FAILED", "ASR_BUSY", "WORKER_UNAVAILABLE", "QUEUE_FULL"].includes(msg.code)) {
+        pill.setThinking(false); // that turn gets no (audible) reply
+      }
       if (msg.code === "WORKER_UNAVAILABLE") {
+        app.workerMissing = true;
         notice("worker", "warn", "No voice worker is available: this reply has no audio. The conversation goes on.");
       } else {
         notice("error", "warn", `${msg.code}: ${msg.message}`);
@@ -352,6 +380,7 @@ function onFrame(t, buf) {
   if (head.getUint8(0) !== 0x44 || head.getUint8(1) !== 0x56 || head.getUint8(2) !== 1) return;
   const uid = head.getUint32(4, true);
   measure.frames += 1;
+  workerBack(); // audio arrives: a worker is back
   const pcm = buf.slice(12);
   audio.toPlayback({ type: "frame", uid, pcm }, [pcm]);
 }
@@ -372,7 +401,10 @@ function onCapture(m) {
 
 function onPlayback(m) {
   measure.playback(m);
-  if (m.type === "played" && app.transport && app.transport.name === "websocket") {
+  if (m.type === "onset" && m.uid && !measure.utterance(m.uid).interrupted) heard();
+  // What the user heard of an utterance, on either transport (WebRTC: on the data
+  // channel): an interruption cuts the reply's history to it.
+  if (m.type === "played" && app.transport) {
     send({ type: "playback", utterance_id: m.uid, played_ms: Math.max(0, Math.round(m.played_ms)) });
   }
 }
@@ -381,53 +413,17 @@ function onPlayback(m) {
 setInterval(() => {
   for (const row of measure.snapshotTurns()) {
     if (view.hasLatencyRow(row.turn) || row.first_audio_ms !== undefined
-      || row.voice_to_voice_ms !== undefined || row.page_voice_to_voice_ms !== undefined) view.showLatency(row);
+      || row.voice_to_voice_ms !== undefined || row.page_voice_to_voice_ms !== undefined
+      || row.text_to_voice_ms !== undefined || row.page_text_to_voice_ms !== undefined) view.showLatency(row);
   }
 }, 1000);
 
-// -- microphone: hands-free or push-to-talk ----------------------------------------
+// -- microphone: hands-free or push-to-talk (mic.js) -------------------------------
 
-function applyMic() {
-  app.micOpen = app.mode === "handsfree" || app.pttHeld;
-  audio.toCapture({ type: "mute", muted: !app.micOpen });
-  if (app.transport) app.transport.setMicOpen(app.micOpen);
-  ui.ptt.setAttribute("aria-pressed", String(app.pttHeld));
-  ui.ptt.classList.toggle("held", app.pttHeld);
-}
-
-function setPtt(held) {
-  if (app.pttHeld === held) return;
-  app.pttHeld = held;
-  applyMic();
-}
-
-for (const radio of document.querySelectorAll('input[name="mode"]')) {
-  radio.addEventListener("change", () => {
-    app.mode = radio.value;
-    ui.ptt.disabled = app.mode !== "ptt";
-    setPtt(false);
-    applyMic();
-  });
-}
-
-ui.ptt.addEventListener("pointerdown", (e) => { e.preventDefault(); setPtt(true); });
-for (const ev of ["pointerup", "pointerleave", "pointercancel"]) ui.ptt.addEventListener(ev, () => setPtt(false));
-
-function typingTarget(el) {
-  return el && (el.tagName === "INPUT" && el.type !== "radio" || el.tagName === "TEXTAREA" || el.tagName === "SELECT");
-}
-
-document.addEventListener("keydown", (e) => {
-  if (e.code !== "Space" || app.mode !== "ptt" || typingTarget(e.target)) return;
-  e.preventDefault(); // no page scroll, no button click
-  if (!e.repeat) setPtt(true);
+const mic = new MicMode(ui.ptt, (open) => {
+  audio.toCapture({ type: "mute", muted: !open });
+  if (app.transport) app.transport.setMicOpen(open);
 });
-document.addEventListener("keyup", (e) => {
-  if (e.code !== "Space" || app.mode !== "ptt" || typingTarget(e.target)) return;
-  e.preventDefault();
-  setPtt(false);
-});
-window.addEventListener("blur", () => setPtt(false));
 
 // -- controls ----------------------------------------------------------------------
 
@@ -457,7 +453,9 @@ ui.form.addEventListener("submit", (e) => {
     notice("error", "warn", "Connect first, then type.");
     return;
   }
+  app.typedAt = performance.now();
   view.showTyped(text);
+  pill.setThinking(true);
   ui.text.value = "";
 });
 
@@ -490,6 +488,9 @@ async function loadSettings() {
 
 const api = Object.freeze({
   get state() { return app.state; },
+  // what the state pill shows the assistant doing: "thinking", "speaking" or ""
+  get activity() { return pill.activity; },
+  get activities() { return pill.log.map((a) => a.activity); },
   get connection() { return app.connection; },
   get transport() { return app.transport ? app.transport.name : null; },
   get sessionId() { return app.sessionId; },

@@ -9,6 +9,10 @@
 //                                                 reply audio onset - last mic voice before it
 //                                                 reply_to_onset_ms: first `reply` message -> onset
 //                                                 (performance.now(), the downlink's share)
+//   {kind: "text_to_voice", utterance_id, turn, ms}
+//                                                 a typed turn: user_text sent -> reply onset
+//                                                 (performance.now(); a typed turn has no
+//                                                 voice to time from)
 //   {kind: "hold", utterance_id, ms, render_ms}   `pause` arrival -> first silent output block
 //   {kind: "interrupt", utterance_id, ms, render_ms}  `interrupt` arrival -> first silent block
 //       ms: from the arrival on the output clock (what is heard now, getOutputTimestamp),
@@ -18,7 +22,7 @@
 // utterances: {uid: {turn, text, energy, energy_after_interrupt, played_ms, interrupted,
 //                    paused, resumed, onset_t, ended, reply_at, onset_at, controls}}
 //   energy: of the utterance's audio written to the output; played_ms: its audio played
-//   (WebSocket: from its frames; WebRTC plays the track, so 0); controls: one
+//   (WebSocket: from its frames; WebRTC: from its onset on the track, gate open); controls: one
 //   {kind: "pause"|"resume"|"interrupt", t, energy, played_ms} per control, where the
 //   utterance stood when the playback took it (energy and played_ms so far)
 
@@ -38,6 +42,7 @@ export class Measure {
     this.frames = 0;
     this.pending = new Map(); // "kind:uid" -> audio-clock arrival of pause/interrupt
     this.turns = new Map();
+    this.typedTurns = new Map(); // turn -> performance.now() its text was sent
   }
 
   resetSession() {
@@ -45,6 +50,12 @@ export class Measure {
     this.utterances = new Map();
     this.pending = new Map();
     this.turns = new Map();
+    this.typedTurns = new Map();
+  }
+
+  typed(turn, sentAt) {
+    this.typedTurns.set(turn, sentAt);
+    if (this.typedTurns.size > 64) this.typedTurns.delete(this.typedTurns.keys().next().value);
   }
 
   event(dir, msg) {
@@ -58,6 +69,7 @@ export class Measure {
     if (r.turn !== undefined) {
       const row = this.turn(r.turn);
       if (r.kind === "voice_to_voice") row.page_voice_to_voice_ms = r.ms;
+      if (r.kind === "text_to_voice") row.page_text_to_voice_ms = r.ms;
       if (r.kind === "hold") row.hold_ms = r.ms;
       if (r.kind === "interrupt") row.interrupt_ms = r.ms;
     }
@@ -109,7 +121,12 @@ export class Measure {
       if (u.onset_t !== null) return;
       u.onset_t = m.t;
       u.onset_at = performance.now();
-      if (u.turn === null) return; // not a reply to a spoken turn (typed text, say)
+      if (u.turn === null) return; // not a reply to a turn (say)
+      if (this.typedTurns.has(u.turn)) {
+        this.record({ kind: "text_to_voice", utterance_id: m.uid, turn: u.turn,
+          ms: u.onset_at - this.typedTurns.get(u.turn) });
+        return;
+      }
       const before = this.voiceEnds.filter((t) => t < m.t);
       if (this.lastVoice >= 0 && this.lastVoice < m.t) before.push(this.lastVoice);
       if (!before.length) return;
@@ -139,7 +156,7 @@ export class Measure {
       if (u.turn !== null) row = this.turn(u.turn);
     }
     if (!row) return null;
-    for (const k of ["first_audio_ms", "transcript_ms", "voice_to_voice_ms", "barge_in_ms"]) {
+    for (const k of ["first_audio_ms", "transcript_ms", "voice_to_voice_ms", "text_to_voice_ms", "barge_in_ms"]) {
       if (typeof msg[k] === "number") row[k] = msg[k];
     }
     return row;

@@ -10,13 +10,16 @@
 // a gate: `pause` closes it at once, `resume` opens it, `interrupt` closes it until
 // the page opens it again (on the next SPEAKING state at least 150 ms later: audio of
 // the old utterance may still be in flight in WebRTC's jitter buffer).
+// What was played of an utterance counts from its onset on the output (the first loud
+// block once the page said it is the current one: the track carries silence before
+// it) while the gate is open, so a `pause` or `interrupt` report says what was heard.
 //
 // Both modes measure what is actually written to the output, per 128-sample block:
 // energy per utterance (and after its interrupt, which must stay zero), the onset
 // (first loud block after >= 100 ms of quiet) and the time it went quiet, and the
 // first silent block after a pause/interrupt. Times are this context's currentTime,
 // the same clock as the capture worklet's. On each pause, resume and interrupt it
-// reports where the utterance stood (energy and, in buffer mode, samples played): what
+// reports where the utterance stood (energy and samples played): what
 // plays between a pause and its resume, or after an interrupt, is then plain to see.
 
 const LOUD = 0.00316; // block RMS above -50 dBFS counts as sound
@@ -46,6 +49,7 @@ class Playback extends AudioWorkletProcessor {
     this.interrupted = new Set();
     this.played = {}; // samples written per utterance
     this.playing = 0; // uid last written (buffer mode)
+    this.heard = new Set(); // stream mode: utterances whose onset was heard
     this.lastLoud = -1;
     this.quietSince = 0;
     this.sounding = false;
@@ -109,7 +113,7 @@ class Playback extends AudioWorkletProcessor {
 
   report(reason) {
     const uid = this.mode === "stream" ? this.current : this.playing;
-    if (uid && this.mode === "buffer") {
+    if (uid && (this.mode === "buffer" || this.heard.has(uid))) {
       this.port.postMessage({ type: "played", uid, played_ms: (this.played[uid] || 0) * 1000 / sampleRate, reason });
     }
   }
@@ -145,9 +149,17 @@ class Playback extends AudioWorkletProcessor {
     let uid;
     if (this.mode === "stream") {
       const input = inputs[0] && inputs[0][0];
-      if (input && this.gate) out.set(input);
+      const open = Boolean(input) && this.gate;
+      if (open) out.set(input);
       else out.fill(0);
       uid = this.current;
+      if (open && uid && !this.interrupted.has(uid)) {
+        if (!this.heard.has(uid) && blockRms(out) > LOUD) this.heard.add(uid);
+        if (this.heard.has(uid) && !(this.ended.has(uid) && !this.sounding)) {
+          this.played[uid] = (this.played[uid] || 0) + out.length;
+          this.dirty = true;
+        }
+      }
     } else {
       uid = this.fill(out);
     }
@@ -176,7 +188,12 @@ class Playback extends AudioWorkletProcessor {
       for (const w of this.awaitSilence) this.port.postMessage({ type: "silent_after", kind: w.kind, uid: w.uid, t });
       this.awaitSilence = [];
     }
-    if (this.mode === "buffer" && this.playing && !this.held && t >= this.nextReport && rms > 0) {
+    // Stream mode: while the current utterance sounds (the track's silence after its
+    // end is not reported every 200 ms forever).
+    const due = this.mode === "stream"
+      ? this.heard.has(this.current) && this.gate && !(this.ended.has(this.current) && !this.sounding)
+      : this.playing && !this.held;
+    if (due && t >= this.nextReport && rms > 0) {
       this.nextReport = t + 0.2;
       this.report("periodic");
     }
@@ -192,6 +209,12 @@ class Playback extends AudioWorkletProcessor {
     }
     return true;
   }
+}
+
+function blockRms(block) {
+  let sq = 0;
+  for (let i = 0; i < block.length; i++) sq += block[i] * block[i];
+  return Math.sqrt(sq / block.length);
 }
 
 registerProcessor("duplexvoice-playback", Playback);

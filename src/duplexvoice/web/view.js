@@ -40,7 +40,8 @@ export class ConversationView {
     this.ui.log.lastElementChild?.scrollIntoView({ block: "nearest" });
   }
 
-  // A line the user typed, shown at once; the server's final transcript of it takes it over.
+  // A line the user typed, shown at once; the server's final transcript of it takes it
+  // over (showTranscript answers true: that turn was typed).
   showTyped(text) {
     const old = this.ui.log.querySelector(`[data-key="typed:${this.session()}"]`);
     if (old) old.dataset.key = `typed-done:${performance.now()}`;
@@ -55,12 +56,23 @@ export class ConversationView {
     if (typed && msg.final && typed.querySelector(".text").textContent.trim() === msg.text.trim()) {
       typed.dataset.key = `s${session}:u${msg.turn}`; // the server's turn for what was typed
       typed.classList.remove("partial");
-      return;
+      return true;
+    }
+    if (msg.final && !String(msg.text || "").trim()) {
+      // Speech with no words in it (a cough, a word Whisper could not make out): the
+      // turn's partial bubble, if any, says so; no empty bubble otherwise.
+      const shown = this.ui.log.querySelector(`[data-key="s${session}:u${msg.turn}"]`);
+      if (shown) {
+        shown.classList.remove("partial");
+        shown.querySelector(".text").textContent = "(no words heard)";
+      }
+      return false;
     }
     const li = this.bubble(`s${session}:u${msg.turn}`, "user", "You");
     li.classList.toggle("partial", !msg.final);
     li.querySelector(".text").textContent = msg.text;
     this.scrollLog();
+    return false;
   }
 
   showReply(uid, text) {
@@ -94,8 +106,11 @@ export class ConversationView {
       latency.prepend(tr);
       while (latency.children.length > LATENCY_ROWS) latency.lastElementChild.remove();
     }
+    // A typed turn has no voice to voice: its own figure, text sent -> first reply audio
+    // (the server's, else the page's).
+    const text = row.text_to_voice_ms !== undefined ? row.text_to_voice_ms : row.page_text_to_voice_ms;
     const cells = [row.turn, fmt(row.first_audio_ms), fmt(row.voice_to_voice_ms),
-      fmt(row.page_voice_to_voice_ms), fmt(row.barge_in_ms)];
+      fmt(row.page_voice_to_voice_ms), fmt(text), fmt(row.barge_in_ms)];
     tr.replaceChildren(...cells.map((c, i) => {
       const td = document.createElement(i === 0 ? "th" : "td");
       if (i === 0) td.scope = "row";

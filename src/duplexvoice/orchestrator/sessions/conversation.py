@@ -37,6 +37,7 @@ from duplexvoice.orchestrator.sessions.events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTurnScore,
     UserTyped,
     WorkerControl,
 )
@@ -66,6 +67,7 @@ class Conversation:
     def __init__(self, core: SessionCore, *, stop: Callable[[EndReason], None]) -> None:
         self._core = core
         self._stop = stop
+        self._paused: int | None = None  # the utterance a hold sent ``pause`` for
 
     def on_speech_started(self, event: UserSpeechStarted) -> None:
         self._core.idle_since = self._core.now
@@ -87,6 +89,10 @@ class Conversation:
             self._core.send(Transcript(event.text, False, event.turn))
         core = self._core
         self.decide(core.turns.transcript(event.turn, event.text, event.final, core.now))
+
+    def on_turn_score(self, event: UserTurnScore) -> None:
+        core = self._core
+        self.decide(core.turns.acoustic(event.turn, event.p_complete, core.now))
 
     def on_typed(self, event: UserTyped) -> None:
         self._core.idle_since = self._core.now
@@ -154,15 +160,19 @@ class Conversation:
                     if self._core.worker_held:
                         self._core.actions.append(WorkerControl(Command.PAUSE))
                 if head is not None and not head.gated:
+                    self._paused = head.utterance_id
                     self._core.send(Pause(head.utterance_id))
             elif isinstance(decision, turns.InterruptSpeech):
+                self._paused = None
                 self._stop(EndReason.INTERRUPTED)
             elif isinstance(decision, turns.ResumeSpeech):
-                head = self._core.live[0] if self._core.live else None
-                if head is not None and not head.gated:
-                    # Every pause gets its resume; a client that sent PAUSE itself
-                    # stays paused (so does the server) until it sends RESUME.
-                    self._core.send(Resume(head.utterance_id))
+                paused, self._paused = self._paused, None
+                if paused is not None and any(u.utterance_id == paused
+                                              for u in self._core.live):
+                    # Every pause gets its resume (and only a pause: an utterance that
+                    # came during the hold was never paused); a client that sent PAUSE
+                    # itself stays paused (so does the server) until it sends RESUME.
+                    self._core.send(Resume(paused))
                 self.unhold()
             elif isinstance(decision, turns.Transcribe):
                 self._core.actions.append(TranscribeTurn(decision.turn))
@@ -172,9 +182,11 @@ class Conversation:
                     self._core.actions.append(TurnClosed(decision.turn))
             elif isinstance(decision, turns.Reply):
                 self._start_reply(decision)
+            elif isinstance(decision, turns.Heard):
+                self._core.send(Transcript(decision.text.strip(), True, decision.turn))
             elif isinstance(decision, turns.Confirm):
-                if decision.text is not None and decision.text.strip():
-                    self._core.send(Transcript(decision.text, True, decision.turn))
+                if decision.text is not None:  # "" too: the client learns nothing was heard
+                    self._core.send(Transcript(decision.text.strip(), True, decision.turn))
                 self._core.actions.append(TurnClosed(decision.turn))
                 self._confirm_reply(decision.turn)
 

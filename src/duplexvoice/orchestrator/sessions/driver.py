@@ -120,7 +120,8 @@ class SessionDriver:
                     lead_ms=config.lead_ms, send_quantum_ms=config.send_quantum_ms,
                     max_frames=max(1, config.buffer_ms // FRAME_MS),
                 ),
-                turns=config.conversation.turns,
+                # The services' copy: without the end-of-turn model, fused runs as text.
+                turns=(services.config if services is not None else config.conversation).turns,
             ),
             now=time.monotonic(),
         )
@@ -151,6 +152,7 @@ class SessionDriver:
         self._listener: Listener | None = None
         self._not_listening = NotListening()
         self._turns = TurnFigures(metrics)
+        self._typing = False  # the event being handled is a typed turn
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -279,6 +281,8 @@ class SessionDriver:
         out: list[OutputItem] = []
         if self._listener is not None:
             self._turns.event(event, self._listener, self.machine.turn)
+        # The final transcript sent while a typed turn is handled is that turn's.
+        self._typing = isinstance(event, UserTyped)
         for action in self.machine.handle(event, time.monotonic()):
             if isinstance(action, SendAudio):
                 self._audio_sent(action)
@@ -293,6 +297,7 @@ class SessionDriver:
                     await self._write(out)
                     out = []
                 await self._do(action)
+        self._typing = False
         out.extend(self._turns.take_messages())
         if out:
             await self._write(out)
@@ -354,7 +359,8 @@ class SessionDriver:
         if isinstance(message, Transcript | ReplyText | Pause | Resume):
             listener = self._listener
             if listener is not None:
-                self._turns.observe(message, listener, self.machine.turn)
+                self._turns.observe(message, listener, self.machine.turn,
+                                    typed=self._typing)
         elif isinstance(message, UtteranceEnd):
             self._turns.utterance_ended(message.utterance_id)
             self._metrics.utterances_total.inc()

@@ -92,6 +92,14 @@ class UserTranscript(Event):
     final: bool
 
 @dataclass(frozen=True)
+class UserTurnScore(Event):
+    """The acoustic end-of-turn model's p(complete) for ``turn``'s speech as it stopped
+    (asked at the offset, beside the final transcript)."""
+
+    turn: int
+    p_complete: float
+
+@dataclass(frozen=True)
 class ReplyChunk(Event):
     """A clause of the reply to ``turn``; ``final`` ends the reply (text may be empty)."""
 

@@ -4,13 +4,15 @@ to VAD edges, transcripts and replies, posted to the session machine as events.
 What to do is decided by the pure :class:`~.listening.Listening` (partials, turn
 audio, pauses, the audio budget, what was heard of a reply) and by the machine; this
 module runs the resampler and the VAD inline (cheap, per frame, on the event loop),
-the recognizer and the reply engine in tasks, and carries out the machine's
+the recognizer, the end-of-turn model and the reply engine in tasks, and carries out the machine's
 ``TranscribeTurn``, ``TurnClosed``, ``StartReply`` and ``CancelReply``.
 
 - Audio is kept in a ring of the last ``max_turn_ms`` + 2 s at 16 kHz: the turn audio
   the core asks to transcribe is read from it. Nothing else of the microphone is kept.
 - A newer final for the same turn cancels the older one, so a stale transcript is
-  never posted after a newer one was asked for.
+  never posted after a newer one was asked for; so does a newer end-of-turn score.
+  The score runs beside the final (the model and Whisper each on their own thread),
+  during the silence that waits for the end of the turn anyway.
 - A reply cancelled by the machine is cut in the history once its stream has closed
   (the stream adds its turn then).
 - The services (recognizer, reply engine, VAD model) are shared by all sessions;
@@ -44,6 +46,7 @@ from duplexvoice.orchestrator.sessions.listening import (
     Decision,
     Listening,
     ListeningConfig,
+    Score,
     Transcribe,
     system_speaking,
 )
@@ -53,6 +56,7 @@ from duplexvoice.replies import History, ReplyError, new_history
 from duplexvoice.speech import SPEECH_RATE
 from duplexvoice.speech.asr_types import AsrBusy, AsrError
 from duplexvoice.speech.audio_in import MicResampler
+from duplexvoice.speech.endturn import WINDOW_S as ENDTURN_WINDOW_S
 from duplexvoice.speech.vad import VoiceDetector
 from duplexvoice.wire.messages import Error, ErrorCode
 
@@ -61,9 +65,12 @@ log = logging.getLogger(__name__)
 FloatAudio = npt.NDArray[np.float32]
 
 
-def listening_config(config: ConversationConfig, lead_ms: float) -> ListeningConfig:
-    """The listening core's settings: the one place they are read from the options."""
+def listening_config(config: ConversationConfig, lead_ms: float,
+                     scoring: bool = False) -> ListeningConfig:
+    """The listening core's settings: the one place they are read from the options.
+    ``scoring``: the end-of-turn model is there (turn-taking may still not use it)."""
     return ListeningConfig(
+        score_turns=scoring and config.turns.uses_acoustic,
         partial_interval_ms=config.partial_interval_ms,
         barge_in_words_ms=config.turns.words_after_ms, max_turn_ms=config.turns.max_turn_ms,
         max_audio_rate=config.max_audio_rate, max_audio_burst_s=config.max_audio_burst_s,
@@ -120,7 +127,8 @@ class Listener:
         self.reply_engine = "echo" if "echo" in services.replies else next(iter(services.replies))
         if config.reply.engine in services.replies:
             self.reply_engine = config.reply.engine
-        self.core = Listening(listening_config(config, lead_ms), time.monotonic(),
+        self.core = Listening(listening_config(config, lead_ms, services.endturn is not None),
+                              time.monotonic(),
                               history=new_history(config.reply))
         self._post = post
         self._send_error = send_error
@@ -130,6 +138,7 @@ class Listener:
         self._ring = AudioRing(self.core.config.ring_samples)
         self._partial: asyncio.Task[None] | None = None
         self._finals: dict[int, asyncio.Task[None]] = {}  # by turn
+        self._scores: dict[int, asyncio.Task[None]] = {}  # by turn
         self._replies: dict[int, asyncio.Task[None]] = {}  # by turn
         self._chores: set[asyncio.Task[None]] = set()  # history cuts after an interruption
 
@@ -182,6 +191,8 @@ class Listener:
         for decision in decisions:
             if isinstance(decision, Transcribe):
                 self._transcribe(decision)
+            elif isinstance(decision, Score):
+                self._score(decision)
             else:
                 self._post(decision)
 
@@ -197,19 +208,37 @@ class Listener:
         task = asyncio.create_task(self._recognize(job.turn, audio, final=job.final))
         self._track(self._finals, job.turn, task)
 
+    def _score(self, job: Score) -> None:
+        scorer = self.services.endturn
+        if scorer is None:
+            return
+        start = max(job.start, job.end - ENDTURN_WINDOW_S * SPEECH_RATE)
+        audio = self._ring.since(start, job.end)
+        old = self._scores.pop(job.turn, None)
+        if old is not None:
+            old.cancel()
+
+        async def run() -> None:
+            p = await scorer.score(audio)
+            self._carry_out(self.core.scored(job, p))
+
+        self._track(self._scores, job.turn, asyncio.create_task(run()))
+
     async def _recognize(self, turn: int, audio: FloatAudio, *, final: bool) -> None:
         text = ""
+        answered = True
         try:
             result = await self.services.transcriber.transcribe(
                 audio, final=final, key=self.session_id)
             text = result.text if result else ""
+            answered = result is not None
         except AsrBusy as exc:
             await self._send_error(Error(ErrorCode.ASR_BUSY, str(exc)))
         except Exception as exc:  # an AsrError, or a bug: the turn must not wait forever
             log.warning("session %s: ASR failed: %s", self.session_id, exc,
                         exc_info=not isinstance(exc, AsrError))
             await self._send_error(Error(ErrorCode.ASR_FAILED, "speech recognition failed"))
-        self._carry_out(self.core.transcribed(turn, text, final=final))
+        self._carry_out(self.core.transcribed(turn, text, final=final, answered=answered))
 
     # -- the machine's actions ----------------------------------------------------------
 
@@ -278,7 +307,8 @@ class Listener:
 
     async def close(self) -> None:
         """Stop listening: every task ends; speech the VAD was hearing ends too."""
-        tasks = [*self._finals.values(), *self._replies.values(), *self._chores]
+        tasks = [*self._finals.values(), *self._scores.values(), *self._replies.values(),
+                 *self._chores]
         if self._partial is not None:
             tasks.append(self._partial)
         for task in tasks:

@@ -9,7 +9,8 @@ Inputs: :meth:`Listening.admit` (a client's audio message, before anything else)
 and ``TurnClosed``), :meth:`Listening.playback`, and the reply bookkeeping
 (:meth:`Listening.reply_asked`, :meth:`Listening.reply_said`,
 :meth:`Listening.reply_stopped`). Decisions out, in order: machine events to post,
-and :class:`Transcribe` (recognize samples ``[start, end)``).
+and :class:`Transcribe` (recognize samples ``[start, end)``) and :class:`Score` (ask the
+acoustic end-of-turn model about them).
 
 - **Turn audio.** A turn's audio runs from ``PREROLL_S`` before its first onset
   (Whisper needs the attack; the VAD confirms speech after it began) to the moment it
@@ -21,7 +22,12 @@ and :class:`Transcribe` (recognize samples ``[start, end)``).
   words check starts at once (``UserSpeechEnded(checking_words=True)``); one asked
   while a partial runs follows it, and the partial that missed the end of the speech
   is then not posted if it heard nothing (the hold waits for the real answer). Other
-  empty partials are posted: a held barge-in may be waiting for "no words".
+  empty partials are posted: a held barge-in may be waiting for "no words"; a partial
+  the recognizer dropped (busy with finals) is no answer, and is not posted.
+- **End-of-turn score.** With ``score_turns``, each final asked for at an offset is
+  joined by a :class:`Score` of the same audio (the model sees its last 8 s). Its
+  answer is posted (``UserTurnScore``) only if no speech began since it was asked: it
+  speaks of that offset, not of a later one.
 - **Pauses.** No voice for ``_QUIET_S`` within speech is ``UserSpeechPaused`` (the
   offset is confirmed only later), voice again ``UserSpeechResumed``: a barge-in's
   speech is measured to the last voice.
@@ -53,6 +59,7 @@ from duplexvoice.orchestrator.sessions.events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTurnScore,
 )
 from duplexvoice.orchestrator.sessions.state import State
 from duplexvoice.replies import History, heard_prefix
@@ -96,6 +103,7 @@ class ListeningConfig:
     max_audio_rate: float  # microphone audio accepted, seconds per second ...
     max_audio_burst_s: float  # ... after a burst of this much
     lead_ms: float  # audio the client holds unplayed (the server's playout lead)
+    score_turns: bool = False  # ask the acoustic end-of-turn model at each offset
 
     def __post_init__(self) -> None:
         if self.partial_interval_ms < 0 or self.barge_in_words_ms < 0 or self.lead_ms < 0:
@@ -122,7 +130,18 @@ class Transcribe:
     final: bool
 
 
-Decision = Event | Transcribe
+@dataclass(frozen=True)
+class Score:
+    """Ask the end-of-turn model about ``turn``'s samples ``[start, end)`` and report
+    its answer with :meth:`Listening.scored`."""
+
+    turn: int
+    start: int
+    end: int
+    onsets: int  # the onsets heard when it was asked (a later one makes it stale)
+
+
+Decision = Event | Transcribe | Score
 _NOTHING: Final[tuple[Decision, ...]] = ()
 _V = TypeVar("_V")
 
@@ -195,6 +214,7 @@ class Listening:
         self._partial_at = 0  # sample index of the last partial asked
         self._partial_running = False
         self._forced_pending = False  # a words check waits for the running partial
+        self._onsets = 0  # speech onsets heard so far
         self._played: dict[int, float] = {}  # utterance id -> ms the client reports played
         self._asked: dict[int, int] = {}  # turn -> history index of the user's words
         self._said: dict[int, int] = {}  # turn -> history index of the reply's words
@@ -223,6 +243,7 @@ class Listening:
             audio_now = end / SPEECH_RATE
             if isinstance(edge, SpeechOnset):
                 self._speaking = True
+                self._onsets += 1
                 if self._turn_start is None:
                     start = int(max(0.0, edge.start_s - PREROLL_S) * SPEECH_RATE)
                     self._turn_start = self._partial_at = start
@@ -272,14 +293,16 @@ class Listening:
         self._partial_running = True
         return Transcribe(None, start, self._end, final=False)
 
-    def transcribed(self, turn: int, text: str, *, final: bool) -> list[Decision]:
-        """What a :class:`Transcribe` heard (``""`` too when recognition failed)."""
+    def transcribed(self, turn: int, text: str, *, final: bool,
+                    answered: bool = True) -> list[Decision]:
+        """What a :class:`Transcribe` heard (``""`` too when recognition failed). Not
+        ``answered``: the recognizer dropped the partial (no answer, not "no words")."""
         if final:
             return [UserTranscript(turn, text, True)]
         self._partial_running = False
         out: list[Decision] = []
         forced, self._forced_pending = self._forced_pending, False
-        if text or not forced:
+        if answered and (text or not forced):
             out.append(UserTranscript(turn, text, False))
         if forced and self._turn_start is not None:
             out.append(self._start_partial(self._turn_start))
@@ -292,11 +315,20 @@ class Listening:
         audio may go (speech going on past a forced end belongs to the next turn)."""
         if isinstance(action, TranscribeTurn):
             start = self._end if self._turn_start is None else self._turn_start
-            return [Transcribe(action.turn, start, self._end, final=True)]
+            out: list[Decision] = [Transcribe(action.turn, start, self._end, final=True)]
+            if self.config.score_turns and not self._speaking:
+                out.append(Score(action.turn, start, self._end, self._onsets))
+            return out
         if isinstance(action, TurnClosed):
             self._turn_start = self._end if self._speaking else None
             self._partial_at = self._end
         return []
+
+    def scored(self, score: Score, p_complete: float | None) -> list[Decision]:
+        """The end-of-turn model's answer to ``score`` (None: none came)."""
+        if p_complete is None or score.onsets != self._onsets:
+            return []
+        return [UserTurnScore(score.turn, p_complete)]
 
     def stopped(self) -> list[Decision]:
         """Listening stops (``mode: tts``): speech the VAD was hearing ends here, so a

@@ -70,6 +70,7 @@ from duplexvoice.orchestrator.sessions.events import (
     UserSpeechResumed,
     UserSpeechStarted,
     UserTranscript,
+    UserTurnScore,
     UserTyped,
     WorkerControl,
     WorkerFrame,
@@ -114,7 +115,8 @@ class SessionMachine:
             UserSpeechStarted: talk.on_speech_started, UserSpeechEnded: talk.on_speech_ended,
             UserSpeechPaused: talk.on_speech_paused,
             UserSpeechResumed: talk.on_speech_resumed,
-            UserTranscript: talk.on_transcript, ReplyChunk: talk.on_reply_chunk,
+            UserTranscript: talk.on_transcript, UserTurnScore: talk.on_turn_score,
+            ReplyChunk: talk.on_reply_chunk,
             ReplyFailed: talk.on_reply_failed, UserTyped: talk.on_typed,
         }
 
@@ -316,6 +318,7 @@ class SessionMachine:
         if self._core.stream is not None or self._core.playout.held:
             self._core.actions.append(WorkerControl(Command.STOP))  # also un-pauses the worker
         self._end_all(reason)
+        self._core.playout.flushed(self._core.now)  # the client drops its buffer
 
     def _end_all(self, reason: EndReason) -> None:
         while self._core.live:

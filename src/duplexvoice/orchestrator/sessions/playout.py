@@ -17,6 +17,8 @@ and back-pressure are added here.
 - ``hold(now)`` stops releasing and remembers how much the client still had ahead;
   ``unhold(now)`` continues from there: nothing lost or replayed.
 - ``drop(uid)`` discards an utterance's buffered frames.
+- ``flushed(now)``: the client dropped the audio it held (``interrupt``), so the next
+  utterance need not wait behind it.
 - ``full`` is back-pressure with hysteresis: set at ``max_frames``, cleared once the
   buffer is down to 80 % of it (the reader then takes a burst, not a frame per frame).
 """
@@ -109,6 +111,13 @@ class Playout:
         if n:
             self._update_full()
         return n
+
+    def flushed(self, now: float) -> None:
+        """The client dropped everything it held (it got ``interrupt``): nothing is
+        ahead any more. Without this the next utterance's first frames would wait for
+        audio the client no longer plays (up to the lead)."""
+        self._play_end = min(self._play_end, now)
+        self._held_ahead = 0.0
 
     def clear(self) -> None:
         self._frames.clear()

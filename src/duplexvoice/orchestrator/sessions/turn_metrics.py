@@ -1,11 +1,13 @@
 """Conversation figures of one session, measured in the server from when the audio
 arrived: end of speech to final transcript and to first reply frame (voice to
-voice), speech onset to ``pause`` (barge-in). Each is a Prometheus histogram and a
-``metrics`` message to the client (extension: ``turn`` and the figures in ms).
+voice), speech onset to ``pause`` (barge-in); for a typed turn, the text's arrival to
+the first reply frame (``text_to_voice_ms``: it has no voice to time from). Each is a
+Prometheus histogram and a ``metrics`` message to the client (extension: ``turn`` and
+the figures in ms).
 
 "End of speech" is the VAD's: where it put the end of the last speech, on the clock
-of the audio's arrival. The turn's figures split its voice to voice along the path
-a reply takes, each counted from that same point (docs/protocol.md):
+of the audio's arrival. A spoken turn's figures split its voice to voice along the
+path a reply takes, each counted from that same point (docs/protocol.md):
 ``offset_ms`` (the VAD confirmed the offset), ``asr_ms`` (the final transcript was
 ready), ``transcript_ms`` (it was sent: the end of the turn was confirmed),
 ``reply_ms`` (the reply engine's first clause), ``voice_to_voice_ms`` (the first
@@ -47,12 +49,13 @@ class TurnFigures:
         self._clock = clock
         self._reply_turns: dict[int, int] = {}  # utterance id -> the turn it answers
         self._ended_at: dict[int, float] = {}  # turn -> end of its speech (monotonic)
+        self._typed_at: dict[int, float] = {}  # typed turn -> when its text came
         self._figures: dict[int, dict[str, float]] = {}  # turn -> its figures so far
         self._pending: list[TurnMetrics] = []  # sent after the event's messages
 
     def event(self, event: Event, listener: Heard, turn: int) -> None:
         """An event reaches the session machine (before it handles it): the steps of
-        the turn's path that are not messages to the client."""
+        a spoken turn's path that are not messages to the client."""
         if not isinstance(event, UserSpeechEnded | UserTranscript | ReplyChunk):
             return  # the common case (audio frames): kept cheap
         ended = listener.speech_ended_at
@@ -67,18 +70,21 @@ class TurnFigures:
             figures["asr_ms"] = since_ms
             figures.pop("reply_ms", None)  # a reply to an older transcript is gone
         elif isinstance(event, ReplyChunk) and event.text.strip():
-            figures = self._figures.setdefault(event.turn, {})
-            if "asr_ms" in figures:
-                figures.setdefault("reply_ms", since_ms)
+            path = self._figures.get(event.turn)
+            if path is not None and "asr_ms" in path:  # a spoken turn's
+                path.setdefault("reply_ms", since_ms)
         self._trim()
 
     def observe(self, message: Transcript | ReplyText | Pause | Resume, listener: Heard,
-                turn: int) -> None:
+                turn: int, *, typed: bool = False) -> None:
+        """``typed``: the message comes of a typed turn (``user_text``)."""
         now = self._clock()
         if isinstance(message, Transcript) and message.final:
             self._metrics.turns_total.inc()
             ended = listener.speech_ended_at
-            if ended is not None:
+            if typed:
+                self._typed_at[message.turn] = now
+            elif ended is not None:
                 self._ended_at[message.turn] = ended
                 asr_ms = (now - ended) * 1000
                 self._metrics.asr_latency_ms.observe(asr_ms)
@@ -94,20 +100,28 @@ class TurnFigures:
         self._trim()
 
     def _trim(self) -> None:
-        for table in (self._ended_at, self._figures, self._reply_turns):
+        for table in (self._ended_at, self._typed_at, self._figures, self._reply_turns):
             while len(table) > _KEEP:
                 del table[min(table)]
 
     def first_frame(self, utterance_id: int) -> None:
         """The first frame of an utterance is being sent."""
         turn = self._reply_turns.get(utterance_id)
-        ended = self._ended_at.get(turn) if turn is not None else None
-        if turn is None or ended is None:
+        if turn is None:
             return
-        v2v_ms = (self._clock() - ended) * 1000
-        self._metrics.voice_to_voice_ms.observe(v2v_ms)
+        typed_at = self._typed_at.pop(turn, None)
+        ended = self._ended_at.get(turn) if typed_at is None else typed_at
+        if ended is None:
+            return
+        ms = (self._clock() - ended) * 1000
         figures = self._figures.pop(turn, {})
-        figures["voice_to_voice_ms"] = round(v2v_ms, 1)
+        if typed_at is not None:
+            self._metrics.text_to_voice_ms.observe(ms)
+            # A typed turn has no voice: none of a spoken turn's path applies.
+            figures = {"text_to_voice_ms": round(ms, 1)}
+        else:
+            self._metrics.voice_to_voice_ms.observe(ms)
+            figures["voice_to_voice_ms"] = round(ms, 1)
         self._pending.append(TurnMetrics(turn, figures))
 
     def utterance_ended(self, utterance_id: int) -> None:

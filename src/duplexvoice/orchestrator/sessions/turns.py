@@ -5,11 +5,13 @@ parameter (a fake clock in tests). The session machine carries the decisions out
 **The user's turn.** Speech onset opens a turn (numbered 1, 2, ...). At each speech
 offset the turn's audio so far is transcribed at once (``Transcribe``): the end-of-turn
 silence is spent decoding, not waiting. The turn ends when the silence after the
-last speech reaches ``end_of_turn_ms`` (``Confirm``); speech before that continues the
-same turn (``Abandon`` drops what was started for the shorter version: its transcript
-and its speculative reply). With ``adaptive`` on, the transcript of the silence so far
-moves the deadline: a complete sentence ends the turn after ``complete_end_ms``; a
-trailing conjunction or filler ("and", "so", "um") waits ``trailing_end_ms``. A turn
+last speech reaches the wait of :func:`~.turn_end.end_wait_ms` (``Confirm``); speech
+before that continues the same turn (``Abandon`` drops what was started for the shorter
+version: its transcript and its speculative reply). The wait is ``end_of_turn_ms``
+until what the session learns during the silence moves it (``end_mode``): the
+transcript's ending (a complete sentence: sooner; a trailing "and"/"um": later) and the
+acoustic end-of-turn model's p(complete) (:meth:`TurnTaking.acoustic`), each as it
+comes; one that comes after the turn ended changes nothing. A turn
 whose speech is shorter than ``min_turn_ms`` is noise: ``Abandon``, never transcribed.
 A turn longer than ``max_turn_ms`` is ended by force, and the speech goes on as the
 next turn. A typed turn (``typed``) is a whole turn at once: it takes the floor as a
@@ -28,86 +30,37 @@ machine pauses playback (client ``pause``, worker PAUSE). Then:
   system's utterance is dropped and the user's speech is their new turn.
 - ``ResumeSpeech``: the speech stopped before that, and ``resume_after_ms`` of silence went
   by: a cough, a click. Playback goes on where it stopped; the noise is no turn
-  (``Abandon``).
+  (``Abandon``). A held speech whose words are being checked waits for them up to
+  ``words_wait_ms`` more.
+- **Late words still interrupt.** "Wait," is short, and its words check can answer after
+  playback resumed (a busy recognizer). Words for a speech that was resumed over, up to
+  ``late_words_ms`` after the resume and while the system still speaks, are a real
+  barge-in after all: ``InterruptSpeech`` (the resumed audio is dropped; speech going on
+  by then is the user's turn). A real interruption never depends on winning that race.
 """
 
 from __future__ import annotations
 
-import enum
-import re
 from dataclasses import dataclass
 
-from pydantic import ConfigDict, Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
-
+from duplexvoice.orchestrator.sessions.turn_end import (
+    END_MODES,
+    WORD,
+    Ending,
+    EndMode,
+    TurnConfig,
+    classify_ending,
+    end_wait_ms,
+)
 from duplexvoice.text import speakable
 
+__all__ = [
+    "END_MODES", "Abandon", "Confirm", "Decision", "EndMode", "Ending", "HoldSpeech",
+    "InterruptSpeech", "Reply", "ResumeSpeech", "Transcribe", "TurnConfig", "TurnTaking",
+    "classify_ending",
+]
+
 _EPS = 1e-6
-
-
-@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
-class TurnConfig:
-    """The turn-taking settings: ``conversation.turns`` of the orchestrator's config
-    (flags ``--turns-<option>``), validated on creation, frozen. A dataclass, not a
-    model: its fields are read on every event, and a model's attributes cost more."""
-
-    end_of_turn_ms: int = Field(
-        default=500, ge=0, le=10_000, description="silence after speech that ends the user's turn")
-    adaptive: bool = Field(
-        default=True, description="end sooner after a complete sentence, later after a trailing "
-        "'and'/'um' (see complete_end_ms, trailing_end_ms)")
-    complete_end_ms: int = Field(
-        default=250, ge=0, le=10_000, description="adaptive: silence after a complete sentence")
-    trailing_end_ms: int = Field(
-        default=1000, ge=0, le=10_000, description="adaptive: silence after a trailing conjunction "
-        "or filler ('and', 'um', ...)")
-    min_turn_ms: int = Field(
-        default=150, ge=0, le=5000, description="speech shorter than this is noise, not a turn")
-    max_turn_ms: int = Field(
-        default=30_000, ge=1000, le=300_000, description="a turn this long is ended by force")
-    interrupt_after_ms: int = Field(
-        default=400, ge=0, le=5000,
-        description="speech over the system this long is a real interruption (barge-in)")
-    words_after_ms: int = Field(
-        default=200, ge=0, le=5000, description="... or recognized words after this much speech")
-    resume_after_ms: int = Field(
-        default=250, ge=0, le=5000,
-        description="silence after a short noise before the held speech resumes")
-    words_wait_ms: int = Field(
-        default=300, ge=0, le=5000, description="a short speech over the system waits up to this "
-        "much more for its words before playback resumes ('Wait,' is short)")
-    speculative_reply: bool = Field(
-        default=True, description="start the reply during the end-of-turn silence; heard only if "
-        "the turn really ended")
-
-
-class Ending(enum.Enum):
-    COMPLETE = "complete"  # a finished sentence: the turn is probably over
-    TRAILING = "trailing"  # ends on a conjunction or a filler: more is coming
-    NEUTRAL = "neutral"
-
-
-_TRAILING_WORDS = frozenset((
-    "and", "or", "but", "so", "because", "um", "uh", "er", "erm", "hmm", "like", "the",
-    "a", "an", "to", "of", "with", "if", "that", "then", "which", "who", "when", "while",
-    "although", "though", "since", "as", "for", "my", "your", "our", "their",
-))
-_WORD = re.compile(r"[A-Za-z']+")
-
-
-def classify_ending(text: str) -> Ending:
-    """How a transcript ends. Whisper punctuates every fragment, so a final period
-    alone proves little: a sentence is complete only with a few words and no trailing
-    conjunction, article or filler (which Whisper may also follow with "..." or ",")."""
-    words = _WORD.findall(text.lower())
-    if not words:
-        return Ending.NEUTRAL
-    stripped = text.rstrip()
-    if words[-1] in _TRAILING_WORDS or stripped.endswith(("...", "…", ",", "-", "—")):
-        return Ending.TRAILING
-    if len(words) >= 3 and stripped.endswith((".", "?", "!")):
-        return Ending.COMPLETE
-    return Ending.NEUTRAL
 
 
 # -- decisions ---------------------------------------------------------------------
@@ -162,7 +115,18 @@ class Confirm:
     forced: bool = False
 
 
-Decision = HoldSpeech | InterruptSpeech | ResumeSpeech | Transcribe | Abandon | Reply | Confirm
+@dataclass(frozen=True)
+class Heard:
+    """A confirmed turn's late final transcript that gets no reply (no words in it, or
+    a typed turn took the floor meanwhile): the client still gets its final
+    transcript, so no turn ends in silence."""
+
+    turn: int
+    text: str
+
+
+Decision = (HoldSpeech | InterruptSpeech | ResumeSpeech | Transcribe | Abandon | Reply | Confirm
+            | Heard)
 
 
 class TurnTaking:
@@ -176,7 +140,10 @@ class TurnTaking:
         self._speech_end: float | None = None  # last speech of a turn waiting to end
         self._text: str | None = None  # the transcript of the turn as it ended
         self._replied = False  # a reply to the current transcript was started
-        self._awaiting: int | None = None  # a turn confirmed before its transcript came
+        # Turns confirmed before their final transcript came: every one is answered when
+        # it comes (a loaded recognizer may be late past the next turn's confirmation);
+        # True: with a reply, False: transcript only (a typed turn took the floor).
+        self._awaiting: dict[int, bool] = {}
         self._system = False  # the system is speaking (or about to)
         self._held = False
         self._held_voiced_s = 0.0  # user speech since the hold, before the current run
@@ -184,6 +151,9 @@ class TurnTaking:
         self._last_end: float | None = None  # when the last speech ended
         self._quiet_since: float | None = None  # no voice since, offset not yet confirmed
         self._words_until: float | None = None  # a held speech's words being checked
+        self._p: float | None = None  # the acoustic p(complete) of the speech's end
+        # A held speech resumed over: (its turn, until when its words still interrupt).
+        self._resumed: tuple[int, float] | None = None
 
     # -- what the session tells ------------------------------------------------------
 
@@ -200,6 +170,8 @@ class TurnTaking:
         has nothing left to decide about: speech goes on as the user's turn, and a
         noise waiting to be resumed over is no turn."""
         self._system = speaking
+        if not speaking:
+            self._resumed = None  # nothing left to interrupt
         if speaking or not self._held:
             return []
         self._held = False
@@ -289,9 +261,17 @@ class TurnTaking:
     def transcript(self, turn: int, text: str, final: bool, now: float) -> list[Decision]:
         """A transcript of ``turn``: partial (while speaking) or final (from a
         ``Transcribe``). Stale ones (an older turn, or a turn that went on) are ignored."""
-        if final and turn == self._awaiting:
-            self._awaiting = None
-            return [Reply(turn, text, confirmed=True)] if speakable(text) else []
+        if final and turn in self._awaiting:
+            if self._awaiting.pop(turn) and speakable(text):
+                return [Reply(turn, text, confirmed=True)]
+            return [Heard(turn, text)]
+        if (not final and self._resumed is not None and self._resumed[0] == turn
+                and _has_words(text)):
+            until = self._resumed[1]
+            self._resumed = None
+            if self._system and now <= until + _EPS:
+                return self._interrupt()  # words that lost the race to the resume
+            return []
         if turn != self.turn or not self._open:
             return []
         if not final:
@@ -311,6 +291,16 @@ class TurnTaking:
             out.append(Reply(turn, text, confirmed=False))
         return out + self.tick(now)
 
+    def acoustic(self, turn: int, p_complete: float, now: float) -> list[Decision]:
+        """The end-of-turn model's p(complete) for ``turn``'s speech as it stopped (asked
+        at the offset, beside the final transcript). Stale ones are ignored: another
+        turn's, or one the speech went on after."""
+        if (turn != self.turn or not self._open or self._speech_end is None
+                or self.user_speaking or not 0.0 <= p_complete <= 1.0):
+            return []
+        self._p = p_complete
+        return self.tick(now)
+
     def typed(self, now: float, text: str) -> list[Decision]:
         """The user typed ``text`` instead of speaking: a whole turn, confirmed now.
         The system stops speaking (the user took the floor, as a real barge-in); a
@@ -323,7 +313,8 @@ class TurnTaking:
             self._open = False
             self._speech_end = None
             out += self._forget(closed=True)
-        self._awaiting = None  # a spoken turn's late transcript no longer gets a reply
+        # A spoken turn's late transcript no longer gets a reply (only its transcript).
+        self._awaiting = dict.fromkeys(self._awaiting, False)
         speaking = self._speaking_since is not None
         self._open_turn(now)
         self._open = False
@@ -347,6 +338,10 @@ class TurnTaking:
                 out += self._force_end(now)
             return out
         if self._resume_at is not None and now >= self._resume_due() - _EPS:
+            if (self.config.late_words_ms and self._words_until is not None
+                    and self._voiced_s >= self.config.words_after_ms / 1000 - _EPS):
+                # Its words check has not answered: if it hears words, they interrupt.
+                self._resumed = (self.turn, now + self.config.late_words_ms / 1000)
             self._resume_at = None
             self._words_until = None
             self._held = False
@@ -372,6 +367,7 @@ class TurnTaking:
         self._turn_since = now
         self._voiced_s = 0.0
         self._text = None
+        self._p = None
         self._replied = False
         self._speech_end = None
 
@@ -387,15 +383,7 @@ class TurnTaking:
 
     def _end_deadline(self) -> float:
         assert self._speech_end is not None
-        config = self.config
-        wait = config.end_of_turn_ms
-        if config.adaptive and self._text is not None:
-            ending = classify_ending(self._text)
-            if ending is Ending.COMPLETE:
-                wait = config.complete_end_ms
-            elif ending is Ending.TRAILING:
-                wait = config.trailing_end_ms
-        return self._speech_end + wait / 1000
+        return self._speech_end + end_wait_ms(self.config, self._text, self._p) / 1000
 
     def _confirm(self, *, forced: bool) -> list[Decision]:
         turn, text = self.turn, self._text
@@ -403,7 +391,7 @@ class TurnTaking:
         self._speech_end = None
         out: list[Decision] = [Confirm(turn, text, forced)]
         if text is None:
-            self._awaiting = turn
+            self._awaiting[turn] = True
         elif not self._replied and speakable(text):
             self._replied = True
             out.append(Reply(turn, text, confirmed=True))
@@ -413,7 +401,7 @@ class TurnTaking:
         """The turn ran too long: it ends now and the speech goes on as the next turn."""
         turn = self.turn
         out: list[Decision] = [Transcribe(turn), Confirm(turn, None, forced=True)]
-        self._awaiting = turn
+        self._awaiting[turn] = True
         self._open_turn(now)
         self._speaking_since = now
         return out
@@ -421,11 +409,13 @@ class TurnTaking:
     def _forget(self, *, closed: bool) -> list[Decision]:
         out: list[Decision] = [Abandon(self.turn, closed=closed)]
         self._text = None
+        self._p = None
         self._replied = False
         return out
 
     def _interrupt(self) -> list[Decision]:
         self._held = False
+        self._resumed = None
         self._resume_at = None
         self._words_until = None
         self._system = False
@@ -434,4 +424,4 @@ class TurnTaking:
 
 def _has_words(text: str) -> bool:
     """Not ``speakable``: barge-in evidence, so a real word, not a stray "a" or "5"."""
-    return any(len(w) >= 2 for w in _WORD.findall(text))
+    return any(len(w) >= 2 for w in WORD.findall(text))
