@@ -1,7 +1,8 @@
 """Benchmark conversation mode (issue 8): voice to voice, end of turn, barge-in, ASR.
 
     .venv/bin/python bench/conversation.py [--reps N] [--json] [--adaptive both|on|off]
-        [--quick] [--only utterances,barge,sessions] [--eot-silence-ms 500]
+        [--quick] [--only utterances,barge,sessions] [--set both|synthetic|human]
+        [--eot-silence-ms 500]
         [--orch-arg=--option=value ...] [--url-off URL --url-on URL]
 
 Starts one Piper worker and one orchestrator per end-of-turn mode (adaptive off / on,
@@ -30,6 +31,13 @@ Piper's voice, and measures at the client:
 - false interruptions: the 10 non-speech bursts that ended in ``interrupt``.
 - WER of the final transcripts against the reference texts, and of the plain
   ``transcribe()`` on the same audio; ratio.
+- from the end of the voice (issue 17): the send time of the last frame above the
+  clip's noise floor (``duplexvoice.audio.voice_end``) -> the first reply frame, per set
+  (``--set``: the synthetic utterances, the recordings of people of ``human.py``, or
+  both), beside the server's figure for the same turn (its ``metrics``, from the VAD's
+  end of speech) and the difference; the split of each turn's voice to voice
+  (:func:`split`); the human anchor (how soon a person answered, in the recorded
+  conversation); WER on the human recordings against plain ``transcribe()``.
 - sessions talking at once: N clients (each its own session) saying reference
   utterances back to back; voice-to-voice p95 per N and the first N where it doubles.
 
@@ -64,6 +72,7 @@ from conversation_client import (
     run_utterance,
 )
 from conversation_set import Item, ReferenceSet, build_set
+from human import HumanSet, HumanSetUnavailable, load_human_set
 from worker import PIPER, BarePiper, machine, summary
 
 from duplexvoice.launcher import NotReadyError, OrchestratorProcess, WorkerProcess
@@ -77,6 +86,11 @@ ADAPTIVE_FLAG = "--adaptive-end-of-turn"
 EOT_FLAG = "--end-of-turn-ms"
 LEVELS = (1, 2, 4, 6, 8)
 PARTS = ("utterances", "barge", "sessions")
+SETS = {"synthetic": ("utterance", "cutoff"), "human": ("human",)}  # their item kinds
+# The split of a turn's voice to voice, in the order a reply takes: (name, how it is
+# had from the server's metrics (ms from the VAD's end of speech) and the client's).
+SPLIT = ("before the VAD's end + delivery", "offset detection", "final transcript",
+         "end-of-turn wait", "reply", "first audio")
 
 
 # -- the naive pipeline ------------------------------------------------------------------
@@ -107,7 +121,8 @@ class Naive:
         text = self.transcribe(heard)
         asr_ms = (time.perf_counter() - start) * 1000
         tts_ms = self.piper.first_chunk(text) if text else 0.0
-        return {"id": item.id, "text": text, "asr_ms": asr_ms, "tts_ms": tts_ms,
+        return {"id": item.id, "kind": item.kind, "text": text, "asr_ms": asr_ms,
+                "tts_ms": tts_ms,
                 "total_ms": self.silence_ms + asr_ms + tts_ms}
 
 
@@ -125,15 +140,19 @@ def say(msg: str) -> None:
 async def bench_pairs(http: aiohttp.ClientSession, clients: dict[str, ConversationClient],
                       naive: Naive | None,
                       ref: ReferenceSet, reps: int, parts: set[str],
-                      stop: bool) -> dict[str, Any]:
+                      stop: bool, human: HumanSet | None = None,
+                      synthetic: bool = True) -> dict[str, Any]:
     """Every item on every mode (and the naive pipeline), interleaved, order rotating."""
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in [*clients, "naive"]}
     for rep in range(reps):
-        items = [*ref.references] if "utterances" in parts else []
+        items: list[Item] = []
+        if "utterances" in parts:
+            items += [*ref.references] if synthetic else []
+            items += [*human.items] if human is not None else []
         items += [*ref.of("interruption", "burst")] if "barge" in parts else []
         for n, item in enumerate(items):
-            runners = [*clients] + (["naive"] if naive and item.kind in ("utterance",
-                                                                        "cutoff") else [])
+            runners = [*clients] + (["naive"] if naive and item.kind in ("utterance", "cutoff",
+                                                                        "human") else [])
             shift = (n + rep) % len(runners)
             for mode in runners[shift:] + runners[:shift]:
                 try:
@@ -157,7 +176,8 @@ async def bench_pairs(http: aiohttp.ClientSession, clients: dict[str, Conversati
                 rows[mode].append(row | {"rep": rep})
                 say(f"  rep {rep + 1} {item.id:9s} {mode:5s} " + ", ".join(
                     f"{k}={v:.0f}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in row.items() if k in ("v2v_ms", "total_ms", "cut_off", "pause_ms",
+                    for k, v in row.items() if k in ("v2v_ms", "v2v_voice_ms", "total_ms",
+                                                      "cut_off", "pause_ms",
                                                       "interrupt_ms", "outcome", "failed")))
     return rows
 
@@ -198,12 +218,54 @@ async def bench_sessions(http: aiohttp.ClientSession, url: str, ref: ReferenceSe
 # -- figures ----------------------------------------------------------------------------
 
 
+def split(row: dict[str, Any]) -> dict[str, float] | None:
+    """One turn's voice to voice from the end of the voice, in parts that add up to it
+    (see :data:`SPLIT`), from the client's figure and the server's ``metrics``: None
+    when a figure is missing. The server counts from the VAD's end of speech; what
+    lies before it (the VAD's end after the voice's, and the delivery of audio both
+    ways) is the client's figure less the server's."""
+    m, client = row.get("server") or {}, row.get("v2v_voice_ms")
+    keys = ("offset_ms", "asr_ms", "transcript_ms", "reply_ms", "voice_to_voice_ms")
+    if client is None or any(m.get(k) is None for k in keys):
+        return None
+    o, a, c, r, v = (float(m[k]) for k in keys)
+    parts = (float(client) - v, o, a - o, c - a, max(0.0, r - c), v - max(c, r))
+    return dict(zip(SPLIT, parts, strict=True))
+
+
+def set_figures(rows: list[dict[str, Any]], kinds: tuple[str, ...]) -> dict[str, Any]:
+    """Voice to voice from the end of the voice at the client, the server's figure for
+    the same turns and the difference, per turn; the split's p50; cut-off turns."""
+    utt = [r for r in rows if r["kind"] in kinds]
+    kept = [r for r in utt if not r.get("cut_off")]
+    both = [r for r in kept if r.get("v2v_voice_ms") is not None
+            and (r.get("server") or {}).get("voice_to_voice_ms") is not None]
+    parts = [p for p in (split(r) for r in kept) if p is not None]
+    cut = sum(1 for r in utt if r.get("cut_off"))
+    return {
+        "v2v_voice_ms": summary(values(kept, "v2v_voice_ms")) | {
+            "no_reply": sum(1 for r in kept if r.get("v2v_voice_ms") is None)},
+        "server_v2v_ms": summary([float(r["server"]["voice_to_voice_ms"]) for r in both]),
+        "difference_ms": summary([float(r["v2v_voice_ms"]) - r["server"]["voice_to_voice_ms"]
+                                  for r in both]),
+        "split_p50_ms": {k: float(np.median([p[k] for p in parts])) if parts else float("nan")
+                         for k in SPLIT} | {"n": len(parts)},
+        "cut": {"cut": cut, "n": len(utt), "rate": cut / len(utt) if utt else float("nan")},
+    }
+
+
 def figures(rows: dict[str, list[dict[str, Any]]], modes: list[str],
-            ref: ReferenceSet, naive: Naive | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"v2v_ms": {}, "cutoff": {}, "wer": {},
+            ref: ReferenceSet, naive: Naive | None,
+            human: HumanSet | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"v2v_ms": {}, "cutoff": {}, "wer": {}, "sets": {},
                            "failed": {m: sum(1 for r in rows[m] if "failed" in r) for m in rows}}
     rows = {m: [r for r in rs if "failed" not in r] for m, rs in rows.items()}
-    texts = {i.id: i.text for i in ref.items}
+    texts = {i.id: i.text for i in ref.items} | (
+        {i.id: i.text for i in human.items} if human is not None else {})
+    synthetic = (*SETS["synthetic"], "interruption")
+    for name, kinds in SETS.items():
+        if any(r["kind"] in kinds for m in modes for r in rows[m]):
+            out["sets"][name] = {m: set_figures(rows[m], kinds) for m in modes}
     for m in modes:
         utt = [r for r in rows[m] if r["kind"] in ("utterance", "cutoff")]
         kept = [r for r in utt if not r.get("cut_off")]
@@ -213,21 +275,36 @@ def figures(rows: dict[str, list[dict[str, Any]]], modes: list[str],
         cut = sum(1 for r in probes if r["cut_off"])
         out["cutoff"][m] = {"cut": cut, "n": len(probes),
                             "rate": cut / len(probes) if probes else float("nan")}
-        spoken = [r for r in rows[m] if r["kind"] != "burst"]
+        spoken = [r for r in rows[m] if r["kind"] in synthetic]
         out["wer"][m] = corpus_wer([(texts[r["id"]], " ".join(r["finals"])) for r in spoken])
-    if rows["naive"]:
-        out["naive_ms"] = summary(values(rows["naive"], "total_ms"))
-        out["naive_asr_ms"] = summary(values(rows["naive"], "asr_ms"))
+        out.setdefault("wer_n", {})[m] = len(spoken)
+        heard = [r for r in rows[m] if r["kind"] == "human"]
+        if heard:
+            out.setdefault("wer_human", {})[m] = corpus_wer(
+                [(texts[r["id"]], " ".join(r["finals"])) for r in heard])
+    naive_rows = [r for r in rows["naive"] if r.get("kind") != "human"]
+    if naive_rows:
+        out["naive_ms"] = summary(values(naive_rows, "total_ms"))
+        out["naive_asr_ms"] = summary(values(naive_rows, "asr_ms"))
         out["ratio_p50"] = {m: out["v2v_ms"][m]["p50"] / out["naive_ms"]["p50"] for m in modes}
-        plain = {r["id"]: r["text"] for r in rows["naive"]}
+        plain = {r["id"]: r["text"] for r in naive_rows}
         if naive is not None:  # the interruptions' speech, not timed
             for item in ref.of("interruption"):
                 plain[item.id] = naive.transcribe(item.audio[item.sample(item.onset_s):])
-        spoken_ids = [r["id"] for m in modes[:1] for r in rows[m] if r["kind"] != "burst"]
+        spoken_ids = [r["id"] for m in modes[:1] for r in rows[m] if r["kind"] in synthetic]
         out["wer"]["naive"] = corpus_wer([(texts[i], plain[i]) for i in spoken_ids
                                           if i in plain])
         out["wer_ratio"] = {m: out["wer"][m] / out["wer"]["naive"]
                             if out["wer"]["naive"] else float("nan") for m in modes}
+    naive_human = [r for r in rows["naive"] if r.get("kind") == "human"]
+    if naive_human and "wer_human" in out:
+        out["naive_human_ms"] = summary(values(naive_human, "total_ms"))
+        plain_h = corpus_wer([(texts[r["id"]], r["text"]) for r in naive_human])
+        out["wer_human"]["naive"] = plain_h
+        out["wer_human_ratio"] = {m: out["wer_human"][m] / plain_h if plain_h
+                                  else float("nan") for m in modes if m in out["wer_human"]}
+    if human is not None:
+        out["human_anchor_ms"] = summary(human.anchor_ms)
     inter = [r for m in modes for r in rows[m] if r["kind"] == "interruption"]
     bursts = [r for m in modes for r in rows[m] if r["kind"] == "burst"]
     if inter:
@@ -250,6 +327,65 @@ def figures(rows: dict[str, list[dict[str, Any]]], modes: list[str],
 
 def _cell(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0f}"
+
+
+def _print_rows(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+
+
+# (p50, p95) targets of voice to voice from the end of the voice, by set (issue 17;
+# the synthetic set's: no worse than 478 ms at p50, adaptive on, issue 8's figure).
+V2V_TARGETS = {"human": (450.0, 650.0), "synthetic": (478.0, None)}
+
+
+def print_voice_end(result: dict[str, Any]) -> None:
+    """Voice to voice from the end of the voice, per set and mode, with the server's
+    figure and the difference; the split; the human anchor; WER on human speech."""
+    f = result["figures"]
+    sets: dict[str, dict[str, Any]] = f.get("sets", {})
+    if not sets:
+        return
+    print("\nvoice-to-voice from the end of the voice (found in the audio the client sent) "
+          "-> first reply frame; server: its metrics for the same turns (from the VAD's end)")
+    rows = [("set", "mode", "client p50", "p95", "max", "n", "server p50", "p95",
+             "diff p50", "p95", "cut off", "target", "met?")]
+    for name, by_mode in sets.items():
+        p50_t, p95_t = V2V_TARGETS.get(name, (None, None))
+        for mode, g in by_mode.items():
+            c, sv, d = g["v2v_voice_ms"], g["server_v2v_ms"], g["difference_ms"]
+            target = " ".join(x for x in (p50_t and f"p50 <= {p50_t:.0f}",
+                                          p95_t and f"p95 <= {p95_t:.0f}") if x)
+            met = None if not c["n"] else (p50_t is None or c["p50"] <= p50_t) and (
+                p95_t is None or c["p95"] <= p95_t)
+            rows.append((name, mode, _cell(c["p50"]), _cell(c["p95"]), _cell(c["max"]),
+                         str(c["n"]), _cell(sv["p50"]), _cell(sv["p95"]), _cell(d["p50"]),
+                         _cell(d["p95"]), f"{g['cut']['cut']}/{g['cut']['n']}", target,
+                         "-" if met is None else "yes" if met else "NO"))
+    _print_rows(rows)
+    print("\nsplit of voice-to-voice, p50 per part (ms; each turn's parts add up to its "
+          "client figure; the server's parts from its metrics message)")
+    cols = [(name, mode) for name, by_mode in sets.items() for mode in by_mode]
+    rows = [("part", *(f"{n} ({m})" for n, m in cols))]
+    for part in SPLIT:
+        rows.append((part, *(_cell(sets[n][m]["split_p50_ms"][part]) for n, m in cols)))
+    rows.append(("turns", *(str(sets[n][m]["split_p50_ms"]["n"]) for n, m in cols)))
+    _print_rows(rows)
+    anchor = f.get("human_anchor_ms")
+    if anchor and anchor["n"]:
+        print(f"\nhuman anchor: in the recorded conversation a person answered the other "
+              f"after {anchor['p50']:.0f} ms (p50), {anchor['p95']:.0f} ms (p95), "
+              f"max {anchor['max']:.0f} ms, n {anchor['n']} (sample.stm's gaps)")
+    wh = f.get("wer_human")
+    if wh:
+        ratio = f.get("wer_human_ratio", {})
+        print("WER on the human recordings: " + ", ".join(
+            f"final transcripts ({m}) {wh[m]:.3f}" + (f" = {ratio[m]:.2f} x plain"
+                                                      if m in ratio else "")
+            for m in wh if m != "naive")
+            + (f"; plain transcribe() {wh['naive']:.3f} (target <= 1.1 x)"
+               if "naive" in wh else ""))
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -304,7 +440,7 @@ def print_table(result: dict[str, Any]) -> None:
         fi = f["false_interruption"]
         rate("false-interruption rate (bursts)", fi,
              ", ".join(f"{k} {v}" for k, v in fi["outcomes"].items()), "report")
-    for mode in s["modes"]:
+    for mode in (m for m in s["modes"] if f.get("wer_n", {}).get(m)):
         w, ratio = f["wer"][mode], f.get("wer_ratio", {}).get(mode, float("nan"))
         rows.append((f"WER of final transcripts ({mode})", f"{w:.3f}", "", "", "",
                      f"<= 1.1 x plain ({ratio:.2f} x)", "-" if math.isnan(ratio)
@@ -312,9 +448,9 @@ def print_table(result: dict[str, Any]) -> None:
     if "naive" in f["wer"]:
         rows.append(("WER of plain transcribe()", f"{f['wer']['naive']:.3f}", "", "", "",
                      "baseline", "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)))
+    if len(rows) > 1:  # not with --set human alone
+        _print_rows(rows)
+    print_voice_end(result)
     for mode, late in result.get("mic_lateness_ms", {}).items():
         print(f"\nmicrophone pacing ({mode}): frames sent {late['p50']:.1f} ms (p50), "
               f"{late['p95']:.1f} ms (p95), {late['max']:.1f} ms (max) after they were "
@@ -371,6 +507,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--only: unknown part(s) {sorted(parts - set(PARTS))}; of {PARTS}")
     reps = 1 if args.quick else args.reps
     levels = [int(n) for n in args.sessions.split(",")]
+    human = None
+    if args.set in ("human", "both") and "utterances" in parts:
+        say("loading the human recordings ...")
+        try:
+            human = load_human_set()
+        except HumanSetUnavailable as exc:
+            raise SystemExit(f"human recordings unavailable: {exc}; run with --set "
+                             "synthetic to leave them out") from None
     say("building the reference set ...")
     ref = build_set()
     naive = None
@@ -382,7 +526,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": machine(), "set": {"fingerprint": ref.fingerprint,
                                       "items": {k: len(ref.of(k)) for k in
-                                                ("utterance", "cutoff", "interruption", "burst")}},
+                                                ("utterance", "cutoff", "interruption", "burst")},
+                                      "sets": args.set},
+        "human_set": None if human is None else {
+            "fingerprint": human.fingerprint, "sources": human.sources,
+            "items": len(human.items), "anchor_ms": human.anchor_ms},
         "settings": {"modes": modes, "reps": reps, "voice": PIPER, "stop": not args.play_out,
                      "eot_silence_ms": args.eot_silence_ms,
                      "barge_in_min_ms": args.barge_in_min_ms, "naive_beam": args.naive_beam,
@@ -399,12 +547,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise SystemExit(f"conversation mode refused: {exc}") from None
             for c in clients.values():  # warm-up: models loaded, worker session taken
                 await run_utterance(c, ref.references[3], stop=stop)
-            rows = await bench_pairs(http, clients, naive, ref, reps, parts, stop)
+            rows = await bench_pairs(http, clients, naive, ref, reps, parts, stop, human,
+                                     synthetic=args.set != "human")
             result["mic_lateness_ms"] = {m: summary(c.mic.lateness_ms())
                                          for m, c in clients.items()}
             for c in clients.values():
                 await c.close()
-            result["figures"] = figures(rows, modes, ref, naive)
+            result["figures"] = figures(rows, modes, ref, naive, human)
             result["rows"] = rows
             if "sessions" in parts:
                 result["sessions"] = await bench_sessions(
@@ -426,6 +575,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     parser.add_argument("--adaptive", choices=("both", "on", "off"), default="both")
     parser.add_argument("--only", default=",".join(PARTS), help=f"of {','.join(PARTS)}")
+    parser.add_argument("--set", choices=("both", "synthetic", "human"), default="both",
+                        help="utterances said: the synthetic set, recordings of people "
+                        "(bench/human.py, fetched once), or both (default)")
     parser.add_argument("--sessions", default=",".join(map(str, LEVELS)),
                         help="concurrent session counts (default 1,2,4,6,8)")
     parser.add_argument("--eot-silence-ms", type=int, default=EOT_SILENCE_MS,

@@ -18,7 +18,9 @@ time of a sample of the input timeline is the send time of the frame that holds 
 the first moment the server could know it.
 
 **Scenarios** (one item of ``conversation_set`` each, measured at this client):
-:func:`run_utterance` (say it; voice-to-voice; was the speaker cut off?),
+:func:`run_utterance` (say it; voice-to-voice from the end of its speech and from the
+end of its voice, found acoustically, with the server's ``metrics`` for the turn;
+was the speaker cut off?),
 :func:`run_interruption` (ask for a long reply with a ``text`` message, talk over it;
 ``pause`` / ``interrupt`` latency, old audio after the onset) and :func:`run_burst`
 (the same with a noise: ``resume`` or ``interrupt``?). Each sends STOP once it has what
@@ -40,9 +42,11 @@ from typing import Any
 
 import aiohttp
 
+from duplexvoice.audio.voice_end import find_voice_end
 from duplexvoice.wire.protocol import decode_binary_frame
 
 FRAME_S = 0.02
+RATE = 16000  # the microphone's rate (the items' audio)
 Clock = Callable[[], float]
 
 
@@ -340,12 +344,39 @@ def _common(c: ConversationClient, since: int, item: Any) -> dict[str, Any]:
     }
 
 
+def _turn_metrics(entries: list[Received], uid: int | None) -> tuple[int | None,
+                                                                     dict[str, Any]]:
+    """The turn the reply ``uid`` answers, and the server's ``metrics`` for it: the
+    turn's figures and the utterance's ``first_audio_ms``."""
+    turn = next((e.data.get("turn") for e in entries
+                 if e.type == "reply" and e.uid == uid and uid is not None), None)
+    out: dict[str, Any] = {}
+    for e in entries:
+        if e.type != "metrics":
+            continue
+        if turn is not None and e.data.get("turn") == turn and "voice_to_voice_ms" in e.data:
+            out |= {k: v for k, v in e.data.items() if k not in ("type", "turn")}
+        elif uid is not None and e.uid == uid and "first_audio_ms" in e.data:
+            out["first_audio_ms"] = e.data["first_audio_ms"]
+    return (turn if isinstance(turn, int) else None), out
+
+
 async def run_utterance(c: ConversationClient, item: Any, *, stop: bool = True,
-                        reply_within_s: float = 10.0) -> dict[str, Any]:
-    """Say ``item`` (an ``utterance`` or ``cutoff``); voice-to-voice is the send time of
-    its last speech sample -> the first frame of a reply that began after it."""
+                        reply_within_s: float = 10.0,
+                        late_within_s: float = 30.0) -> dict[str, Any]:
+    """Say ``item`` (an ``utterance``, ``cutoff`` or ``human`` turn). Voice-to-voice:
+    the send time of its last speech sample (``v2v_ms``: the end of its speech piece)
+    or of the end of its voice, found in its audio (``v2v_voice_ms``) -> the first
+    frame of a reply that began after it. ``server``: the server's ``metrics`` for the
+    turn the reply answers (from the VAD's end of speech). Was the speaker cut off?
+    No reply within ``reply_within_s`` (a machine too busy): its final transcript is
+    waited for up to ``late_within_s`` more (``late``), so that it does not land in the
+    next item's row."""
     since = len(c.log)
     track = c.mic.play(item.pcm)
+    voice = find_voice_end(item.audio, RATE).end or item.sample(item.end_s)
+    voice = min(voice, item.sample(item.end_s))  # never past the speech piece's end
+    voice_t = await c.mic.wall_time(track, voice - 1)
     end = await c.mic.wall_time(track, item.sample(item.end_s) - 1)
     cont = None
     if item.continuation_s is not None:
@@ -354,19 +385,34 @@ async def run_utterance(c: ConversationClient, item: Any, *, stop: bool = True,
     found = await c.wait_for(lambda e: e.type == "audio" and e.uid not in early, since,
                              reply_within_s)
     reply_t = c.log[found].t if found is not None else None
+    uid = c.log[found].uid if found is not None else None
+    late = found is None and await c.wait_for(
+        lambda e: e.type == "audio" or (e.type == "transcript" and bool(e.data.get("final"))),
+        since, late_within_s) is not None
     settled = await _finish(c, since, stop)
+    entries = c.log[since:]
+    turn, server = _turn_metrics(entries, uid)
+    first_final = _first_t(entries, lambda e: e.type == "transcript"
+                           and bool(e.data.get("final")))
     out = _common(c, since, item) | {
-        "v2v_ms": _ms(reply_t, end), "early_reply": bool(early), "settled": settled}
+        "v2v_ms": _ms(reply_t, end), "v2v_voice_ms": _ms(reply_t, voice_t),
+        "voice_end_before_speech_end_ms": (item.sample(item.end_s) - voice) * 1000 / RATE,
+        "final_after_voice_ms": _ms(first_final, voice_t), "turn": turn, "server": server,
+        "early_reply": bool(early), "late": late, "settled": settled}
     if cont is not None:
-        entries = c.log[since:]
-        first_final = _first_t(entries, lambda e: e.type == "transcript"
-                               and bool(e.data.get("final")))
         first_audio = _first_t(entries, lambda e: e.type == "audio")
         rules = {"final_before_continuation": first_final is not None and first_final < cont,
                  "reply_before_continuation": first_audio is not None and first_audio < cont,
                  "several_finals": len(out["finals"]) >= 2}
         out |= {"cut_off": any(rules.values()), "cut_rules": rules,
                 "first_final_after_continuation_ms": _ms(first_final, cont)}
+    elif item.kind == "human":
+        # A whole turn of a real person: a final or a reply before its voice ended, or
+        # two finals, is a turn ended in one of its own pauses.
+        rules = {"final_before_voice_end": first_final is not None and first_final < voice_t,
+                 "reply_before_voice_end": bool(early),
+                 "several_finals": len(out["finals"]) >= 2}
+        out |= {"cut_off": any(rules.values()), "cut_rules": rules}
     return out
 
 

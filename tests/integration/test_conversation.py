@@ -66,6 +66,10 @@ async def test_spoken_words_are_transcribed_and_answered(mic: MicClient, speaker
     assert mic.frames(uid)[0].at > speech_end
     metrics = [m for m in mic.messages("metrics") if "voice_to_voice_ms" in m]
     assert metrics and metrics[0]["voice_to_voice_ms"] > 0
+    # The turn's path, each step from the VAD's end of speech, in the order it happens.
+    m = metrics[0]
+    assert 0 < m["offset_ms"] <= m["asr_ms"] <= m["transcript_ms"] <= m["voice_to_voice_ms"]
+    assert m["asr_ms"] <= m["reply_ms"] <= m["voice_to_voice_ms"]
 
 
 async def test_speech_over_a_reply_pauses_then_interrupts_and_is_answered(

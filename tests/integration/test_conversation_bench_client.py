@@ -35,10 +35,15 @@ from tests.support.bench_items import bench_item, tone
 # -- the client against a fake conversation server --------------------------------------
 
 
+METRICS = {"offset_ms": 100.0, "asr_ms": 200.0, "transcript_ms": 300.0, "reply_ms": 210.0,
+           "voice_to_voice_ms": 350.0}
+
+
 class FakeConversation:
     """Energy VAD on 20 ms frames; while speaking, speech gives ``pause``, 10 frames of
     it ``interrupt``, 12 silent frames ``resume``; a turn ends after 25 silent frames
-    with a final transcript, a ``reply`` and 50 frames of audio."""
+    with a final transcript, a ``reply`` and 50 frames of audio, the turn's ``metrics``
+    after the first (:data:`METRICS`, as the orchestrator's extension message)."""
 
     def __init__(self) -> None:
         self.configs: list[dict[str, Any]] = []
@@ -53,20 +58,23 @@ class FakeConversation:
         resume = asyncio.Event()
         resume.set()
 
-        async def speak(frames: int) -> None:
+        async def speak(frames: int, turn: int | None = None) -> None:
             s["uid"] += 1
             uid = s["uid"]
-            await ws.send_json({"type": "reply", "utterance_id": uid, "text": "ok"})
-            for _ in range(frames):
+            await ws.send_json({"type": "reply", "utterance_id": uid, "text": "ok"}
+                               | ({"turn": turn} if turn is not None else {}))
+            for k in range(frames):
                 await resume.wait()
                 s["seq"] += 1
                 await ws.send_bytes(encode_binary_frame(bytes(1920), s["seq"], uid))
+                if k == 0 and turn is not None:
+                    await ws.send_json({"type": "metrics", "turn": turn} | METRICS)
                 await asyncio.sleep(0.02)
             await ws.send_json({"type": "utterance_end", "utterance_id": uid,
                                 "reason": "completed", "frames": frames})
 
-        def start(frames: int) -> None:
-            s["task"] = asyncio.create_task(speak(frames))
+        def start(frames: int, turn: int | None = None) -> None:
+            s["task"] = asyncio.create_task(speak(frames, turn))
 
         async def end(reason: str, message: str | None = None) -> None:
             task = s["task"]
@@ -110,8 +118,10 @@ class FakeConversation:
                 s["turn"] += 1
             elif s["turn"] and s["silence"] == 25:
                 s["turn"] = 0
-                await ws.send_json({"type": "transcript", "text": "hello", "final": True})
-                start(50)
+                s["turns"] = s.get("turns", 0) + 1
+                await ws.send_json({"type": "transcript", "text": "hello", "final": True,
+                                    "turn": s["turns"]})
+                start(50, s["turns"])
         return ws
 
 
@@ -157,6 +167,26 @@ async def test_the_client_configures_conversation_mode_and_streams_the_microphon
         assert item.pcm in heard  # the timeline, intact, between silence
         assert row["finals"] == ["hello"] and row["replies"] == ["ok"]
         assert row["v2v_ms"] is not None and row["v2v_ms"] > 0 and row["settled"]
+
+    await _with_client(body)
+
+
+@pytest.mark.integration
+async def test_voice_to_voice_counts_from_the_end_of_the_voice_too() -> None:
+    # 0.3 s of tone, then 0.2 s of silence that still belongs to the speech piece (as a
+    # voice's clip ends): the voice ends 200 ms before the piece does.
+    item = bench_item("hum-01", "human", "hello", (
+        ("silence", speech.silence(0.1), ""),
+        ("speech", np.concatenate([tone(0.3), speech.silence(0.2)]), "hello")))
+
+    async def body(c: cc.ConversationClient, fake: FakeConversation) -> None:
+        row = await cc.run_utterance(c, item)
+        assert row["voice_end_before_speech_end_ms"] == 200.0
+        # Same reply frame, counted from a frame sent earlier.
+        assert row["v2v_voice_ms"] > row["v2v_ms"] > 0
+        assert row["turn"] == 1 and row["server"] == METRICS
+        assert row["final_after_voice_ms"] is not None and row["final_after_voice_ms"] > 0
+        assert row["cut_off"] is False and row["finals"] == ["hello"]
 
     await _with_client(body)
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import conversation
 import conversation_client as cc
 import conversation_set as cs
+from human import HumanSet
 
 from duplexvoice.speech.wer import wer
 from tests.support.bench_items import bench_item
@@ -140,3 +141,63 @@ def test_figures_leave_cut_off_turns_out_of_voice_to_voice_and_count_them() -> N
     assert f["missed"]["rate"] == 0 and f["false_interruption"]["rate"] == 1.0
     assert f["wer"]["off"] == 0.0
     assert f["wer"]["naive"] == pytest.approx(1 / 5)  # "c" missing; int-01 not transcribed
+
+
+# -- voice to voice from the end of the voice, and its split --------------------------
+
+
+def _server(**kw: float) -> dict[str, float]:
+    return {"offset_ms": 150.0, "asr_ms": 330.0, "transcript_ms": 420.0, "reply_ms": 340.0,
+            "voice_to_voice_ms": 470.0} | kw
+
+
+@pytest.mark.unit
+def test_the_split_of_a_turn_adds_up_to_the_client_figure() -> None:
+    parts = conversation.split({"v2v_voice_ms": 600.0, "server": _server()})
+    assert parts == {"before the VAD's end + delivery": 130.0, "offset detection": 150.0,
+                     "final transcript": 180.0, "end-of-turn wait": 90.0, "reply": 0.0,
+                     "first audio": 50.0}
+    assert sum(parts.values()) == 600.0
+    # A reply slower than the end of the turn: the wait for it is "reply".
+    late = conversation.split({"v2v_voice_ms": 800.0, "server": _server(
+        reply_ms=600.0, voice_to_voice_ms=670.0)})
+    assert late is not None and late["reply"] == 180.0 and late["first audio"] == 70.0
+    assert sum(late.values()) == 800.0
+    assert conversation.split({"v2v_voice_ms": 600.0, "server": {"voice_to_voice_ms": 1.0}}) \
+        is None
+    assert conversation.split({"v2v_voice_ms": None, "server": _server()}) is None
+
+
+@pytest.mark.unit
+def test_human_turns_are_their_own_set_with_the_servers_figure_and_the_difference() -> None:
+    items = (bench_item("utt-01", "utterance", "one two"), bench_item("hum-01", "human", "hi"),
+             bench_item("hum-02", "human", "so well"), bench_item("hum-03", "human", "yes"))
+    ref = cs.ReferenceSet(items[:1], "f")
+
+    def row(id: str, kind: str, client: float, server: dict[str, float] | None,
+            **kw: Any) -> dict[str, Any]:
+        return {"id": id, "kind": kind, "finals": kw.pop("finals", []), "v2v_ms": client,
+                "v2v_voice_ms": client, "server": server, **kw}
+
+    rows = {"on": [row("utt-01", "utterance", 500.0, _server(), finals=["one two"]),
+                   row("hum-01", "human", 600.0, _server(), finals=["Hi."]),
+                   row("hum-02", "human", 700.0, _server(voice_to_voice_ms=520.0),
+                       finals=["So", "well."], cut_off=True),
+                   row("hum-03", "human", 650.0, None, finals=["Yes."])],
+            "naive": [{"id": "hum-01", "kind": "human", "text": "hi", "total_ms": 900.0},
+                      {"id": "hum-02", "kind": "human", "text": "so", "total_ms": 900.0},
+                      {"id": "hum-03", "kind": "human", "text": "yes", "total_ms": 900.0}]}
+    f = conversation.figures(rows, ["on"], ref, None, HumanSet(items[1:], (), "h", ()))
+    human = f["sets"]["human"]["on"]
+    assert human["v2v_voice_ms"]["n"] == 2  # the cut-off turn is left out, counted
+    assert human["cut"] == {"cut": 1, "n": 3, "rate": 1 / 3}
+    assert human["server_v2v_ms"]["n"] == 1 and human["server_v2v_ms"]["p50"] == 470.0
+    assert human["difference_ms"]["p50"] == 130.0  # only turns with both figures
+    assert human["split_p50_ms"]["n"] == 1
+    assert f["sets"]["synthetic"]["on"]["v2v_voice_ms"]["n"] == 1
+    assert f["v2v_ms"]["on"]["n"] == 1  # the synthetic figure is the synthetic set's
+    # WER on human speech: 'so well' heard as two finals, "so well" -> 0 errors; plain
+    # transcribe() missed "well": 1 error in 4 words.
+    assert f["wer_human"]["on"] == 0.0
+    assert f["wer_human"]["naive"] == pytest.approx(1 / 4)
+    assert "naive_ms" not in f  # no synthetic item went through the naive pipeline

@@ -279,6 +279,8 @@ class SessionDriver:
         # The messages of one event go to the client in one write (a quantum of audio
         # frames, or a frame with the state change that follows it).
         out: list[OutputItem] = []
+        if self._listener is not None:
+            self._turns.event(event, self._listener, self.machine.turn)
         # The final transcript sent while a typed turn is handled is that turn's.
         self._typing = isinstance(event, UserTyped)
         for action in self.machine.handle(event, time.monotonic()):
