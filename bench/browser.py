@@ -237,7 +237,7 @@ def main() -> None:
     worker = WorkerProcess("--preload-model-ids", PIPER, "--log-level", "WARNING",
                            name="tts-worker-browserbench").start()
     orch = OrchestratorProcess("--workers", worker.addr, "--default-voice", PIPER,
-                               "--log-level", "WARNING").start()
+                               "--reply-engine", "echo", "--log-level", "WARNING").start()
     url = f"http://{orch.addr}/"
     started = time.monotonic()
     try:

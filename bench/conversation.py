@@ -75,7 +75,13 @@ from conversation_set import Item, ReferenceSet, build_set
 from human import HumanSet, HumanSetUnavailable, load_human_set
 from worker import PIPER, BarePiper, machine, summary
 
-from duplexvoice.launcher import NotReadyError, OrchestratorProcess, WorkerProcess
+from duplexvoice.launcher import (
+    BrainProcess,
+    NotReadyError,
+    OrchestratorProcess,
+    ServiceProcess,
+    WorkerProcess,
+)
 from duplexvoice.speech.wer import corpus_wer
 
 EOT_SILENCE_MS = 500  # the orchestrator's default end-of-turn silence
@@ -471,17 +477,22 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def start_services(args: argparse.Namespace, modes: list[str]
-                   ) -> tuple[WorkerProcess | None, dict[str, str], list[OrchestratorProcess]]:
+                   ) -> tuple[WorkerProcess | None, dict[str, str], list[ServiceProcess]]:
     urls = {m: u for m, u in (("off", args.url_off), ("on", args.url_on)) if u and m in modes}
     missing = [m for m in modes if m not in urls]
     if not missing:
         return None, urls, []
     worker = WorkerProcess("--preload-model-ids", PIPER, "--log-level", "WARNING",
                            name="tts-worker-convbench").start()
-    started = []
+    started: list[ServiceProcess] = []
+    reply = ["--reply-engine", "echo"]
+    if args.reply == "local":  # the default conversation: the local language model
+        brain = BrainProcess("--port", "0", "--log-level", "WARNING").start(timeout=120)
+        started.append(brain)
+        reply = ["--reply-engine", "local", "--reply-local-url", brain.base_url]
     for mode in missing:
-        flags = [args.adaptive_flag, "true" if mode == "on" else "false"] \
-            if args.adaptive_flag else []
+        flags = [*reply, args.adaptive_flag, "true" if mode == "on" else "false"] \
+            if args.adaptive_flag else [*reply]
         flags += [args.eot_flag, str(args.eot_silence_ms)] if args.eot_flag else []
         try:
             orch = OrchestratorProcess(
@@ -535,6 +546,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                      "eot_silence_ms": args.eot_silence_ms,
                      "barge_in_min_ms": args.barge_in_min_ms, "naive_beam": args.naive_beam,
                      "naive_threads": args.naive_threads, "orch_args": args.orch_arg,
+                     "reply": args.reply,
                      "adaptive_flag": args.adaptive_flag, "eot_flag": args.eot_flag,
                      "urls": urls, "sessions_mode": modes[0]}}
     stop = not args.play_out
@@ -592,6 +604,9 @@ def main() -> None:
                         help="passed to every orchestrator started (--orch-arg=--x=1)")
     parser.add_argument("--url-off", default="", help="a running orchestrator, adaptive off")
     parser.add_argument("--url-on", default="", help="a running orchestrator, adaptive on")
+    parser.add_argument("--reply", choices=("echo", "local"), default="echo",
+                        help="the reply engine: echo (the pipeline alone) or local (the "
+                        "local language model, the system's default: a brain is started)")
     parser.add_argument("--naive-beam", type=int, default=1)
     parser.add_argument("--naive-threads", type=int, default=0, help="0: the library default")
     parser.add_argument("--play-out", action="store_true", help="let replies play to the end")
