@@ -43,6 +43,9 @@ async def engine(llm: FakeLLM) -> AsyncIterator[OpenAIEngine]:
     config = ReplyConfig(
         engine="openai", base_url=llm.base_url, model="fake-model", api_key=KEY,
         system_prompt="Be brief.", read_timeout_s=0.5, connect_timeout_s=2.0,
+        # The engine's own errors, raised as they come (the apology and the first-clause
+        # deadline are ReplyStream's, tested in tests/unit/test_replies_stream.py).
+        apology="", first_clause_timeout_s=None,
     )
     made = make_engine(config)
     assert isinstance(made, OpenAIEngine)
