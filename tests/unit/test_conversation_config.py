@@ -178,7 +178,7 @@ def test_the_defaults_are_what_they_were() -> None:
     # wait when the model is unsure.
     assert c.turns == TurnConfig() and (c.turns.end_of_turn_ms, c.turns.interrupt_after_ms) == (
         600, 400)
-    assert (c.turns.end_mode, c.endturn.threads) == ("fused", 1)
+    assert (c.turns.end_mode, c.endturn.threads) == ("text", 1)
     # The local brain is the default reply engine (issue 17).
     assert (c.reply.engine, c.reply.model, c.reply.timeout_s) == ("local", "gpt-4o-mini", 60)
     assert (c.partial_interval_ms, c.max_audio_rate, c.max_audio_burst_s) == (400, 2, 5)

@@ -83,12 +83,14 @@ async def test_without_the_model_fused_is_the_text_rule(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(shared, "Transcriber", lambda config: FakeTranscriber())
     monkeypatch.setattr(shared, "EndTurnScorer", missing)
-    services = await shared.make_services(ConversationConfig())
+    fused = ConversationConfig(turns=TurnConfig(end_mode="fused"))
+    services = await shared.make_services(fused)
     assert services.endturn is None and services.config.turns.end_mode == "text"
     acoustic = ConversationConfig(turns=TurnConfig(end_mode="acoustic"))
     assert (await shared.make_services(acoustic)).config.turns.end_mode == "silence"
     # A model file named in the settings that is not there is an error, not a warning.
-    named = ConversationConfig(endturn=EndTurnConfig(model_path="/nonexistent.onnx"))
+    named = ConversationConfig(turns=TurnConfig(end_mode="fused"),
+                               endturn=EndTurnConfig(model_path="/nonexistent.onnx"))
     with pytest.raises(ValueError, match="pipecat-ai"):
         await shared.make_services(named)
     # Not used: not loaded.

@@ -21,7 +21,14 @@ the silence does (``end_of_turn_ms``). The wait, by mode:
   and"), so a "complete" transcript alone ends nothing sooner; before the model's answer
   the wait is ``end_of_turn_ms`` (or ``trailing_end_ms`` after a trailing word).
 
-**Defaults** (``bench/endturn.py``, 29 turns: 13 synthetic sentences, 7 cut-off
+**Default mode: ``text``**, measured live (``bench/conversation.py --set both``, 2-core
+EPYC, same hour): with ``fused`` the model's 70-200 ms of CPU at each offset runs beside
+the final transcript on the same two cores and delays it (its p50 294 -> 443-510 ms),
+so every turn's voice to voice got longer (synthetic p50 784 -> 882 ms, human 717 ->
+737 ms) though fewer speakers are cut off. ``fused`` is for machines where the model
+does not compete with the recognizer (more cores, or the recognizer on a GPU).
+
+**Thresholds** (``bench/endturn.py``, 29 turns: 13 synthetic sentences, 7 cut-off
 probes, 9 turns of a real telephone call): ``fused``, p >= 0.9 ends after 200 ms,
 p < 0.1 waits 1200 ms, else 600 ms; a complete sentence 250 ms (with the model's
 agreement), a trailing word 1000 ms. Wait after the voice p50 310 ms and 2 of 29
@@ -63,9 +70,10 @@ class TurnConfig:
         default=True, description="the end of turn listens to the speech (end_mode); false: "
         "end_of_turn_ms of silence, whatever end_mode says")
     end_mode: EndMode = Field(
-        default="fused", description="what moves the end of turn, when adaptive: 'silence' "
+        default="text", description="what moves the end of turn, when adaptive: 'silence' "
         "(end_of_turn_ms only), 'text' (the transcript's ending), 'acoustic' (the end-of-turn "
-        "model), 'fused' (both)")
+        "model), 'fused' (both; fewer speakers cut off, but on 2 cores the model slows each "
+        "turn's final transcript: see docs/protocol.md)")
     complete_end_ms: int = Field(
         default=250, ge=0, le=10_000, description="text: silence after a complete sentence")
     trailing_end_ms: int = Field(
