@@ -336,6 +336,27 @@ async def test_no_apology_after_the_reply_has_begun() -> None:
     assert stream.full_text == "Well, the answer is."
 
 
+async def test_an_answer_without_words_fails_when_words_are_required() -> None:
+    source = Source()
+    stream = ReplyStream(source, History(), require_words=True, apology="Sorry.")
+    source.feed.put_nowait(" … ")
+    source.feed.put_nowait(None)
+    clauses = []
+    with pytest.raises(ReplyError, match="no words"):
+        while True:
+            clauses.append(await next_clause(stream))
+    assert "Sorry." in clauses  # "…" alone is no answer: the apology is said
+
+
+async def test_an_empty_answer_is_fine_unless_words_are_required() -> None:
+    source = Source()
+    stream = ReplyStream(source, History())
+    source.feed.put_nowait(None)
+    with pytest.raises(StopAsyncIteration):
+        await next_clause(stream)
+    assert stream.complete
+
+
 def test_a_first_clause_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         ReplyStream(Source(), None, first_timeout_s=0)

@@ -194,6 +194,44 @@ def test_a_late_final_after_the_next_turn_is_answered() -> None:
                                         "turn": 2}]
 
 
+def test_a_failed_speculative_reply_is_told_and_its_apology_heard_once_confirmed() -> None:
+    # The model failed (or said nothing) before the turn was confirmed: the turn must
+    # not end in silence. Its apology plays and REPLY_FAILED goes out at the confirm.
+    d = session()
+    user_turn(d, "Book a table for two.", 1.0, 2.0)
+    assert StartReply(1, "Book a table for two.") in d.log
+    d(ReplyChunk(1, "Sorry, not now. "), at=2.25)
+    out = d(ReplyFailed(1, "the reply engine's answer had no words"), at=2.26)
+    assert not errors(out) and not msgs(out, "reply")  # not yet: the turn may go on
+    t = 2.26
+    while not errors(d.log):
+        t += 0.05
+        assert t < 5.0, "never confirmed"
+        d(Tick(), at=t)
+    assert errors(d.log) == ["REPLY_FAILED"]
+    d.frames(1, 3)
+    d(SynthesisDone(1), at=t + 0.1)
+    assert [m["text"] for m in msgs(d.log, "reply")] == ["Sorry, not now. "]
+
+
+def test_a_failed_speculative_reply_of_a_turn_that_went_on_is_not_told() -> None:
+    d = session()
+    user_turn(d, "Book a table", 1.0, 2.0)
+    d(ReplyFailed(1, "no answer"), at=2.1)
+    d(UserSpeechStarted(), at=2.2)  # the user goes on: the turn was not over
+    d(UserSpeechEnded(0.1), at=3.1)
+    d(UserTranscript(1, "Book a table for two.", True), at=3.2)
+    t = 3.2
+    while not any(isinstance(a, StartReply) and a.text == "Book a table for two."
+                  for a in d.log) and t < 5.0:
+        t += 0.05
+        d(Tick(), at=t)
+    for _ in range(20):
+        t += 0.05
+        d(Tick(), at=t)
+    assert not errors(d.log)
+
+
 def test_partial_transcripts_are_sent_while_the_user_speaks() -> None:
     d = session()
     d(UserSpeechStarted(), at=1.0)

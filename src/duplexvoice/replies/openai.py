@@ -113,7 +113,7 @@ class OpenAIEngine:
         messages = history.messages(self.system_prompt)
         return ReplyStream(
             lambda: self._pieces(messages), history, rules=self._rules, name=self.name,
-            first_timeout_s=self._first_timeout_s, apology=self._apology,
+            first_timeout_s=self._first_timeout_s, apology=self._apology, require_words=True,
         )
 
     async def close(self) -> None:

@@ -23,6 +23,10 @@ its first clause (the deadline, or any ``ReplyError``), the stream returns the a
 as its one clause and raises the error at the next read, so the user hears why
 nothing else comes and the orchestrator still reports the failure.
 
+``require_words``: a reply that ends without a clause with words in it (the model
+answered nothing, or "…") fails with ``ReplyError`` (so the apology is said): a turn
+never ends in silence.
+
 Always end a stream: read it to the end, ``aclose()`` it, or use ``async with``.
 Cancelling the task blocked in ``__anext__`` also ends it (the source is cancelled
 without waiting): the usual "interrupt by cancelling the consumer" leaks nothing.
@@ -40,6 +44,7 @@ from typing import Final
 from duplexvoice.replies.base import ReplyError
 from duplexvoice.replies.clauses import ClauseCutter, ClauseRules
 from duplexvoice.replies.history import History
+from duplexvoice.text import speakable
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +79,12 @@ class ReplyStream:
         name: str = "reply",
         first_timeout_s: float | None = None,
         apology: str = "",
+        require_words: bool = False,
     ) -> None:
         if first_timeout_s is not None and first_timeout_s <= 0:
             raise ValueError("first_timeout_s must be positive")
         self._source = source
+        self._require_words = require_words
         self._first_timeout_s = first_timeout_s
         self._apology = " ".join(apology.split())
         self._failed: ReplyError | None = None  # raised at the read after the apology
@@ -160,7 +167,7 @@ class ReplyStream:
             self._finish()
             raise StopAsyncIteration
         if isinstance(item, ReplyError):
-            if self._apology and not self._clauses:
+            if self._apology and not any(speakable(c) for c in self._clauses):
                 if self._task is not None:
                     self._task.cancel()
                 self._failed = item
@@ -217,14 +224,21 @@ class ReplyStream:
 
     async def _produce(self) -> None:
         cutter = ClauseCutter(self._rules)
+        said = False  # a clause with words in it
         try:
             async with contextlib.aclosing(self._source()) as pieces:
                 async for piece in pieces:
                     for clause in cutter.push(piece):
+                        said = said or speakable(clause)
                         await self._queue.put(clause)
             rest = cutter.flush()
             if rest:
+                said = said or speakable(rest)
                 await self._queue.put(rest)
+            if self._require_words and not said:
+                # A small model sometimes answers "…" or nothing (after a history of
+                # interrupted turns): the user would hear nothing at all.
+                raise ReplyError("the reply engine's answer had no words", retryable=True)
             await self._queue.put(_END)
         except ReplyError as exc:
             await self._queue.put(exc)

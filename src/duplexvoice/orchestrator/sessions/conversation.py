@@ -68,6 +68,9 @@ class Conversation:
         self._core = core
         self._stop = stop
         self._paused: int | None = None  # the utterance a hold sent ``pause`` for
+        # A speculative reply that failed: (turn, error) sent if that turn is confirmed
+        # (it gets no other reply: it must not end in silence).
+        self._failed: tuple[int, ReplyFailed] | None = None
 
     def on_speech_started(self, event: UserSpeechStarted) -> None:
         self._core.idle_since = self._core.now
@@ -142,13 +145,13 @@ class Conversation:
         self._core.reply = None
         if reply.confirmed:
             self._core.error(event.code, event.message)
+        else:
+            self._failed = (event.turn, event)  # told when (if) the turn is confirmed
         utterance = reply.utterance
-        if utterance is None:
-            return
-        if utterance.gated:
-            self._drop_gated(utterance)
-        elif not utterance.text_final:
-            self._core.add_text(utterance, "", True)  # speak what was generated, then end
+        if utterance is not None and not utterance.text_final:
+            # Speak what was generated (the apology, say), then end; a speculative one
+            # only once its turn is confirmed (else it is dropped unheard).
+            self._core.add_text(utterance, "", True)
 
     def decide(self, decisions: list[turns.Decision]) -> None:
         """Carry out the turn-taking core's decisions."""
@@ -211,6 +214,11 @@ class Conversation:
         reply = self._core.reply
         if reply is not None and reply.turn == turn:
             reply.confirmed = True
+        if self._failed is not None:
+            failed_turn, failed = self._failed
+            self._failed = None
+            if failed_turn == turn:
+                self._core.error(failed.code, failed.message)
         for utterance in self._core.live:
             if utterance.gated and utterance.reply_turn == turn:
                 utterance.gated = False
@@ -234,6 +242,7 @@ class Conversation:
         full but not done playing. Not ``heard_too`` (the user went on before the end of
         turn): only the speculative ones, never announced."""
         done = None
+        self._failed = None  # its turn went on or was interrupted: no reply was owed
         if self._core.reply is not None and (heard_too or not self._core.reply.confirmed):
             done = self._core.reply.utterance
             self._cancel_reply()
