@@ -224,3 +224,21 @@ def test_retract_forgets_an_unheard_exchange_and_reissues_its_indices() -> None:
     assert [t.text for t in h.turns] == ["Hello.", "Hi there."]
     assert h.add_user("I would like a coffee.") == asked
     assert h.messages()[-1] == {"role": "user", "content": "I would like a coffee."}
+
+
+def test_without_cut_marks_only_what_was_heard_is_sent() -> None:
+    history = History()
+    history.add_user("tell me a story")
+    told = history.add_assistant("Once upon a time there was a dragon.")
+    history.truncate_assistant(told, "Once upon a time")
+    history.add_user("stop")
+    unheard = history.add_assistant("Sure, I will stop now.")
+    history.truncate_assistant(unheard, "")
+    history.add_user("what time is it")
+    assert history.messages("sys")[2]["content"].endswith("…")
+    assert history.messages("sys", cut_marks=False) == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "tell me a story"},
+        {"role": "assistant", "content": "Once upon a time"},
+        {"role": "user", "content": "stop\nwhat time is it"},
+    ]

@@ -106,6 +106,8 @@ def make_engine(config: ReplyConfig, environ: Mapping[str, str] | None = None) -
         rules=rules,
         first_clause_timeout_s=config.first_clause_timeout_s,
         apology=config.apology,
+        # The small local model imitates "…" marks; its prompt does not explain them.
+        cut_marks=config.engine != "local",
     )
 
 

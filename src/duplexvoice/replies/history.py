@@ -111,12 +111,21 @@ class History:
         while len(self._turns) > keep:
             self._chars -= len(self._turns.pop().text)
 
-    def messages(self, system_prompt: str = "") -> list[dict[str, str]]:
-        """The history in chat-completions format, the system prompt first."""
+    def messages(self, system_prompt: str = "", *, cut_marks: bool = True
+                 ) -> list[dict[str, str]]:
+        """The history in chat-completions format, the system prompt first (consecutive
+        turns of one role joined). Without ``cut_marks`` an interrupted reply is only
+        what was heard, with no "…", and one not heard at all is left out: a small
+        model imitates the marks (it answered "…" after a few, bench/conversation.py)."""
         out: list[dict[str, str]] = []
         if system_prompt:
             out.append({"role": "system", "content": system_prompt})
         for turn in self._turns:
+            if not cut_marks and turn.role == "assistant":
+                text = turn.text.removesuffix(CUT_MARK).rstrip()
+                if not text:
+                    continue
+                turn = Turn(turn.role, text)
             if len(out) > 0 and out[-1]["role"] == turn.role:
                 out[-1] = {"role": turn.role, "content": out[-1]["content"] + "\n" + turn.text}
             else:

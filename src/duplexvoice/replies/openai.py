@@ -77,6 +77,7 @@ class OpenAIEngine:
         first_clause_timeout_s: float | None = None,
         apology: str = "",
         name: str = "openai",
+        cut_marks: bool = True,
     ) -> None:
         url = URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -102,6 +103,7 @@ class OpenAIEngine:
         self._first_timeout_s = first_clause_timeout_s
         self._apology = apology
         self.name = name
+        self._cut_marks = cut_marks  # "…" on interrupted replies in the history sent
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -110,7 +112,7 @@ class OpenAIEngine:
         if not text:
             return ReplyStream.empty()
         history.add_user(text)
-        messages = history.messages(self.system_prompt)
+        messages = history.messages(self.system_prompt, cut_marks=self._cut_marks)
         return ReplyStream(
             lambda: self._pieces(messages), history, rules=self._rules, name=self.name,
             first_timeout_s=self._first_timeout_s, apology=self._apology, require_words=True,
