@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -241,6 +241,18 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _service(sub: Any, name: str, model: type[BaseModel],
+             func: Callable[[argparse.Namespace], int], help: str, description: str) -> None:
+    """A service's subcommand: its YAML file (``--config``) and every option of its
+    config model as a flag."""
+    parser = sub.add_parser(name, help=help, description=description,
+                            formatter_class=HelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help=f"YAML file (e.g. configs/{name}.yaml)")
+    add_flags(parser, model)
+    parser.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from duplexvoice.brain.config import BrainConfig
     from duplexvoice.orchestrator.config import OrchestratorConfig
@@ -251,35 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = sub.add_parser("worker", help="run a TTS worker (gRPC)",
-                            description="Run a TTS worker: the gRPC TTS service (WIRE §2).",
-                            formatter_class=HelpFormatter)
-    worker.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="YAML file (e.g. configs/worker.yaml)")
-    add_flags(worker, WorkerConfig)
-    worker.set_defaults(func=_worker)
-
-    orchestrator = sub.add_parser(
-        "orchestrator", help="run the orchestrator (HTTP + WebSocket)",
-        description="Run the orchestrator: WebSocket sessions, /health /ready /metrics "
-        "/models, routing over TTS workers (a list of addresses, or Redis).",
-        formatter_class=HelpFormatter)
-    orchestrator.add_argument("--config", type=Path, default=None, metavar="FILE",
-                              help="YAML file (e.g. configs/orchestrator.yaml)")
-    add_flags(orchestrator, OrchestratorConfig)
-    orchestrator.set_defaults(func=_orchestrator)
-
-    brain = sub.add_parser(
-        "brain", help="run the local language model (OpenAI-compatible HTTP API)",
-        description="Run a local language model (a GGUF file; default: the packaged "
-        "SmolLM2-135M-Instruct) behind OpenAI's chat-completions API, streamed: "
-        "POST /v1/chat/completions, GET /v1/models, GET /health. The orchestrator's "
-        "openai reply engine talks to it with --reply-base-url http://HOST:PORT/v1.",
-        formatter_class=HelpFormatter)
-    brain.add_argument("--config", type=Path, default=None, metavar="FILE",
-                       help="YAML file (e.g. configs/brain.yaml)")
-    add_flags(brain, BrainConfig)
-    brain.set_defaults(func=_brain)
+    _service(sub, "worker", WorkerConfig, _worker, "run a TTS worker (gRPC)",
+             "Run a TTS worker: the gRPC TTS service (WIRE §2).")
+    _service(sub, "orchestrator", OrchestratorConfig, _orchestrator,
+             "run the orchestrator (HTTP + WebSocket)",
+             "Run the orchestrator: WebSocket sessions, /health /ready /metrics /models, "
+             "routing over TTS workers (a list of addresses, or Redis).")
+    _service(sub, "brain", BrainConfig, _brain,
+             "run the local language model (OpenAI-compatible HTTP API)",
+             "Run a local language model (a GGUF file; default: the packaged "
+             "SmolLM2-135M-Instruct) behind OpenAI's chat-completions API, streamed: "
+             "POST /v1/chat/completions, GET /v1/models, GET /health. It is the "
+             "orchestrator's default reply engine (--reply-engine local, at "
+             "--reply-local-url http://HOST:PORT/v1); `up` starts it.")
 
     synth = sub.add_parser("synth", help="speak text through a running worker into a WAV",
                            description="Speak text through a running worker's gRPC API "

@@ -30,7 +30,7 @@ from duplexvoice.launcher import BrainProcess, OrchestratorProcess, WorkerProces
 from duplexvoice.replies.config import DEFAULT_APOLOGY
 from duplexvoice.replies.history import CUT_MARK
 from duplexvoice.wire.ports import free_port
-from tests.support.mic import MicClient
+from tests.support.mic import MicClient, connected_mic
 from tests.support.speech import SPEAKERS, say, silence
 from tests.support.up_process import BANNER, UpProcess
 
@@ -127,12 +127,8 @@ def stack(real_worker: WorkerProcess, proxy: RecordingProxy) -> Iterator[Orchest
 @pytest.fixture
 async def mic(stack: OrchestratorProcess, proxy: RecordingProxy) -> AsyncIterator[MicClient]:
     proxy.requests.clear()
-    async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(stack.ws_url)
-        client = MicClient(ws)
-        await client.start()
+    async with connected_mic(stack.ws_url) as client:
         yield client
-        await client.stop()
 
 
 def reply_text(mic: MicClient, uid: int) -> str:
@@ -202,38 +198,33 @@ async def test_up_restarts_a_killed_brain_and_the_session_goes_on() -> None:
                                     timeout=180)
         ws_url = (await up.await_line(BANNER, timeout=180)).group(2)
         pid = int(brain.group(2))
-        async with aiohttp.ClientSession() as http:
-            mic = MicClient(await http.ws_connect(ws_url))
-            await mic.start()
-            try:
-                await mic.ws.send_json({"type": "user_text", "text": "Hello there!"})
-                one = await mic.until(lambda m: m["type"] == "reply", timeout=60)
-                await mic.until(lambda m: m["type"] == "utterance_end"
-                                and m["utterance_id"] == one.message["utterance_id"],
-                                timeout=90)
-                # Frozen, so the next request waits on it; then gone.
-                os.kill(pid, signal.SIGSTOP)
-                after = len(up.lines)
-                await mic.ws.send_json({"type": "user_text", "text": "What is the time?"})
-                await mic.until(lambda m: m["type"] == "transcript" and m["turn"] == 2)
-                os.kill(pid, signal.SIGKILL)
-                failed = await mic.until(lambda m: m["type"] == "error", timeout=60)
-                assert failed.message["code"] == "REPLY_FAILED", failed.message
-                apology = await mic.until(lambda m: m["type"] == "reply"
-                                          and m["turn"] == 2, timeout=30)
-                assert apology.message["text"].strip() == DEFAULT_APOLOGY
-                await mic.until(lambda m: m["type"] == "utterance_end"
-                                and m["utterance_id"] == apology.message["utterance_id"],
-                                timeout=60)
-                await up.await_line(r"brain ready again on", timeout=120, after=after)
-                await mic.ws.send_json({"type": "user_text", "text": "Are you back?"})
-                three = await mic.until(lambda m: m["type"] == "reply" and m["turn"] == 3,
-                                        timeout=60)
-                end = await mic.until(lambda m: m["type"] == "utterance_end"
-                                      and m["utterance_id"] == three.message["utterance_id"],
-                                      timeout=90)
-                assert end.message["reason"] == "completed"
-                assert three.message["text"].strip() != DEFAULT_APOLOGY
-                assert [m["code"] for m in mic.messages("error")] == ["REPLY_FAILED"]
-            finally:
-                await mic.stop()
+        async with connected_mic(ws_url) as mic:
+            await mic.ws.send_json({"type": "user_text", "text": "Hello there!"})
+            one = await mic.until(lambda m: m["type"] == "reply", timeout=60)
+            await mic.until(lambda m: m["type"] == "utterance_end"
+                            and m["utterance_id"] == one.message["utterance_id"],
+                            timeout=90)
+            # Frozen, so the next request waits on it; then gone.
+            os.kill(pid, signal.SIGSTOP)
+            after = len(up.lines)
+            await mic.ws.send_json({"type": "user_text", "text": "What is the time?"})
+            await mic.until(lambda m: m["type"] == "transcript" and m["turn"] == 2)
+            os.kill(pid, signal.SIGKILL)
+            failed = await mic.until(lambda m: m["type"] == "error", timeout=60)
+            assert failed.message["code"] == "REPLY_FAILED", failed.message
+            apology = await mic.until(lambda m: m["type"] == "reply"
+                                      and m["turn"] == 2, timeout=30)
+            assert apology.message["text"].strip() == DEFAULT_APOLOGY
+            await mic.until(lambda m: m["type"] == "utterance_end"
+                            and m["utterance_id"] == apology.message["utterance_id"],
+                            timeout=60)
+            await up.await_line(r"brain ready again on", timeout=120, after=after)
+            await mic.ws.send_json({"type": "user_text", "text": "Are you back?"})
+            three = await mic.until(lambda m: m["type"] == "reply" and m["turn"] == 3,
+                                    timeout=60)
+            end = await mic.until(lambda m: m["type"] == "utterance_end"
+                                  and m["utterance_id"] == three.message["utterance_id"],
+                                  timeout=90)
+            assert end.message["reason"] == "completed"
+            assert three.message["text"].strip() != DEFAULT_APOLOGY
+            assert [m["code"] for m in mic.messages("error")] == ["REPLY_FAILED"]

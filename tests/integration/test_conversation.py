@@ -15,7 +15,7 @@ import soxr
 
 from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
 from duplexvoice.speech.wer import wer
-from tests.support.mic import MicClient
+from tests.support.mic import MicClient, connected_mic
 from tests.support.speech import SPEAKERS, noise, pcm16, say, silence
 
 pytestmark = pytest.mark.integration
@@ -34,12 +34,8 @@ def stack(real_worker: WorkerProcess) -> Iterator[OrchestratorProcess]:
 
 @pytest.fixture
 async def mic(stack: OrchestratorProcess) -> AsyncIterator[MicClient]:
-    async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(stack.ws_url)
-        client = MicClient(ws)
-        await client.start()
+    async with connected_mic(stack.ws_url) as client:
         yield client
-        await client.stop()
 
 
 def words(text: str) -> str:

@@ -9,14 +9,13 @@ import importlib.util
 from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 
-import aiohttp
 import numpy as np
 import pytest
 
 from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
 from duplexvoice.speech import endturn
 from duplexvoice.speech.endturn import EndTurnConfig, EndTurnScorer, SmartTurn
-from tests.support.mic import MicClient
+from tests.support.mic import MicClient, connected_mic
 from tests.support.speech import SPEAKERS, say, silence
 
 pytestmark = pytest.mark.integration
@@ -114,12 +113,8 @@ def stack(real_worker: WorkerProcess) -> Iterator[OrchestratorProcess]:
 
 @pytest.fixture
 async def mic(stack: OrchestratorProcess) -> AsyncIterator[MicClient]:
-    async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(stack.ws_url)
-        client = MicClient(ws)
-        await client.start()
+    async with connected_mic(stack.ws_url) as client:
         yield client
-        await client.stop()
 
 
 async def test_the_model_ends_a_finished_turn_long_before_the_silence_would(

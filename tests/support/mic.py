@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,3 +89,16 @@ class MicClient:
     def frames(self, utterance_id: int) -> list[Recorded]:
         return [r for r in self.log
                 if r.message["type"] == "binary" and r.message["utterance_id"] == utterance_id]
+
+
+@contextlib.asynccontextmanager
+async def connected_mic(ws_url: str, **config: Any) -> AsyncIterator[MicClient]:
+    """A :class:`MicClient` on a new WebSocket session in conversation mode, closed on
+    exit (``config``: more fields of its ``config`` message)."""
+    async with aiohttp.ClientSession() as http:
+        client = MicClient(await http.ws_connect(ws_url))
+        await client.start(**config)
+        try:
+            yield client
+        finally:
+            await client.stop()
