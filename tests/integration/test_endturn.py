@@ -16,7 +16,7 @@ from duplexvoice.launcher import OrchestratorProcess, WorkerProcess
 from duplexvoice.speech import endturn
 from duplexvoice.speech.endturn import EndTurnConfig, EndTurnScorer, SmartTurn
 from tests.support.mic import MicClient, connected_mic
-from tests.support.speech import SPEAKERS, say, silence
+from tests.support.speech import SPEAKERS, say, say_steady, silence
 
 pytestmark = pytest.mark.integration
 
@@ -66,11 +66,13 @@ def test_the_model_and_its_licence_come_from_the_package() -> None:
 def test_a_finished_sentence_sounds_finished_and_a_broken_off_one_does_not(
         model: SmartTurn, speaker: object) -> None:
     def p(text: str) -> float:
-        audio = say(text, speaker)  # type: ignore[arg-type]
+        audio = say_steady(text, speaker)  # type: ignore[arg-type]
         return model.probability(np.concatenate([audio, silence(0.2)]))
 
-    # The model's own line is 0.5 (Piper draws noise: each take differs a little; the
-    # broken-off ones measured 0.006-0.12, the finished ones 0.94-0.99).
+    # The model's own line is 0.5. The takes are Piper's without its random noise: with
+    # it, one take in eight of "What time does the pharmacy close tonight?" at 0.85
+    # scored 0.29-0.5 (the others 0.74-0.96). Steady: the broken-off ones 0.006-0.025,
+    # the finished ones 0.88-0.99.
     for text in COMPLETE:
         assert p(text) >= 0.5, text
     for text in BROKEN_OFF:
@@ -119,7 +121,7 @@ async def mic(stack: OrchestratorProcess) -> AsyncIterator[MicClient]:
 
 async def test_the_model_ends_a_finished_turn_long_before_the_silence_would(
         mic: MicClient) -> None:
-    speech = np.concatenate([silence(0.3), say(COMPLETE[0], SPEAKERS[0])])
+    speech = np.concatenate([silence(0.3), say_steady(COMPLETE[0], SPEAKERS[0])])
     # 9 s of silence after the speech: the silence alone would end the turn 10 s after
     # it, after the last of it was sent; a busy machine only makes that later.
     feeding = asyncio.create_task(mic.feed(speech, then_silence_s=9.0))

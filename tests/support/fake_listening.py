@@ -33,15 +33,24 @@ class FakeTranscriber:
         self.final_text = final_text
         self.partial_text = partial_text
         self.asked: list[tuple[bool, int]] = []  # (final, samples) per request
+        self.early: list[int] = []  # samples per early final (apart: nobody awaits them)
+        self.early_withdrawn = 0
         self.forgotten: list[Hashable] = []
 
-    async def transcribe(self, audio: Any, *, final: bool, key: Hashable = None) -> Recognition:
+    async def transcribe(self, audio: Any, *, final: bool, key: Hashable = None,
+                         early: bool = False) -> Recognition:
+        if early:
+            self.early.append(int(audio.size))
+            return Recognition(self.final_text, True, audio.size / RATE, 0.0, 0.0)
         self.asked.append((final, int(audio.size)))
         text = self.final_text if final else self.partial_text
         return Recognition(text, final, audio.size / RATE, 0.0, 0.0)
 
     def forget(self, key: Hashable) -> None:
         self.forgotten.append(key)
+
+    def withdraw_early(self, key: Hashable) -> None:
+        self.early_withdrawn += 1
 
     def close(self) -> None:
         pass

@@ -66,12 +66,14 @@ def _piper_voice() -> object:
     return PiperVoice.load(str(data / "en_US-joe-medium.onnx"))
 
 
-def _piper(text: str, speed: float) -> tuple[FloatAudio, int]:
+def _piper(text: str, speed: float, noise: bool = True) -> tuple[FloatAudio, int]:
     from piper import SynthesisConfig
 
     with _PIPER_LOCK:
         voice = _piper_voice()
         config = SynthesisConfig(length_scale=1.0 / speed)
+        if not noise:
+            config.noise_scale = config.noise_w_scale = 0.0
         chunks = [
             np.asarray(c.audio_float_array, dtype=np.float32).reshape(-1)
             for c in voice.synthesize(text, config)  # type: ignore[attr-defined]
@@ -92,9 +94,9 @@ def _espeak(text: str, voice: str, speed: float) -> tuple[FloatAudio, int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _say(text: str, speaker: Speaker, rate: int) -> FloatAudio:
+def _say(text: str, speaker: Speaker, rate: int, noise: bool) -> FloatAudio:
     if speaker.engine == "piper":
-        audio, native = _piper(text, speaker.speed)
+        audio, native = _piper(text, speaker.speed, noise)
     elif speaker.engine == "espeak":
         audio, native = _espeak(text, speaker.variant or "en-us", speaker.speed)
     else:
@@ -111,7 +113,13 @@ def _say(text: str, speaker: Speaker, rate: int) -> FloatAudio:
 
 def say(text: str, speaker: Speaker = SPEAKERS[0], rate: int = RATE) -> FloatAudio:
     """``text`` spoken by ``speaker``, leading and trailing silence trimmed."""
-    return _say(text, speaker, rate)
+    return _say(text, speaker, rate, True)
+
+
+def say_steady(text: str, speaker: Speaker = SPEAKERS[0], rate: int = RATE) -> FloatAudio:
+    """As :func:`say`, but the same take in every process: Piper without its random
+    noise (a test that scores a take would otherwise depend on the draw)."""
+    return _say(text, speaker, rate, False)
 
 
 def _trim(audio: FloatAudio, rate: int, threshold: float = 0.01) -> FloatAudio:

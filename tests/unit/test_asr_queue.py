@@ -314,3 +314,115 @@ def test_every_final_gets_an_answer_under_contention() -> None:
     # the paths under test were taken: reuse, refusal and dropped partials
     c = q.counters
     assert c.finals_reused and c.finals_refused and c.partials_dropped, c
+
+
+# -- early finals (asked at a pause, before the offset) ------------------------------------
+
+
+def test_an_early_final_waits_behind_real_finals_and_before_partials() -> None:
+    q = AsrQueue(max_queue=8)
+    p = q.submit(speech(), final=False, key="a", now=0.0).job
+    e = q.submit(speech(), final=True, key="b", now=0.0, early=True).job
+    f = q.submit(speech(), final=True, key="c", now=0.0).job
+    assert q.early_waiting == 1 and q.finals_waiting == 1
+    assert p is not None  # the real final dropped it
+    assert [run(q), run(q)] == [f, e]
+    assert q.take(1.0) is None
+    assert q.counters.early_done == 1 and q.counters.finals_done == 1
+
+
+def test_an_early_final_neither_drops_partials_nor_counts_against_max_queue() -> None:
+    q = AsrQueue(max_queue=1)
+    p = q.submit(speech(), final=False, key="a", now=0.0).job
+    q.submit(speech(), final=True, key="b", now=0.0, early=True)
+    assert q.partials_waiting == 1  # not dropped: the early final may never be needed
+    later = q.submit(speech(1.0, seed=1), final=False, key="c", now=0.0).job
+    assert later is not None  # a partial asked while only an early final waits is kept
+    q.submit(speech(), final=True, key="d", now=0.0)  # max_queue counts real finals only
+    assert q.finals_waiting == 1 and q.early_waiting == 1 and p is not None
+
+
+def test_the_offsets_final_joins_its_running_early_final_or_takes_its_result() -> None:
+    q = AsrQueue(max_queue=8)
+    audio = speech()
+    early = q.submit(audio, final=True, key="a", now=0.0, early=True).job
+    assert q.take(0.0) is early and early is not None
+    joined = q.submit(plus_silence(audio, 0.12), final=True, key="a", now=0.1)
+    assert joined.job is early and joined.joined
+    q.finish(early, result("hi"))
+    cached = q.submit(plus_silence(audio, 0.5), final=True, key="a", now=0.6)
+    assert cached.job is None and cached.cached == result("hi")
+    assert q.counters.finals_reused == 2 and q.counters.early_done == 1
+
+
+def test_a_real_final_drops_its_callers_early_final_that_has_not_started() -> None:
+    q = AsrQueue(max_queue=8)
+    audio = speech()
+    early = q.submit(audio, final=True, key="a", now=0.0, early=True).job
+    other = q.submit(speech(seed=2), final=True, key="b", now=0.0, early=True).job
+    # The speech went on: the real final has more than the early one's audio.
+    admission = q.submit(np.concatenate([audio, speech(0.5, seed=1)]), final=True, key="a",
+                         now=0.5)
+    assert early in admission.dropped and not admission.joined
+    assert q.early_waiting == 1 and q.counters.early_dropped == 1
+    assert [run(q), run(q)] == [admission.job, other]
+
+
+def test_a_newer_early_final_replaces_the_waiting_one_and_cancel_withdraws_it() -> None:
+    q = AsrQueue(max_queue=8, max_partials=2)
+    first = q.submit(speech(), final=True, key="a", now=0.0, early=True).job
+    second = q.submit(speech(1.2), final=True, key="a", now=0.1, early=True)
+    assert second.dropped == (first,) and q.early_waiting == 1
+    assert second.job is not None and q.cancel(second.job) and q.early_waiting == 0
+    for n, key in enumerate("bcd"):  # bounded: the oldest goes
+        q.submit(speech(seed=n), final=True, key=key, now=0.2, early=True)
+    assert q.early_waiting == 2 and q.counters.early_dropped == 3
+    assert len(q.drain()) == 2 and q.early_waiting == 0
+
+
+def test_an_early_final_is_a_final_with_a_key() -> None:
+    q = AsrQueue(max_queue=8)
+    with pytest.raises(ValueError):
+        q.submit(speech(), final=True, key=None, now=0.0, early=True)
+    with pytest.raises(ValueError):
+        q.submit(speech(), final=False, key="a", now=0.0, early=True)
+
+
+def test_a_refused_final_leaves_its_callers_early_final_waiting() -> None:
+    q = AsrQueue(max_queue=1)
+    q.submit(speech(), final=True, key="b", now=0.0)
+    early = q.submit(speech(), final=True, key="a", now=0.0, early=True).job
+    with pytest.raises(AsrBusy):
+        q.submit(speech(1.5), final=True, key="a", now=0.1)
+    assert q.early_waiting == 1 and early is not None
+
+
+def test_voice_after_the_pause_leaves_nothing_of_the_early_final_to_reuse() -> None:
+    q = AsrQueue(max_queue=8)
+    audio = speech()
+    # Quieter speech after the pause would pass for silence: only the VAD can tell.
+    quiet_words = np.concatenate([audio, speech(0.5, seed=3) * 0.05])
+    done = q.submit(audio, final=True, key="a", now=0.0, early=True).job
+    assert run(q) is done
+    assert q.withdraw_early("a") == []
+    assert q.submit(quiet_words, final=True, key="a", now=0.5).job is not None  # not reused
+    run(q)
+    running = q.submit(audio, final=True, key="b", now=1.0, early=True).job
+    assert q.take(1.0) is running
+    q.withdraw_early("b")
+    assert not q.submit(plus_silence(audio), final=True, key="b", now=1.1).joined
+    assert running is not None
+    q.finish(running, result())
+    assert q.submit(plus_silence(audio, 0.3), final=True, key="b", now=1.2).cached is None
+    waiting = q.submit(audio, final=True, key="c", now=2.0, early=True).job
+    assert q.withdraw_early("c") == [waiting] and q.early_waiting == 0
+    assert q.counters.early_dropped == 1
+
+
+def test_a_real_finals_result_survives_its_callers_early_withdrawal() -> None:
+    q = AsrQueue(max_queue=8)
+    audio = speech()
+    q.submit(audio, final=True, key="a", now=0.0)
+    run(q)
+    q.withdraw_early("a")  # nothing early: the real final's result stays
+    assert q.submit(plus_silence(audio), final=True, key="a", now=1.0).cached is not None

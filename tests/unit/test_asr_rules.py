@@ -11,6 +11,7 @@ from duplexvoice.speech.asr_rules import (
     MAX_WINDOW_S,
     compression_ratio,
     extends_with_silence,
+    fallback_windows,
     frame_rms,
     has_speech_run,
     is_negligible,
@@ -59,6 +60,21 @@ def test_window_is_audio_plus_margin_rounded_up_and_capped(
     audio_s: float, margin: float, expected: float
 ) -> None:
     assert window_seconds(audio_s, margin) == expected
+
+
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        (5.0, [10.0, MAX_WINDOW_S]),  # twice the window first: a loop usually ends there
+        (15.0, [MAX_WINDOW_S]),  # twice is the full window: tried once
+        (20.0, [MAX_WINDOW_S]),  # twice is more than the full window: capped
+        (MAX_WINDOW_S, []),  # nothing wider to try
+    ],
+)
+def test_a_looping_decode_is_retried_on_twice_the_window_then_the_full_one(
+    window: float, expected: list[float]
+) -> None:
+    assert fallback_windows(window) == expected
 
 
 def test_window_steps_and_bad_arguments() -> None:

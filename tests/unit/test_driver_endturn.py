@@ -64,6 +64,23 @@ async def test_the_model_is_not_asked_when_turn_taking_does_not_use_it(
     await h.leave()
 
 
+async def test_each_pause_asks_an_early_final_and_the_voice_coming_back_withdraws_it(
+        make: Any) -> None:  # noqa: F811
+    turns = TurnConfig(end_of_turn_ms=200, end_mode="text", interrupt_after_ms=5000)
+    h, asr = await conversation(make, turns, None)
+    await speak(h, 12, 4)  # 80 ms without voice: a pause (the offset needs 100 ms)
+    await speak(h, 6, 15)
+    transcript = await h.client.wait_for("transcript", final=True)
+    assert transcript["turn"] == 1
+    # The first pause's early final had 12 frames of speech, the second's all 22.
+    assert len(asr.early) == 2 and asr.early[0] < asr.early[1]
+    assert asr.early_withdrawn == 1  # the voice came back once
+    # The turn's final: all the speech, and at least the second early final's audio.
+    finals = [n for final, n in asr.asked if final]
+    assert finals and finals[0] >= asr.early[1]
+    await h.leave()
+
+
 async def test_no_answer_and_the_silence_ends_the_turn(make: Any) -> None:  # noqa: F811
     scorer = FakeScorer(None)  # too busy: no answer
     turns = TurnConfig(end_of_turn_ms=200, end_mode="acoustic", interrupt_after_ms=5000)
@@ -107,10 +124,10 @@ class SlowPartials(FakeTranscriber):
         self.waiting = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def transcribe(self, audio: Any, *, final: bool,
-                         key: Hashable = None) -> Recognition:
-        if final or not self.armed:
-            return await super().transcribe(audio, final=final, key=key)
+    async def transcribe(self, audio: Any, *, final: bool, key: Hashable = None,
+                         early: bool = False) -> Recognition:
+        if final or early or not self.armed:
+            return await super().transcribe(audio, final=final, key=key, early=early)
         self.waiting.set()
         await self.release.wait()
         self.asked.append((final, int(audio.size)))

@@ -24,8 +24,10 @@ from duplexvoice.orchestrator.sessions.listening import (
     PREROLL_S,
     RATE_LIMITED,
     AudioBudget,
+    CancelEarlyFinal,
     Decision,
     Dropped,
+    EarlyFinal,
     Listening,
     ListeningConfig,
     NotListening,
@@ -342,6 +344,48 @@ def test_pauses_within_speech_are_told_once_each_way() -> None:
     assert mic.hear(quiet_s=0.05) == [UserSpeechPaused(0.05)]
 
 
+# -- early finals ------------------------------------------------------------------
+
+
+def early(decisions: list[Decision]) -> list[Decision]:
+    return [d for d in decisions if isinstance(d, EarlyFinal | CancelEarlyFinal)]
+
+
+def test_a_pause_asks_for_the_turns_audio_so_far_as_an_early_final_once() -> None:
+    mic = Mic(replace(CONFIG, partial_interval_ms=0, early_final_ms=48))
+    mic.onset(ago_s=0.1)
+    start = samples(mic.s - 0.1 - PREROLL_S)
+    mic.frames(20)
+    assert early(mic.hear(quiet_s=0.04)) == []  # not yet
+    assert early(mic.hear(quiet_s=0.06)) == [EarlyFinal(start, mic.end)]
+    assert early(mic.hear(quiet_s=0.08)) == []  # once per pause
+    # The offset's final takes it over: nothing withdrawn, and the next turn starts afresh.
+    assert early(mic.offset()) == []
+    assert early(mic.hear(quiet_s=None)) == []
+
+
+def test_voice_again_withdraws_the_early_final_and_the_next_pause_asks_again() -> None:
+    mic = Mic(replace(CONFIG, partial_interval_ms=0, early_final_ms=48))
+    mic.onset()
+    assert len(early(mic.hear(quiet_s=0.05))) == 1
+    assert early(mic.hear(quiet_s=0.0)) == [CancelEarlyFinal()]
+    assert early(mic.hear(quiet_s=0.02)) == []
+    again = early(mic.hear(quiet_s=0.05))
+    assert len(again) == 1 and isinstance(again[0], EarlyFinal) and again[0].end == mic.end
+
+
+def test_no_early_final_when_switched_off_nor_while_holding_nor_outside_a_turn() -> None:
+    off = Mic(replace(CONFIG, partial_interval_ms=0))
+    off.onset()
+    assert early(off.hear(quiet_s=0.5)) == []
+    held = Mic(replace(CONFIG, partial_interval_ms=0, early_final_ms=48))
+    held.onset(holding=True)
+    assert early(held.hear(quiet_s=0.2, holding=True)) == []  # the words check needs the ASR
+    closed = Mic(replace(CONFIG, partial_interval_ms=0, early_final_ms=48))
+    closed.core.act(TurnClosed(1))
+    assert early(closed.hear(quiet_s=0.2)) == []  # no turn open
+
+
 # -- microphone audio budget -------------------------------------------------------
 
 
@@ -481,6 +525,7 @@ def test_stopping_ends_the_speech_being_heard() -> None:
 def test_the_config_is_checked_and_sizes_the_audio_kept() -> None:
     assert CONFIG.ring_samples == int((30 + 2 + PREROLL_S) * RATE)
     for bad in ({"partial_interval_ms": -1}, {"lead_ms": -1.0}, {"max_turn_ms": 0},
+                {"early_final_ms": -1},
                 {"max_audio_rate": 0.0}, {"max_audio_burst_s": 0.0}):
         with pytest.raises(ValueError):
             replace(CONFIG, **bad)

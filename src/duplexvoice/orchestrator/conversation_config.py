@@ -72,6 +72,10 @@ class ConversationConfig(BaseModel):
     partial_interval_ms: int = Field(
         400, ge=0, description="partial transcripts while the user speaks, every this much "
         "new audio (0: none)")
+    early_final_ms: int = Field(
+        48, ge=0, le=2000, description="ask for the final transcript early, after this much "
+        "silence within speech (the end of speech is confirmed after vad.min_silence_ms); "
+        "the final reuses it when the speech does end there (0: at the end of speech only)")
     turns: TurnConfig = Field(
         default_factory=TurnConfig, description="turn-taking and barge-in",
         json_schema_extra={"option_prefix": "turns"})

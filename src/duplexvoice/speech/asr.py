@@ -23,9 +23,9 @@ Design:
   0.078-0.079 greedy, for 25-45 ms more per final (p50 176-179 vs 136-150 ms on 2
   shared cores); the plain 30 s path scored 0.048-0.049 (beam 5) and 0.064-0.070
   (greedy). A partial only shows progress.
-- **Reuse**: a final of the same audio plus silence (the speculative final at speech
-  offset, then the real one at the end of turn) is answered from the first, or joins
-  it while it is still being computed.
+- **Reuse**: a final of the same audio plus silence (the early final at a pause, the
+  speculative final at speech offset, then the real one at the end of turn) is
+  answered from the first, or joins it while it is still being computed.
 - **Cancellation**: a caller cancelled while waiting withdraws its job if nobody else
   waits for it; a job already running completes and its result is discarded.
 
@@ -139,12 +139,17 @@ class Transcriber:
     # -- asking (event loop side) ---------------------------------------------------
 
     async def transcribe(
-        self, audio: npt.NDArray[np.float32], *, final: bool, key: Hashable = None
+        self, audio: npt.NDArray[np.float32], *, final: bool, key: Hashable = None,
+        early: bool = False,
     ) -> Recognition | None:
         """Transcribe 16 kHz mono float32 ``audio``; ``key`` names the caller (its
-        session) for partial coalescing and final reuse. ``None`` only for a partial
-        that was dropped or replaced by a newer one. Raises :class:`AsrBusy` when too
-        many finals wait, :class:`AsrInputError` for bad audio, :class:`AsrClosed`."""
+        session) for partial coalescing and final reuse. ``early``: an early final
+        (the speaker paused; see :mod:`.asr_queue`), which needs a ``key``. ``None``
+        only for a partial or an early final that was dropped or replaced. Raises
+        :class:`AsrBusy` when too many finals wait, :class:`AsrInputError` for bad
+        audio, :class:`AsrClosed`."""
+        if early and key is None:
+            raise ValueError("an early final needs a key")
         samples = check_audio(audio, final=final, max_final_s=self.config.max_final_s)
         if samples.size == 0:
             return Recognition("", final, 0.0, 0.0, 0.0)
@@ -153,7 +158,8 @@ class Transcriber:
         with self._cond:
             if self._closed:
                 raise AsrClosed("the speech recognizer is closed")
-            admission = self._queue.submit(samples, final=final, key=key, now=self._clock())
+            admission = self._queue.submit(samples, final=final or early, key=key,
+                                           now=self._clock(), early=early)
             for job in admission.dropped:
                 self._resolve(job, None)
             if admission.cached is not None:
@@ -194,6 +200,13 @@ class Transcriber:
         samples = check_audio(audio, final=True, max_final_s=self.config.max_final_s)
         return self._engine.plain(samples) if samples.size else ""
 
+    def withdraw_early(self, key: Hashable) -> None:
+        """The caller ``key``'s voice came back after its early final: nothing may reuse
+        that final (see :meth:`AsrQueue.withdraw_early`)."""
+        with self._cond:
+            for job in self._queue.withdraw_early(key):
+                self._resolve(job, None)
+
     def forget(self, key: Hashable) -> None:
         """The session ``key`` ended: drop what is kept for it."""
         with self._cond:
@@ -208,7 +221,8 @@ class Transcriber:
                 running=q.running is not None, finals_done=c.finals_done,
                 partials_done=c.partials_done, partials_dropped=c.partials_dropped,
                 finals_refused=c.finals_refused, finals_reused=c.finals_reused,
-                fallbacks=self._fallbacks,
+                fallbacks=self._fallbacks, early_done=c.early_done,
+                early_dropped=c.early_dropped, early_waiting=q.early_waiting,
             )
 
     def close(self) -> None:

@@ -68,6 +68,12 @@ def window_seconds(audio_s: float, margin_s: float, step_s: float = 1.0) -> floa
     return min(MAX_WINDOW_S, max(step_s, steps * step_s))
 
 
+def fallback_windows(window_s: float) -> list[float]:
+    """The windows to retry a looping decode of ``window_s`` on, in order: twice the
+    window, then the full 30 s (only those longer than ``window_s``)."""
+    return sorted({w for w in (min(MAX_WINDOW_S, 2 * window_s), MAX_WINDOW_S) if w > window_s})
+
+
 def token_budget(audio_s: float, limit: int) -> int:
     """Most new tokens to decode for ``audio_s`` of audio (never above ``limit``)."""
     return max(1, min(limit, math.ceil(audio_s * TOKENS_PER_S) + TOKEN_SLACK))

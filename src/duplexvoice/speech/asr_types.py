@@ -111,10 +111,13 @@ class AsrStats:
     finals_refused: int
     finals_reused: int
     fallbacks: int
+    early_done: int = 0  # early finals decoded (asked at a pause; see asr_queue)
+    early_dropped: int = 0  # early finals dropped or withdrawn before they started
+    early_waiting: int = 0
 
     @property
     def queue_depth(self) -> int:
-        return self.finals_waiting + self.partials_waiting
+        return self.finals_waiting + self.partials_waiting + self.early_waiting
 
 
 class Engine(Protocol):

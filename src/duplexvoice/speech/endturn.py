@@ -40,7 +40,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from duplexvoice.speech import SPEECH_RATE
-from duplexvoice.threads import lower_thread_priority
+from duplexvoice.threads import lower_thread_priority, single_threaded_blas
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ class SmartTurn:
 
         self.config = config or EndTurnConfig()
         self.path = model_path(self.config)
+        single_threaded_blas()  # the features' BLAS threads would spin on the model's cores
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.threads
         options.inter_op_num_threads = 1

@@ -43,7 +43,9 @@ from duplexvoice.orchestrator.sessions.events import (
     TurnClosed,
 )
 from duplexvoice.orchestrator.sessions.listening import (
+    CancelEarlyFinal,
     Decision,
+    EarlyFinal,
     Listening,
     ListeningConfig,
     Score,
@@ -71,7 +73,7 @@ def listening_config(config: ConversationConfig, lead_ms: float,
     ``scoring``: the end-of-turn model is there (turn-taking may still not use it)."""
     return ListeningConfig(
         score_turns=scoring and config.turns.uses_acoustic,
-        partial_interval_ms=config.partial_interval_ms,
+        partial_interval_ms=config.partial_interval_ms, early_final_ms=config.early_final_ms,
         barge_in_words_ms=config.turns.words_after_ms, max_turn_ms=config.turns.max_turn_ms,
         max_audio_rate=config.max_audio_rate, max_audio_burst_s=config.max_audio_burst_s,
         lead_ms=lead_ms)
@@ -137,6 +139,7 @@ class Listener:
         self._detector: VoiceDetector = services.vad.make_detector()
         self._ring = AudioRing(self.core.config.ring_samples)
         self._partial: asyncio.Task[None] | None = None
+        self._early: asyncio.Task[None] | None = None  # an early final (nobody awaits it)
         self._finals: dict[int, asyncio.Task[None]] = {}  # by turn
         self._scores: dict[int, asyncio.Task[None]] = {}  # by turn
         self._replies: dict[int, asyncio.Task[None]] = {}  # by turn
@@ -193,6 +196,13 @@ class Listener:
                 self._transcribe(decision)
             elif isinstance(decision, Score):
                 self._score(decision)
+            elif isinstance(decision, EarlyFinal):
+                self._cancel_early()
+                audio = self._ring.since(decision.start, decision.end)
+                self._early = asyncio.create_task(self._ask_early(audio))
+            elif isinstance(decision, CancelEarlyFinal):
+                self._cancel_early()
+                self.services.transcriber.withdraw_early(self.session_id)
             else:
                 self._post(decision)
 
@@ -223,6 +233,18 @@ class Listener:
             self._carry_out(self.core.scored(job, p))
 
         self._track(self._scores, job.turn, asyncio.create_task(run()))
+
+    def _cancel_early(self) -> None:
+        if self._early is not None:
+            self._early.cancel()  # withdrawn from the queue if it has not started
+            self._early = None
+
+    async def _ask_early(self, audio: FloatAudio) -> None:
+        """The early final: its result goes to the recognizer's cache, where the turn's
+        final finds it; errors are the final's to report."""
+        with contextlib.suppress(AsrError):
+            await self.services.transcriber.transcribe(
+                audio, final=True, key=self.session_id, early=True)
 
     async def _recognize(self, turn: int, audio: FloatAudio, *, final: bool) -> None:
         text = ""
@@ -312,8 +334,7 @@ class Listener:
         """Stop listening: every task ends; speech the VAD was hearing ends too."""
         tasks = [*self._finals.values(), *self._scores.values(), *self._replies.values(),
                  *self._chores]
-        if self._partial is not None:
-            tasks.append(self._partial)
+        tasks += [t for t in (self._partial, self._early) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:

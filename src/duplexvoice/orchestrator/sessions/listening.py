@@ -28,6 +28,12 @@ acoustic end-of-turn model about them).
   joined by a :class:`Score` of the same audio (the model sees its last 8 s). Its
   answer is posted (``UserTurnScore``) only if no speech began since it was asked: it
   speaks of that offset, not of a later one.
+- **Early final.** After ``early_final_ms`` without voice within speech (0: never),
+  the turn's audio so far is sent to the recognizer as an early final
+  (:class:`EarlyFinal`): the offset is confirmed only ``min_silence_ms`` after the
+  voice ends, and its final, the same audio plus silence, then joins the early one or
+  finds it done. Voice again withdraws it (:class:`CancelEarlyFinal`). Not while the
+  system's speech is held: the words check needs the recognizer then.
 - **Pauses.** No voice for ``_QUIET_S`` within speech is ``UserSpeechPaused`` (the
   offset is confirmed only later), voice again ``UserSpeechResumed``: a barge-in's
   speech is measured to the last voice.
@@ -104,10 +110,13 @@ class ListeningConfig:
     max_audio_burst_s: float  # ... after a burst of this much
     lead_ms: float  # audio the client holds unplayed (the server's playout lead)
     score_turns: bool = False  # ask the acoustic end-of-turn model at each offset
+    early_final_ms: int = 0  # an early final after this long without voice (0: never)
 
     def __post_init__(self) -> None:
-        if self.partial_interval_ms < 0 or self.barge_in_words_ms < 0 or self.lead_ms < 0:
-            raise ValueError("partial_interval_ms, barge_in_words_ms and lead_ms must be >= 0")
+        if (self.partial_interval_ms < 0 or self.barge_in_words_ms < 0 or self.lead_ms < 0
+                or self.early_final_ms < 0):
+            raise ValueError("partial_interval_ms, barge_in_words_ms, lead_ms and "
+                             "early_final_ms must be >= 0")
         if self.max_turn_ms <= 0 or self.max_audio_rate <= 0 or self.max_audio_burst_s <= 0:
             raise ValueError("max_turn_ms, max_audio_rate and max_audio_burst_s must be > 0")
 
@@ -131,6 +140,20 @@ class Transcribe:
 
 
 @dataclass(frozen=True)
+class EarlyFinal:
+    """The speaker paused: ask the recognizer for samples ``[start, end)`` as an early
+    final (nothing is reported: the turn's final, asked at the offset, reuses it)."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class CancelEarlyFinal:
+    """The voice came back: the early final asked at the pause is not needed."""
+
+
+@dataclass(frozen=True)
 class Score:
     """Ask the end-of-turn model about ``turn``'s samples ``[start, end)`` and report
     its answer with :meth:`Listening.scored`."""
@@ -141,7 +164,7 @@ class Score:
     onsets: int  # the onsets heard when it was asked (a later one makes it stale)
 
 
-Decision = Event | Transcribe | Score
+Decision = Event | Transcribe | Score | EarlyFinal | CancelEarlyFinal
 _NOTHING: Final[tuple[Decision, ...]] = ()
 _V = TypeVar("_V")
 
@@ -211,6 +234,7 @@ class Listening:
         self._turn_start: int | None = None  # sample index; None: no open turn
         self._speaking = False  # the VAD's view
         self._quiet = False  # within speech, no voice for a while (told to the machine)
+        self._early = False  # an early final was asked in this pause
         self._partial_at = 0  # sample index of the last partial asked
         self._partial_running = False
         self._forced_pending = False  # a words check waits for the running partial
@@ -262,6 +286,7 @@ class Listening:
                 if checking:
                     self._maybe_partial(out, force=True)
             self._quiet = False
+            self._early = False  # the offset's final takes it over (or a new turn began)
         if quiet_s is not None:
             if not self._quiet and quiet_s >= _QUIET_S:
                 self._quiet = True
@@ -269,8 +294,19 @@ class Listening:
             elif self._quiet and quiet_s < _QUIET_S:
                 self._quiet = False
                 out.append(UserSpeechResumed())
+            self._maybe_early(out, quiet_s, held)
         self._maybe_partial(out, sooner=held)
         return out
+
+    def _maybe_early(self, out: list[Decision], quiet_s: float, held: bool) -> None:
+        early_s = self.config.early_final_ms / 1000
+        if self._early and quiet_s < early_s:  # quiet only shrinks when voice comes back
+            self._early = False
+            out.append(CancelEarlyFinal())
+        elif (early_s and not self._early and quiet_s >= early_s and not held
+              and self._turn_start is not None):
+            self._early = True
+            out.append(EarlyFinal(self._turn_start, self._end))
 
     def _maybe_partial(self, out: list[Decision], *, sooner: bool = False,
                        force: bool = False) -> None:
