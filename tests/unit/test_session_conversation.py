@@ -26,7 +26,6 @@ from duplexvoice.orchestrator.sessions.events import (
     WorkerFrame,
 )
 from duplexvoice.orchestrator.sessions.machine import SessionConfig, State
-from duplexvoice.orchestrator.sessions.turn_end import TurnConfig
 from duplexvoice.wire.messages import Command
 from tests.support.session_script import PCM, Driver, audio, errors, msgs, states
 
@@ -34,9 +33,7 @@ pytestmark = pytest.mark.unit
 
 
 def session() -> Driver:
-    # A complete sentence waits 250 ms here (the default is less): the transcript,
-    # 0.2 s after the speech, comes before the end of turn, so the reply is speculative.
-    d = Driver(SessionConfig("s1", turns=TurnConfig(complete_end_ms=250)))
+    d = Driver(SessionConfig("s1"))
     d(Connected(), at=0.0)
     return d
 

@@ -33,11 +33,10 @@ probes, 9 turns of a real telephone call): ``fused``, p >= 0.9 ends after 200 ms
 p < 0.1 waits 1200 ms, else 600 ms; a complete sentence 250 ms (with the model's
 agreement), a trailing word 1000 ms. Wait after the voice p50 310 ms and 2 of 29
 turns cut off, against 405 ms and 5 of 29 for the text rule at its old defaults (500 /
-250 / 1000 ms) and 310 ms and 4 of 29 for the text rule at its best. The text rule's
-``complete_end_ms`` is 150 since the final transcript is ready about 60 ms after the
-offset (the early final): 100-250 ms cut off the same 4 of 29 turns, and below the
-VAD's own 160 ms the offset decides, so the turn ends as soon as the transcript is
-known (wait p50 220 against 250 ms at 250). The price: on the
+250 / 1000 ms) and 310 ms and 4 of 29 for the text rule at its best. With the final
+transcript ready about 50 ms after the offset (the early final), 150 ms instead of
+250 cut off 3 of 38 human turns against 1 of 38 live, for no gain at p50 (482 against
+483 ms): it stays 250. The price: on the
 telephone call Smart-Turn is unsure of most finished turns (p 0.01-0.57 on 6 of 9), so
 they wait 600-1200 ms (p50 600) where the text rule waits 500.
 
@@ -79,7 +78,7 @@ class TurnConfig:
         "model), 'fused' (both; fewer speakers cut off, but on 2 cores the model slows each "
         "turn's final transcript: see docs/protocol.md)")
     complete_end_ms: int = Field(
-        default=150, ge=0, le=10_000, description="text: silence after a complete sentence")
+        default=250, ge=0, le=10_000, description="text: silence after a complete sentence")
     trailing_end_ms: int = Field(
         default=1000, ge=0, le=10_000, description="text: silence after a trailing conjunction "
         "or filler ('and', 'um', ...)")
