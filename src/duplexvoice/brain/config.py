@@ -75,8 +75,14 @@ class BrainConfig(BaseModel):
     )
     threads: int = Field(
         1, ge=1, le=256,
-        description="CPU threads of the model, for prompts and for decoding (1 leaves a "
-        "core to speech recognition and synthesis on a 2-core machine)",
+        description="CPU threads of the model while it writes (1 leaves a core to speech "
+        "synthesis on a 2-core machine)",
+    )
+    prompt_threads: int = Field(
+        2, ge=0, le=256,
+        description="CPU threads that read a prompt (0: as threads); the prompt is read "
+        "once the final transcript is done and before the voice has anything to say, so "
+        "the cores are free then",
     )
     niceness: int = Field(
         10, ge=0, le=19,

@@ -174,7 +174,7 @@ class BrainRuntime:
         params.n_ctx = config.context_tokens * config.parallel  # split among the slots
         params.n_predict = config.max_tokens
         params.cpuparams.n_threads = config.threads
-        params.cpuparams_batch.n_threads = config.threads
+        params.cpuparams_batch.n_threads = config.prompt_threads or config.threads
         params.cache_ram_mib = config.prompt_cache_mib
         params.cache_prompt = True
         params.endpoint_metrics = False

@@ -12,17 +12,16 @@ Design:
   final would share the CPU with a partial.
 - **Finals before partials** (the policy and its reasons: :mod:`.asr_queue`). Under
   contention, N finals arriving together complete one after another: the k-th waits
-  for k-1 decodes (``bench/asr.py`` measures it: on 2 cores, 8 finals at once, the
-  last one is ready after about 1.4-1.8 s, p50). Partials are dropped rather than delay a
+  for k-1 decodes (``bench/asr.py`` measures it). Partials are dropped rather than delay a
   final; beyond ``max_queue`` waiting finals, :class:`AsrBusy`.
 - **The encoder window fits the utterance** (:mod:`.asr_whisper`): measured about
   3.5-4.5x faster than faster-whisper's 30 s ``transcribe()`` at the same beam size,
-  with the same accuracy, and a fall back to the 30 s window if the output loops.
-- **Finals decode with a beam of 5, partials greedily.** Measured on 84 utterances
-  (12 texts x 7 voices, two runs), windowed: WER 0.047-0.051 with beam 5 against
-  0.078-0.079 greedy, for 25-45 ms more per final (p50 176-179 vs 136-150 ms on 2
-  shared cores); the plain 30 s path scored 0.048-0.049 (beam 5) and 0.064-0.070
-  (greedy). A partial only shows progress.
+  with the same accuracy; a decode that loops is retried on twice the window, then 30 s.
+- **Greedy by default** (``beam_size`` 1, partials always greedy): with the encoder no
+  longer starved of its cores, a beam of 5 cost 35-90 ms more per final on the human
+  recordings and was no more accurate there (WER 0.159 against 0.145, 19 turns).
+- **Early finals** (:mod:`.asr_queue`): a session asks for its final when the speaker
+  pauses; the offset's final joins it.
 - **Reuse**: a final of the same audio plus silence (the early final at a pause, the
   speculative final at speech offset, then the real one at the end of turn) is
   answered from the first, or joins it while it is still being computed.
