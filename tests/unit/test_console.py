@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +234,33 @@ async def test_stdin_lines_from_a_pipe() -> None:
     finally:
         if write_fd >= 0:
             os.close(write_fd)
+        os.close(read_fd)
+
+
+def _blocked_signals(thread_id: int) -> int:
+    """The signal mask of one of this process's threads (Linux)."""
+    status = Path(f"/proc/self/task/{thread_id}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("SigBlk:")), 16)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+async def test_ctrl_c_goes_to_the_main_thread_not_to_the_reader() -> None:
+    """The kernel gives a signal to any thread that does not block it; the reader
+    blocks Ctrl-C and SIGTERM, so they reach the event loop's thread and wake it."""
+    before = _blocked_signals(threading.get_native_id())
+    read_fd, write_fd = os.pipe()
+    try:
+        stdin_lines(asyncio.get_running_loop(), read_fd)
+        reader = next(t for t in threading.enumerate() if t.name == "stdin-reader"
+                      and t.is_alive())
+        assert reader.native_id is not None
+        mask = _blocked_signals(reader.native_id)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            assert mask & (1 << (sig - 1)), sig
+        assert _blocked_signals(threading.get_native_id()) == before  # ours untouched
+    finally:
+        os.close(write_fd)  # the reader ends
         os.close(read_fd)
 
 

@@ -13,8 +13,9 @@ import contextlib
 import os
 import select
 import shutil
+import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from duplexvoice.wire.protocol import OUTPUT_SAMPLE_RATE
@@ -153,5 +154,23 @@ def stdin_lines(loop: asyncio.AbstractEventLoop, fd: int = 0) -> asyncio.Queue[s
         if not pending or put(pending):
             put(None)
 
-    threading.Thread(target=pump, name="stdin-reader", daemon=True).start()
+    with _signals_blocked():  # the thread starts with them blocked (it inherits the mask)
+        threading.Thread(target=pump, name="stdin-reader", daemon=True).start()
     return queue
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread while the block runs, so that threads
+    started in it never take them. The kernel gives a signal to any thread that does
+    not block it; Python runs its handler only on the main thread, whose event loop
+    sleeps on until its next event, which for an idle console never comes (Ctrl-C
+    seen only at the next message from the server, or never)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
