@@ -192,6 +192,10 @@ def test_interactive_server_error(workerless: OrchestratorProcess, tmp_path: Pat
     no_traceback(result)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Console:
     """``say -i`` with its standard input kept open, as on a terminal."""
 
@@ -200,6 +204,9 @@ class Console:
             [sys.executable, "-m", "duplexvoice", "say", "-i", *args], cwd=cwd,
             env={**os.environ, "DUPLEXVOICE_NO_PLAYER": "1"}, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            # As a terminal runs it: a suite started in the background of a shell
+            # inherits SIGINT ignored, and so would the console (Ctrl-C then does nothing).
+            preexec_fn=_default_sigint,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
